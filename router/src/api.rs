@@ -1,0 +1,81 @@
+//! Discord's REST API, as far as the gateway needs it: `GET /gateway/bot`.
+//!
+//! Owns the request and the shape of its answer. It never logs or returns the token; errors
+//! carry the URL and status only.
+
+use serde::Deserialize;
+
+use crate::secret::Token;
+
+/// The answer of `GET /gateway/bot`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GatewayBot {
+    /// The gateway URL to connect to.
+    pub url: String,
+    /// Discord's recommended shard count.
+    pub shards: u32,
+    pub session_start_limit: SessionStartLimit,
+}
+
+/// How many IDENTIFYs the bot has left today and how fast it may spend them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SessionStartLimit {
+    pub total: u32,
+    pub remaining: u32,
+    /// Milliseconds until `remaining` resets to `total`.
+    pub reset_after: u64,
+    pub max_concurrency: u32,
+}
+
+/// Why `GET /gateway/bot` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    #[error("GET {url} failed: {source}")]
+    Request { url: String, source: reqwest::Error },
+    #[error("GET {url}: Discord refused the bot token (401 Unauthorized)")]
+    Unauthorized { url: String },
+    #[error("GET {url} answered {status}: {body}")]
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    #[error("GET {url} answered with a body that is not the expected JSON: {source}")]
+    Body {
+        url: String,
+        source: serde_json::Error,
+    },
+}
+
+/// Asks Discord where the gateway is and how to shard.
+pub async fn gateway_bot(
+    client: &reqwest::Client,
+    api_url: &str,
+    token: &Token,
+) -> Result<GatewayBot, ApiError> {
+    let url = format!("{}/gateway/bot", api_url.trim_end_matches('/'));
+    let request_error = |source| ApiError::Request {
+        url: url.clone(),
+        source,
+    };
+    let response = client
+        .get(&url)
+        .header("authorization", format!("Bot {}", token.expose()))
+        .send()
+        .await
+        .map_err(|e| request_error(e.without_url()))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| request_error(e.without_url()))?;
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return Err(ApiError::Unauthorized { url });
+    }
+    if !status.is_success() {
+        let body = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        return Err(ApiError::Status { url, status, body });
+    }
+    serde_json::from_slice(&body).map_err(|source| ApiError::Body { url, source })
+}

@@ -1,0 +1,416 @@
+//! The router's configuration: a TOML file plus environment overrides.
+//!
+//! Owns the config schema (its doc comments are the user docs), loading it from a file, the
+//! environment overrides, and validation with errors that name the key. It does not talk to
+//! Discord: values only Discord can check (is the token valid?) are checked by the shard.
+//!
+//! Environment overrides: `DISCORD_TOKEN` sets `discord.token`; any `SHARDHOOK__SECTION__KEY`
+//! sets `section.key` (the value is read as a TOML value when it parses as one, else as a
+//! string), so `SHARDHOOK__DISCORD__API_URL=http://127.0.0.1:9000/api/v10` points the router at
+//! a local double.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::intents;
+use crate::secret::Token;
+
+/// Where `run` and `check` look for a config file when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "shardhook.toml";
+
+/// Prefix of the environment variables that override config keys.
+const ENV_PREFIX: &str = "SHARDHOOK__";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How to reach Discord and which shards to run.
+    #[serde(default)]
+    pub discord: DiscordConfig,
+}
+
+/// The `[discord]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscordConfig {
+    /// The bot token. Prefer the `DISCORD_TOKEN` environment variable, which wins over this key.
+    #[serde(default)]
+    pub token: Option<Token>,
+    /// Discord's REST base; the gateway URL is asked of `GET {api_url}/gateway/bot`.
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// Gateway intents: a list of names (`["GUILDS", "GUILD_MESSAGES"]`) or a number.
+    #[serde(default = "default_intents", deserialize_with = "deserialize_intents")]
+    pub intents: u64,
+    /// `"auto"` (Discord's recommended count, all shards in this process) or
+    /// `{ total = 16, ids = "0..8" }` to run a slice of a bigger bot.
+    #[serde(default)]
+    pub shards: ShardsConfig,
+    /// How long to wait for a gateway connection and its HELLO (e.g. `"10s"`).
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest inflated gateway message accepted, in bytes. A bigger one is skipped with an
+    /// error naming its size, so one pathological event cannot exhaust memory.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+}
+
+impl Default for DiscordConfig {
+    fn default() -> Self {
+        DiscordConfig {
+            token: None,
+            api_url: default_api_url(),
+            intents: default_intents(),
+            shards: ShardsConfig::default(),
+            connect_timeout: default_connect_timeout(),
+            max_message_size: default_max_message_size(),
+        }
+    }
+}
+
+fn default_api_url() -> String {
+    "https://discord.com/api/v10".to_owned()
+}
+
+fn default_intents() -> u64 {
+    ["GUILDS", "GUILD_MESSAGES", "DIRECT_MESSAGES"]
+        .iter()
+        .filter_map(|n| intents::bit_of(n))
+        .fold(0, |a, b| a | b)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_message_size() -> usize {
+    64 << 20
+}
+
+fn deserialize_intents<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let value = toml::Value::deserialize(d)?;
+    intents::from_value(&value).map_err(serde::de::Error::custom)
+}
+
+/// Which shards this process runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ShardsConfig {
+    /// Discord's recommended shard count; this process runs all of them.
+    #[default]
+    Auto,
+    /// A fixed shard count, of which this process runs `ids`.
+    Explicit { total: u32, ids: Range<u32> },
+}
+
+impl<'de> Deserialize<'de> for ShardsConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = toml::Value::deserialize(d)?;
+        ShardsConfig::from_value(&value).map_err(serde::de::Error::custom)
+    }
+}
+
+impl ShardsConfig {
+    fn from_value(value: &toml::Value) -> Result<ShardsConfig, String> {
+        const ALLOWED: &str = "allowed: \"auto\" or { total = N, ids = \"A..B\" }";
+        let table = match value {
+            toml::Value::String(s) if s == "auto" => return Ok(ShardsConfig::Auto),
+            toml::Value::Table(t) => t,
+            other => return Err(format!("unexpected value {other}; {ALLOWED}")),
+        };
+        if let Some(key) = table.keys().find(|k| *k != "total" && *k != "ids") {
+            return Err(format!("unknown key `{key}`; {ALLOWED}"));
+        }
+        let total = match table.get("total") {
+            Some(toml::Value::Integer(n)) if (1..=u32::MAX as i64).contains(n) => *n as u32,
+            Some(other) => {
+                return Err(format!("`total` must be a positive integer, found {other}"))
+            }
+            None => return Err(format!("`total` is missing; {ALLOWED}")),
+        };
+        let ids = match table.get("ids") {
+            None => 0..total,
+            Some(toml::Value::String(s)) => parse_range(s)?,
+            Some(other) => {
+                return Err(format!(
+                    "`ids` must be a range string like \"0..8\", found {other}"
+                ))
+            }
+        };
+        if ids.is_empty() || ids.end > total {
+            return Err(format!(
+                "`ids` {}..{} must be a non-empty range within 0..{total}",
+                ids.start, ids.end
+            ));
+        }
+        Ok(ShardsConfig::Explicit { total, ids })
+    }
+}
+
+/// Parses `"A..B"` (exclusive) or `"A..=B"` (inclusive).
+fn parse_range(s: &str) -> Result<Range<u32>, String> {
+    let bad = || format!("`ids` = \"{s}\" is not a range like \"0..8\" or \"0..=7\"");
+    let (start, end, inclusive) = match s.split_once("..=") {
+        Some((a, b)) => (a, b, true),
+        None => s
+            .split_once("..")
+            .map(|(a, b)| (a, b, false))
+            .ok_or_else(bad)?,
+    };
+    let start: u32 = start.trim().parse().map_err(|_| bad())?;
+    let end: u32 = end.trim().parse().map_err(|_| bad())?;
+    Ok(start..if inclusive {
+        end.checked_add(1).ok_or_else(bad)?
+    } else {
+        end
+    })
+}
+
+impl Serialize for ShardsConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            ShardsConfig::Auto => s.serialize_str("auto"),
+            ShardsConfig::Explicit { total, ids } => {
+                let mut map = s.serialize_map(Some(2))?;
+                map.serialize_entry("total", total)?;
+                map.serialize_entry("ids", &format!("{}..{}", ids.start, ids.end))?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Token {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Token::new(&raw).ok_or_else(|| serde::de::Error::custom("the token is empty"))
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Syntax {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("no bot token: set DISCORD_TOKEN or discord.token")]
+    MissingToken,
+}
+
+impl Config {
+    /// Loads `path` (or `shardhook.toml` if it exists when no path is given) and applies the
+    /// environment overrides from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(path) => Some(read(path)?),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Some(read(Path::new(DEFAULT_CONFIG_PATH))?)
+            }
+            None => None,
+        };
+        let file = path.unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
+        Config::from_toml(text.as_deref().unwrap_or(""), file, env)
+    }
+
+    /// Parses config text; `origin` names it in errors.
+    pub fn from_toml(
+        text: &str,
+        origin: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e| ConfigError::Syntax {
+            path: origin.to_owned(),
+            source: Box::new(e),
+        })?;
+        let mut token_from_env = None;
+        for (var, value) in env {
+            if var == "DISCORD_TOKEN" {
+                token_from_env = Some(value);
+            } else if let Some(path) = var.strip_prefix(ENV_PREFIX) {
+                apply_override(&mut table, &var, path, &value)?;
+            }
+        }
+        if let Some(token) = token_from_env {
+            // Kept out of `apply_override` so the token never passes through TOML parsing.
+            let discord = table
+                .entry("discord")
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            if let toml::Value::Table(discord) = discord {
+                discord.insert("token".into(), toml::Value::String(token));
+            }
+        }
+        let de = toml::Value::Table(table);
+        serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Invalid {
+            key: e.path().to_string(),
+            message: e.into_inner().message().to_owned(),
+        })
+    }
+
+    /// The bot token, or the error that says how to provide one.
+    pub fn token(&self) -> Result<&Token, ConfigError> {
+        self.discord.token.as_ref().ok_or(ConfigError::MissingToken)
+    }
+
+    /// The resolved config as TOML, secrets redacted (for `shardhook check`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# failed to render config: {e}"))
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn apply_override(
+    table: &mut toml::Table,
+    var: &str,
+    path: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(ConfigError::Env {
+            var: var.to_owned(),
+            message: "expected SHARDHOOK__SECTION__KEY".to_owned(),
+        });
+    }
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let (last, parents) = keys.split_last().expect("split yields at least one key");
+    let mut node = table;
+    for key in parents {
+        let entry = node
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        node = match entry {
+            toml::Value::Table(t) => t,
+            _ => {
+                return Err(ConfigError::Env {
+                    var: var.to_owned(),
+                    message: format!("`{key}` is not a section"),
+                })
+            }
+        };
+    }
+    node.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"), Vec::new())
+    }
+
+    #[test]
+    fn defaults_apply_to_an_empty_file() {
+        let config = parse("").unwrap();
+        assert_eq!(config.discord.api_url, "https://discord.com/api/v10");
+        assert_eq!(config.discord.shards, ShardsConfig::Auto);
+        assert!(matches!(config.token(), Err(ConfigError::MissingToken)));
+    }
+
+    #[test]
+    fn explicit_shards_take_a_range() {
+        let config = parse("[discord]\nshards = { total = 16, ids = \"4..=7\" }").unwrap();
+        assert_eq!(
+            config.discord.shards,
+            ShardsConfig::Explicit {
+                total: 16,
+                ids: 4..8
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse("[discord]\napi_ulr = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("api_ulr") && err.contains("api_url"), "{err}");
+        let err = parse("[discrod]").unwrap_err().to_string();
+        assert!(err.contains("discrod"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_what_is_allowed() {
+        let err = parse("[discord]\nshards = { total = 4, ids = \"2..9\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("discord.shards") && err.contains("0..4"),
+            "{err}"
+        );
+        let err = parse("[discord]\nshards = \"many\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("discord.shards") && err.contains("auto"),
+            "{err}"
+        );
+        let err = parse("[discord]\nintents = [\"GUILDZ\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("discord.intents") && err.contains("GUILDZ"),
+            "{err}"
+        );
+        let err = parse("[discord]\nconnect_timeout = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("discord.connect_timeout"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_win_and_the_token_stays_redacted() {
+        let env = vec![
+            ("DISCORD_TOKEN".to_owned(), "Bot s3cret-token".to_owned()),
+            (
+                "SHARDHOOK__DISCORD__API_URL".to_owned(),
+                "http://127.0.0.1:1/api".to_owned(),
+            ),
+            ("SHARDHOOK__DISCORD__INTENTS".to_owned(), "513".to_owned()),
+        ];
+        let config = Config::from_toml("[discord]\ntoken = \"file\"", Path::new("t"), env).unwrap();
+        assert_eq!(config.token().unwrap().expose(), "s3cret-token");
+        assert_eq!(config.discord.api_url, "http://127.0.0.1:1/api");
+        assert_eq!(config.discord.intents, 513);
+        let shown = format!("{}\n{config:?}", config.to_redacted_toml());
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn an_override_of_an_unknown_key_is_an_error() {
+        let env = vec![("SHARDHOOK__DISCORD__NOPE".to_owned(), "1".to_owned())];
+        let err = Config::from_toml("", Path::new("t"), env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+}

@@ -1,0 +1,210 @@
+//! The `shardhook` binary: parses arguments, sets up logging, and calls the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use shardhook::simulate::{SimConfig, Simulator, DEFAULT_TOKEN};
+use shardhook::{demo, Config, Dispatch};
+use tokio::sync::mpsc;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "shardhook",
+    version,
+    about = "Keeps a Discord bot's gateway shards connected and forwards every event to serverless handlers."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the router.
+    Run {
+        /// Config file (default: shardhook.toml if present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config and print it resolved, secrets redacted.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Serve a local Discord double (REST and gateway) for handler development and tests.
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Recommended shard count.
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        /// Guilds in all.
+        #[arg(long, default_value_t = 2)]
+        guilds: u32,
+        /// Traffic events per second per connected shard.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// The bot token the double accepts.
+        #[arg(long, env = "SHARDHOOK_SIMULATE_TOKEN", default_value = DEFAULT_TOKEN, hide_env_values = true)]
+        token: String,
+        #[arg(long, default_value_t = 1)]
+        max_concurrency: u32,
+        /// HELLO's heartbeat interval in milliseconds.
+        #[arg(long, default_value_t = 41_250)]
+        heartbeat_interval_ms: u64,
+    },
+    /// Run the double, the router and a local receiver in one process, with faults, and print
+    /// a summary that accounts for every event. No token or config needed.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default = match cli.command {
+        Command::Demo => "error",
+        _ => "info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(log_filter(default))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Run { config } => {
+            let config = load(config)?;
+            let (sink, mut events) = mpsc::channel::<Dispatch>(1024);
+            // Until delivery lands, events are counted and logged at debug level.
+            let consumer = tokio::spawn(async move {
+                let mut count = 0u64;
+                while let Some(event) = events.recv().await {
+                    count += 1;
+                    tracing::debug!(
+                        shard_id = event.shard_id,
+                        seq = event.seq,
+                        event = event.name(),
+                        "dispatch"
+                    );
+                }
+                count
+            });
+            shardhook::run(&config, sink, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string())?;
+            let count = consumer.await.unwrap_or(0);
+            tracing::info!(events = count, "stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => {
+            let config = load(config)?;
+            config.token().map_err(|e| e.to_string())?;
+            print!("{}", config.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            listen,
+            shards,
+            guilds,
+            rate,
+            token,
+            max_concurrency,
+            heartbeat_interval_ms,
+        } => {
+            let config = SimConfig {
+                token,
+                shards,
+                guilds,
+                rate,
+                max_concurrency,
+                heartbeat_interval: Duration::from_millis(heartbeat_interval_ms),
+                ..SimConfig::default()
+            };
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("failed to listen on {listen}: {e}"))?;
+            let sim = Simulator::serve(listener, config, shutdown_signal())
+                .map_err(|e| format!("failed to start the simulator: {e}"))?;
+            println!("Discord simulator ready: api_url = \"{}\"", sim.api_url());
+            shutdown_signal().await;
+            let violations = sim.observed(|o| o.violations.clone());
+            for v in &violations {
+                eprintln!("rule broken: {v}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => {
+            let report = demo::run(demo::DemoOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{report}");
+            Ok(if report.exactly_once() && report.resumes > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+/// `RUST_LOG` (or `default`), with the libraries that would print raw frames or headers (and so
+/// the token in IDENTIFY, RESUME or `Authorization`) capped at info whatever `RUST_LOG` says.
+fn log_filter(default: &str) -> EnvFilter {
+    const CAPPED: [&str; 7] = [
+        "tungstenite",
+        "tokio_tungstenite",
+        "hyper",
+        "hyper_util",
+        "reqwest",
+        "h2",
+        "axum",
+    ];
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    CAPPED.iter().fold(filter, |filter, target| {
+        filter.add_directive(format!("{target}=info").parse().expect("a valid directive"))
+    })
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, String> {
+    Config::load(path.as_deref(), std::env::vars()).map_err(|e| e.to_string())
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

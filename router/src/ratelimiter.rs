@@ -1,0 +1,141 @@
+//! The per-shard limiter for payloads we send: Discord allows 120 per 60 s per connection.
+//!
+//! Owns the budget arithmetic (heartbeats and the IDENTIFY/RESUME are reserved out of the 120,
+//! so commands can never crowd out a heartbeat) and a governor limiter on tokio's clock, which
+//! makes it testable with paused time. Heartbeats themselves bypass it.
+
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+/// Discord's window for sent payloads.
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// Payloads Discord allows per window per connection before closing with 4008.
+pub const LIMIT: u32 = 120;
+/// Payloads kept back beyond the heartbeats: IDENTIFY or RESUME, and an on-demand heartbeat.
+const RESERVED_EXTRA: u32 = 2;
+
+/// Governor's clock, read from tokio so `time::pause` drives it in tests.
+#[derive(Clone, Debug)]
+pub struct TokioClock {
+    start: tokio::time::Instant,
+}
+
+impl Clock for TokioClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.start.elapsed())
+    }
+}
+
+/// Paces a shard's gateway commands.
+pub struct CommandLimiter {
+    limiter: RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>,
+    clock: TokioClock,
+    budget: u32,
+}
+
+impl CommandLimiter {
+    /// A limiter whose commands plus the heartbeats at `heartbeat_interval` stay within
+    /// Discord's 120 per 60 s in any window.
+    pub fn new(heartbeat_interval: Duration) -> CommandLimiter {
+        let budget = command_budget(heartbeat_interval);
+        // A GCRA with burst b and period p lets through at most b + W/p cells in any window W,
+        // so b + W/p = budget keeps every window within it. A quarter as burst leaves three
+        // quarters as the sustained rate.
+        let burst = (budget / 4).max(1);
+        let steady = (budget - burst).max(1);
+        let period = WINDOW / steady;
+        let quota = Quota::with_period(period)
+            .expect("period is positive")
+            .allow_burst(std::num::NonZeroU32::new(burst).expect("burst is at least 1"));
+        let clock = TokioClock {
+            start: tokio::time::Instant::now(),
+        };
+        CommandLimiter {
+            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
+            clock,
+            budget,
+        }
+    }
+
+    /// Commands allowed per 60 s window.
+    pub fn budget(&self) -> u32 {
+        self.budget
+    }
+
+    /// Takes a slot now, or says how long until one frees up.
+    pub fn try_acquire(&self) -> Result<(), Duration> {
+        self.limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// Waits for a slot.
+    pub async fn acquire(&self) {
+        while let Err(wait) = self.try_acquire() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// The commands a connection may send per window once heartbeats and IDENTIFY are set aside.
+pub fn command_budget(heartbeat_interval: Duration) -> u32 {
+    let interval = heartbeat_interval.as_millis().max(1);
+    let heartbeats = WINDOW.as_millis().div_ceil(interval) as u32 + 1;
+    LIMIT.saturating_sub(heartbeats + RESERVED_EXTRA).max(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[test]
+    fn heartbeats_are_reserved_out_of_the_120() {
+        // Discord's usual 41.25 s interval: 2 beats in a window, +1 for phase, +2 extra.
+        assert_eq!(command_budget(Duration::from_millis(41_250)), 115);
+        assert_eq!(command_budget(Duration::from_secs(1)), 120 - 61 - 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_sixty_second_window_exceeds_the_budget() {
+        let limiter = CommandLimiter::new(Duration::from_millis(41_250));
+        let start = Instant::now();
+        let mut sent = Vec::new();
+        for _ in 0..400 {
+            limiter.acquire().await;
+            sent.push(Instant::now() - start);
+        }
+        // Slide a 60 s window over every send time and count what falls inside.
+        for (i, t) in sent.iter().enumerate() {
+            let inside = sent[i..].iter().take_while(|u| **u < *t + WINDOW).count() as u32;
+            assert!(
+                inside <= limiter.budget(),
+                "{inside} commands within 60 s from {t:?}"
+            );
+        }
+        // And the limiter is not needlessly slow: it sustains at least 70% of the budget.
+        let total = *sent.last().unwrap();
+        let windows = total.as_secs_f64() / WINDOW.as_secs_f64();
+        assert!(
+            400.0 / windows >= 0.7 * limiter.budget() as f64,
+            "took {total:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_acquire_reports_the_wait() {
+        let limiter = CommandLimiter::new(Duration::from_millis(41_250));
+        while limiter.try_acquire().is_ok() {}
+        let wait = limiter.try_acquire().unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= WINDOW, "{wait:?}");
+        tokio::time::advance(wait).await;
+        assert!(limiter.try_acquire().is_ok());
+    }
+}

@@ -1,0 +1,180 @@
+//! The router: asks Discord how to shard, then starts and supervises this process's shards.
+//!
+//! Owns the start-up checks (token, shard plan, the daily identify budget), spawning one task
+//! per shard with its tracing span, and shutdown. Shards hand dispatches to the sink they are
+//! given; what consumes it is not this module's business.
+
+use std::future::Future;
+use std::ops::Range;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{info, info_span, Instrument};
+
+use crate::api::{self, ApiError, GatewayBot};
+use crate::config::{Config, ConfigError, ShardsConfig};
+use crate::dispatch::Dispatch;
+use crate::identify::IdentifyQueue;
+use crate::shard::{FatalClose, Shard, ShardConfig, ShardHandle};
+
+/// Why the router could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("failed to build the HTTP client: {0}")]
+    Client(reqwest::Error),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(
+        "not enough identifies left today: {need} shard(s) to start, Discord reports {remaining} \
+         of {total} remaining (resets in {reset_secs} s); starting anyway could get the token reset"
+    )]
+    IdentifyBudget {
+        need: u32,
+        remaining: u32,
+        total: u32,
+        reset_secs: u64,
+    },
+}
+
+/// Why the router stopped on its own.
+#[derive(Debug, thiserror::Error)]
+#[error("every shard stopped: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct AllShardsStopped(pub Vec<FatalClose>);
+
+/// A started router: its shards are connecting or connected.
+pub struct Router {
+    shards: Vec<ShardHandle>,
+    tasks: JoinSet<Result<(), FatalClose>>,
+    shutdown: watch::Sender<bool>,
+    gateway: GatewayBot,
+}
+
+/// The shard count and the ids this process runs.
+pub fn shard_plan(shards: &ShardsConfig, bot: &GatewayBot) -> (u32, Range<u32>) {
+    match shards {
+        ShardsConfig::Auto => (bot.shards.max(1), 0..bot.shards.max(1)),
+        ShardsConfig::Explicit { total, ids } => (*total, ids.clone()),
+    }
+}
+
+impl Router {
+    /// Asks Discord for the gateway, checks the plan, and starts every shard of this process.
+    pub async fn start(
+        config: &Config,
+        sink: mpsc::Sender<Dispatch>,
+    ) -> Result<Router, StartError> {
+        let token = config.token()?.clone();
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("shardhook/", env!("CARGO_PKG_VERSION")))
+            .timeout(config.discord.connect_timeout)
+            .build()
+            .map_err(StartError::Client)?;
+        let gateway = api::gateway_bot(&client, &config.discord.api_url, &token).await?;
+        let (total, ids) = shard_plan(&config.discord.shards, &gateway);
+        let limit = &gateway.session_start_limit;
+        let need = ids.len() as u32;
+        if need > limit.remaining {
+            return Err(StartError::IdentifyBudget {
+                need,
+                remaining: limit.remaining,
+                total: limit.total,
+                reset_secs: limit.reset_after / 1000,
+            });
+        }
+        info!(
+            total,
+            ids = ?ids,
+            max_concurrency = limit.max_concurrency,
+            identifies_remaining = limit.remaining,
+            "starting shards"
+        );
+        let queue = Arc::new(IdentifyQueue::new(limit.max_concurrency));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut shards = Vec::with_capacity(ids.len());
+        for id in ids {
+            let shard_config = ShardConfig {
+                id,
+                total,
+                token: token.clone(),
+                intents: config.discord.intents,
+                gateway_url: gateway.url.clone(),
+                connect_timeout: config.discord.connect_timeout,
+                max_message_size: config.discord.max_message_size,
+            };
+            let (shard, handle) = Shard::new(
+                shard_config,
+                queue.clone(),
+                sink.clone(),
+                shutdown_rx.clone(),
+            );
+            tasks.spawn(shard.run().instrument(info_span!("shard", shard_id = id)));
+            shards.push(handle);
+        }
+        Ok(Router {
+            shards,
+            tasks,
+            shutdown,
+            gateway,
+        })
+    }
+
+    /// This process's shards, in id order.
+    pub fn shards(&self) -> &[ShardHandle] {
+        &self.shards
+    }
+
+    /// What `GET /gateway/bot` answered at start.
+    pub fn gateway(&self) -> &GatewayBot {
+        &self.gateway
+    }
+
+    /// Runs until `shutdown` resolves (then closes every shard resumably and returns `Ok`) or
+    /// every shard has stopped fatally.
+    pub async fn run_until(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AllShardsStopped> {
+        tokio::pin!(shutdown);
+        let mut fatal = Vec::new();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                joined = self.tasks.join_next() => match joined {
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(err))) => fatal.push(err),
+                    Some(Err(join)) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                    Some(Err(_)) => {}
+                    None => return Err(AllShardsStopped(fatal)),
+                },
+            }
+        }
+        info!("shutting down: closing every shard resumably");
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+/// Starts the router and runs it until `shutdown`; the library's one-call entry point.
+pub async fn run(
+    config: &Config,
+    sink: mpsc::Sender<Dispatch>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let router = Router::start(config, sink).await?;
+    Ok(router.run_until(shutdown).await?)
+}
+
+/// Why `run` returned an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Stopped(#[from] AllShardsStopped),
+}

@@ -1,0 +1,19 @@
+//! A gateway session: what a shard needs to RESUME after a disconnect.
+//!
+//! Owns the session's identity and progress. It is serialisable so a later change can persist
+//! it and resume across restarts; it does not decide when to resume (that is `shard`).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// The resumable state of one shard's session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// `session_id` from READY.
+    pub id: Arc<str>,
+    /// `resume_gateway_url` from READY: resumes must connect here, not to the general URL.
+    pub resume_url: String,
+    /// The last sequence number received.
+    pub seq: u64,
+}

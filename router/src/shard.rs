@@ -1,0 +1,763 @@
+//! One gateway shard: its connection, its session, and the state machine that keeps it
+//! connected.
+//!
+//! Owns connecting (with a timeout), HELLO, IDENTIFY through the identify queue or RESUME,
+//! heartbeats and zombie detection, inflating and reading messages, op 1/7/9, close codes,
+//! reconnect backoff, pacing outgoing commands, and handing dispatches to the bounded sink
+//! (waiting there is the backpressure that slows reading). It does not decide where events go
+//! (that is the consumer of the sink) nor which shards run (that is `router`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tracing::{debug, error, info, warn};
+
+use crate::close_code::{self, CloseAction};
+use crate::dispatch::{range_within, Dispatch};
+use crate::identify::{IdentifyPermit, IdentifyQueue};
+use crate::inflater::{Inflated, Inflater};
+use crate::payload::{self, op, Hello, Incoming, Ready};
+use crate::ratelimiter::CommandLimiter;
+use crate::secret::Token;
+use crate::session::Session;
+
+/// First step of the reconnect backoff after an attempt that did not get back to Active.
+const BASE_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The close code we send when the session should stay resumable: Discord invalidates the
+/// session when a client closes with 1000 or 1001.
+const RESUMABLE_CLOSE: u16 = 4000;
+/// Discord asks clients to wait a random 1-5 s before identifying after op 9 `d: false`.
+const REIDENTIFY_DELAY_MS: std::ops::RangeInclusive<u64> = 1000..=5000;
+/// Commands waiting for a shard's limiter before `ShardHandle::send` waits too.
+const COMMAND_QUEUE: usize = 128;
+
+/// Where a shard is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardState {
+    /// Connecting and sending IDENTIFY for a new session.
+    Identifying,
+    /// Connecting and sending RESUME for the current session.
+    Resuming,
+    /// READY or RESUMED received; events flow.
+    Active,
+    /// Between connections, waiting out a backoff.
+    Disconnected { reconnect_attempts: u32 },
+    /// Stopped for good by a close code that reconnecting cannot fix.
+    FatallyClosed { code: u16 },
+}
+
+/// A snapshot of a shard, published on every state change.
+#[derive(Debug, Clone)]
+pub struct ShardStatus {
+    pub state: ShardState,
+    /// The current session, once READY arrived.
+    pub session_id: Option<Arc<str>>,
+    /// Sessions started with IDENTIFY (READY received).
+    pub sessions: u32,
+    /// Sessions continued with RESUME (RESUMED received).
+    pub resumes: u32,
+    /// Connections that ended and were replaced.
+    pub reconnects: u32,
+    /// Gateway messages skipped for exceeding `discord.max_message_size`.
+    pub oversize_skipped: u32,
+    /// Round trip of the last acknowledged heartbeat.
+    pub latency: Option<Duration>,
+    /// Why the last connection ended, for humans.
+    pub last_disconnect: Option<String>,
+}
+
+impl ShardStatus {
+    fn new() -> ShardStatus {
+        ShardStatus {
+            state: ShardState::Disconnected {
+                reconnect_attempts: 0,
+            },
+            session_id: None,
+            sessions: 0,
+            resumes: 0,
+            reconnects: 0,
+            oversize_skipped: 0,
+            latency: None,
+            last_disconnect: None,
+        }
+    }
+}
+
+/// A running shard, as seen from outside: its status and a way to send it commands.
+#[derive(Debug, Clone)]
+pub struct ShardHandle {
+    id: u32,
+    status: watch::Receiver<ShardStatus>,
+    last_seq: Arc<AtomicU64>,
+    commands: mpsc::Sender<String>,
+}
+
+/// The shard has stopped and takes no more commands.
+#[derive(Debug, thiserror::Error)]
+#[error("shard {0} has stopped")]
+pub struct ShardStopped(pub u32);
+
+impl ShardHandle {
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// A receiver of the shard's status; `wait_for` on it awaits a state.
+    pub fn status(&self) -> watch::Receiver<ShardStatus> {
+        self.status.clone()
+    }
+
+    /// The last sequence number received on the current session.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Relaxed)
+    }
+
+    /// Queues a gateway command (a whole payload, `{"op":..,"d":..}`) to send once the shard
+    /// is active, paced under Discord's send limit. Validating the command is the caller's job.
+    pub async fn send(&self, payload: String) -> Result<(), ShardStopped> {
+        self.commands
+            .send(payload)
+            .await
+            .map_err(|_| ShardStopped(self.id))
+    }
+}
+
+/// A shard stopped for good.
+#[derive(Debug, thiserror::Error)]
+#[error("shard {shard}: the gateway closed with {code} ({meaning}); the shard is stopped", meaning = close_code::meaning(*code))]
+pub struct FatalClose {
+    pub shard: u32,
+    pub code: u16,
+}
+
+/// What a shard needs to know to run.
+pub(crate) struct ShardConfig {
+    pub id: u32,
+    pub total: u32,
+    pub token: Token,
+    pub intents: u64,
+    pub gateway_url: String,
+    pub connect_timeout: Duration,
+    pub max_message_size: usize,
+}
+
+/// The shard's task state across connections.
+pub(crate) struct Shard {
+    config: ShardConfig,
+    identify: Arc<IdentifyQueue>,
+    sink: mpsc::Sender<Dispatch>,
+    shutdown: watch::Receiver<bool>,
+    status: watch::Sender<ShardStatus>,
+    last_seq: Arc<AtomicU64>,
+    commands: mpsc::Receiver<String>,
+    session: Option<Session>,
+    /// A dispatch read but not yet taken by the sink; it survives a reconnect.
+    pending: Option<Dispatch>,
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why a connection ended, for logs and status.
+#[derive(Debug)]
+enum Cause {
+    ConnectFailed(String),
+    ConnectTimeout,
+    HelloTimeout,
+    Dropped,
+    Transport(String),
+    Zombie,
+    Reconnect,
+    InvalidSession { resumable: bool },
+    Closed(u16),
+    Inflate(String),
+    InvalidJson(String),
+    Protocol(String),
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::ConnectFailed(e) => write!(f, "failed to connect: {e}"),
+            Cause::ConnectTimeout => f.write_str("connecting timed out"),
+            Cause::HelloTimeout => f.write_str("no HELLO in time"),
+            Cause::Dropped => f.write_str("the connection dropped"),
+            Cause::Transport(e) => write!(f, "websocket error: {e}"),
+            Cause::Zombie => f.write_str("no heartbeat ACK before the next beat (zombie)"),
+            Cause::Reconnect => f.write_str("Discord asked to reconnect (op 7)"),
+            Cause::InvalidSession { resumable } => {
+                write!(f, "invalid session (op 9, resumable: {resumable})")
+            }
+            Cause::Closed(code) => {
+                write!(f, "closed with {code} ({})", close_code::meaning(*code))
+            }
+            Cause::Inflate(e) => e.fmt(f),
+            Cause::InvalidJson(e) => write!(f, "a gateway message is not valid JSON: {e}"),
+            Cause::Protocol(e) => write!(f, "protocol error: {e}"),
+        }
+    }
+}
+
+/// How a connection ended.
+enum Ended {
+    Shutdown,
+    Fatal {
+        code: u16,
+    },
+    Reconnect {
+        cause: Cause,
+        resume: bool,
+        /// Overrides the backoff (op 9 asks for 1-5 s).
+        delay: Option<Duration>,
+    },
+}
+
+fn reconnect(cause: Cause, resume: bool) -> Ended {
+    Ended::Reconnect {
+        cause,
+        resume,
+        delay: None,
+    }
+}
+
+/// What the connection's event loop woke up for, when handling it needs the whole shard.
+enum Step {
+    Continue,
+    Beat,
+    Message(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+}
+
+/// Heartbeat bookkeeping for one connection.
+struct Heartbeat {
+    interval: Duration,
+    next: Instant,
+    acked: bool,
+    sent_at: Option<Instant>,
+}
+
+/// One WebSocket connection's state.
+struct Conn {
+    tx: SplitSink<Ws, Message>,
+    rx: SplitStream<Ws>,
+    inflater: Inflater,
+    heartbeat: Option<Heartbeat>,
+    limiter: Option<CommandLimiter>,
+    identify_wait: Option<Pin<Box<dyn Future<Output = IdentifyPermit> + Send>>>,
+    hello_deadline: Instant,
+    active: bool,
+}
+
+impl Conn {
+    async fn send(&mut self, text: String) -> Result<(), Ended> {
+        self.tx
+            .send(Message::text(text))
+            .await
+            .map_err(|e| reconnect(Cause::Transport(e.to_string()), true))
+    }
+
+    /// Closes with a code that keeps the session resumable. Errors are moot: we are leaving.
+    async fn close(&mut self) {
+        let frame = CloseFrame {
+            code: CloseCode::from(RESUMABLE_CLOSE),
+            reason: "".into(),
+        };
+        let _ = self.tx.send(Message::Close(Some(frame))).await;
+    }
+}
+
+/// Resolves a future that may not exist; a missing one never resolves.
+async fn maybe<F: Future>(future: Option<F>) -> F::Output {
+    match future {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Capped exponential backoff with full jitter; the first retry after an active connection is
+/// immediate.
+fn backoff(attempts: u32) -> Duration {
+    if attempts == 0 {
+        return Duration::ZERO;
+    }
+    let cap = BASE_BACKOFF
+        .saturating_mul(1 << (attempts - 1).min(16))
+        .min(MAX_BACKOFF);
+    cap.mul_f64(fastrand::f64())
+}
+
+fn with_query(base: &str) -> String {
+    format!(
+        "{}/?v=10&encoding=json&compress=zlib-stream",
+        base.trim_end_matches('/')
+    )
+}
+
+impl Shard {
+    pub(crate) fn new(
+        config: ShardConfig,
+        identify: Arc<IdentifyQueue>,
+        sink: mpsc::Sender<Dispatch>,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Shard, ShardHandle) {
+        let (status, status_rx) = watch::channel(ShardStatus::new());
+        let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
+        let last_seq = Arc::new(AtomicU64::new(0));
+        let handle = ShardHandle {
+            id: config.id,
+            status: status_rx,
+            last_seq: last_seq.clone(),
+            commands: commands_tx,
+        };
+        let shard = Shard {
+            config,
+            identify,
+            sink,
+            shutdown,
+            status,
+            last_seq,
+            commands,
+            session: None,
+            pending: None,
+        };
+        (shard, handle)
+    }
+
+    /// Keeps the shard connected until shutdown or a fatal close.
+    pub(crate) async fn run(mut self) -> Result<(), FatalClose> {
+        let mut attempts = 0u32;
+        let mut delay = Duration::ZERO;
+        loop {
+            if !self.wait(delay).await || !self.flush_pending().await {
+                return Ok(());
+            }
+            let (ended, was_active) = self.connection().await;
+            attempts = if was_active { 0 } else { attempts + 1 };
+            match ended {
+                Ended::Shutdown => return Ok(()),
+                Ended::Fatal { code } => {
+                    self.set_state(ShardState::FatallyClosed { code });
+                    let err = FatalClose {
+                        shard: self.config.id,
+                        code,
+                    };
+                    error!(code, "{err}");
+                    return Err(err);
+                }
+                Ended::Reconnect {
+                    cause,
+                    resume,
+                    delay: asked,
+                } => {
+                    if !resume {
+                        self.session = None;
+                    }
+                    delay = asked.unwrap_or_else(|| backoff(attempts));
+                    warn!(
+                        resume = self.session.is_some(),
+                        ?delay,
+                        "gateway connection ended: {cause}; reconnecting"
+                    );
+                    let text = cause.to_string();
+                    self.status.send_modify(|s| {
+                        s.state = ShardState::Disconnected {
+                            reconnect_attempts: attempts,
+                        };
+                        s.reconnects += 1;
+                        s.last_disconnect = Some(text);
+                    });
+                }
+            }
+        }
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Sleeps unless shutdown comes first; false means shut down.
+    async fn wait(&mut self, delay: Duration) -> bool {
+        if self.shutting_down() {
+            return false;
+        }
+        if delay.is_zero() {
+            return true;
+        }
+        tokio::select! {
+            _ = self.shutdown.changed() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    /// Hands a dispatch left over from the last connection to the sink; false means shut down.
+    async fn flush_pending(&mut self) -> bool {
+        let Some(dispatch) = self.pending.take() else {
+            return true;
+        };
+        tokio::select! {
+            _ = self.shutdown.changed() => false,
+            sent = self.sink.send(dispatch) => sent.is_ok(),
+        }
+    }
+
+    fn set_state(&self, state: ShardState) {
+        self.status.send_modify(|s| s.state = state);
+    }
+
+    /// One connection, from connect to its end. Also says whether it reached Active.
+    async fn connection(&mut self) -> (Ended, bool) {
+        let resuming = self.session.is_some();
+        self.set_state(if resuming {
+            ShardState::Resuming
+        } else {
+            ShardState::Identifying
+        });
+        let base = match &self.session {
+            Some(session) => session.resume_url.as_str(),
+            None => self.config.gateway_url.as_str(),
+        };
+        let url = with_query(base);
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(self.config.max_message_size))
+            .max_frame_size(Some(self.config.max_message_size));
+        let connecting = tokio_tungstenite::connect_async_with_config(url, Some(ws_config), true);
+        let ws = tokio::select! {
+            _ = self.shutdown.changed() => return (Ended::Shutdown, false),
+            connected = timeout(self.config.connect_timeout, connecting) => match connected {
+                Ok(Ok((ws, _))) => ws,
+                Ok(Err(e)) => return (reconnect(Cause::ConnectFailed(e.to_string()), true), false),
+                Err(_) => return (reconnect(Cause::ConnectTimeout, true), false),
+            },
+        };
+        debug!(resuming, "connected to the gateway");
+        let (tx, rx) = ws.split();
+        let mut conn = Conn {
+            tx,
+            rx,
+            inflater: Inflater::new(self.config.max_message_size),
+            heartbeat: None,
+            limiter: None,
+            identify_wait: None,
+            hello_deadline: Instant::now() + self.config.connect_timeout,
+            active: false,
+        };
+        let ended = self.drive(&mut conn).await;
+        if matches!(ended, Ended::Shutdown) {
+            conn.close().await;
+        }
+        (ended, conn.active)
+    }
+
+    /// The event loop of one connection.
+    async fn drive(&mut self, conn: &mut Conn) -> Ended {
+        let mut command: Option<String> = None;
+        loop {
+            let beat_at = conn.heartbeat.as_ref().map(|h| h.next);
+            let ready_for_command = conn.active && command.is_none();
+            let step = tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => return Ended::Shutdown,
+                _ = sleep_until(conn.hello_deadline), if conn.heartbeat.is_none() => {
+                    return reconnect(Cause::HelloTimeout, true);
+                }
+                _ = maybe(beat_at.map(sleep_until)) => Step::Beat,
+                permit = maybe(conn.identify_wait.as_mut()) => {
+                    conn.identify_wait = None;
+                    let identify = payload::identify(
+                        &self.config.token,
+                        self.config.intents,
+                        [self.config.id, self.config.total],
+                    );
+                    if let Err(ended) = conn.send(identify).await {
+                        return ended;
+                    }
+                    drop(permit);
+                    debug!("sent IDENTIFY");
+                    Step::Continue
+                }
+                permit = self.sink.reserve(), if self.pending.is_some() => match permit {
+                    Ok(permit) => {
+                        permit.send(self.pending.take().expect("guarded by is_some"));
+                        Step::Continue
+                    }
+                    Err(_) => return Ended::Shutdown,
+                },
+                next = self.commands.recv(), if ready_for_command => {
+                    command = next;
+                    Step::Continue
+                }
+                _ = maybe(conn.limiter.as_ref().filter(|_| command.is_some()).map(|l| l.acquire())) => {
+                    let text = command.take().expect("guarded by is_some");
+                    if let Err(ended) = conn.send(text).await {
+                        return ended;
+                    }
+                    Step::Continue
+                }
+                message = conn.rx.next(), if self.pending.is_none() => Step::Message(message),
+            };
+            let ended = match step {
+                Step::Continue => None,
+                Step::Beat => self.beat(conn).await.err(),
+                Step::Message(message) => self.on_message(conn, message).await,
+            };
+            if let Some(ended) = ended {
+                return ended;
+            }
+        }
+    }
+
+    async fn beat(&mut self, conn: &mut Conn) -> Result<(), Ended> {
+        let hb = conn
+            .heartbeat
+            .as_mut()
+            .expect("a beat is scheduled only after HELLO");
+        // While the sink holds us up we are not reading, so an ACK may be waiting unread: that
+        // is our slowness, not a zombie connection.
+        if !hb.acked && self.pending.is_none() {
+            conn.close().await;
+            return Err(reconnect(Cause::Zombie, true));
+        }
+        hb.acked = false;
+        hb.sent_at = Some(Instant::now());
+        hb.next = (hb.next + hb.interval).max(Instant::now());
+        let seq = self.session.as_ref().map(|s| s.seq);
+        conn.send(payload::heartbeat(seq)).await
+    }
+
+    async fn on_message(
+        &mut self,
+        conn: &mut Conn,
+        message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Option<Ended> {
+        let message = match message {
+            None => return Some(reconnect(Cause::Dropped, true)),
+            Some(Err(e)) => return Some(reconnect(Cause::Transport(e.to_string()), true)),
+            Some(Ok(message)) => message,
+        };
+        let buf = match message {
+            Message::Binary(frame) => match conn.inflater.push(&frame) {
+                Ok(Inflated::Incomplete) => return None,
+                Ok(Inflated::Message(message)) => Bytes::from(message),
+                Ok(Inflated::Oversize { size }) => {
+                    error!(
+                        size,
+                        limit = self.config.max_message_size,
+                        "skipped a gateway message of {size} bytes, over discord.max_message_size"
+                    );
+                    self.status.send_modify(|s| s.oversize_skipped += 1);
+                    return None;
+                }
+                Err(e) => {
+                    conn.close().await;
+                    return Some(reconnect(Cause::Inflate(e.to_string()), true));
+                }
+            },
+            Message::Text(text) => Bytes::from(text),
+            Message::Close(frame) => {
+                let code = frame.map_or(1005, |f| u16::from(f.code));
+                return Some(match close_code::action(code) {
+                    CloseAction::Fatal => Ended::Fatal { code },
+                    CloseAction::Reidentify => reconnect(Cause::Closed(code), false),
+                    CloseAction::Resume => reconnect(Cause::Closed(code), true),
+                });
+            }
+            _ => return None,
+        };
+        self.on_payload(conn, buf).await
+    }
+
+    async fn on_payload(&mut self, conn: &mut Conn, buf: Bytes) -> Option<Ended> {
+        let incoming = match Incoming::parse(&buf) {
+            Ok(incoming) => incoming,
+            Err(e) => {
+                conn.close().await;
+                return Some(reconnect(Cause::InvalidJson(e.to_string()), true));
+            }
+        };
+        match incoming.op {
+            op::DISPATCH => return self.on_dispatch(conn, &incoming, &buf),
+            op::HEARTBEAT => {
+                let seq = self.session.as_ref().map(|s| s.seq);
+                return conn.send(payload::heartbeat(seq)).await.err();
+            }
+            op::RECONNECT => {
+                conn.close().await;
+                return Some(reconnect(Cause::Reconnect, true));
+            }
+            op::INVALID_SESSION => {
+                let resumable = incoming.data::<bool>().unwrap_or(false);
+                conn.close().await;
+                let delay =
+                    (!resumable).then(|| Duration::from_millis(fastrand::u64(REIDENTIFY_DELAY_MS)));
+                return Some(Ended::Reconnect {
+                    cause: Cause::InvalidSession { resumable },
+                    resume: resumable,
+                    delay,
+                });
+            }
+            op::HELLO => return self.on_hello(conn, &incoming).await,
+            op::HEARTBEAT_ACK => {
+                if let Some(hb) = conn.heartbeat.as_mut() {
+                    hb.acked = true;
+                    let latency = hb.sent_at.map(|at| at.elapsed());
+                    self.status.send_modify(|s| s.latency = latency);
+                }
+            }
+            other => debug!(op = other, "ignored a gateway opcode"),
+        }
+        None
+    }
+
+    async fn on_hello(&mut self, conn: &mut Conn, incoming: &Incoming<'_>) -> Option<Ended> {
+        let hello: Hello = match incoming.data() {
+            Ok(hello) => hello,
+            Err(e) => return Some(reconnect(Cause::Protocol(format!("bad HELLO: {e}")), true)),
+        };
+        let interval = Duration::from_millis(hello.heartbeat_interval.max(1));
+        conn.heartbeat = Some(Heartbeat {
+            interval,
+            next: Instant::now() + interval.mul_f64(fastrand::f64()),
+            acked: true,
+            sent_at: None,
+        });
+        let limiter = CommandLimiter::new(interval);
+        debug!(
+            heartbeat_interval = ?interval,
+            command_budget = limiter.budget(),
+            "received HELLO"
+        );
+        conn.limiter = Some(limiter);
+        match &self.session {
+            Some(session) => {
+                let resume = payload::resume(&self.config.token, &session.id, session.seq);
+                debug!(seq = session.seq, "sending RESUME");
+                conn.send(resume).await.err()
+            }
+            None => {
+                let queue = self.identify.clone();
+                let id = self.config.id;
+                conn.identify_wait = Some(Box::pin(async move { queue.acquire(id).await }));
+                None
+            }
+        }
+    }
+
+    fn on_dispatch(
+        &mut self,
+        conn: &mut Conn,
+        incoming: &Incoming<'_>,
+        buf: &Bytes,
+    ) -> Option<Ended> {
+        let (Some(name), Some(data)) = (incoming.t, incoming.d) else {
+            error!("a dispatch without `t` or `d` was skipped");
+            return None;
+        };
+        match name {
+            "READY" => match incoming.data::<Ready>() {
+                Ok(ready) => {
+                    let id: Arc<str> = Arc::from(ready.session_id.as_ref());
+                    self.session = Some(Session {
+                        id: id.clone(),
+                        resume_url: ready.resume_gateway_url.into_owned(),
+                        seq: 0,
+                    });
+                    info!(session_id = %id, "session ready");
+                    conn.active = true;
+                    self.status.send_modify(|s| {
+                        s.state = ShardState::Active;
+                        s.session_id = Some(id);
+                        s.sessions += 1;
+                    });
+                }
+                Err(e) => {
+                    return Some(reconnect(Cause::Protocol(format!("bad READY: {e}")), false));
+                }
+            },
+            "RESUMED" => {
+                info!("session resumed");
+                conn.active = true;
+                self.status.send_modify(|s| {
+                    s.state = ShardState::Active;
+                    s.resumes += 1;
+                });
+            }
+            _ => {}
+        }
+        let Some(seq) = incoming.s else {
+            debug!(
+                event = name,
+                "a dispatch without a sequence number is not forwarded"
+            );
+            return None;
+        };
+        let Some(session) = self.session.as_mut() else {
+            warn!(event = name, seq, "a dispatch before READY was skipped");
+            return None;
+        };
+        if seq <= session.seq {
+            debug!(
+                event = name,
+                seq, "a replayed dispatch already received was skipped"
+            );
+            return None;
+        }
+        if session.seq != 0 && seq != session.seq + 1 {
+            warn!(
+                seq,
+                previous = session.seq,
+                "sequence gap: {} event(s) were skipped",
+                seq - session.seq - 1
+            );
+        }
+        session.seq = seq;
+        self.last_seq.store(seq, Ordering::Relaxed);
+        self.pending = Some(Dispatch::new(
+            [self.config.id, self.config.total],
+            session.id.clone(),
+            seq,
+            buf.clone(),
+            range_within(buf, name.as_bytes()),
+            range_within(buf, data.get().as_bytes()),
+        ));
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_immediate_then_capped_and_jittered() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        for attempts in 1..40 {
+            let cap = BASE_BACKOFF
+                .saturating_mul(1 << (attempts - 1).min(16))
+                .min(MAX_BACKOFF);
+            assert!(backoff(attempts) <= cap);
+        }
+        let spread: std::collections::HashSet<_> = (0..20).map(|_| backoff(10)).collect();
+        assert!(spread.len() > 1, "backoff is jittered");
+    }
+
+    #[test]
+    fn gateway_urls_get_version_and_compression() {
+        assert_eq!(
+            with_query("wss://gateway.discord.gg/"),
+            "wss://gateway.discord.gg/?v=10&encoding=json&compress=zlib-stream"
+        );
+    }
+}

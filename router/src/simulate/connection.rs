@@ -1,0 +1,502 @@
+//! One gateway connection of the double: HELLO, IDENTIFY/RESUME checks, heartbeats, traffic,
+//! replay, the rules it enforces, and the faults it injects.
+//!
+//! Owns the per-connection state (its zlib context, send-rate window, heartbeat deadline).
+//! Sessions, the ledger and identify buckets are shared across connections in `Shared`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use flate2::{Compress, Compression, FlushCompress};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+
+use super::events;
+use super::{
+    Fault, IdentifyRecord, LedgerEntry, ResumeRecord, Shared, SimSession, IDENTIFY_INTERVAL,
+    IDENTIFY_TOLERANCE, MAX_CLIENT_PAYLOAD, REPLAY_BUFFER, SEND_LIMIT, SEND_WINDOW,
+};
+use crate::payload::op;
+
+/// The connection is over; the socket is dropped (after a close frame, if one was sent).
+struct End;
+
+/// Opcodes a client may send after identifying, besides heartbeats.
+const COMMAND_OPS: [u8; 4] = [
+    op::PRESENCE_UPDATE,
+    op::VOICE_STATE_UPDATE,
+    op::REQUEST_GUILD_MEMBERS,
+    op::REQUEST_SOUNDBOARD_SOUNDS,
+];
+
+struct Conn {
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    compressor: Option<Compress>,
+    via_resume_url: bool,
+    /// `(shard, total, session)` once identified or resumed.
+    session: Option<(u32, u32, String)>,
+    faults_tx: mpsc::UnboundedSender<Fault>,
+    faults: mpsc::UnboundedReceiver<Fault>,
+    acks: bool,
+    split_next: Option<usize>,
+    /// When each recent client payload arrived, for the 120 per 60 s rule.
+    received: VecDeque<Instant>,
+    heartbeat_deadline: Instant,
+    next_traffic: Option<Instant>,
+}
+
+pub(super) async fn serve(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    compress: bool,
+    via_resume_url: bool,
+) {
+    shared.observe(|i| i.observed.connections += 1);
+    let (faults_tx, faults) = mpsc::unbounded_channel();
+    let mut conn = Conn {
+        socket,
+        compressor: compress.then(|| Compress::new(Compression::fast(), true)),
+        via_resume_url,
+        session: None,
+        faults_tx,
+        faults,
+        acks: true,
+        split_next: None,
+        received: VecDeque::new(),
+        heartbeat_deadline: Instant::now() + grace(shared.config.heartbeat_interval),
+        next_traffic: None,
+        shared,
+    };
+    let _ = conn.run().await;
+    conn.finish();
+}
+
+/// How late a heartbeat may be before the double gives up on the client.
+fn grace(interval: Duration) -> Duration {
+    interval + interval / 2
+}
+
+impl Conn {
+    async fn run(&mut self) -> Result<(), End> {
+        let hello = format!(
+            r#"{{"op":10,"d":{{"heartbeat_interval":{}}},"s":null,"t":null}}"#,
+            self.shared.config.heartbeat_interval.as_millis()
+        );
+        self.send(&hello).await?;
+        loop {
+            let traffic_at = self.next_traffic;
+            tokio::select! {
+                message = self.socket.recv() => match message {
+                    Some(Ok(message)) => self.on_client(message).await?,
+                    _ => return Err(End),
+                },
+                Some(fault) = self.faults.recv() => self.inject(fault).await?,
+                _ = sleep_until(self.heartbeat_deadline) => {
+                    let shard = self.shard_label();
+                    self.violation(format!("{shard}: no heartbeat within 1.5 heartbeat intervals"));
+                    self.invalidate();
+                    return self.close(4009).await;
+                }
+                _ = sleep_until(traffic_at.unwrap_or_else(Instant::now)), if traffic_at.is_some() => {
+                    self.traffic().await?;
+                }
+            }
+        }
+    }
+
+    fn shard_label(&self) -> String {
+        match &self.session {
+            Some((shard, ..)) => format!("shard {shard}"),
+            None => "an unidentified connection".to_owned(),
+        }
+    }
+
+    fn violation(&self, what: String) {
+        tracing::warn!("simulator: rule broken: {what}");
+        self.shared.observe(|i| i.observed.violations.push(what));
+    }
+
+    /// Unregisters this connection and starts the session's resume window.
+    fn finish(&mut self) {
+        let Some((shard, _, session)) = &self.session else {
+            return;
+        };
+        self.shared.observe(|i| {
+            if i.live
+                .get(shard)
+                .is_some_and(|tx| tx.same_channel(&self.faults_tx))
+            {
+                i.live.remove(shard);
+            }
+            if let Some(s) = i.sessions.get_mut(session) {
+                s.disconnected_at = Some(Instant::now());
+            }
+        });
+    }
+
+    fn invalidate(&self) {
+        if let Some((_, _, session)) = &self.session {
+            self.shared.observe(|i| {
+                if let Some(s) = i.sessions.get_mut(session) {
+                    s.invalidated = true;
+                }
+                i.observed.invalidated.insert(session.clone());
+            });
+        }
+    }
+
+    async fn close(&mut self, code: u16) -> Result<(), End> {
+        let frame = CloseFrame {
+            code,
+            reason: "".into(),
+        };
+        let _ = self.socket.send(Message::Close(Some(frame))).await;
+        Err(End)
+    }
+
+    async fn send(&mut self, text: &str) -> Result<(), End> {
+        let Some(z) = self.compressor.as_mut() else {
+            return self
+                .socket
+                .send(Message::Text(text.into()))
+                .await
+                .map_err(|_| End);
+        };
+        let bytes = deflate(z, text.as_bytes());
+        let parts = self.split_next.take().unwrap_or(1).clamp(1, bytes.len());
+        let size = bytes.len().div_ceil(parts);
+        for chunk in bytes.chunks(size) {
+            let frame = Message::Binary(bytes::Bytes::copy_from_slice(chunk));
+            self.socket.send(frame).await.map_err(|_| End)?;
+        }
+        Ok(())
+    }
+
+    async fn on_client(&mut self, message: Message) -> Result<(), End> {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => return self.close(4002).await,
+            Message::Close(_) => return Err(End),
+            _ => return Ok(()),
+        };
+        let shard = self.shard_label();
+        if text.len() > MAX_CLIENT_PAYLOAD {
+            self.violation(format!(
+                "{shard}: sent a {} byte payload (limit 4096)",
+                text.len()
+            ));
+            return self.close(4002).await;
+        }
+        let now = Instant::now();
+        self.received.push_back(now);
+        while self
+            .received
+            .front()
+            .is_some_and(|t| now - *t >= SEND_WINDOW)
+        {
+            self.received.pop_front();
+        }
+        if self.received.len() > SEND_LIMIT {
+            self.violation(format!("{shard}: sent more than 120 payloads in 60 s"));
+            return self.close(4008).await;
+        }
+        let Ok(payload) = serde_json::from_str::<Value>(&text) else {
+            return self.close(4002).await;
+        };
+        let opcode = payload["op"].as_u64().unwrap_or(u64::MAX);
+        match u8::try_from(opcode).unwrap_or(u8::MAX) {
+            op::HEARTBEAT => {
+                self.heartbeat_deadline = now + grace(self.shared.config.heartbeat_interval);
+                if self.acks {
+                    self.send(r#"{"op":11}"#).await?;
+                }
+                Ok(())
+            }
+            op::IDENTIFY => self.identify(&payload["d"]).await,
+            op::RESUME => self.resume(&payload["d"]).await,
+            o if COMMAND_OPS.contains(&o) => {
+                let Some((shard, ..)) = self.session else {
+                    return self.close(4003).await;
+                };
+                self.shared
+                    .observe(|i| i.observed.commands.push((shard, payload)));
+                Ok(())
+            }
+            _ => self.close(4001).await,
+        }
+    }
+
+    async fn identify(&mut self, d: &Value) -> Result<(), End> {
+        let config = self.shared.config.clone();
+        if self.session.is_some() {
+            return self.close(4005).await;
+        }
+        if d["token"].as_str() != Some(config.token.as_str()) {
+            return self.close(4004).await;
+        }
+        let (shard, total) = match (d["shard"][0].as_u64(), d["shard"][1].as_u64()) {
+            (Some(id), Some(total)) => (id as u32, total as u32),
+            _ if d.get("shard").is_none() => (0, 1),
+            _ => return self.close(4010).await,
+        };
+        if shard >= total {
+            return self.close(4010).await;
+        }
+        if total < config.shards {
+            return self.close(4011).await;
+        }
+        let Some(intents) = d["intents"].as_u64() else {
+            return self.close(4013).await;
+        };
+        if intents & config.disallowed_intents != 0 {
+            return self.close(4014).await;
+        }
+        let now = Instant::now();
+        let bucket = shard % config.max_concurrency.max(1);
+        let verdict = self.shared.observe(|i| {
+            let early = i
+                .buckets
+                .get(&bucket)
+                .map(|last| now - *last)
+                .filter(|since| *since + IDENTIFY_TOLERANCE < IDENTIFY_INTERVAL);
+            let accepted = early.is_none() && i.identifies_remaining > 0;
+            i.observed.identifies.push(IdentifyRecord {
+                shard,
+                at: now,
+                accepted,
+            });
+            if !accepted {
+                return Err(match early {
+                    Some(since) => format!(
+                        "shard {shard}: IDENTIFY {} ms after the last one in bucket {bucket} (limit 5000 ms)",
+                        since.as_millis()
+                    ),
+                    None => format!("shard {shard}: IDENTIFY with no session starts left today"),
+                });
+            }
+            i.buckets.insert(bucket, now);
+            i.identifies_remaining -= 1;
+            let id = format!("sim-{:04x}-{shard}", i.next_session);
+            i.next_session += 1;
+            i.sessions.insert(
+                id.clone(),
+                SimSession {
+                    shard,
+                    total,
+                    events: VecDeque::new(),
+                    first_seq: 1,
+                    seq: 0,
+                    invalidated: false,
+                    disconnected_at: None,
+                },
+            );
+            i.live.insert(shard, self.faults_tx.clone());
+            Ok(id)
+        });
+        let session = match verdict {
+            Ok(session) => session,
+            Err(what) => {
+                self.violation(what);
+                return self.send(r#"{"op":9,"d":false,"s":null,"t":null}"#).await;
+            }
+        };
+        self.session = Some((shard, total, session.clone()));
+        let guilds: Vec<u64> = (0..config.guilds as u64)
+            .map(events::guild_id)
+            .filter(|g| events::shard_of(*g, total) == shard)
+            .collect();
+        let ready = events::ready(&session, &self.shared.resume_url(), [shard, total], &guilds);
+        self.emit("READY", ready).await?;
+        for guild in guilds {
+            self.emit("GUILD_CREATE", events::guild_create(guild))
+                .await?;
+        }
+        self.schedule_traffic();
+        Ok(())
+    }
+
+    async fn resume(&mut self, d: &Value) -> Result<(), End> {
+        if d["token"].as_str() != Some(self.shared.config.token.as_str()) {
+            return self.close(4004).await;
+        }
+        let session = d["session_id"].as_str().unwrap_or_default().to_owned();
+        let seq = d["seq"].as_u64().unwrap_or(0);
+        let window = self.shared.config.resume_window;
+        let replay = self.shared.observe(|i| {
+            let found = i.sessions.get_mut(&session).filter(|s| {
+                !s.invalidated
+                    && s.disconnected_at.is_none_or(|at| at.elapsed() < window)
+                    && seq + 1 >= s.first_seq
+                    && seq <= s.seq
+            });
+            let record = |accepted, shard| ResumeRecord {
+                shard,
+                session: session.clone(),
+                seq,
+                via_resume_url: self.via_resume_url,
+                accepted,
+            };
+            let Some(s) = found else {
+                let shard = i.sessions.get(&session).map_or(u32::MAX, |s| s.shard);
+                i.observed.resumes.push(record(false, shard));
+                return None;
+            };
+            s.disconnected_at = None;
+            let skip = (seq + 1 - s.first_seq) as usize;
+            let replay: Vec<Arc<str>> = s.events.iter().skip(skip).cloned().collect();
+            let (shard, total) = (s.shard, s.total);
+            i.observed.resumes.push(record(true, shard));
+            i.observed.replayed += replay.len() as u64;
+            i.live.insert(shard, self.faults_tx.clone());
+            Some((shard, total, replay))
+        });
+        let Some((shard, total, replay)) = replay else {
+            return self.send(r#"{"op":9,"d":false,"s":null,"t":null}"#).await;
+        };
+        self.session = Some((shard, total, session));
+        for payload in replay {
+            self.send(&payload).await?;
+        }
+        self.emit(
+            "RESUMED",
+            r#"{"_trace":["shardhook-simulator"]}"#.to_owned(),
+        )
+        .await?;
+        self.schedule_traffic();
+        Ok(())
+    }
+
+    /// Creates a new event on this connection's session, ledgers it, and sends it.
+    async fn emit(&mut self, name: &str, d: String) -> Result<(), End> {
+        let Some((shard, _, session)) = self.session.clone() else {
+            return Ok(());
+        };
+        let payload = self.shared.observe(|i| {
+            let s = i.sessions.get_mut(&session)?;
+            s.seq += 1;
+            let payload: Arc<str> = events::dispatch(name, s.seq, &d).into();
+            s.events.push_back(payload.clone());
+            if s.events.len() > REPLAY_BUFFER {
+                s.events.pop_front();
+                s.first_seq += 1;
+            }
+            i.observed.ledger.push(LedgerEntry {
+                shard,
+                session: session.clone(),
+                seq: s.seq,
+                event: name.to_owned(),
+            });
+            Some(payload)
+        });
+        match payload {
+            Some(payload) => self.send(&payload).await,
+            None => Ok(()),
+        }
+    }
+
+    fn schedule_traffic(&mut self) {
+        let rate = self.shared.config.rate;
+        self.next_traffic =
+            (rate > 0.0).then(|| Instant::now() + Duration::from_secs_f64(1.0 / rate));
+    }
+
+    async fn traffic(&mut self) -> Result<(), End> {
+        let Some((shard, total, _)) = self.session.clone() else {
+            return Ok(());
+        };
+        let config = &self.shared.config;
+        let (limit, ping_every, guilds) =
+            (config.events_per_shard, config.ping_every, config.guilds);
+        let counter = self.shared.observe(|i| {
+            let sent = i.traffic.entry(shard).or_insert(0);
+            if limit.is_some_and(|limit| *sent >= limit) {
+                return None;
+            }
+            *sent += 1;
+            i.next_message += 1;
+            Some((i.next_message, *sent))
+        });
+        let Some((counter, nth)) = counter else {
+            self.next_traffic = None;
+            return Ok(());
+        };
+        let guild = (0..guilds as u64)
+            .map(events::guild_id)
+            .find(|g| events::shard_of(*g, total) == shard)
+            .unwrap_or_else(|| events::guild_id(shard as u64));
+        let content = if ping_every > 0 && nth % ping_every == 0 {
+            "!ping".to_owned()
+        } else {
+            format!("hello from the simulator, message {nth}")
+        };
+        let period = Duration::from_secs_f64(1.0 / self.shared.config.rate);
+        self.next_traffic = self
+            .next_traffic
+            .map(|at| (at + period).max(Instant::now() - period * 8));
+        self.emit(
+            "MESSAGE_CREATE",
+            events::message_create(counter, guild, &content),
+        )
+        .await
+    }
+
+    async fn inject(&mut self, fault: Fault) -> Result<(), End> {
+        tracing::info!(?fault, "simulator: injecting a fault");
+        match fault {
+            Fault::Drop => Err(End),
+            Fault::StopHeartbeatAcks => {
+                self.acks = false;
+                Ok(())
+            }
+            Fault::Reconnect => self.send(r#"{"op":7,"d":null,"s":null,"t":null}"#).await,
+            Fault::InvalidateSession { resumable } => {
+                if !resumable {
+                    self.invalidate();
+                }
+                self.send(&format!(r#"{{"op":9,"d":{resumable},"s":null,"t":null}}"#))
+                    .await
+            }
+            Fault::Close(code) => {
+                if matches!(code, 4007 | 4009) {
+                    self.invalidate();
+                }
+                self.close(code).await
+            }
+            Fault::SplitNext(parts) => {
+                self.split_next = Some(parts);
+                Ok(())
+            }
+            Fault::CorruptFrame => {
+                // A deflate block header with type 3, which does not exist, then the suffix.
+                let frame =
+                    bytes::Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0xff, 0xff]);
+                self.socket
+                    .send(Message::Binary(frame))
+                    .await
+                    .map_err(|_| End)
+            }
+            Fault::InvalidJson => self.send(r#"{"op":0,"t":"MESSAGE_CREATE","s":"#).await,
+            Fault::Oversize(size) => self.emit("OVERSIZE_TEST", events::padded(size)).await,
+        }
+    }
+}
+
+/// Compresses one message with a sync flush, so it ends with `00 00 ff ff`.
+fn deflate(z: &mut Compress, input: &[u8]) -> Vec<u8> {
+    let start = z.total_in();
+    let mut out = Vec::with_capacity(input.len() / 2 + 64);
+    loop {
+        let done = (z.total_in() - start) as usize;
+        z.compress_vec(&input[done..], &mut out, FlushCompress::Sync)
+            .expect("compressing into a growing Vec does not fail");
+        if (z.total_in() - start) as usize == input.len() && out.ends_with(&crate::inflater::SUFFIX)
+        {
+            return out;
+        }
+        out.reserve(out.capacity().max(64));
+    }
+}

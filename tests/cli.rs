@@ -1,0 +1,155 @@
+//! End-to-end tests of the `shardhook` binary: the demo, `check`, `run` against `simulate`,
+//! and the token kept out of every line of output.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shardhook");
+const SECRET: &str = "tok.SECRET-never-print-me.0123";
+
+fn shardhook(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("DISCORD_TOKEN")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `shardhook simulate` on a free port; returns the child and its api_url.
+fn simulate(extra: &[&str]) -> (Child, String) {
+    let mut args = vec![
+        "simulate",
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        SECRET,
+        "--rate",
+        "50",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = shardhook(&args).spawn().expect("start simulate");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let api_url = line
+        .split('"')
+        .nth(1)
+        .unwrap_or_else(|| panic!("simulate printed its api_url, got {line:?}"))
+        .to_owned();
+    (child, api_url)
+}
+
+#[test]
+fn the_demo_accounts_for_every_event() {
+    let out = shardhook(&["demo"]).output().unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("shards ready:      4/4"), "{text}");
+    assert!(
+        text.contains("every event arrived exactly once per (shard, seq): yes"),
+        "{text}"
+    );
+    let resumes: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("resumes survived:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a resumes line");
+    assert!(resumes >= 1, "{text}");
+}
+
+#[test]
+fn check_names_a_bad_key_and_what_is_allowed() {
+    let dir = tempdir();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "[discord]\nshards = { total = 2, ids = \"0..5\" }\n").unwrap();
+    let out = shardhook(&["check", "--config", path.to_str().unwrap()])
+        .env("DISCORD_TOKEN", SECRET)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("discord.shards") && text.contains("0..2"),
+        "{text}"
+    );
+
+    std::fs::write(&path, "[discord]\nintents = [\"GUILDS\"]\n").unwrap();
+    let out = shardhook(&["check", "--config", path.to_str().unwrap()])
+        .env("DISCORD_TOKEN", SECRET)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("<redacted>") && text.contains("intents = 1"),
+        "{text}"
+    );
+    assert!(!text.contains(SECRET), "{text}");
+}
+
+#[test]
+fn run_exits_nonzero_when_every_shard_is_fatally_closed_and_never_prints_the_token() {
+    // The double wants 2 shards; running 1 of 1 gets close 4011 (sharding required).
+    let (mut sim, api_url) = simulate(&["--shards", "2", "--heartbeat-interval-ms", "1000"]);
+    let dir = tempdir();
+    let path = dir.join("shardhook.toml");
+    std::fs::write(
+        &path,
+        format!("[discord]\napi_url = \"{api_url}\"\nshards = {{ total = 1 }}\n"),
+    )
+    .unwrap();
+    let out = shardhook(&["run", "--config", path.to_str().unwrap()])
+        .env("DISCORD_TOKEN", SECRET)
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    sim.kill().unwrap();
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("4011") && text.contains("sharding required"),
+        "{text}"
+    );
+    assert!(!text.contains(SECRET), "the token leaked:\n{text}");
+}
+
+#[test]
+fn run_refuses_a_wrong_token_clearly_and_never_prints_it() {
+    let (mut sim, api_url) = simulate(&[]);
+    let out = shardhook(&["run"])
+        .env("DISCORD_TOKEN", "Bot wrong.SECRET-token")
+        .env("SHARDHOOK__DISCORD__API_URL", &api_url)
+        .env("RUST_LOG", "trace")
+        .current_dir(tempdir())
+        .output()
+        .unwrap();
+    sim.kill().unwrap();
+    let text = output_text(&out);
+    assert!(!out.status.success());
+    assert!(text.contains("refused the bot token"), "{text}");
+    assert!(!text.contains("wrong.SECRET-token"), "{text}");
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "shardhook-cli-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
