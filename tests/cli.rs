@@ -6,12 +6,16 @@ use std::process::{Child, Command, Output, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardhook");
 const SECRET: &str = "tok.SECRET-never-print-me.0123";
+const SIGNING: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// An endpoint section for configs; nothing listens there, and these tests never deliver.
+const ENDPOINT: &str = "[[endpoints]]\nname = \"nowhere\"\nurl = \"http://127.0.0.1:9/\"\n";
 
 fn shardhook(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_remove("DISCORD_TOKEN")
         .env_remove("RUST_LOG")
+        .env_remove("SHARDHOOK_SIGNING_SECRET")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -55,7 +59,20 @@ fn the_demo_accounts_for_every_event() {
     let out = shardhook(&["demo"]).output().unwrap();
     let text = output_text(&out);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("shards ready:      4/4"), "{text}");
+    assert!(text.contains("shards ready:        4/4"), "{text}");
+    let verified = text
+        .lines()
+        .find_map(|l| l.strip_prefix("signatures verified: "))
+        .expect("a signatures line");
+    let (ok, all) = verified
+        .trim_end_matches(" requests")
+        .split_once('/')
+        .unwrap();
+    assert_eq!(ok, all, "{text}");
+    assert!(
+        text.contains("edge-a=") && text.contains("edge-b="),
+        "{text}"
+    );
     assert!(
         text.contains("every event arrived exactly once per (shard, seq): yes"),
         "{text}"
@@ -66,6 +83,17 @@ fn the_demo_accounts_for_every_event() {
         .and_then(|n| n.trim().parse().ok())
         .expect("a resumes line");
     assert!(resumes >= 1, "{text}");
+}
+
+#[test]
+fn keygen_prints_a_usable_secret() {
+    let out = shardhook(&["keygen"]).output().unwrap();
+    assert!(out.status.success());
+    let secret = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        shardhook::SigningKey::parse(secret.trim()).is_ok(),
+        "{secret}"
+    );
 }
 
 #[test]
@@ -84,9 +112,14 @@ fn check_names_a_bad_key_and_what_is_allowed() {
         "{text}"
     );
 
-    std::fs::write(&path, "[discord]\nintents = [\"GUILDS\"]\n").unwrap();
+    std::fs::write(
+        &path,
+        format!("[discord]\nintents = [\"GUILDS\"]\n{ENDPOINT}"),
+    )
+    .unwrap();
     let out = shardhook(&["check", "--config", path.to_str().unwrap()])
         .env("DISCORD_TOKEN", SECRET)
+        .env("SHARDHOOK_SIGNING_SECRET", SIGNING)
         .output()
         .unwrap();
     let text = output_text(&out);
@@ -95,7 +128,22 @@ fn check_names_a_bad_key_and_what_is_allowed() {
         text.contains("<redacted>") && text.contains("intents = 1"),
         "{text}"
     );
-    assert!(!text.contains(SECRET), "{text}");
+    assert!(
+        !text.contains(SECRET) && !text.contains(&SIGNING[6..]),
+        "{text}"
+    );
+
+    // Without a signing secret, check says how to make one.
+    let out = shardhook(&["check", "--config", path.to_str().unwrap()])
+        .env("DISCORD_TOKEN", SECRET)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("SHARDHOOK_SIGNING_SECRET") && text.contains("keygen"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -106,11 +154,12 @@ fn run_exits_nonzero_when_every_shard_is_fatally_closed_and_never_prints_the_tok
     let path = dir.join("shardhook.toml");
     std::fs::write(
         &path,
-        format!("[discord]\napi_url = \"{api_url}\"\nshards = {{ total = 1 }}\n"),
+        format!("[discord]\napi_url = \"{api_url}\"\nshards = {{ total = 1 }}\n{ENDPOINT}"),
     )
     .unwrap();
     let out = shardhook(&["run", "--config", path.to_str().unwrap()])
         .env("DISCORD_TOKEN", SECRET)
+        .env("SHARDHOOK_SIGNING_SECRET", SIGNING)
         .env("RUST_LOG", "trace")
         .output()
         .unwrap();
@@ -122,16 +171,23 @@ fn run_exits_nonzero_when_every_shard_is_fatally_closed_and_never_prints_the_tok
         "{text}"
     );
     assert!(!text.contains(SECRET), "the token leaked:\n{text}");
+    assert!(
+        !text.contains(&SIGNING[6..]),
+        "the signing secret leaked:\n{text}"
+    );
 }
 
 #[test]
 fn run_refuses_a_wrong_token_clearly_and_never_prints_it() {
     let (mut sim, api_url) = simulate(&[]);
+    let dir = tempdir();
+    std::fs::write(dir.join("shardhook.toml"), ENDPOINT).unwrap();
     let out = shardhook(&["run"])
         .env("DISCORD_TOKEN", "Bot wrong.SECRET-token")
+        .env("SHARDHOOK_SIGNING_SECRET", SIGNING)
         .env("SHARDHOOK__DISCORD__API_URL", &api_url)
         .env("RUST_LOG", "trace")
-        .current_dir(tempdir())
+        .current_dir(dir)
         .output()
         .unwrap();
     sim.kill().unwrap();

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::intents;
 use crate::secret::Token;
+use crate::signer::SigningKey;
 
 /// Where `run` and `check` look for a config file when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "shardhook.toml";
@@ -31,6 +32,245 @@ pub struct Config {
     /// How to reach Discord and which shards to run.
     #[serde(default)]
     pub discord: DiscordConfig,
+    /// The keys outgoing requests are signed with.
+    #[serde(default)]
+    pub signing: SigningConfig,
+    /// Where events go: `[[endpoints]]`, one table per endpoint.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    /// Retries, dead letters and ordering.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// How events are grouped into requests.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Which events are forwarded.
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// Where the router keeps files.
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// The `[signing]` section.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    /// The current key, `whsec_<base64>`; better: the `SHARDHOOK_SIGNING_SECRET` environment
+    /// variable (wins). `shardhook keygen` prints a new one.
+    #[serde(default, serialize_with = "redacted")]
+    pub secret: Option<SigningKey>,
+    /// Keys being rotated out: requests carry a signature by each, after the current one's.
+    #[serde(default, serialize_with = "redacted_list")]
+    pub previous_secrets: Vec<SigningKey>,
+}
+
+fn redacted<S: serde::Serializer, T>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+fn redacted_list<S: serde::Serializer, T>(value: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(value.iter().map(|_| "<redacted>"))
+}
+
+impl<'de> Deserialize<'de> for SigningKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        SigningKey::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One `[[endpoints]]` table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// A unique name; it, not the URL, decides which shards hash to this endpoint.
+    pub name: String,
+    /// Where to POST: a Worker, a Lambda function URL, any HTTP(S) URL.
+    pub url: String,
+    /// Share of shards relative to the other endpoints (default 1).
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// Timeout per attempt (default: `delivery.timeout`).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Requests in flight at once to this endpoint (default 64).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Requests per second and burst, e.g. `{ per_second = 50, burst = 100 }`.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+fn default_weight() -> f64 {
+    1.0
+}
+
+fn default_max_in_flight() -> usize {
+    64
+}
+
+/// An endpoint's request rate.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub per_second: u32,
+    /// Requests allowed at once after a quiet spell (default: `per_second`).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// Whether a shard's batches leave one at a time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// A shard's next batch leaves after the previous one is delivered or dead-lettered.
+    #[default]
+    Shard,
+    /// Several batches of a shard may be in flight; handlers must order by `s` themselves.
+    None,
+}
+
+/// The `[delivery]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Attempts per batch before it is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Time per batch, from its first attempt, before it is dead-lettered.
+    #[serde(default = "default_max_elapsed", with = "humantime_serde")]
+    pub max_elapsed: Duration,
+    /// Timeout per attempt unless an endpoint sets its own.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// First retry delay; each retry doubles it, with full jitter, up to `max_backoff`.
+    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// `"shard"` (default) or `"none"`.
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Events queued per shard before the shard stops reading (backpressure).
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Consecutive failures (connect errors, timeouts, 5xx) that open an endpoint's circuit.
+    #[serde(default = "default_circuit_failures")]
+    pub circuit_failures: u32,
+    /// How long an open circuit sends the endpoint's shards elsewhere before a probe.
+    #[serde(default = "default_circuit_cooldown", with = "humantime_serde")]
+    pub circuit_cooldown: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            max_attempts: default_max_attempts(),
+            max_elapsed: default_max_elapsed(),
+            timeout: default_timeout(),
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+            ordering: Ordering::default(),
+            queue: default_queue(),
+            circuit_failures: default_circuit_failures(),
+            circuit_cooldown: default_circuit_cooldown(),
+        }
+    }
+}
+
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_max_elapsed() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_initial_backoff() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_queue() -> usize {
+    1024
+}
+fn default_circuit_failures() -> u32 {
+    5
+}
+fn default_circuit_cooldown() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// The `[batch]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Events per request at most (default 1: one request per event).
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// Body bytes per request at most; one event bigger than this still goes alone.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// How long a batch waits for more events (default 0: it takes only what is queued).
+    /// INTERACTION_CREATE never waits.
+    #[serde(default, with = "humantime_serde")]
+    pub linger: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: default_max_events(),
+            max_bytes: default_max_bytes(),
+            linger: Duration::ZERO,
+        }
+    }
+}
+
+fn default_max_events() -> usize {
+    1
+}
+fn default_max_bytes() -> usize {
+    1 << 20
+}
+
+/// The `[events]` section: filters by event name, applied before anything is sent.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Only these events (default: all).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Never these events.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+/// The `[state]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The directory for dead letters (`dead-letters.jsonl`).
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
 }
 
 /// The `[discord]` section.
@@ -211,6 +451,10 @@ pub enum ConfigError {
     Env { var: String, message: String },
     #[error("no bot token: set DISCORD_TOKEN or discord.token")]
     MissingToken,
+    #[error("no signing secret: set SHARDHOOK_SIGNING_SECRET or signing.secret (`shardhook keygen` makes one)")]
+    MissingSecret,
+    #[error("no endpoints: add at least one [[endpoints]] table with a name and a url")]
+    NoEndpoints,
 }
 
 impl Config {
@@ -241,28 +485,103 @@ impl Config {
             path: origin.to_owned(),
             source: Box::new(e),
         })?;
-        let mut token_from_env = None;
         for (var, value) in env {
-            if var == "DISCORD_TOKEN" {
-                token_from_env = Some(value);
+            // Secrets are set as strings directly, never parsed as TOML.
+            let secret_key = match var.as_str() {
+                "DISCORD_TOKEN" => Some(("discord", "token")),
+                "SHARDHOOK_SIGNING_SECRET" => Some(("signing", "secret")),
+                _ => None,
+            };
+            if let Some((section, key)) = secret_key {
+                let section = table
+                    .entry(section)
+                    .or_insert_with(|| toml::Value::Table(Default::default()));
+                if let toml::Value::Table(section) = section {
+                    section.insert(key.into(), toml::Value::String(value));
+                }
             } else if let Some(path) = var.strip_prefix(ENV_PREFIX) {
                 apply_override(&mut table, &var, path, &value)?;
             }
         }
-        if let Some(token) = token_from_env {
-            // Kept out of `apply_override` so the token never passes through TOML parsing.
-            let discord = table
-                .entry("discord")
-                .or_insert_with(|| toml::Value::Table(Default::default()));
-            if let toml::Value::Table(discord) = discord {
-                discord.insert("token".into(), toml::Value::String(token));
+        let de = toml::Value::Table(table);
+        let config: Config =
+            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Invalid {
+                key: e.path().to_string(),
+                message: e.into_inner().message().to_owned(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the schema alone cannot: endpoint URLs, unique names, positive numbers.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let key = |field: &str| format!("endpoints[{i}].{field}");
+            match reqwest::Url::parse(&endpoint.url) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                Ok(url) => {
+                    return invalid(
+                        key("url"),
+                        format!("scheme `{}` is not http or https", url.scheme()),
+                    )
+                }
+                Err(e) => {
+                    return invalid(key("url"), format!("`{}` is not a URL: {e}", endpoint.url))
+                }
+            }
+            if endpoint.name.is_empty()
+                || self.endpoints[..i].iter().any(|e| e.name == endpoint.name)
+            {
+                return invalid(
+                    key("name"),
+                    format!("`{}` must be non-empty and unique", endpoint.name),
+                );
+            }
+            if !(endpoint.weight.is_finite() && endpoint.weight > 0.0) {
+                return invalid(
+                    key("weight"),
+                    format!("{} must be a positive number", endpoint.weight),
+                );
+            }
+            if endpoint.max_in_flight == 0 {
+                return invalid(key("max_in_flight"), "must be at least 1".to_owned());
+            }
+            if endpoint
+                .rate_limit
+                .is_some_and(|r| r.per_second == 0 || r.burst == Some(0))
+            {
+                return invalid(
+                    key("rate_limit"),
+                    "per_second and burst must be at least 1".to_owned(),
+                );
             }
         }
-        let de = toml::Value::Table(table);
-        serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Invalid {
-            key: e.path().to_string(),
-            message: e.into_inner().message().to_owned(),
-        })
+        let d = &self.delivery;
+        if d.max_attempts == 0 {
+            return invalid("delivery.max_attempts".into(), "must be at least 1".into());
+        }
+        if d.queue == 0 {
+            return invalid("delivery.queue".into(), "must be at least 1".into());
+        }
+        if d.circuit_failures == 0 {
+            return invalid(
+                "delivery.circuit_failures".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self.batch.max_events == 0 {
+            return invalid("batch.max_events".into(), "must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The signing secret, or the error that says how to provide one.
+    pub fn signing_key(&self) -> Result<&SigningKey, ConfigError> {
+        self.signing
+            .secret
+            .as_ref()
+            .ok_or(ConfigError::MissingSecret)
     }
 
     /// The bot token, or the error that says how to provide one.
@@ -403,6 +722,66 @@ mod tests {
         let shown = format!("{}\n{config:?}", config.to_redacted_toml());
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn endpoints_and_delivery_settings_parse_and_validate() {
+        let text = r#"
+            [signing]
+            secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            [[endpoints]]
+            name = "worker"
+            url = "https://example.workers.dev/events"
+            weight = 2
+            timeout = "3s"
+            rate_limit = { per_second = 50, burst = 100 }
+            [[endpoints]]
+            name = "lambda"
+            url = "https://abc.lambda-url.us-east-1.on.aws/"
+            [delivery]
+            ordering = "none"
+            max_elapsed = "2m"
+            [batch]
+            max_events = 100
+            linger = "5ms"
+        "#;
+        let config = parse(text).unwrap();
+        assert_eq!(config.endpoints.len(), 2);
+        assert_eq!(config.endpoints[0].timeout, Some(Duration::from_secs(3)));
+        assert_eq!(config.delivery.ordering, Ordering::None);
+        assert_eq!(config.batch.linger, Duration::from_millis(5));
+        assert!(config.signing_key().is_ok());
+        let shown = config.to_redacted_toml();
+        assert!(!shown.contains("MfKQ9r8"), "{shown}");
+    }
+
+    #[test]
+    fn bad_endpoints_and_secrets_name_the_key() {
+        let err = parse("[[endpoints]]\nname = \"a\"\nurl = \"ftp://x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("endpoints[0].url") && err.contains("ftp"),
+            "{err}"
+        );
+        let two = "[[endpoints]]\nname = \"a\"\nurl = \"http://x\"\n[[endpoints]]\nname = \"a\"\nurl = \"http://y\"";
+        let err = parse(two).unwrap_err().to_string();
+        assert!(err.contains("endpoints[1].name"), "{err}");
+        let err = parse("[signing]\nsecret = \"hunter2\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("signing.secret") && err.contains("whsec_"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = parse("[delivery]\nordering = \"random\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("delivery.ordering") && err.contains("shard"),
+            "{err}"
+        );
     }
 
     #[test]

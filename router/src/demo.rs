@@ -1,20 +1,24 @@
-//! `shardhook demo`: the embedded default. The Discord double, the router and a local receiver
-//! in one process, with faults that force resumes, and a summary that accounts for every event.
+//! `shardhook demo`: the embedded default. The Discord double, the router with its delivery
+//! pipeline, and two local receiving endpoints that verify every signature, in one process,
+//! with faults that force resumes and a retry, and a summary that accounts for every event.
 //!
-//! Owns the demo's script and its report. It uses only public pieces (`Simulator`, `Router`)
-//! so it shows what a user's setup does.
+//! Owns the demo's script and its report. It uses only public pieces (`Simulator`, `Router`,
+//! `Pipeline`, `Receiver`) so it shows what a user's setup does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
-use crate::config::{Config, DiscordConfig, ShardsConfig};
+use crate::config::{
+    Config, DiscordConfig, EndpointConfig, ShardsConfig, SigningConfig, StateConfig,
+};
+use crate::receiver::{Receiver, Reply};
 use crate::simulate::{Fault, SimConfig, Simulator, DEFAULT_TOKEN};
-use crate::{Dispatch, Router, ShardState, Token};
+use crate::{Pipeline, Router, ShardState, Signer, SigningKey, Token};
 
 /// How long the whole demo may take before it reports failure.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -48,6 +52,14 @@ pub struct DemoReport {
     pub resumes: u32,
     /// Events received per shard.
     pub per_shard: BTreeMap<u32, u64>,
+    /// Events received per endpoint.
+    pub per_endpoint: BTreeMap<String, u64>,
+    /// Requests whose signature verified, of all requests the endpoints got.
+    pub verified: usize,
+    pub requests: usize,
+    pub retries: u64,
+    pub latency_p50: Option<Duration>,
+    pub latency_p99: Option<Duration>,
     /// Events the double created.
     pub sent: usize,
     /// Distinct events received.
@@ -59,10 +71,21 @@ pub struct DemoReport {
 }
 
 impl DemoReport {
-    /// Every event the double sent arrived exactly once per (shard, seq).
+    /// Every event the double sent arrived exactly once per (shard, seq), every request
+    /// verified.
     pub fn exactly_once(&self) -> bool {
         self.duplicates == 0 && self.missing == 0 && self.received == self.sent
     }
+
+    pub fn all_verified(&self) -> bool {
+        self.verified == self.requests
+    }
+}
+
+fn millis(d: Option<Duration>) -> String {
+    d.map_or("-".to_owned(), |d| {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    })
 }
 
 impl fmt::Display for DemoReport {
@@ -74,7 +97,7 @@ impl fmt::Display for DemoReport {
         )?;
         writeln!(
             f,
-            "shards ready:      {}/{}",
+            "shards ready:        {}/{}",
             self.shards_ready, self.shards
         )?;
         let faults: Vec<String> = self
@@ -82,18 +105,36 @@ impl fmt::Display for DemoReport {
             .iter()
             .map(|(s, w)| format!("shard {s}: {w}"))
             .collect();
-        writeln!(f, "faults injected:   {}", faults.join(", "))?;
-        writeln!(f, "resumes survived:  {}", self.resumes)?;
+        writeln!(f, "faults injected:     {}", faults.join(", "))?;
+        writeln!(f, "resumes survived:    {}", self.resumes)?;
         let per: Vec<String> = self
             .per_shard
             .iter()
             .map(|(s, n)| format!("{s}={n}"))
             .collect();
-        writeln!(f, "events per shard:  {}", per.join(" "))?;
-        writeln!(f, "events sent:       {}", self.sent)?;
+        writeln!(f, "events per shard:    {}", per.join(" "))?;
+        let per: Vec<String> = self
+            .per_endpoint
+            .iter()
+            .map(|(e, n)| format!("{e}={n}"))
+            .collect();
+        writeln!(f, "events per endpoint: {}", per.join(" "))?;
         writeln!(
             f,
-            "events received:   {} (duplicates {}, missing {})",
+            "signatures verified: {}/{} requests",
+            self.verified, self.requests
+        )?;
+        writeln!(f, "retries:             {}", self.retries)?;
+        writeln!(
+            f,
+            "delivery latency:    p50 {}, p99 {}",
+            millis(self.latency_p50),
+            millis(self.latency_p99)
+        )?;
+        writeln!(f, "events sent:         {}", self.sent)?;
+        writeln!(
+            f,
+            "events received:     {} (duplicates {}, missing {})",
             self.received, self.duplicates, self.missing
         )?;
         let verdict = if self.exactly_once() { "yes" } else { "NO" };
@@ -107,19 +148,18 @@ impl fmt::Display for DemoReport {
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("failed to start the simulator: {0}")]
-    Simulator(std::io::Error),
+    #[error("failed to start a local server: {0}")]
+    Io(#[from] std::io::Error),
     #[error(transparent)]
     Start(#[from] crate::StartError),
+    #[error(transparent)]
+    Delivery(#[from] crate::delivery::DeliveryError),
     #[error("the demo did not finish within {0:?}: {1}")]
     Timeout(Duration, &'static str),
 }
 
-#[derive(Default)]
-struct Received {
-    /// Times each `(shard, session, seq)` arrived.
-    seen: HashMap<(u32, Arc<str>, u64), u32>,
-    per_shard: BTreeMap<u32, u64>,
+async fn loopback() -> std::io::Result<TcpListener> {
+    TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
 }
 
 /// Runs the demo and returns its report.
@@ -133,9 +173,24 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         heartbeat_interval: Duration::from_secs(5),
         ..SimConfig::default()
     };
-    let sim = Simulator::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), sim_config)
-        .await
-        .map_err(DemoError::Simulator)?;
+    let sim = Simulator::start(loopback().await?, sim_config)?;
+    let secret = SigningKey::generate();
+    let key = SigningKey::parse(&secret).expect("a generated key parses");
+    let receivers = [
+        Receiver::start(
+            loopback().await?,
+            "edge-a",
+            Signer::new(key.clone(), vec![]),
+        )?,
+        Receiver::start(
+            loopback().await?,
+            "edge-b",
+            Signer::new(key.clone(), vec![]),
+        )?,
+    ];
+    // One transient failure, so a retry shows.
+    receivers[0].script([Reply::Status(503)]);
+    let state_dir = std::env::temp_dir().join(format!("shardhook-demo-{}", std::process::id()));
     let config = Config {
         discord: DiscordConfig {
             token: Token::new(DEFAULT_TOKEN),
@@ -143,42 +198,61 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
             shards: ShardsConfig::Auto,
             ..DiscordConfig::default()
         },
+        signing: SigningConfig {
+            secret: Some(key),
+            previous_secrets: vec![],
+        },
+        endpoints: receivers
+            .iter()
+            .map(|r| EndpointConfig {
+                name: r.name().to_owned(),
+                url: r.url(),
+                weight: 1.0,
+                timeout: None,
+                max_in_flight: 64,
+                rate_limit: None,
+            })
+            .collect(),
+        state: StateConfig {
+            dir: state_dir.clone(),
+        },
+        ..Config::default()
     };
 
-    // The local receiver: counts every event by (shard, session, seq).
-    let (sink, mut events) = mpsc::channel::<Dispatch>(1024);
-    let received = Arc::new(Mutex::new(Received::default()));
-    let (progress, mut progress_rx) = watch::channel(0u64);
-    let receiver = {
-        let received = received.clone();
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                let mut r = received.lock().unwrap_or_else(|p| p.into_inner());
-                *r.seen
-                    .entry((event.shard_id, event.session_id.clone(), event.seq))
-                    .or_default() += 1;
-                *r.per_shard.entry(event.shard_id).or_default() += 1;
-                drop(r);
-                progress.send_modify(|n| *n += 1);
-            }
-        })
-    };
-
-    let router = Router::start(&config, sink).await?;
+    let mut pipeline = Pipeline::new(&config)?;
+    let stats = pipeline.stats();
+    let router = Router::start_with(&config, |id| pipeline.sink(id)).await?;
     let shards = router.shards().to_vec();
     let (stop, stopped) = oneshot::channel::<()>();
     let running = tokio::spawn(router.run_until(async {
         let _ = stopped.await;
     }));
 
+    let arrived = |e: &crate::simulate::LedgerEntry, seen: &HashMap<(u32, String, u64), u32>| {
+        seen.contains_key(&(e.shard, e.session.clone(), e.seq))
+    };
+    let tally = || {
+        let mut seen: HashMap<(u32, String, u64), u32> = HashMap::new();
+        for r in &receivers {
+            r.seen(|s| {
+                for a in &s.events {
+                    *seen.entry((a.shard, a.session.clone(), a.seq)).or_default() += 1;
+                }
+            });
+        }
+        seen
+    };
+
     let script = async {
         for shard in &shards {
-            let mut status = shard.status();
-            let _ = status.wait_for(|s| s.state == ShardState::Active).await;
+            let _ = shard
+                .status()
+                .wait_for(|s| s.state == ShardState::Active)
+                .await;
         }
         let shards_ready = shards.len() as u32;
-        // Let traffic flow on shard 0, then break its connection and send op 7 to another.
-        let faulted: Vec<(u32, Fault, &'static str)> = vec![
+        // Let traffic flow, then break one shard's connection and send op 7 to another.
+        let faulted = [
             (0, Fault::Drop, "TCP connection dropped"),
             (shards.len() as u32 - 1, Fault::Reconnect, "op 7 reconnect"),
         ];
@@ -191,32 +265,35 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
             if sim.inject(shard, fault) {
                 faults.push((shard, what));
             }
-            let handle = &shards[shard as usize];
-            let _ = handle.status().wait_for(|s| s.resumes >= 1).await;
+            let _ = shards[shard as usize]
+                .status()
+                .wait_for(|s| s.resumes >= 1)
+                .await;
         }
         // Wait until every shard's traffic is done and every created event has arrived.
         let total_traffic = options.events_per_shard * shards.len() as u64;
         let mut sim_changes = sim.changes();
+        let mut receiver_changes: Vec<_> = receivers.iter().map(|r| r.changes()).collect();
         loop {
+            let seen = tally();
             let done = sim.observed(|o| {
                 let traffic = o
                     .ledger
                     .iter()
                     .filter(|e| e.event == "MESSAGE_CREATE")
                     .count() as u64;
-                let r = received.lock().unwrap_or_else(|p| p.into_inner());
-                traffic == total_traffic
-                    && o.ledger.iter().all(|e| {
-                        r.seen
-                            .contains_key(&(e.shard, Arc::from(e.session.as_str()), e.seq))
-                    })
+                traffic == total_traffic && o.ledger.iter().all(|e| arrived(e, &seen))
             });
             if done {
                 break;
             }
+            let [a, b] = &mut receiver_changes[..] else {
+                unreachable!("two receivers")
+            };
             tokio::select! {
-                _ = progress_rx.changed() => {}
                 _ = sim_changes.changed() => {}
+                _ = a.changed() => {}
+                _ = b.changed() => {}
             }
         }
         (shards_ready, faults)
@@ -227,29 +304,48 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
 
     let _ = stop.send(());
     let _ = running.await;
-    let _ = receiver.await;
+    pipeline.finish().await;
+    let _ = std::fs::remove_dir_all(&state_dir);
+
     let resumes = shards.iter().map(|s| s.status().borrow().resumes).sum();
-    let r = received.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = tally();
+    let mut per_shard = BTreeMap::new();
+    for (shard, _, _) in seen.keys() {
+        *per_shard.entry(*shard).or_default() += 1;
+    }
+    let per_endpoint = receivers
+        .iter()
+        .map(|r| (r.name().to_owned(), r.seen(|s| s.events.len() as u64)))
+        .collect();
+    let (verified, requests) = receivers.iter().fold((0, 0), |(v, n), r| {
+        r.seen(|s| {
+            (
+                v + s.requests.iter().filter(|q| q.verified).count(),
+                n + s.requests.len(),
+            )
+        })
+    });
     let (sent, missing) = sim.observed(|o| {
-        let missing = o
-            .ledger
-            .iter()
-            .filter(|e| {
-                !r.seen
-                    .contains_key(&(e.shard, Arc::from(e.session.as_str()), e.seq))
-            })
-            .count();
-        (o.ledger.len(), missing)
+        (
+            o.ledger.len(),
+            o.ledger.iter().filter(|e| !arrived(e, &seen)).count(),
+        )
     });
     Ok(DemoReport {
         shards: options.shards,
         shards_ready,
         faults,
         resumes,
-        per_shard: r.per_shard.clone(),
+        per_shard,
+        per_endpoint,
+        verified,
+        requests,
+        retries: stats.snapshot().retries,
+        latency_p50: stats.latency_quantile(0.5),
+        latency_p99: stats.latency_quantile(0.99),
         sent,
-        received: r.seen.len(),
-        duplicates: r.seen.values().filter(|n| **n > 1).count(),
+        received: seen.len(),
+        duplicates: seen.values().filter(|n| **n > 1).count(),
         missing,
     })
 }

@@ -20,6 +20,8 @@ pub struct Dispatch {
     pub session_id: Arc<str>,
     /// Discord's sequence number, increasing within a session.
     pub seq: u64,
+    /// When the shard read it, for delivery latency.
+    pub received_at: tokio::time::Instant,
     /// The whole inflated gateway message; `name` and `data` index into it.
     payload: Bytes,
     name: Range<usize>,
@@ -44,6 +46,7 @@ impl Dispatch {
             shard_count: shard[1],
             session_id,
             seq,
+            received_at: tokio::time::Instant::now(),
             payload,
             name,
             data,

@@ -1,5 +1,5 @@
-//! shardhook keeps a Discord bot's gateway shards connected and hands every dispatch event to a
-//! consumer through a bounded channel.
+//! shardhook keeps a Discord bot's gateway shards connected and forwards every dispatch event,
+//! signed, to the HTTP endpoint its shard hashes to.
 //!
 //! # Layout
 //! - `config`: the TOML schema, environment overrides and validation.
@@ -15,29 +15,50 @@
 //! - `inflater`: zlib-stream decompression.
 //! - `payload`: gateway payloads in and out, without a JSON tree for `d`.
 //! - `dispatch`: the event handed from a shard to its consumer.
+//! - `delivery`: per-shard queues, batching, signing, sending, retries, failover, dead letters.
+//! - `batch`: a batch's body (with `d` spliced byte for byte) and `webhook-id`.
+//! - `signer`: Standard Webhooks signatures and keys.
+//! - `ring`: weighted rendezvous hashing of shard ids over endpoints.
+//! - `endpoint`: one endpoint's pacing, in-flight cap and circuit.
+//! - `circuit`: the circuit breaker.
+//! - `retry`: the retry decision and backoff.
+//! - `deadletter`: the dead-letter file.
+//! - `receiver`: a local verifying endpoint for the demo and tests.
 //! - `simulate`: a local Discord double for tests, the demo and handler development.
 //! - `demo`: `shardhook demo`, the embedded default.
 
 mod api;
+mod batch;
+mod circuit;
 mod close_code;
 pub mod config;
+mod deadletter;
+pub mod delivery;
 pub mod demo;
 mod dispatch;
+mod endpoint;
 mod identify;
 mod inflater;
 pub mod intents;
 mod payload;
 mod ratelimiter;
+pub mod receiver;
+mod retry;
+mod ring;
 mod router;
 mod secret;
 mod session;
 mod shard;
+pub mod signer;
 pub mod simulate;
 
 pub use api::{GatewayBot, SessionStartLimit};
 pub use config::Config;
+pub use deadletter::{read as read_dead_letters, DeadLetter};
+pub use delivery::{DeliveryStats, Pipeline, StatsSnapshot};
 pub use dispatch::Dispatch;
 pub use router::{run, AllShardsStopped, Router, RunError, StartError};
 pub use secret::Token;
 pub use session::Session;
 pub use shard::{FatalClose, ShardHandle, ShardState, ShardStatus, ShardStopped};
+pub use signer::{Signer, SigningKey};

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shardhook::simulate::{SimConfig, Simulator, DEFAULT_TOKEN};
-use shardhook::{demo, Config, Dispatch};
-use tokio::sync::mpsc;
+use shardhook::{demo, Config, Pipeline, Router, SigningKey};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -57,9 +56,18 @@ enum Command {
         #[arg(long, default_value_t = 41_250)]
         heartbeat_interval_ms: u64,
     },
-    /// Run the double, the router and a local receiver in one process, with faults, and print
-    /// a summary that accounts for every event. No token or config needed.
+    /// Run the double, the router and two local verifying endpoints in one process, with
+    /// faults, and print a summary that accounts for every event. No token or config needed.
     Demo,
+    /// Print a new signing secret (`whsec_...`).
+    Keygen,
+    /// Send a dead-letter file's batches again. The file is renamed to FILE.replayed first;
+    /// batches that fail again are dead-lettered anew in state.dir.
+    Replay {
+        file: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -92,31 +100,61 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Run { config } => {
             let config = load(config)?;
-            let (sink, mut events) = mpsc::channel::<Dispatch>(1024);
-            // Until delivery lands, events are counted and logged at debug level.
-            let consumer = tokio::spawn(async move {
-                let mut count = 0u64;
-                while let Some(event) = events.recv().await {
-                    count += 1;
-                    tracing::debug!(
-                        shard_id = event.shard_id,
-                        seq = event.seq,
-                        event = event.name(),
-                        "dispatch"
-                    );
-                }
-                count
-            });
-            shardhook::run(&config, sink, shutdown_signal())
+            let mut pipeline = Pipeline::new(&config).map_err(|e| e.to_string())?;
+            let router = Router::start_with(&config, |id| pipeline.sink(id))
                 .await
                 .map_err(|e| e.to_string())?;
-            let count = consumer.await.unwrap_or(0);
-            tracing::info!(events = count, "stopped");
+            let ran = router.run_until(shutdown_signal()).await;
+            tracing::info!("shards stopped; finishing delivery of queued events");
+            let stats = pipeline.stats();
+            pipeline.finish().await;
+            let s = stats.snapshot();
+            tracing::info!(
+                delivered = s.events_delivered,
+                dead_lettered = s.events_dead_lettered,
+                retries = s.retries,
+                "stopped"
+            );
+            ran.map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen => {
+            println!("{}", SigningKey::generate());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { file, config } => {
+            let config = load(config)?;
+            let pipeline = Pipeline::new(&config).map_err(|e| e.to_string())?;
+            let letters = shardhook::read_dead_letters(&file).map_err(|e| e.to_string())?;
+            let mut moved = file.clone().into_os_string();
+            moved.push(".replayed");
+            std::fs::rename(&file, &moved).map_err(|e| {
+                format!(
+                    "failed to move {} aside before replaying: {e}",
+                    file.display()
+                )
+            })?;
+            let total = letters.len();
+            let delivered = pipeline.replay(letters).await;
+            println!(
+                "replayed {delivered} of {total} batch(es) from {}; {} failed again and went to {}",
+                file.display(),
+                total - delivered,
+                pipeline.dead_letter_path().display()
+            );
+            Ok(if delivered == total {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Check { config } => {
             let config = load(config)?;
             config.token().map_err(|e| e.to_string())?;
+            config.signing_key().map_err(|e| e.to_string())?;
+            if config.endpoints.is_empty() {
+                return Err(shardhook::config::ConfigError::NoEndpoints.to_string());
+            }
             print!("{}", config.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }
@@ -156,11 +194,13 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 .await
                 .map_err(|e| e.to_string())?;
             println!("{report}");
-            Ok(if report.exactly_once() && report.resumes > 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(
+                if report.exactly_once() && report.all_verified() && report.resumes > 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                },
+            )
         }
     }
 }

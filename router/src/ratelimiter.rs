@@ -1,8 +1,10 @@
-//! The per-shard limiter for payloads we send: Discord allows 120 per 60 s per connection.
+//! Rate limiters: a governor GCRA on tokio's clock (`Pacer`, testable with paused time), and
+//! the per-shard limiter for payloads we send, since Discord allows 120 per 60 s per
+//! connection.
 //!
-//! Owns the budget arithmetic (heartbeats and the IDENTIFY/RESUME are reserved out of the 120,
-//! so commands can never crowd out a heartbeat) and a governor limiter on tokio's clock, which
-//! makes it testable with paused time. Heartbeats themselves bypass it.
+//! Owns the budget arithmetic for gateway commands (heartbeats and the IDENTIFY/RESUME are
+//! reserved out of the 120, so commands never crowd out a heartbeat); heartbeats themselves
+//! bypass it. Endpoint quotas are set by `endpoint` with a `Pacer` of their own.
 
 use std::time::Duration;
 
@@ -33,10 +35,47 @@ impl Clock for TokioClock {
     }
 }
 
-/// Paces a shard's gateway commands.
-pub struct CommandLimiter {
+/// A GCRA limiter that waits on tokio's clock.
+pub struct Pacer {
     limiter: RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>,
     clock: TokioClock,
+}
+
+impl std::fmt::Debug for Pacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pacer").finish_non_exhaustive()
+    }
+}
+
+impl Pacer {
+    pub fn new(quota: Quota) -> Pacer {
+        let clock = TokioClock {
+            start: tokio::time::Instant::now(),
+        };
+        Pacer {
+            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
+            clock,
+        }
+    }
+
+    /// Takes a slot now, or says how long until one frees up.
+    pub fn try_acquire(&self) -> Result<(), Duration> {
+        self.limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// Waits for a slot.
+    pub async fn acquire(&self) {
+        while let Err(wait) = self.try_acquire() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Paces a shard's gateway commands.
+pub struct CommandLimiter {
+    pacer: Pacer,
     budget: u32,
 }
 
@@ -54,12 +93,8 @@ impl CommandLimiter {
         let quota = Quota::with_period(period)
             .expect("period is positive")
             .allow_burst(std::num::NonZeroU32::new(burst).expect("burst is at least 1"));
-        let clock = TokioClock {
-            start: tokio::time::Instant::now(),
-        };
         CommandLimiter {
-            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
-            clock,
+            pacer: Pacer::new(quota),
             budget,
         }
     }
@@ -70,17 +105,14 @@ impl CommandLimiter {
     }
 
     /// Takes a slot now, or says how long until one frees up.
+    #[cfg(test)]
     pub fn try_acquire(&self) -> Result<(), Duration> {
-        self.limiter
-            .check()
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        self.pacer.try_acquire()
     }
 
     /// Waits for a slot.
     pub async fn acquire(&self) {
-        while let Err(wait) = self.try_acquire() {
-            tokio::time::sleep(wait).await;
-        }
+        self.pacer.acquire().await
     }
 }
 

@@ -62,10 +62,20 @@ pub fn shard_plan(shards: &ShardsConfig, bot: &GatewayBot) -> (u32, Range<u32>) 
 }
 
 impl Router {
-    /// Asks Discord for the gateway, checks the plan, and starts every shard of this process.
+    /// Asks Discord for the gateway, checks the plan, and starts every shard of this process,
+    /// all handing their dispatches to `sink`.
     pub async fn start(
         config: &Config,
         sink: mpsc::Sender<Dispatch>,
+    ) -> Result<Router, StartError> {
+        Router::start_with(config, |_| sink.clone()).await
+    }
+
+    /// Like `start`, with a queue of its own per shard: `sink_for(shard_id)` is called once
+    /// for each shard this process runs.
+    pub async fn start_with(
+        config: &Config,
+        mut sink_for: impl FnMut(u32) -> mpsc::Sender<Dispatch>,
     ) -> Result<Router, StartError> {
         let token = config.token()?.clone();
         let client = reqwest::Client::builder()
@@ -109,7 +119,7 @@ impl Router {
             let (shard, handle) = Shard::new(
                 shard_config,
                 queue.clone(),
-                sink.clone(),
+                sink_for(id),
                 shutdown_rx.clone(),
             );
             tasks.spawn(shard.run().instrument(info_span!("shard", shard_id = id)));

@@ -56,6 +56,7 @@ pub fn config_for(sim: &Simulator) -> Config {
             connect_timeout: Duration::from_secs(5),
             ..DiscordConfig::default()
         },
+        ..Config::default()
     }
 }
 
@@ -288,3 +289,5 @@ impl Harness {
             .expect("the router task does not panic")
     }
 }
+
+pub mod pipe;

@@ -481,6 +481,7 @@ impl Conn {
             }
             Fault::InvalidJson => self.send(r#"{"op":0,"t":"MESSAGE_CREATE","s":"#).await,
             Fault::Oversize(size) => self.emit("OVERSIZE_TEST", events::padded(size)).await,
+            Fault::Dispatch { name, d } => self.emit(&name, d).await,
         }
     }
 }

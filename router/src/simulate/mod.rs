@@ -107,6 +107,8 @@ pub enum Fault {
     InvalidJson,
     /// Send a dispatch (ledgered, `t` = `OVERSIZE_TEST`) about this many bytes long.
     Oversize(usize),
+    /// Send a dispatch (ledgered) with this name and `d`, e.g. an INTERACTION_CREATE.
+    Dispatch { name: String, d: String },
 }
 
 /// One event the double created: `(shard, session, seq)` identifies it.

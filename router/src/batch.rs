@@ -1,0 +1,167 @@
+//! A batch: events of one shard and one session, in seq order, and the request body they make.
+//!
+//! Owns the wire format's body and the batch's `webhook-id`. Each event's `d` is spliced in
+//! byte for byte from the gateway message; nothing is re-serialised. When to close a batch is
+//! `delivery`'s decision; this module only says whether an event fits.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::dispatch::Dispatch;
+
+/// Bytes a batch's envelope adds besides its events, and each event adds besides name and `d`.
+const ENVELOPE: usize = 96;
+const PER_EVENT: usize = 32;
+
+/// Events on their way to one request.
+pub struct Batch {
+    events: Vec<Dispatch>,
+    bytes: usize,
+}
+
+/// A finished batch, ready to send (and re-send: the same id and body on every attempt).
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `webhook-id`: unique per batch, the same on every retry.
+    pub id: String,
+    pub body: Bytes,
+    pub shard_id: u32,
+    pub events: usize,
+    /// When the batch's first event was read from the gateway.
+    pub first_received: Instant,
+}
+
+impl Batch {
+    pub fn new(first: Dispatch) -> Batch {
+        let bytes = ENVELOPE + first.session_id.len() + event_size(&first);
+        Batch {
+            events: vec![first],
+            bytes,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether `event` may join: same session, and the body stays within `max_bytes`.
+    pub fn accepts(&self, event: &Dispatch, max_bytes: usize) -> bool {
+        let first = &self.events[0].session_id;
+        let same_session = Arc::ptr_eq(first, &event.session_id) || *first == event.session_id;
+        same_session && self.bytes + event_size(event) <= max_bytes
+    }
+
+    pub fn push(&mut self, event: Dispatch) {
+        self.bytes += event_size(&event);
+        self.events.push(event);
+    }
+
+    /// The request body and id. Body:
+    /// `{"v":1,"shard_id":N,"shard_count":N,"session_id":"..","events":[{"t":"..","s":N,"d":..}]}`.
+    pub fn finish(self) -> Request {
+        let first = &self.events[0];
+        let last = &self.events[self.events.len() - 1];
+        let mut body = Vec::with_capacity(self.bytes);
+        body.extend_from_slice(b"{\"v\":1,\"shard_id\":");
+        body.extend_from_slice(first.shard_id.to_string().as_bytes());
+        body.extend_from_slice(b",\"shard_count\":");
+        body.extend_from_slice(first.shard_count.to_string().as_bytes());
+        body.extend_from_slice(b",\"session_id\":");
+        serde_json::to_writer(&mut body, &*first.session_id).expect("writing to a Vec cannot fail");
+        body.extend_from_slice(b",\"events\":[");
+        for (i, event) in self.events.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            // The name borrowed from Discord's JSON without escapes, so it is safe unquoted.
+            body.extend_from_slice(b"{\"t\":\"");
+            body.extend_from_slice(event.name().as_bytes());
+            body.extend_from_slice(b"\",\"s\":");
+            body.extend_from_slice(event.seq.to_string().as_bytes());
+            body.extend_from_slice(b",\"d\":");
+            body.extend_from_slice(event.data());
+            body.push(b'}');
+        }
+        body.extend_from_slice(b"]}");
+        Request {
+            id: format!(
+                "msg_{}_{:016x}_{}_{}",
+                first.shard_id,
+                session_hash(&first.session_id),
+                first.seq,
+                last.seq
+            ),
+            body: Bytes::from(body),
+            shard_id: first.shard_id,
+            events: self.events.len(),
+            first_received: first.received_at,
+        }
+    }
+}
+
+fn event_size(event: &Dispatch) -> usize {
+    PER_EVENT + event.name().len() + event.data().len()
+}
+
+/// A stable hash of a session id, so ids carry no characters a `webhook-id` must not have.
+fn session_hash(session: &str) -> u64 {
+    session.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dispatch(session: &Arc<str>, seq: u64, name: &str, d: &str) -> Dispatch {
+        let message = format!(r#"{{"t":"{name}","s":{seq},"op":0,"d":{d}}}"#);
+        let t = message.find(name).unwrap();
+        let d_at = message.find("\"d\":").unwrap() + 4;
+        let len = message.len();
+        Dispatch::new(
+            [3, 16],
+            session.clone(),
+            seq,
+            Bytes::from(message),
+            t..t + name.len(),
+            d_at..len - 1,
+        )
+    }
+
+    #[test]
+    fn the_body_splices_d_byte_for_byte() {
+        let session: Arc<str> = Arc::from("abc\"def");
+        let d = r#"{"content":"h\u00e9llo \"x\"","n":1.50,"e":[ ]}"#;
+        let mut batch = Batch::new(dispatch(&session, 41, "MESSAGE_CREATE", d));
+        batch.push(dispatch(&session, 42, "TYPING_START", "{}"));
+        let request = batch.finish();
+        let body = std::str::from_utf8(&request.body).unwrap();
+        assert_eq!(
+            body,
+            format!(
+                r#"{{"v":1,"shard_id":3,"shard_count":16,"session_id":"abc\"def","events":[{{"t":"MESSAGE_CREATE","s":41,"d":{d}}},{{"t":"TYPING_START","s":42,"d":{{}}}}]}}"#
+            )
+        );
+        let parsed: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(parsed["events"][1]["s"], 42);
+        assert!(!request.id.contains('.'));
+        assert!(request.id.starts_with("msg_3_") && request.id.ends_with("_41_42"));
+        assert_eq!(request.events, 2);
+    }
+
+    #[test]
+    fn another_session_or_too_many_bytes_do_not_fit() {
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        let batch = Batch::new(dispatch(&a, 1, "X", "{}"));
+        assert!(batch.accepts(&dispatch(&a, 2, "X", "{}"), 1 << 20));
+        assert!(!batch.accepts(&dispatch(&b, 2, "X", "{}"), 1 << 20));
+        assert!(!batch.accepts(
+            &dispatch(&Arc::from("a"), 2, "X", &format!("\"{}\"", "x".repeat(500))),
+            300
+        ));
+    }
+}

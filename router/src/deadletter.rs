@@ -1,0 +1,153 @@
+//! Dead letters: batches delivery gave up on, kept as JSON lines so nothing is lost silently
+//! and `shardhook replay` can send them again.
+//!
+//! Owns the file format (one object per line: when, webhook id, endpoint, status, error,
+//! attempts, shard, and the body itself as JSON) and appending to it. Each record is written
+//! with one `write_all` and synced, since dead letters are rare and each one matters.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+/// The dead-letter file's name in `state.dir`.
+pub const FILE_NAME: &str = "dead-letters.jsonl";
+
+/// One dead-lettered batch.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Unix seconds when it was set aside.
+    pub at: u64,
+    pub webhook_id: String,
+    pub shard_id: u32,
+    /// The endpoint's name, and its URL then.
+    pub endpoint: String,
+    pub url: String,
+    /// The last HTTP status, if the endpoint answered at all.
+    pub status: Option<u16>,
+    /// Why it was given up, in words.
+    pub error: String,
+    pub attempts: u32,
+    /// The request body, as sent.
+    pub body: Box<RawValue>,
+}
+
+/// Why a dead letter could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("failed to write dead letter to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to read dead letters from {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: not a dead letter: {source}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        source: serde_json::Error,
+    },
+}
+
+/// The append-only dead-letter file.
+#[derive(Debug)]
+pub struct DeadLetters {
+    path: PathBuf,
+    file: Mutex<Option<tokio::fs::File>>,
+}
+
+impl DeadLetters {
+    pub fn new(dir: &Path) -> DeadLetters {
+        DeadLetters {
+            path: dir.join(FILE_NAME),
+            file: Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record and syncs it to disk.
+    pub async fn append(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
+        let write_error = |source| DeadLetterError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let mut line = serde_json::to_vec(letter).expect("dead letters serialise");
+        line.push(b'\n');
+        let mut file = self.file.lock().await;
+        if file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                tokio::fs::create_dir_all(dir).await.map_err(write_error)?;
+            }
+            let opened = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .await
+                .map_err(write_error)?;
+            *file = Some(opened);
+        }
+        let f = file.as_mut().expect("opened above");
+        f.write_all(&line).await.map_err(write_error)?;
+        f.sync_data().await.map_err(write_error)
+    }
+}
+
+/// Reads a dead-letter file; a bad line is an error naming the file and line.
+pub fn read(path: &Path) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DeadLetterError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|source| DeadLetterError::Parse {
+                path: path.to_owned(),
+                line: i + 1,
+                source,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_round_trip_with_the_body_as_json() {
+        let dir = std::env::temp_dir().join(format!("shardhook-dl-{}", std::process::id()));
+        let letters = DeadLetters::new(&dir);
+        let body = RawValue::from_string(r#"{"v":1,"events":[]}"#.to_owned()).unwrap();
+        let letter = DeadLetter {
+            at: 1,
+            webhook_id: "msg_1".into(),
+            shard_id: 2,
+            endpoint: "a".into(),
+            url: "http://127.0.0.1:1/".into(),
+            status: Some(400),
+            error: "400 Bad Request".into(),
+            attempts: 1,
+            body,
+        };
+        letters.append(&letter).await.unwrap();
+        letters.append(&letter).await.unwrap();
+        let back = read(letters.path()).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[1].body.get(), r#"{"v":1,"events":[]}"#);
+        std::fs::write(letters.path(), "not json\n").unwrap();
+        let err = read(letters.path()).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,474 @@
+//! Delivery: every dispatch leaves as a signed POST to the endpoint its shard hashes to, paced,
+//! retried, and delivered or dead-lettered.
+//!
+//! Owns the pipeline from the per-shard queues (bounded: a full one stops that shard's reading)
+//! through filtering, batching, ordering, signing, sending, retrying, failover and dead letters,
+//! and the delivery counters. It leaves the body format to `batch`, the retry rules to `retry`,
+//! endpoint choice to `ring`, and endpoint health to `circuit`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::{sleep, sleep_until, Instant};
+use tracing::{error, info_span, warn, Instrument};
+
+use crate::batch::{Batch, Request};
+use crate::config::{Config, ConfigError, Ordering};
+use crate::deadletter::{DeadLetter, DeadLetters};
+use crate::dispatch::Dispatch;
+use crate::endpoint::Endpoint;
+use crate::retry::{self, Attempt, RetryAction};
+use crate::ring::Ring;
+use crate::signer::{unix_now, Signer};
+
+/// The event Discord gives 3 s to acknowledge: it never waits for a batch to fill.
+const INTERACTION_CREATE: &str = "INTERACTION_CREATE";
+/// Batches of one shard in flight at once with `ordering = "none"`.
+const UNORDERED_IN_FLIGHT: usize = 16;
+
+/// Counters of what delivery did. Cheap to update from every task.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    pub events_delivered: AtomicU64,
+    pub requests_delivered: AtomicU64,
+    /// Attempts after the first, over all batches.
+    pub retries: AtomicU64,
+    pub events_dead_lettered: AtomicU64,
+    pub requests_dead_lettered: AtomicU64,
+    /// Events dropped by `events.include`/`events.exclude`.
+    pub events_filtered: AtomicU64,
+    /// Events delivered per endpoint, in config order.
+    pub per_endpoint: Vec<AtomicU64>,
+    /// Time from the gateway read of a batch's first event to its 2xx, per request.
+    latencies: Mutex<Vec<Duration>>,
+}
+
+impl DeliveryStats {
+    /// The `q`-quantile (0..=1) of delivery latency so far.
+    pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
+        let mut all = self
+            .latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if all.is_empty() {
+            return None;
+        }
+        all.sort();
+        let index = ((all.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+        Some(all[index])
+    }
+
+    fn get(counter: &AtomicU64) -> u64 {
+        counter.load(AtomicOrdering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            events_delivered: Self::get(&self.events_delivered),
+            requests_delivered: Self::get(&self.requests_delivered),
+            retries: Self::get(&self.retries),
+            events_dead_lettered: Self::get(&self.events_dead_lettered),
+            requests_dead_lettered: Self::get(&self.requests_dead_lettered),
+            events_filtered: Self::get(&self.events_filtered),
+            per_endpoint: self.per_endpoint.iter().map(Self::get).collect(),
+        }
+    }
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub events_delivered: u64,
+    pub requests_delivered: u64,
+    pub retries: u64,
+    pub events_dead_lettered: u64,
+    pub requests_dead_lettered: u64,
+    pub events_filtered: u64,
+    pub per_endpoint: Vec<u64>,
+}
+
+/// Why the pipeline could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("failed to build the HTTP client: {0}")]
+    Client(reqwest::Error),
+}
+
+/// What the delivery tasks share.
+struct Shared {
+    client: reqwest::Client,
+    signer: Signer,
+    endpoints: Vec<Endpoint>,
+    ring: Ring,
+    config: Config,
+    include: HashSet<String>,
+    exclude: HashSet<String>,
+    dead: DeadLetters,
+    stats: Arc<DeliveryStats>,
+}
+
+/// The delivery pipeline: one worker per shard.
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    workers: JoinSet<()>,
+}
+
+impl Pipeline {
+    /// Builds the pipeline from config: endpoints, keys, limits.
+    pub fn new(config: &Config) -> Result<Pipeline, DeliveryError> {
+        let current = config.signing_key()?.clone();
+        if config.endpoints.is_empty() {
+            return Err(ConfigError::NoEndpoints.into());
+        }
+        let signer = Signer::new(current, config.signing.previous_secrets.clone());
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("shardhook/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(DeliveryError::Client)?;
+        let endpoints: Vec<Endpoint> = config
+            .endpoints
+            .iter()
+            .map(|e| Endpoint::new(e, &config.delivery))
+            .collect();
+        let ring = Ring::new(config.endpoints.iter().map(|e| (e.name.as_str(), e.weight)));
+        let stats = Arc::new(DeliveryStats {
+            per_endpoint: endpoints.iter().map(|_| AtomicU64::new(0)).collect(),
+            ..DeliveryStats::default()
+        });
+        Ok(Pipeline {
+            shared: Arc::new(Shared {
+                client,
+                signer,
+                endpoints,
+                ring,
+                include: config.events.include.iter().cloned().collect(),
+                exclude: config.events.exclude.iter().cloned().collect(),
+                dead: DeadLetters::new(&config.state.dir),
+                config: config.clone(),
+                stats,
+            }),
+            workers: JoinSet::new(),
+        })
+    }
+
+    /// The queue for `shard_id`'s events, with its worker started.
+    pub fn sink(&mut self, shard_id: u32) -> mpsc::Sender<Dispatch> {
+        let (tx, rx) = mpsc::channel(self.shared.config.delivery.queue);
+        let shared = self.shared.clone();
+        self.workers
+            .spawn(worker(shared, rx).instrument(info_span!("delivery", shard_id)));
+        tx
+    }
+
+    pub fn stats(&self) -> Arc<DeliveryStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Where dead letters go.
+    pub fn dead_letter_path(&self) -> &std::path::Path {
+        self.shared.dead.path()
+    }
+
+    /// Waits until every queue is closed (the shards have stopped) and drained.
+    pub async fn finish(mut self) {
+        while self.workers.join_next().await.is_some() {}
+    }
+
+    /// Sends dead letters again, each to its shard's endpoint now, with a fresh signature and
+    /// its original `webhook-id`. Those that fail again are dead-lettered anew. Returns how
+    /// many were delivered.
+    pub async fn replay(&self, letters: Vec<DeadLetter>) -> usize {
+        let mut delivered = 0;
+        for letter in letters {
+            let body: Box<str> = letter.body.into();
+            let request = Request {
+                id: letter.webhook_id,
+                body: bytes::Bytes::from(body.into_boxed_bytes()),
+                shard_id: letter.shard_id,
+                events: 0,
+                first_received: Instant::now(),
+            };
+            if deliver(&self.shared, request).await {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+}
+
+impl Shared {
+    fn wanted(&self, name: &str) -> bool {
+        (self.include.is_empty() || self.include.contains(name)) && !self.exclude.contains(name)
+    }
+
+    /// The next event for this shard that passes the filters.
+    async fn next(&self, rx: &mut mpsc::Receiver<Dispatch>) -> Option<Dispatch> {
+        loop {
+            let event = rx.recv().await?;
+            if self.wanted(event.name()) {
+                return Some(event);
+            }
+            self.stats
+                .events_filtered
+                .fetch_add(1, AtomicOrdering::Relaxed);
+        }
+    }
+
+    /// An event already queued (or, with linger, arriving before `deadline`), if any.
+    async fn more(&self, rx: &mut mpsc::Receiver<Dispatch>, deadline: Instant) -> Option<Dispatch> {
+        loop {
+            let event = match rx.try_recv() {
+                Ok(event) => event,
+                Err(_) if Instant::now() >= deadline => return None,
+                Err(_) => tokio::select! {
+                    event = rx.recv() => event?,
+                    _ = sleep_until(deadline) => return None,
+                },
+            };
+            if self.wanted(event.name()) {
+                return Some(event);
+            }
+            self.stats
+                .events_filtered
+                .fetch_add(1, AtomicOrdering::Relaxed);
+        }
+    }
+}
+
+/// One shard's delivery loop: batch, then send in order (or several at once).
+async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>) {
+    let batching = &shared.config.batch;
+    let mut in_flight = JoinSet::new();
+    let mut carry: Option<Dispatch> = None;
+    loop {
+        let first = match carry.take() {
+            Some(event) => event,
+            None => match shared.next(&mut rx).await {
+                Some(event) => event,
+                None => break,
+            },
+        };
+        let urgent = first.name() == INTERACTION_CREATE;
+        let mut batch = Batch::new(first);
+        if !urgent && batching.max_events > 1 {
+            let deadline = Instant::now() + batching.linger;
+            while batch.len() < batching.max_events {
+                let Some(event) = shared.more(&mut rx, deadline).await else {
+                    break;
+                };
+                if !batch.accepts(&event, batching.max_bytes) {
+                    carry = Some(event);
+                    break;
+                }
+                let urgent = event.name() == INTERACTION_CREATE;
+                batch.push(event);
+                if urgent {
+                    break;
+                }
+            }
+        }
+        let request = batch.finish();
+        match shared.config.delivery.ordering {
+            Ordering::Shard => {
+                deliver(&shared, request).await;
+            }
+            Ordering::None => {
+                while in_flight.len() >= UNORDERED_IN_FLIGHT {
+                    in_flight.join_next().await;
+                }
+                let shared = shared.clone();
+                in_flight.spawn(async move { deliver(&shared, request).await }.in_current_span());
+            }
+        }
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Sends one batch until it is delivered (true) or dead-lettered (false).
+async fn deliver(shared: &Shared, request: Request) -> bool {
+    let delivery = &shared.config.delivery;
+    let started = Instant::now();
+    let mut attempts = 0u32;
+    let mut last: Option<(usize, Attempt)> = None;
+    loop {
+        let Some(index) = shared.ring.pick(request.shard_id as u64, |i| {
+            shared.endpoints[i].circuit.allows()
+        }) else {
+            // Every circuit is open: wait for the first to allow a probe.
+            let reopen = shared
+                .endpoints
+                .iter()
+                .filter_map(|e| e.circuit.reopens_at())
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_millis(10));
+            if started.elapsed() >= delivery.max_elapsed {
+                break;
+            }
+            sleep_until(reopen.min(started + delivery.max_elapsed)).await;
+            continue;
+        };
+        let endpoint = &shared.endpoints[index];
+        attempts += 1;
+        if attempts > 1 {
+            shared.stats.retries.fetch_add(1, AtomicOrdering::Relaxed);
+        }
+        let attempt = send(shared, endpoint, &request).await;
+        let opened = endpoint.circuit.record(attempt.is_endpoint_failure());
+        if opened {
+            warn!(endpoint = %endpoint.name, "endpoint keeps failing; its shards fail over until it recovers");
+        }
+        match retry::decide(&attempt) {
+            RetryAction::Successful => {
+                let stats = &shared.stats;
+                stats
+                    .requests_delivered
+                    .fetch_add(1, AtomicOrdering::Relaxed);
+                stats
+                    .events_delivered
+                    .fetch_add(request.events as u64, AtomicOrdering::Relaxed);
+                stats.per_endpoint[index].fetch_add(request.events as u64, AtomicOrdering::Relaxed);
+                stats
+                    .latencies
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(request.first_received.elapsed());
+                return true;
+            }
+            RetryAction::DontRetry => {
+                last = Some((index, attempt));
+                break;
+            }
+            RetryAction::Retry { after } => {
+                warn!(endpoint = %endpoint.name, webhook_id = %request.id, attempts, ?attempt, "delivery attempt failed; will retry");
+                last = Some((index, attempt));
+                let spent = started.elapsed();
+                if attempts >= delivery.max_attempts || spent >= delivery.max_elapsed {
+                    break;
+                }
+                let wait = after
+                    .unwrap_or_else(|| {
+                        retry::backoff(attempts, delivery.initial_backoff, delivery.max_backoff)
+                    })
+                    .min(delivery.max_elapsed - spent);
+                sleep(wait).await;
+            }
+        }
+    }
+    dead_letter(shared, request, attempts, last).await;
+    false
+}
+
+/// One attempt: sign with a fresh timestamp, POST, and classify what came back.
+async fn send(shared: &Shared, endpoint: &Endpoint, request: &Request) -> Attempt {
+    let _permit = endpoint.ready().await;
+    let timestamp = unix_now();
+    let signature = shared.signer.sign(&request.id, timestamp, &request.body);
+    let sent = shared
+        .client
+        .post(endpoint.url.clone())
+        .timeout(endpoint.timeout)
+        .header("content-type", "application/json")
+        .header("webhook-id", &request.id)
+        .header("webhook-timestamp", timestamp)
+        .header("webhook-signature", signature)
+        .body(request.body.clone())
+        .send()
+        .await;
+    match sent {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
+            // Read the body so the connection goes back to the pool.
+            let _ = response.bytes().await;
+            Attempt::Status {
+                status,
+                retry_after,
+            }
+        }
+        Err(e) if e.is_timeout() => Attempt::Timeout,
+        Err(e) if e.is_connect() => Attempt::Connect,
+        Err(_) => Attempt::Transport,
+    }
+}
+
+async fn dead_letter(
+    shared: &Shared,
+    request: Request,
+    attempts: u32,
+    last: Option<(usize, Attempt)>,
+) {
+    let (endpoint, url, status, reason) = match &last {
+        Some((i, attempt)) => {
+            let e = &shared.endpoints[*i];
+            let status = match attempt {
+                Attempt::Status { status, .. } => Some(*status),
+                _ => None,
+            };
+            (e.name.clone(), e.url.to_string(), status, describe(attempt))
+        }
+        None => (
+            String::new(),
+            String::new(),
+            None,
+            "no endpoint was available".to_owned(),
+        ),
+    };
+    let error = match &last {
+        Some((_, attempt)) if retry::decide(attempt) == RetryAction::DontRetry => reason,
+        _ => format!("gave up after {attempts} attempt(s): {reason}"),
+    };
+    let body: &str = std::str::from_utf8(&request.body).unwrap_or("null");
+    let letter = DeadLetter {
+        at: unix_now(),
+        webhook_id: request.id.clone(),
+        shard_id: request.shard_id,
+        endpoint,
+        url,
+        status,
+        error,
+        attempts,
+        body: RawValue::from_string(body.to_owned())
+            .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON")),
+    };
+    error!(
+        webhook_id = %letter.webhook_id,
+        endpoint = %letter.endpoint,
+        error = %letter.error,
+        path = %shared.dead.path().display(),
+        "batch dead-lettered"
+    );
+    shared
+        .stats
+        .requests_dead_lettered
+        .fetch_add(1, AtomicOrdering::Relaxed);
+    shared
+        .stats
+        .events_dead_lettered
+        .fetch_add(request.events as u64, AtomicOrdering::Relaxed);
+    if let Err(e) = shared.dead.append(&letter).await {
+        // Nowhere left to put it: say so as loudly as we can, with the body.
+        error!(body = %letter.body.get(), "{e}");
+    }
+}
+
+fn describe(attempt: &Attempt) -> String {
+    match attempt {
+        Attempt::Status { status, .. } => format!("the endpoint answered {status}"),
+        Attempt::Connect => "the endpoint refused or could not be reached".to_owned(),
+        Attempt::Timeout => "the attempt timed out".to_owned(),
+        Attempt::Transport => "the connection failed mid-request".to_owned(),
+    }
+}

@@ -1,0 +1,93 @@
+//! One delivery endpoint at run time: its URL, timeout, request pacing, in-flight cap and
+//! circuit breaker.
+//!
+//! Owns the per-endpoint resources a request must hold before it is sent. Whether to retry
+//! and where to go next are `retry`'s and `ring`'s business.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::Quota;
+use tokio::sync::Semaphore;
+
+use crate::circuit::Circuit;
+use crate::config::{DeliveryConfig, EndpointConfig};
+use crate::ratelimiter::Pacer;
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub name: String,
+    pub url: reqwest::Url,
+    pub timeout: Duration,
+    pacer: Option<Pacer>,
+    in_flight: Semaphore,
+    pub circuit: Circuit,
+}
+
+impl Endpoint {
+    /// Builds an endpoint from validated config.
+    pub fn new(config: &EndpointConfig, delivery: &DeliveryConfig) -> Endpoint {
+        let pacer = config.rate_limit.map(|r| {
+            let per_second = NonZeroU32::new(r.per_second.max(1)).expect("at least 1");
+            let burst =
+                NonZeroU32::new(r.burst.unwrap_or(r.per_second).max(1)).expect("at least 1");
+            Pacer::new(Quota::per_second(per_second).allow_burst(burst))
+        });
+        Endpoint {
+            name: config.name.clone(),
+            url: reqwest::Url::parse(&config.url).expect("validated by config"),
+            timeout: config.timeout.unwrap_or(delivery.timeout),
+            pacer,
+            in_flight: Semaphore::new(config.max_in_flight),
+            circuit: Circuit::new(delivery.circuit_failures, delivery.circuit_cooldown),
+        }
+    }
+
+    /// Waits for the endpoint's rate limit and a free in-flight slot; hold the permit while
+    /// the request is out.
+    pub async fn ready(&self) -> tokio::sync::SemaphorePermit<'_> {
+        if let Some(pacer) = &self.pacer {
+            pacer.acquire().await;
+        }
+        self.in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RateLimitConfig;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_are_spaced_by_the_rate_limit_after_the_burst() {
+        let config = EndpointConfig {
+            name: "a".into(),
+            url: "http://127.0.0.1:1/".into(),
+            weight: 1.0,
+            timeout: None,
+            max_in_flight: 4,
+            rate_limit: Some(RateLimitConfig {
+                per_second: 10,
+                burst: Some(2),
+            }),
+        };
+        let endpoint = Endpoint::new(&config, &DeliveryConfig::default());
+        let start = Instant::now();
+        let mut at = Vec::new();
+        for _ in 0..12 {
+            drop(endpoint.ready().await);
+            at.push(Instant::now() - start);
+        }
+        assert!(
+            at[1] < Duration::from_millis(1),
+            "the burst of 2 goes at once: {at:?}"
+        );
+        for pair in at[2..].windows(2) {
+            assert_eq!(pair[1] - pair[0], Duration::from_millis(100), "{at:?}");
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! A local receiving endpoint: verifies each request's Standard Webhooks signature and records
+//! every event, with scripted replies for fault tests.
+//!
+//! `shardhook demo` and the tests use it as the serverless handler's stand-in. It owns only its
+//! own bookkeeping; it verifies with `signer` but shares nothing else with the delivery path.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::signer::{unix_now, Signer};
+
+/// A scripted reply to the next request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Answer with this status.
+    Status(u16),
+    /// Answer with this status and a `Retry-After` header.
+    RetryAfter(u16, String),
+    /// Wait this long, then answer 204 (a slow or hanging endpoint).
+    Delay(Duration),
+}
+
+/// One event as it arrived.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub shard: u32,
+    pub session: String,
+    pub seq: u64,
+    pub name: String,
+    pub webhook_id: String,
+    pub at: Instant,
+}
+
+/// One request as it arrived.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub webhook_id: String,
+    pub at: Instant,
+    /// Whether the signature verified.
+    pub verified: bool,
+    /// The status answered.
+    pub status: u16,
+    /// Events in the body.
+    pub events: usize,
+    pub user_agent: String,
+    pub content_type: String,
+    /// The signature headers and body as received, for independent verification.
+    pub timestamp: String,
+    pub signature: String,
+    pub body: Bytes,
+}
+
+/// What the receiver saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Events of requests answered 2xx.
+    pub events: Vec<Arrival>,
+    pub requests: Vec<RequestRecord>,
+}
+
+struct Inner {
+    name: String,
+    signer: Signer,
+    seen: Mutex<Seen>,
+    script: Mutex<VecDeque<Reply>>,
+    changed: watch::Sender<u64>,
+}
+
+/// A running receiver. Dropping it stops accepting new connections.
+pub struct Receiver {
+    inner: Arc<Inner>,
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Receiver {
+    /// Serves on `listener`, verifying with `signer`.
+    pub fn start(listener: TcpListener, name: &str, signer: Signer) -> std::io::Result<Receiver> {
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            name: name.to_owned(),
+            signer,
+            seen: Mutex::new(Seen::default()),
+            script: Mutex::new(VecDeque::new()),
+            changed: watch::channel(0).0,
+        });
+        let app = axum::Router::new()
+            .route("/", post(receive))
+            .with_state(inner.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Receiver { inner, addr, task })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The URL to configure as the endpoint.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Replies for the next requests, in order; after them, 204.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.inner
+            .script
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(replies);
+    }
+
+    /// Reads what it saw.
+    pub fn seen<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
+        f(&self.inner.seen.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A receiver that wakes whenever a request was recorded.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+}
+
+impl Inner {
+    fn record(&self, f: impl FnOnce(&mut Seen)) {
+        f(&mut self.seen.lock().unwrap_or_else(|p| p.into_inner()));
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let at = Instant::now();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let verified = inner
+        .signer
+        .verify(
+            header("webhook-id"),
+            header("webhook-timestamp"),
+            header("webhook-signature"),
+            &body,
+            unix_now(),
+        )
+        .is_ok();
+    let reply = inner
+        .script
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop_front();
+    let (status, retry_after, delay) = match reply {
+        _ if !verified => (401, None, None),
+        Some(Reply::Status(s)) => (s, None, None),
+        Some(Reply::RetryAfter(s, after)) => (s, Some(after), None),
+        Some(Reply::Delay(d)) => (204, None, Some(d)),
+        None => (204, None, None),
+    };
+    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let events = parsed["events"].as_array().cloned().unwrap_or_default();
+    let webhook_id = header("webhook-id").unwrap_or_default().to_owned();
+    // The request is recorded as it arrives; its events only once it is answered 2xx, which a
+    // client that gave up (timed out) may never see.
+    inner.record(|seen| {
+        seen.requests.push(RequestRecord {
+            webhook_id: webhook_id.clone(),
+            at,
+            verified,
+            status,
+            events: events.len(),
+            user_agent: header("user-agent").unwrap_or_default().to_owned(),
+            content_type: header("content-type").unwrap_or_default().to_owned(),
+            timestamp: header("webhook-timestamp").unwrap_or_default().to_owned(),
+            signature: header("webhook-signature").unwrap_or_default().to_owned(),
+            body: body.clone(),
+        })
+    });
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    if (200..300).contains(&status) {
+        let answered = Instant::now();
+        inner.record(|seen| {
+            for event in &events {
+                seen.events.push(Arrival {
+                    shard: parsed["shard_id"].as_u64().unwrap_or(u64::MAX) as u32,
+                    session: parsed["session_id"].as_str().unwrap_or_default().to_owned(),
+                    seq: event["s"].as_u64().unwrap_or(0),
+                    name: event["t"].as_str().unwrap_or_default().to_owned(),
+                    webhook_id: webhook_id.clone(),
+                    at: answered,
+                });
+            }
+        });
+    }
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    match retry_after {
+        Some(after) => (status, [("retry-after", after)]).into_response(),
+        None if !verified => (status, "signature did not verify\n").into_response(),
+        None => status.into_response(),
+    }
+}

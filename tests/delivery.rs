@@ -1,0 +1,419 @@
+//! End-to-end tests of signed delivery: the double's events, through the router and its
+//! pipeline, to local HTTP endpoints on 127.0.0.1 that misbehave on purpose.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use shardhook::receiver::Reply;
+use shardhook::simulate::{Fault, SimConfig};
+use support::pipe::{Pipe, Target};
+use support::within;
+
+fn sim(shards: u32, events: u64) -> SimConfig {
+    SimConfig {
+        shards,
+        max_concurrency: shards,
+        guilds: shards * 2,
+        rate: 200.0,
+        events_per_shard: Some(events),
+        heartbeat_interval: Duration::from_millis(1000),
+        ..SimConfig::default()
+    }
+}
+
+fn live(replies: Vec<Reply>) -> Target {
+    Target::Live(replies)
+}
+
+#[tokio::test]
+async fn every_event_is_delivered_signed_to_the_endpoint_its_shard_hashes_to() {
+    let endpoints = vec![
+        ("a", 1.0, live(vec![])),
+        ("b", 1.0, live(vec![])),
+        ("c", 1.0, live(vec![])),
+    ];
+    let p = Pipe::start(sim(6, 40), endpoints, |_| {}).await;
+    p.wait_delivered(&[]).await;
+    p.assert_exactly_once_in_order(&[]);
+    // Each shard's events all went to one endpoint (its home), and more than one endpoint is used.
+    let mut homes: HashMap<u32, std::collections::HashSet<usize>> = HashMap::new();
+    for (i, a) in p.arrivals() {
+        homes.entry(a.shard).or_default().insert(i);
+    }
+    assert!(homes.values().all(|h| h.len() == 1), "{homes:?}");
+    let used: std::collections::HashSet<usize> = homes.values().flatten().copied().collect();
+    assert!(
+        used.len() > 1,
+        "6 shards over 3 endpoints use more than one: {homes:?}"
+    );
+    // Every request: verified, JSON, our user agent, and the body's d byte for byte as sent.
+    for (_, q) in p.requests() {
+        assert!(q.verified);
+        assert_eq!(q.content_type, "application/json");
+        assert!(q.user_agent.starts_with("shardhook/"), "{}", q.user_agent);
+        let body: serde_json::Value = serde_json::from_slice(&q.body).unwrap();
+        assert_eq!(body["v"], 1);
+        assert_eq!(body["shard_count"], 6);
+    }
+    let p = p.stop().await;
+    let stats = p.stats.snapshot();
+    assert_eq!(stats.retries, 0);
+    assert_eq!(stats.events_delivered as usize, p.arrivals().len());
+    assert_eq!(
+        stats.per_endpoint.iter().sum::<u64>(),
+        stats.events_delivered
+    );
+}
+
+#[tokio::test]
+async fn signatures_verify_with_the_standardwebhooks_crate_under_key_rotation() {
+    let old = shardhook::SigningKey::generate();
+    let old_key = shardhook::SigningKey::parse(&old).unwrap();
+    let p = Pipe::start(sim(1, 10), vec![("a", 1.0, live(vec![]))], |c| {
+        c.signing.previous_secrets = vec![old_key];
+    })
+    .await;
+    p.wait_delivered(&[]).await;
+    let current = standardwebhooks::Webhook::new(&p.secret).unwrap();
+    let previous = standardwebhooks::Webhook::new(&old).unwrap();
+    let stranger = standardwebhooks::Webhook::new(&shardhook::SigningKey::generate()).unwrap();
+    let requests = p.requests();
+    assert!(requests.len() >= 10);
+    for (_, q) in requests {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("webhook-id", q.webhook_id.parse().unwrap());
+        headers.insert("webhook-timestamp", q.timestamp.parse().unwrap());
+        headers.insert("webhook-signature", q.signature.parse().unwrap());
+        assert_eq!(q.signature.split(' ').count(), 2, "one signature per key");
+        current
+            .verify(&q.body, &headers)
+            .expect("verifies with the current key");
+        previous
+            .verify(&q.body, &headers)
+            .expect("verifies with the previous key");
+        assert!(stranger.verify(&q.body, &headers).is_err());
+        let mut tampered = q.body.to_vec();
+        tampered[10] ^= 1;
+        assert!(current.verify(&tampered, &headers).is_err());
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn server_errors_and_429_are_retried_with_the_same_webhook_id_honouring_retry_after() {
+    let replies = vec![
+        Reply::Status(500),
+        Reply::Status(503),
+        Reply::RetryAfter(429, "1".into()),
+    ];
+    let p = Pipe::start(sim(1, 10), vec![("a", 1.0, live(replies))], |_| {}).await;
+    p.wait_delivered(&[]).await;
+    p.assert_exactly_once_in_order(&[]);
+    let requests = p.requests();
+    let first_four: Vec<_> = requests.iter().take(4).map(|(_, q)| q.clone()).collect();
+    assert_eq!(
+        first_four.iter().map(|q| q.status).collect::<Vec<_>>(),
+        [500, 503, 429, 204]
+    );
+    assert!(
+        first_four
+            .iter()
+            .all(|q| q.webhook_id == first_four[0].webhook_id),
+        "same id on every retry"
+    );
+    let waited = first_four[3].at - first_four[2].at;
+    assert!(
+        waited >= Duration::from_millis(990),
+        "Retry-After: 1 was honoured: {waited:?}"
+    );
+    assert_eq!(p.stats.snapshot().retries, 3);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_timeout_is_retried_and_the_duplicate_carries_the_same_webhook_id() {
+    let p = Pipe::start(
+        sim(1, 10),
+        vec![(
+            "a",
+            1.0,
+            live(vec![Reply::Delay(Duration::from_millis(1500))]),
+        )],
+        |c| {
+            c.endpoints[0].timeout = Some(Duration::from_millis(300));
+        },
+    )
+    .await;
+    p.wait_delivered(&[]).await;
+    // The slow answer may still have been handled: delivery is at least once, and handlers
+    // de-duplicate by webhook-id (or by shard, session and seq).
+    let requests = p.requests();
+    let id = &requests[0].1.webhook_id;
+    assert!(
+        requests.iter().filter(|(_, q)| &q.webhook_id == id).count() >= 2,
+        "the timed-out batch was sent again"
+    );
+    assert!(p.stats.snapshot().retries >= 1);
+    let mut by_id: HashMap<String, std::collections::HashSet<(u32, u64)>> = HashMap::new();
+    for (_, a) in p.arrivals() {
+        by_id
+            .entry(a.webhook_id.clone())
+            .or_default()
+            .insert((a.shard, a.seq));
+    }
+    let distinct: usize = by_id.values().map(|s| s.len()).sum();
+    let expected = p.sim.observed(|o| o.ledger.len());
+    assert_eq!(
+        distinct, expected,
+        "after de-duplication by webhook-id, every event exactly once"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_400_is_dead_lettered_and_shardhook_replay_delivers_it() {
+    let p = Pipe::start(
+        sim(1, 10),
+        vec![("a", 1.0, live(vec![Reply::Status(400)]))],
+        |_| {},
+    )
+    .await;
+    p.wait_until("a dead letter", |p| {
+        p.stats.snapshot().requests_dead_lettered == 1
+    })
+    .await;
+    p.wait_until("the rest delivered", |p| {
+        let expected = p.sim.observed(|o| o.ledger.len());
+        p.arrivals().len() + 1 == expected && expected >= 13
+    })
+    .await;
+    let path = p.state_dir.join("dead-letters.jsonl");
+    let letters = shardhook::read_dead_letters(&path).unwrap();
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(
+        (letter.status, letter.endpoint.as_str(), letter.attempts),
+        (Some(400), "a", 1)
+    );
+    assert!(letter.error.contains("400"), "{}", letter.error);
+    let body: serde_json::Value = serde_json::from_str(letter.body.get()).unwrap();
+    assert_eq!(body["events"][0]["t"], "READY");
+    assert_eq!(p.stats.snapshot().retries, 0, "a 400 is not retried");
+
+    // Replay through the real CLI, with a config file pointing at the same endpoint.
+    let config_path = p.state_dir.join("replay.toml");
+    let toml = format!(
+        "[signing]\nsecret = \"{}\"\n[[endpoints]]\nname = \"a\"\nurl = \"{}\"\n[state]\ndir = \"{}\"\n",
+        p.secret,
+        p.urls[0],
+        p.state_dir.display()
+    );
+    std::fs::write(&config_path, toml).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardhook"))
+        .args([
+            "replay",
+            path.to_str().unwrap(),
+            "--config",
+            config_path.to_str().unwrap(),
+        ])
+        .env_remove("SHARDHOOK_SIGNING_SECRET")
+        .output();
+    let out = within("replay", out).await.unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("replayed 1 of 1"), "{text}");
+    assert!(!path.exists(), "the replayed file was moved aside");
+    p.wait_delivered(&[]).await;
+    let replayed = p.requests().last().unwrap().1.clone();
+    assert_eq!(
+        replayed.webhook_id, letter.webhook_id,
+        "the same webhook-id"
+    );
+    assert!(replayed.verified);
+    p.assert_exactly_once_in_order_after_replay();
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_endpoint_fails_over_and_its_shards_return_when_it_comes_back() {
+    // "a" is heavy, so most shards call it home; it refuses connections at first.
+    let endpoints = vec![("a", 50.0, Target::Refused), ("b", 1.0, live(vec![]))];
+    let mut p = Pipe::start(sim(4, 600), endpoints, |c| {
+        c.delivery.circuit_failures = 2;
+        c.delivery.circuit_cooldown = Duration::from_millis(300);
+    })
+    .await;
+    p.wait_until("failover to b", |p| {
+        p.receiver(1).seen(|s| s.events.len() > 100)
+    })
+    .await;
+    p.revive(0).await;
+    p.wait_until("the shards to return to a", |p| {
+        p.receiver(0).seen(|s| s.events.len() > 50)
+    })
+    .await;
+    p.wait_delivered(&[]).await;
+    let per_endpoint = p.assert_exactly_once_in_order(&[]);
+    assert!(
+        per_endpoint[0] > 0 && per_endpoint[1] > 0,
+        "{per_endpoint:?}"
+    );
+    // Once back, a's shards stay with a: the last events of every shard arrived there.
+    let arrivals = p.arrivals();
+    let last_at_a = (0..4u32).filter(|s| {
+        arrivals
+            .iter()
+            .filter(|(_, a)| a.shard == *s)
+            .max_by_key(|(_, a)| a.seq)
+            .map(|(i, _)| *i)
+            == Some(0)
+    });
+    assert!(last_at_a.count() >= 3, "shards returned home");
+    assert_eq!(p.stats.snapshot().requests_dead_lettered, 0);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_delays_delivery_but_loses_nothing_and_keeps_order() {
+    let slow = (0..10)
+        .map(|_| Reply::Delay(Duration::from_millis(100)))
+        .collect();
+    let p = Pipe::start(sim(2, 60), vec![("a", 1.0, live(slow))], |_| {}).await;
+    p.wait_delivered(&[]).await;
+    p.assert_exactly_once_in_order(&[]);
+    for shard in 0..2 {
+        let status = p.shards[shard].status().borrow().clone();
+        assert_eq!(status.reconnects, 0, "the gateway was not disturbed");
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_rate_limit_spaces_requests() {
+    let p = Pipe::start(sim(1, 30), vec![("a", 1.0, live(vec![]))], |c| {
+        c.endpoints[0].rate_limit = Some(shardhook::config::RateLimitConfig {
+            per_second: 20,
+            burst: Some(1),
+        });
+    })
+    .await;
+    p.wait_delivered(&[]).await;
+    p.assert_exactly_once_in_order(&[]);
+    let times: Vec<_> = p.requests().iter().map(|(_, q)| q.at).collect();
+    let n = times.len();
+    assert!(n >= 30);
+    let span = times[n - 1] - times[0];
+    // 20 per second with no burst: n requests need at least (n - 1) * 50 ms.
+    let floor = Duration::from_millis(50) * (n as u32 - 1);
+    assert!(
+        span >= floor.mul_f64(0.95),
+        "{n} requests in {span:?}, floor {floor:?}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn batches_hold_one_session_in_order_and_interactions_do_not_wait() {
+    let p = Pipe::start(sim(1, 0), vec![("a", 1.0, live(vec![]))], |c| {
+        c.batch.max_events = 50;
+        c.batch.linger = Duration::from_secs(20);
+    })
+    .await;
+    p.wait_until("the guild creates", |p| {
+        p.sim.observed(|o| o.ledger.len() >= 3)
+    })
+    .await;
+    let shard = &p.shards[0];
+    let _ = shard
+        .status()
+        .wait_for(|s| s.state == shardhook::ShardState::Active)
+        .await;
+    assert!(p.sim.inject(
+        0,
+        Fault::Dispatch {
+            name: "INTERACTION_CREATE".into(),
+            d: r#"{"id":"1","type":2,"token":"t","application_id":"1"}"#.into(),
+        }
+    ));
+    // The interaction flushes the batch at once, far sooner than the 20 s linger.
+    p.wait_delivered(&[]).await;
+    let requests = p.requests();
+    assert_eq!(
+        requests.len(),
+        1,
+        "READY, GUILD_CREATEs and the interaction in one batch"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&requests[0].1.body).unwrap();
+    let seqs: Vec<u64> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["s"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert_eq!(
+        body["events"].as_array().unwrap().last().unwrap()["t"],
+        "INTERACTION_CREATE"
+    );
+    p.assert_exactly_once_in_order(&[]);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn batches_respect_max_events() {
+    let p = Pipe::start(
+        sim(1, 100),
+        vec![(
+            "a",
+            1.0,
+            live(vec![Reply::Delay(Duration::from_millis(200))]),
+        )],
+        |c| {
+            c.batch.max_events = 7;
+        },
+    )
+    .await;
+    p.wait_delivered(&[]).await;
+    let requests = p.requests();
+    assert!(requests.iter().all(|(_, q)| q.events <= 7));
+    assert!(
+        requests.iter().any(|(_, q)| q.events > 1),
+        "events queued behind the slow request were batched"
+    );
+    p.assert_exactly_once_in_order(&[]);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn include_and_exclude_filter_events_before_sending() {
+    let p = Pipe::start(sim(1, 20), vec![("a", 1.0, live(vec![]))], |c| {
+        c.events.exclude = vec!["GUILD_CREATE".into()];
+    })
+    .await;
+    p.wait_delivered(&["GUILD_CREATE"]).await;
+    assert!(p.arrivals().iter().all(|(_, a)| a.name != "GUILD_CREATE"));
+    let guild_creates = p.sim.observed(|o| {
+        o.ledger
+            .iter()
+            .filter(|e| e.event == "GUILD_CREATE")
+            .count()
+    });
+    assert!(guild_creates > 0);
+    p.assert_exactly_once_in_order(&["GUILD_CREATE"]);
+    let p = p.stop().await;
+    assert_eq!(p.stats.snapshot().events_filtered as usize, guild_creates);
+
+    let p = Pipe::start(sim(1, 20), vec![("a", 1.0, live(vec![]))], |c| {
+        c.events.include = vec!["MESSAGE_CREATE".into()];
+    })
+    .await;
+    p.wait_delivered(&["READY", "GUILD_CREATE"]).await;
+    assert!(p.arrivals().iter().all(|(_, a)| a.name == "MESSAGE_CREATE"));
+    p.stop().await;
+}
