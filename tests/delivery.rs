@@ -417,3 +417,70 @@ async fn include_and_exclude_filter_events_before_sending() {
     assert!(p.arrivals().iter().all(|(_, a)| a.name == "MESSAGE_CREATE"));
     p.stop().await;
 }
+
+/// A real request made by shardhook, kept for the handler templates' tests
+/// (`worker-template/test/fixtures/shardhook-request.json`). Regenerate with
+/// `SHARDHOOK_WRITE_FIXTURES=1`; otherwise this checks the committed one still verifies.
+#[tokio::test]
+async fn the_handler_templates_fixture_is_a_real_shardhook_request() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../worker-template/test/fixtures/shardhook-request.json");
+    if std::env::var_os("SHARDHOOK_WRITE_FIXTURES").is_some() || !path.exists() {
+        let old = shardhook::SigningKey::generate();
+        let old_key = shardhook::SigningKey::parse(&old).unwrap();
+        let config = SimConfig {
+            ping_every: 1,
+            ..sim(1, 1)
+        };
+        let p = Pipe::start(config, vec![("a", 1.0, live(vec![]))], |c| {
+            c.signing.previous_secrets = vec![old_key];
+            c.batch.max_events = 10;
+        })
+        .await;
+        p.wait_delivered(&[]).await;
+        let request = p
+            .requests()
+            .into_iter()
+            .map(|(_, q)| q)
+            .find(|q| std::str::from_utf8(&q.body).unwrap().contains("!ping"))
+            .expect("a request with the !ping message");
+        let fixture = serde_json::json!({
+            "secret": p.secret,
+            "previous_secret": old,
+            "headers": {
+                "webhook-id": request.webhook_id,
+                "webhook-timestamp": request.timestamp,
+                "webhook-signature": request.signature,
+                "content-type": request.content_type,
+                "user-agent": request.user_agent,
+            },
+            "body": std::str::from_utf8(&request.body).unwrap(),
+        });
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&fixture).unwrap() + "\n",
+        )
+        .unwrap();
+        p.stop().await;
+    }
+    let fixture: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let h = &fixture["headers"];
+    let ts: u64 = h["webhook-timestamp"].as_str().unwrap().parse().unwrap();
+    for secret in [&fixture["secret"], &fixture["previous_secret"]] {
+        let signer = shardhook::Signer::new(
+            shardhook::SigningKey::parse(secret.as_str().unwrap()).unwrap(),
+            vec![],
+        );
+        signer
+            .verify(
+                h["webhook-id"].as_str(),
+                h["webhook-timestamp"].as_str(),
+                h["webhook-signature"].as_str(),
+                fixture["body"].as_str().unwrap().as_bytes(),
+                ts,
+            )
+            .expect("the fixture verifies with each key");
+    }
+}

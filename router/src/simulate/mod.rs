@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State as AxumState};
+use axum::http::Uri;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, patch, post};
 use axum::Router;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -157,6 +158,19 @@ pub struct Observed {
     pub connections: u64,
     /// Events sent again on RESUME.
     pub replayed: u64,
+    /// REST calls a handler or the router made (create message, interaction callbacks...).
+    pub rest_calls: Vec<RestCall>,
+}
+
+/// A REST call the double served.
+#[derive(Debug, Clone)]
+pub struct RestCall {
+    pub method: String,
+    /// The path below the API base, e.g. `/channels/123/messages`.
+    pub path: String,
+    /// Whether `Authorization: Bot <token>` was right (interaction callbacks need none).
+    pub authorized: bool,
+    pub body: serde_json::Value,
 }
 
 /// One simulated session.
@@ -264,6 +278,18 @@ impl Simulator {
         });
         let app = Router::new()
             .route("/api/v10/gateway/bot", get(gateway_bot))
+            .route(
+                "/api/v10/channels/{channel_id}/messages",
+                post(create_message),
+            )
+            .route(
+                "/api/v10/interactions/{id}/{token}/callback",
+                post(interaction_callback),
+            )
+            .route(
+                "/api/v10/webhooks/{application_id}/{token}/messages/@original",
+                patch(edit_original),
+            )
             .route("/gateway", get(upgrade_gateway))
             .route("/gateway/", get(upgrade_gateway))
             .route("/resume", get(upgrade_resume))
@@ -354,6 +380,75 @@ async fn gateway_bot(AxumState(shared): AxumState<Arc<Shared>>, headers: HeaderM
         }
     });
     axum::Json(body).into_response()
+}
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let expected = format!("Bot {}", shared.config.token);
+    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str())
+}
+
+/// Records a REST call; `None` body means it was not JSON.
+fn record_rest(shared: &Shared, method: &str, uri: &Uri, authorized: bool, body: &[u8]) {
+    let path = uri.path().trim_start_matches("/api/v10").to_owned();
+    let body = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+    shared.observe(|i| {
+        i.observed.rest_calls.push(RestCall {
+            method: method.to_owned(),
+            path,
+            authorized,
+            body,
+        })
+    });
+}
+
+/// `POST /channels/{id}/messages`: answers a message object like Discord's.
+async fn create_message(
+    AxumState(shared): AxumState<Arc<Shared>>,
+    uri: Uri,
+    axum::extract::Path(channel_id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let ok = authorized(&shared, &headers);
+    record_rest(&shared, "POST", &uri, ok, &body);
+    if !ok {
+        let body = serde_json::json!({"message": "401: Unauthorized", "code": 0});
+        return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    }
+    let content: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let n = shared.observe(|i| {
+        i.next_message += 1;
+        i.next_message
+    });
+    let message = serde_json::json!({
+        "id": events::snowflake(n).to_string(),
+        "channel_id": channel_id,
+        "content": content["content"],
+        "author": {"id": events::APPLICATION_ID.to_string(), "username": "shardhook-sim", "bot": true},
+        "type": 0,
+    });
+    axum::Json(message).into_response()
+}
+
+/// `POST /interactions/{id}/{token}/callback`: 204 like Discord's.
+async fn interaction_callback(
+    AxumState(shared): AxumState<Arc<Shared>>,
+    uri: Uri,
+    body: axum::body::Bytes,
+) -> Response {
+    record_rest(&shared, "POST", &uri, true, &body);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `PATCH /webhooks/{application_id}/{token}/messages/@original`.
+async fn edit_original(
+    AxumState(shared): AxumState<Arc<Shared>>,
+    uri: Uri,
+    body: axum::body::Bytes,
+) -> Response {
+    record_rest(&shared, "PATCH", &uri, true, &body);
+    let content: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    axum::Json(serde_json::json!({"id": "1", "content": content["content"]})).into_response()
 }
 
 async fn upgrade_gateway(
