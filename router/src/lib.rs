@@ -50,6 +50,7 @@ mod secret;
 mod session;
 mod shard;
 pub mod signer;
+pub mod sigv4;
 pub mod simulate;
 
 pub use api::{GatewayBot, SessionStartLimit};
