@@ -91,31 +91,35 @@ impl Wrangler {
         }
         let mut child = command.spawn().expect("start wrangler dev");
         let pgid = child.id().expect("wrangler is running") as i32;
+        let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        // From here a failed wait drops `wrangler`, which ends the process group.
+        let mut wrangler = Wrangler {
+            child,
+            pgid,
+            url: String::new(),
+            dir,
+        };
 
         // Every line goes to the test's output (shown when it fails); the first `Ready on`
         // line is the signal. The pipes are drained for as long as wrangler runs.
         let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<String>();
-        forward(child.stdout.take().unwrap(), "stdout", ready_tx.clone());
-        forward(child.stderr.take().unwrap(), "stderr", ready_tx);
+        forward(stdout, "stdout", ready_tx.clone());
+        forward(stderr, "stderr", ready_tx);
         let started = Instant::now();
         let url = tokio::select! {
             line = ready_rx.recv() => match line {
                 Some(line) => line,
                 None => panic!("wrangler dev closed its output before it was ready (see its log above)"),
             },
-            status = child.wait() => panic!("wrangler dev exited before it was ready: {status:?} (see its log above)"),
+            status = wrangler.child.wait() => panic!("wrangler dev exited before it was ready: {status:?} (see its log above)"),
             _ = tokio::time::sleep(WRANGLER_READY_LIMIT) => {
                 panic!("wrangler dev was not ready after {WRANGLER_READY_LIMIT:?} (see its log above)")
             }
         };
         eprintln!("wrangler dev ready at {url} after {:?}", started.elapsed());
         assert_eq!(url, format!("http://127.0.0.1:{port}"));
-        Wrangler {
-            child,
-            pgid,
-            url: format!("{url}/"),
-            dir,
-        }
+        wrangler.url = format!("{url}/");
+        wrangler
     }
 
     /// Ends wrangler and workerd (the whole process group) and waits for wrangler to exit.
@@ -125,6 +129,8 @@ impl Wrangler {
             .await
             .expect("wait for wrangler dev");
         eprintln!("wrangler dev ended: {status}");
+        // The group is gone; its id may be reused, so Drop must not signal it again.
+        self.pgid = 0;
     }
 }
 
@@ -137,6 +143,9 @@ impl Drop for Wrangler {
 }
 
 fn kill_group(pgid: i32) {
+    if pgid <= 0 {
+        return;
+    }
     let _ = std::process::Command::new("kill")
         .args(["-KILL", "--", &format!("-{pgid}")])
         .stderr(Stdio::null())
