@@ -8,7 +8,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_shardhook");
 const SECRET: &str = "tok.SECRET-never-print-me.0123";
 const SIGNING: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// An endpoint section for configs; nothing listens there, and these tests never deliver.
-const ENDPOINT: &str = "[[endpoints]]\nname = \"nowhere\"\nurl = \"http://127.0.0.1:9/\"\n";
+const ENDPOINT: &str = "[[endpoints]]\nname = \"nowhere\"\nurl = \"http://127.0.0.1:9/\"\n[control]\nlisten = \"127.0.0.1:0\"\n";
 
 fn shardhook(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);

@@ -15,10 +15,20 @@ use crate::dispatch::Dispatch;
 const ENVELOPE: usize = 96;
 const PER_EVENT: usize = 32;
 
+/// An interaction the router already acknowledged with a deferred response: if its batch is
+/// dead-lettered, the router edits that response so the user is not left with a spinner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferredInteraction {
+    pub application_id: String,
+    pub token: String,
+}
+
 /// Events on their way to one request.
 pub struct Batch {
     events: Vec<Dispatch>,
     bytes: usize,
+    /// Deferred interactions, by index into `events`.
+    deferred: Vec<(usize, DeferredInteraction)>,
 }
 
 /// A finished batch, ready to send (and re-send: the same id and body on every attempt).
@@ -31,6 +41,8 @@ pub struct Request {
     pub events: usize,
     /// When the batch's first event was read from the gateway.
     pub first_received: Instant,
+    /// Interactions in the batch the router deferred.
+    pub deferred: Vec<DeferredInteraction>,
 }
 
 impl Batch {
@@ -39,7 +51,14 @@ impl Batch {
         Batch {
             events: vec![first],
             bytes,
+            deferred: Vec::new(),
         }
+    }
+
+    /// Marks the last event as an interaction the router deferred; its event object gets
+    /// `"deferred":true`.
+    pub fn mark_deferred(&mut self, interaction: DeferredInteraction) {
+        self.deferred.push((self.events.len() - 1, interaction));
     }
 
     pub fn len(&self) -> usize {
@@ -82,6 +101,9 @@ impl Batch {
             body.extend_from_slice(event.seq.to_string().as_bytes());
             body.extend_from_slice(b",\"d\":");
             body.extend_from_slice(event.data());
+            if self.deferred.iter().any(|(at, _)| *at == i) {
+                body.extend_from_slice(b",\"deferred\":true");
+            }
             body.push(b'}');
         }
         body.extend_from_slice(b"]}");
@@ -97,6 +119,7 @@ impl Batch {
             shard_id: first.shard_id,
             events: self.events.len(),
             first_received: first.received_at,
+            deferred: self.deferred.into_iter().map(|(_, d)| d).collect(),
         }
     }
 }

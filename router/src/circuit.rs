@@ -65,6 +65,15 @@ impl Circuit {
         }
     }
 
+    /// Whether a request could go now, without claiming the probe (for status pages).
+    pub fn would_allow(&self) -> bool {
+        match *self.lock() {
+            CircuitState::Closed { .. } => true,
+            CircuitState::Open { until } => Instant::now() >= until,
+            CircuitState::HalfOpen { probing } => !probing,
+        }
+    }
+
     /// When an open circuit will allow a probe.
     pub fn reopens_at(&self) -> Option<Instant> {
         match *self.lock() {

@@ -50,6 +50,61 @@ pub struct Config {
     /// Where the router keeps files.
     #[serde(default)]
     pub state: StateConfig,
+    /// The control API: gateway commands from handlers, status, health, metrics.
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// What the router does for interactions itself.
+    #[serde(default)]
+    pub interactions: InteractionsConfig,
+}
+
+/// The `[control]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Address of the control API (`POST /v1/gateway/commands`, `/healthz`, `/readyz`,
+    /// `/v1/shards`, `/metrics`). Keep it on loopback or a private network.
+    #[serde(default = "default_control_listen")]
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            listen: default_control_listen(),
+        }
+    }
+}
+
+fn default_control_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+/// The `[interactions]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InteractionsConfig {
+    /// Acknowledge every INTERACTION_CREATE at once with a deferred response (type 5, or 6 for
+    /// components) so a cold handler cannot miss Discord's 3 s; the event is forwarded with
+    /// `"deferred": true`. The handler then edits or follows up instead of answering.
+    #[serde(default)]
+    pub auto_defer: bool,
+    /// Shown to the user (by editing the deferred response) if the event is dead-lettered.
+    #[serde(default = "default_error_message")]
+    pub error_message: String,
+}
+
+impl Default for InteractionsConfig {
+    fn default() -> Self {
+        InteractionsConfig {
+            auto_defer: false,
+            error_message: default_error_message(),
+        }
+    }
+}
+
+fn default_error_message() -> String {
+    "Sorry, something went wrong handling this. Please try again.".to_owned()
 }
 
 /// The `[signing]` section.
@@ -574,6 +629,16 @@ impl Config {
             return invalid("batch.max_events".into(), "must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The signer for outgoing events and incoming commands: the current key, then the
+    /// previous ones.
+    pub fn signer(&self) -> Result<crate::signer::Signer, ConfigError> {
+        let current = self.signing_key()?.clone();
+        Ok(crate::signer::Signer::new(
+            current,
+            self.signing.previous_secrets.clone(),
+        ))
     }
 
     /// The signing secret, or the error that says how to provide one.

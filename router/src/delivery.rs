@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{error, info_span, warn, Instrument};
 
-use crate::batch::{Batch, Request};
+use crate::batch::{Batch, DeferredInteraction, Request};
 use crate::config::{Config, ConfigError, Ordering};
 use crate::deadletter::{DeadLetter, DeadLetters};
 use crate::dispatch::Dispatch;
@@ -32,7 +32,7 @@ const INTERACTION_CREATE: &str = "INTERACTION_CREATE";
 const UNORDERED_IN_FLIGHT: usize = 16;
 
 /// Counters of what delivery did. Cheap to update from every task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DeliveryStats {
     pub events_delivered: AtomicU64,
     pub requests_delivered: AtomicU64,
@@ -44,24 +44,83 @@ pub struct DeliveryStats {
     pub events_filtered: AtomicU64,
     /// Events delivered per endpoint, in config order.
     pub per_endpoint: Vec<AtomicU64>,
-    /// Time from the gateway read of a batch's first event to its 2xx, per request.
+    /// Retried attempts, dead-lettered requests and rate-limit waits per endpoint.
+    pub retries_by_endpoint: Vec<AtomicU64>,
+    pub dead_letters_by_endpoint: Vec<AtomicU64>,
+    pub rate_limit_waits: Vec<AtomicU64>,
+    /// Events delivered per (shard, endpoint index).
+    pub(crate) delivered_by: Mutex<std::collections::HashMap<(u32, usize), u64>>,
+    /// Delivery latency: from the gateway read of a batch's first event to its 2xx.
+    pub(crate) latency: prometheus_client::metrics::histogram::Histogram,
+    /// The first latencies, kept exactly for quantiles (bounded).
     latencies: Mutex<Vec<Duration>>,
+    /// Interactions deferred by the router, and how long after the gateway read each was.
+    pub interactions_deferred: AtomicU64,
+    pub(crate) defer_latencies: Mutex<Vec<Duration>>,
+}
+
+/// Latencies kept exactly for quantiles; the histogram keeps counting past this.
+const LATENCY_SAMPLES: usize = 100_000;
+
+impl Default for DeliveryStats {
+    fn default() -> Self {
+        DeliveryStats::new(0)
+    }
+}
+
+fn quantile(samples: &Mutex<Vec<Duration>>, q: f64) -> Option<Duration> {
+    let mut all = samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if all.is_empty() {
+        return None;
+    }
+    all.sort();
+    let index = ((all.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+    Some(all[index])
+}
+
+fn counters(n: usize) -> Vec<AtomicU64> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
 }
 
 impl DeliveryStats {
+    fn new(endpoints: usize) -> DeliveryStats {
+        DeliveryStats {
+            events_delivered: AtomicU64::new(0),
+            requests_delivered: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            events_dead_lettered: AtomicU64::new(0),
+            requests_dead_lettered: AtomicU64::new(0),
+            events_filtered: AtomicU64::new(0),
+            per_endpoint: counters(endpoints),
+            retries_by_endpoint: counters(endpoints),
+            dead_letters_by_endpoint: counters(endpoints),
+            rate_limit_waits: counters(endpoints),
+            delivered_by: Mutex::default(),
+            latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16),
+            ),
+            latencies: Mutex::default(),
+            interactions_deferred: AtomicU64::new(0),
+            defer_latencies: Mutex::default(),
+        }
+    }
+
+    fn record_latency(&self, latency: Duration) {
+        self.latency.observe(latency.as_secs_f64());
+        let mut samples = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        if samples.len() < LATENCY_SAMPLES {
+            samples.push(latency);
+        }
+    }
+
     /// The `q`-quantile (0..=1) of delivery latency so far.
     pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
-        let mut all = self
-            .latencies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if all.is_empty() {
-            return None;
-        }
-        all.sort();
-        let index = ((all.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
-        Some(all[index])
+        quantile(&self.latencies, q)
+    }
+
+    /// The `q`-quantile of the time from the gateway read of an interaction to its deferral.
+    pub fn defer_quantile(&self, q: f64) -> Option<Duration> {
+        quantile(&self.defer_latencies, q)
     }
 
     fn get(counter: &AtomicU64) -> u64 {
@@ -113,22 +172,66 @@ struct Shared {
     exclude: HashSet<String>,
     dead: DeadLetters,
     stats: Arc<DeliveryStats>,
+    /// Deferrals under way, by (shard, seq), started as interactions arrive and awaited when
+    /// their batch is built.
+    deferrals: Mutex<Deferrals>,
 }
+
+/// Deferrals under way, by (shard, seq).
+type Deferrals =
+    std::collections::HashMap<(u32, u64), tokio::task::JoinHandle<Option<DeferredInteraction>>>;
 
 /// The delivery pipeline: one worker per shard.
 pub struct Pipeline {
     shared: Arc<Shared>,
     workers: JoinSet<()>,
+    queues: Arc<Mutex<std::collections::BTreeMap<u32, mpsc::WeakSender<Dispatch>>>>,
+}
+
+/// A view of the pipeline for status pages and metrics.
+#[derive(Clone)]
+pub struct DeliveryHandle {
+    shared: Arc<Shared>,
+    queues: Arc<Mutex<std::collections::BTreeMap<u32, mpsc::WeakSender<Dispatch>>>>,
+}
+
+impl DeliveryHandle {
+    /// The endpoint a shard's next batch would go to now (its home unless failed over).
+    pub fn route(&self, shard_id: u32) -> Option<&str> {
+        let endpoints = &self.shared.endpoints;
+        let index = self
+            .shared
+            .ring
+            .pick(shard_id as u64, |i| endpoints[i].circuit.would_allow())?;
+        Some(&endpoints[index].name)
+    }
+
+    /// Events waiting in a shard's queue.
+    pub fn queue_depth(&self, shard_id: u32) -> usize {
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues
+            .get(&shard_id)
+            .and_then(|weak| weak.upgrade())
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    }
+
+    /// Endpoint names, in config order.
+    pub fn endpoint_names(&self) -> impl Iterator<Item = &str> {
+        self.shared.endpoints.iter().map(|e| e.name.as_str())
+    }
+
+    pub fn stats(&self) -> &DeliveryStats {
+        &self.shared.stats
+    }
 }
 
 impl Pipeline {
     /// Builds the pipeline from config: endpoints, keys, limits.
     pub fn new(config: &Config) -> Result<Pipeline, DeliveryError> {
-        let current = config.signing_key()?.clone();
+        let signer = config.signer()?;
         if config.endpoints.is_empty() {
             return Err(ConfigError::NoEndpoints.into());
         }
-        let signer = Signer::new(current, config.signing.previous_secrets.clone());
         let client = reqwest::Client::builder()
             .user_agent(concat!("shardhook/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
@@ -140,10 +243,7 @@ impl Pipeline {
             .map(|e| Endpoint::new(e, &config.delivery))
             .collect();
         let ring = Ring::new(config.endpoints.iter().map(|e| (e.name.as_str(), e.weight)));
-        let stats = Arc::new(DeliveryStats {
-            per_endpoint: endpoints.iter().map(|_| AtomicU64::new(0)).collect(),
-            ..DeliveryStats::default()
-        });
+        let stats = Arc::new(DeliveryStats::new(endpoints.len()));
         Ok(Pipeline {
             shared: Arc::new(Shared {
                 client,
@@ -155,15 +255,40 @@ impl Pipeline {
                 dead: DeadLetters::new(&config.state.dir),
                 config: config.clone(),
                 stats,
+                deferrals: Mutex::default(),
             }),
             workers: JoinSet::new(),
+            queues: Arc::default(),
         })
+    }
+
+    /// A view for status pages and metrics.
+    pub fn handle(&self) -> DeliveryHandle {
+        DeliveryHandle {
+            shared: self.shared.clone(),
+            queues: self.queues.clone(),
+        }
     }
 
     /// The queue for `shard_id`'s events, with its worker started.
     pub fn sink(&mut self, shard_id: u32) -> mpsc::Sender<Dispatch> {
         let (tx, rx) = mpsc::channel(self.shared.config.delivery.queue);
+        self.queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(shard_id, tx.downgrade());
         let shared = self.shared.clone();
+        let rx = if shared.config.interactions.auto_defer {
+            // Interactions are deferred as they arrive, not when their turn in the queue comes.
+            let (intake, worker_rx) = mpsc::channel(1);
+            self.workers.spawn(
+                defer_on_arrival(shared.clone(), rx, intake)
+                    .instrument(info_span!("intake", shard_id)),
+            );
+            worker_rx
+        } else {
+            rx
+        };
         self.workers
             .spawn(worker(shared, rx).instrument(info_span!("delivery", shard_id)));
         tx
@@ -196,6 +321,7 @@ impl Pipeline {
                 shard_id: letter.shard_id,
                 events: 0,
                 first_received: Instant::now(),
+                deferred: Vec::new(),
             };
             if deliver(&self.shared, request).await {
                 delivered += 1;
@@ -205,7 +331,124 @@ impl Pipeline {
     }
 }
 
+/// The fields of an interaction that deferring and editing need.
+#[derive(serde::Deserialize)]
+struct InteractionRef<'a> {
+    id: &'a str,
+    token: &'a str,
+    #[serde(rename = "type")]
+    kind: u8,
+    application_id: &'a str,
+}
+
+/// Interaction type 3 is a message component: its deferral is type 6 (update), not 5.
+const MESSAGE_COMPONENT: u8 = 3;
+/// How long deferring may hold up forwarding the interaction.
+const DEFER_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Shared {
+    /// The deferral started for `event` when it arrived, once it is done.
+    async fn deferred(&self, event: &Dispatch) -> Option<DeferredInteraction> {
+        if event.name() != INTERACTION_CREATE {
+            return None;
+        }
+        let started = self
+            .deferrals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(event.shard_id, event.seq))?;
+        started.await.ok().flatten()
+    }
+
+    /// Acknowledges an INTERACTION_CREATE with a deferred response and says so; `None` if
+    /// Discord refused.
+    async fn defer(&self, event: &Dispatch) -> Option<DeferredInteraction> {
+        let interaction: InteractionRef = match serde_json::from_slice(event.data()) {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(
+                    seq = event.seq,
+                    "cannot defer an interaction without id, token, type and application_id: {e}"
+                );
+                return None;
+            }
+        };
+        let kind = if interaction.kind == MESSAGE_COMPONENT {
+            6
+        } else {
+            5
+        };
+        let url = format!(
+            "{}/interactions/{}/{}/callback",
+            self.config.discord.api_url.trim_end_matches('/'),
+            interaction.id,
+            interaction.token
+        );
+        let sent = self
+            .client
+            .post(url)
+            .timeout(DEFER_TIMEOUT)
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"type":{kind}}}"#))
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => {
+                self.stats
+                    .interactions_deferred
+                    .fetch_add(1, AtomicOrdering::Relaxed);
+                self.stats
+                    .defer_latencies
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(event.received_at.elapsed());
+                Some(DeferredInteraction {
+                    application_id: interaction.application_id.to_owned(),
+                    token: interaction.token.to_owned(),
+                })
+            }
+            Ok(response) => {
+                warn!(status = %response.status(), "Discord refused to defer an interaction; forwarding it as is");
+                None
+            }
+            Err(e) => {
+                warn!(
+                    "failed to defer an interaction; forwarding it as is: {}",
+                    e.without_url()
+                );
+                None
+            }
+        }
+    }
+
+    /// Edits each deferred interaction's response with the configured error message.
+    async fn apologise(&self, interactions: &[DeferredInteraction]) {
+        let body =
+            serde_json::json!({ "content": self.config.interactions.error_message }).to_string();
+        for interaction in interactions {
+            let url = format!(
+                "{}/webhooks/{}/{}/messages/@original",
+                self.config.discord.api_url.trim_end_matches('/'),
+                interaction.application_id,
+                interaction.token
+            );
+            let sent = self
+                .client
+                .patch(url)
+                .timeout(DEFER_TIMEOUT)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            if let Err(e) = sent.and_then(|r| r.error_for_status()) {
+                warn!(
+                    "failed to tell the user an interaction failed: {}",
+                    e.without_url()
+                );
+            }
+        }
+    }
+
     fn wanted(&self, name: &str) -> bool {
         (self.include.is_empty() || self.include.contains(name)) && !self.exclude.contains(name)
     }
@@ -244,6 +487,30 @@ impl Shared {
     }
 }
 
+/// With `interactions.auto_defer`: starts deferring each interaction as it arrives, then
+/// passes every event on to the delivery loop.
+async fn defer_on_arrival(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Dispatch>,
+    tx: mpsc::Sender<Dispatch>,
+) {
+    while let Some(event) = rx.recv().await {
+        if event.name() == INTERACTION_CREATE && shared.wanted(INTERACTION_CREATE) {
+            let (deferring, key) = (shared.clone(), (event.shard_id, event.seq));
+            let interaction = event.clone();
+            let started = tokio::spawn(async move { deferring.defer(&interaction).await });
+            shared
+                .deferrals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, started);
+        }
+        if tx.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// One shard's delivery loop: batch, then send in order (or several at once).
 async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>) {
     let batching = &shared.config.batch;
@@ -258,7 +525,11 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>) {
             },
         };
         let urgent = first.name() == INTERACTION_CREATE;
+        let deferred = shared.deferred(&first).await;
         let mut batch = Batch::new(first);
+        if let Some(interaction) = deferred {
+            batch.mark_deferred(interaction);
+        }
         if !urgent && batching.max_events > 1 {
             let deadline = Instant::now() + batching.linger;
             while batch.len() < batching.max_events {
@@ -270,7 +541,11 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>) {
                     break;
                 }
                 let urgent = event.name() == INTERACTION_CREATE;
+                let deferred = shared.deferred(&event).await;
                 batch.push(event);
+                if let Some(interaction) = deferred {
+                    batch.mark_deferred(interaction);
+                }
                 if urgent {
                     break;
                 }
@@ -320,8 +595,9 @@ async fn deliver(shared: &Shared, request: Request) -> bool {
         attempts += 1;
         if attempts > 1 {
             shared.stats.retries.fetch_add(1, AtomicOrdering::Relaxed);
+            shared.stats.retries_by_endpoint[index].fetch_add(1, AtomicOrdering::Relaxed);
         }
-        let attempt = send(shared, endpoint, &request).await;
+        let attempt = send(shared, index, &request).await;
         let opened = endpoint.circuit.record(attempt.is_endpoint_failure());
         if opened {
             warn!(endpoint = %endpoint.name, "endpoint keeps failing; its shards fail over until it recovers");
@@ -336,11 +612,13 @@ async fn deliver(shared: &Shared, request: Request) -> bool {
                     .events_delivered
                     .fetch_add(request.events as u64, AtomicOrdering::Relaxed);
                 stats.per_endpoint[index].fetch_add(request.events as u64, AtomicOrdering::Relaxed);
-                stats
-                    .latencies
+                *stats
+                    .delivered_by
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(request.first_received.elapsed());
+                    .entry((request.shard_id, index))
+                    .or_default() += request.events as u64;
+                stats.record_latency(request.first_received.elapsed());
                 return true;
             }
             RetryAction::DontRetry => {
@@ -368,8 +646,12 @@ async fn deliver(shared: &Shared, request: Request) -> bool {
 }
 
 /// One attempt: sign with a fresh timestamp, POST, and classify what came back.
-async fn send(shared: &Shared, endpoint: &Endpoint, request: &Request) -> Attempt {
-    let _permit = endpoint.ready().await;
+async fn send(shared: &Shared, index: usize, request: &Request) -> Attempt {
+    let endpoint = &shared.endpoints[index];
+    let (_permit, waited) = endpoint.ready().await;
+    if waited {
+        shared.stats.rate_limit_waits[index].fetch_add(1, AtomicOrdering::Relaxed);
+    }
     let timestamp = unix_now();
     let signature = shared.signer.sign(&request.id, timestamp, &request.body);
     let sent = shared
@@ -458,6 +740,7 @@ async fn dead_letter(
         .stats
         .events_dead_lettered
         .fetch_add(request.events as u64, AtomicOrdering::Relaxed);
+    shared.apologise(&request.deferred).await;
     if let Err(e) = shared.dead.append(&letter).await {
         // Nowhere left to put it: say so as loudly as we can, with the body.
         error!(body = %letter.body.get(), "{e}");

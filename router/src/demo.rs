@@ -60,6 +60,10 @@ pub struct DemoReport {
     pub retries: u64,
     pub latency_p50: Option<Duration>,
     pub latency_p99: Option<Duration>,
+    /// Interactions the router deferred, and the slowest time from its gateway read to the
+    /// deferral's answer.
+    pub interactions_deferred: u64,
+    pub defer_latency_max: Option<Duration>,
     /// Events the double created.
     pub sent: usize,
     /// Distinct events received.
@@ -130,6 +134,12 @@ impl fmt::Display for DemoReport {
             "delivery latency:    p50 {}, p99 {}",
             millis(self.latency_p50),
             millis(self.latency_p99)
+        )?;
+        writeln!(
+            f,
+            "interactions:        {} deferred, within {} of arrival at the router",
+            self.interactions_deferred,
+            millis(self.defer_latency_max)
         )?;
         writeln!(f, "events sent:         {}", self.sent)?;
         writeln!(
@@ -216,6 +226,10 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         state: StateConfig {
             dir: state_dir.clone(),
         },
+        interactions: crate::config::InteractionsConfig {
+            auto_defer: true,
+            ..Default::default()
+        },
         ..Config::default()
     };
 
@@ -270,6 +284,15 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
                 .wait_for(|s| s.resumes >= 1)
                 .await;
         }
+        // A slash command: the router defers it at once, before the handler sees it.
+        let interaction = r#"{"id":"900","application_id":"1100000000000000001","type":2,"token":"demo-token","data":{"name":"ping"}}"#;
+        sim.inject(
+            0,
+            Fault::Dispatch {
+                name: "INTERACTION_CREATE".into(),
+                d: interaction.into(),
+            },
+        );
         // Wait until every shard's traffic is done and every created event has arrived.
         let total_traffic = options.events_per_shard * shards.len() as u64;
         let mut sim_changes = sim.changes();
@@ -343,6 +366,10 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         retries: stats.snapshot().retries,
         latency_p50: stats.latency_quantile(0.5),
         latency_p99: stats.latency_quantile(0.99),
+        interactions_deferred: stats
+            .interactions_deferred
+            .load(std::sync::atomic::Ordering::Relaxed),
+        defer_latency_max: stats.defer_quantile(1.0),
         sent,
         received: seen.len(),
         duplicates: seen.values().filter(|n| **n > 1).count(),

@@ -44,15 +44,21 @@ impl Endpoint {
     }
 
     /// Waits for the endpoint's rate limit and a free in-flight slot; hold the permit while
-    /// the request is out.
-    pub async fn ready(&self) -> tokio::sync::SemaphorePermit<'_> {
+    /// the request is out. Also says whether the rate limit made it wait.
+    pub async fn ready(&self) -> (tokio::sync::SemaphorePermit<'_>, bool) {
+        let mut waited = false;
         if let Some(pacer) = &self.pacer {
-            pacer.acquire().await;
+            waited = pacer.try_acquire().is_err();
+            if waited {
+                pacer.acquire().await;
+            }
         }
-        self.in_flight
+        let permit = self
+            .in_flight
             .acquire()
             .await
-            .expect("the semaphore is never closed")
+            .expect("the semaphore is never closed");
+        (permit, waited)
     }
 }
 
@@ -79,7 +85,7 @@ mod tests {
         let start = Instant::now();
         let mut at = Vec::new();
         for _ in 0..12 {
-            drop(endpoint.ready().await);
+            drop(endpoint.ready().await.0);
             at.push(Instant::now() - start);
         }
         assert!(

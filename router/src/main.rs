@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shardhook::simulate::{SimConfig, Simulator, DEFAULT_TOKEN};
+use std::sync::Arc;
+
+use shardhook::control::ControlState;
 use shardhook::{demo, Config, Pipeline, Router, SigningKey};
 use tracing_subscriber::EnvFilter;
 
@@ -100,14 +103,47 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Run { config } => {
             let config = load(config)?;
+            let signer = config.signer().map_err(|e| e.to_string())?;
             let mut pipeline = Pipeline::new(&config).map_err(|e| e.to_string())?;
+            let control = tokio::net::TcpListener::bind(config.control.listen)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "failed to listen on control.listen {}: {e}",
+                        config.control.listen
+                    )
+                })?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = stop.send(true);
+            });
+            let until_stopped = move || {
+                let mut stopped = stopped.clone();
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                }
+            };
             let router = Router::start_with(&config, |id| pipeline.sink(id))
                 .await
                 .map_err(|e| e.to_string())?;
-            let ran = router.run_until(shutdown_signal()).await;
+            let state = ControlState::new(
+                router.shards(),
+                router.shard_count(),
+                signer,
+                pipeline.handle(),
+            );
+            tracing::info!(addr = %control.local_addr().map_err(|e| e.to_string())?, "control API listening");
+            let server = tokio::spawn(shardhook::control::serve(
+                control,
+                Arc::new(state),
+                until_stopped(),
+            ));
+            let ran = router.run_until(until_stopped()).await;
             tracing::info!("shards stopped; finishing delivery of queued events");
             let stats = pipeline.stats();
             pipeline.finish().await;
+            server.abort();
             let s = stats.snapshot();
             tracing::info!(
                 delivered = s.events_delivered,

@@ -1,6 +1,6 @@
-//! Rate limiters: a governor GCRA on tokio's clock (`Pacer`, testable with paused time), and
-//! the per-shard limiter for payloads we send, since Discord allows 120 per 60 s per
-//! connection.
+//! Rate limiters: a governor GCRA on tokio's clock (`Pacer`, for per-second endpoint quotas,
+//! testable with paused time), and the per-shard window limiter for payloads we send, since
+//! Discord allows 120 per 60 s per connection.
 //!
 //! Owns the budget arithmetic for gateway commands (heartbeats and the IDENTIFY/RESUME are
 //! reserved out of the 120, so commands never crowd out a heartbeat); heartbeats themselves
@@ -73,10 +73,13 @@ impl Pacer {
     }
 }
 
-/// Paces a shard's gateway commands.
+/// Paces a shard's gateway commands: at most `budget` in any 60 s window, which is exactly
+/// Discord's rule. A GCRA (governor) cannot express a fixed count per window without halving
+/// the burst, so this keeps a log of send times instead; `Pacer` serves per-second rates.
+#[derive(Debug)]
 pub struct CommandLimiter {
-    pacer: Pacer,
     budget: u32,
+    sent: std::sync::Mutex<std::collections::VecDeque<tokio::time::Instant>>,
 }
 
 impl CommandLimiter {
@@ -84,18 +87,9 @@ impl CommandLimiter {
     /// Discord's 120 per 60 s in any window.
     pub fn new(heartbeat_interval: Duration) -> CommandLimiter {
         let budget = command_budget(heartbeat_interval);
-        // A GCRA with burst b and period p lets through at most b + W/p cells in any window W,
-        // so b + W/p = budget keeps every window within it. A quarter as burst leaves three
-        // quarters as the sustained rate.
-        let burst = (budget / 4).max(1);
-        let steady = (budget - burst).max(1);
-        let period = WINDOW / steady;
-        let quota = Quota::with_period(period)
-            .expect("period is positive")
-            .allow_burst(std::num::NonZeroU32::new(burst).expect("burst is at least 1"));
         CommandLimiter {
-            pacer: Pacer::new(quota),
             budget,
+            sent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(budget as usize)),
         }
     }
 
@@ -105,14 +99,28 @@ impl CommandLimiter {
     }
 
     /// Takes a slot now, or says how long until one frees up.
-    #[cfg(test)]
     pub fn try_acquire(&self) -> Result<(), Duration> {
-        self.pacer.try_acquire()
+        let now = tokio::time::Instant::now();
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        while sent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+        {
+            sent.pop_front();
+        }
+        if sent.len() < self.budget as usize {
+            sent.push_back(now);
+            return Ok(());
+        }
+        let oldest = *sent.front().expect("the log is full, so not empty");
+        Err(WINDOW - now.duration_since(oldest))
     }
 
     /// Waits for a slot.
     pub async fn acquire(&self) {
-        self.pacer.acquire().await
+        while let Err(wait) = self.try_acquire() {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
@@ -133,6 +141,19 @@ mod tests {
         // Discord's usual 41.25 s interval: 2 beats in a window, +1 for phase, +2 extra.
         assert_eq!(command_budget(Duration::from_millis(41_250)), 115);
         assert_eq!(command_budget(Duration::from_secs(1)), 120 - 61 - 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_whole_budget_is_available_at_once_then_the_next_waits_for_the_window() {
+        let limiter = CommandLimiter::new(Duration::from_millis(41_250));
+        for _ in 0..limiter.budget() {
+            assert!(limiter.try_acquire().is_ok());
+        }
+        assert_eq!(limiter.try_acquire(), Err(WINDOW));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(limiter.try_acquire(), Err(Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(limiter.try_acquire().is_ok());
     }
 
     #[tokio::test(start_paused = true)]

@@ -48,6 +48,7 @@ pub struct AllShardsStopped(pub Vec<FatalClose>);
 /// A started router: its shards are connecting or connected.
 pub struct Router {
     shards: Vec<ShardHandle>,
+    shard_count: u32,
     tasks: JoinSet<Result<(), FatalClose>>,
     shutdown: watch::Sender<bool>,
     gateway: GatewayBot,
@@ -127,6 +128,7 @@ impl Router {
         }
         Ok(Router {
             shards,
+            shard_count: total,
             tasks,
             shutdown,
             gateway,
@@ -136,6 +138,11 @@ impl Router {
     /// This process's shards, in id order.
     pub fn shards(&self) -> &[ShardHandle] {
         &self.shards
+    }
+
+    /// The total shard count this process identified with.
+    pub fn shard_count(&self) -> u32 {
+        self.shard_count
     }
 
     /// What `GET /gateway/bot` answered at start.

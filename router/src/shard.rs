@@ -43,8 +43,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const RESUMABLE_CLOSE: u16 = 4000;
 /// Discord asks clients to wait a random 1-5 s before identifying after op 9 `d: false`.
 const REIDENTIFY_DELAY_MS: std::ops::RangeInclusive<u64> = 1000..=5000;
-/// Commands waiting for a shard's limiter before `ShardHandle::send` waits too.
-const COMMAND_QUEUE: usize = 128;
+/// Commands admitted but not yet sent. Kept below any connection's budget, since commands
+/// queued when a connection drops are charged to the next connection's limiter.
+const COMMAND_QUEUE: usize = 32;
 
 /// Where a shard is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +80,10 @@ pub struct ShardStatus {
     pub latency: Option<Duration>,
     /// Why the last connection ended, for humans.
     pub last_disconnect: Option<String>,
+    /// Connections that ended, by cause (`zombie`, `op7`, `close_code`...).
+    pub reconnect_causes: std::collections::BTreeMap<&'static str, u64>,
+    /// When the current session started (READY).
+    pub session_started: Option<Instant>,
 }
 
 impl ShardStatus {
@@ -94,9 +99,15 @@ impl ShardStatus {
             oversize_skipped: 0,
             latency: None,
             last_disconnect: None,
+            reconnect_causes: Default::default(),
+            session_started: None,
         }
     }
 }
+
+/// The current connection's command limiter, shared with the shard's handles so a caller can
+/// be told "not now" (and for how long) instead of queueing without bound.
+type CommandGate = Arc<std::sync::Mutex<Option<Arc<CommandLimiter>>>>;
 
 /// A running shard, as seen from outside: its status and a way to send it commands.
 #[derive(Debug, Clone)]
@@ -104,13 +115,26 @@ pub struct ShardHandle {
     id: u32,
     status: watch::Receiver<ShardStatus>,
     last_seq: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
     commands: mpsc::Sender<String>,
+    gate: CommandGate,
 }
 
 /// The shard has stopped and takes no more commands.
 #[derive(Debug, thiserror::Error)]
 #[error("shard {0} has stopped")]
 pub struct ShardStopped(pub u32);
+
+/// Why a command was not queued.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CommandRefused {
+    #[error("the shard is not connected")]
+    NotConnected,
+    #[error("the shard's send budget is spent; retry in {0:?}")]
+    RateLimited(Duration),
+    #[error("the shard has stopped")]
+    Stopped,
+}
 
 impl ShardHandle {
     pub fn id(&self) -> u32 {
@@ -127,13 +151,55 @@ impl ShardHandle {
         self.last_seq.load(Ordering::Relaxed)
     }
 
-    /// Queues a gateway command (a whole payload, `{"op":..,"d":..}`) to send once the shard
-    /// is active, paced under Discord's send limit. Validating the command is the caller's job.
+    /// Dispatch events received since start.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// The connection's command budget per 60 s, while connected.
+    pub fn command_budget(&self) -> Option<u32> {
+        self.limiter().map(|l| l.budget())
+    }
+
+    fn limiter(&self) -> Option<Arc<CommandLimiter>> {
+        self.gate.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Queues a gateway command (a whole payload, `{"op":..,"d":..}`) now if the shard is
+    /// active and its send budget allows, or says why not. Validating the command is the
+    /// caller's job.
+    pub fn try_send(&self, payload: String) -> Result<(), CommandRefused> {
+        if self.status.borrow().state != ShardState::Active {
+            return Err(CommandRefused::NotConnected);
+        }
+        let limiter = self.limiter().ok_or(CommandRefused::NotConnected)?;
+        limiter.try_acquire().map_err(CommandRefused::RateLimited)?;
+        self.commands.try_send(payload).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                CommandRefused::RateLimited(Duration::from_secs(1))
+            }
+            mpsc::error::TrySendError::Closed(_) => CommandRefused::Stopped,
+        })
+    }
+
+    /// Queues a gateway command, waiting for the shard to be active and for its send budget.
     pub async fn send(&self, payload: String) -> Result<(), ShardStopped> {
-        self.commands
-            .send(payload)
-            .await
-            .map_err(|_| ShardStopped(self.id))
+        let mut status = self.status.clone();
+        loop {
+            status
+                .wait_for(|s| s.state == ShardState::Active)
+                .await
+                .map_err(|_| ShardStopped(self.id))?;
+            if let Some(limiter) = self.limiter() {
+                limiter.acquire().await;
+                return self
+                    .commands
+                    .send(payload)
+                    .await
+                    .map_err(|_| ShardStopped(self.id));
+            }
+            status.changed().await.map_err(|_| ShardStopped(self.id))?;
+        }
     }
 }
 
@@ -164,7 +230,9 @@ pub(crate) struct Shard {
     shutdown: watch::Receiver<bool>,
     status: watch::Sender<ShardStatus>,
     last_seq: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
     commands: mpsc::Receiver<String>,
+    gate: CommandGate,
     session: Option<Session>,
     /// A dispatch read but not yet taken by the sink; it survives a reconnect.
     pending: Option<Dispatch>,
@@ -187,6 +255,24 @@ enum Cause {
     Inflate(String),
     InvalidJson(String),
     Protocol(String),
+}
+
+impl Cause {
+    /// A short label for metrics.
+    fn label(&self) -> &'static str {
+        match self {
+            Cause::ConnectFailed(_) => "connect_failed",
+            Cause::ConnectTimeout | Cause::HelloTimeout => "timeout",
+            Cause::Dropped | Cause::Transport(_) => "dropped",
+            Cause::Zombie => "zombie",
+            Cause::Reconnect => "op7",
+            Cause::InvalidSession { .. } => "invalid_session",
+            Cause::Closed(_) => "close_code",
+            Cause::Inflate(_) => "inflate",
+            Cause::InvalidJson(_) => "invalid_json",
+            Cause::Protocol(_) => "protocol",
+        }
+    }
 }
 
 impl std::fmt::Display for Cause {
@@ -255,7 +341,6 @@ struct Conn {
     rx: SplitStream<Ws>,
     inflater: Inflater,
     heartbeat: Option<Heartbeat>,
-    limiter: Option<CommandLimiter>,
     identify_wait: Option<Pin<Box<dyn Future<Output = IdentifyPermit> + Send>>>,
     hello_deadline: Instant,
     active: bool,
@@ -316,11 +401,15 @@ impl Shard {
         let (status, status_rx) = watch::channel(ShardStatus::new());
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let last_seq = Arc::new(AtomicU64::new(0));
+        let received = Arc::new(AtomicU64::new(0));
+        let gate = CommandGate::default();
         let handle = ShardHandle {
             id: config.id,
             status: status_rx,
             last_seq: last_seq.clone(),
+            received: received.clone(),
             commands: commands_tx,
+            gate: gate.clone(),
         };
         let shard = Shard {
             config,
@@ -329,7 +418,9 @@ impl Shard {
             shutdown,
             status,
             last_seq,
+            received,
             commands,
+            gate,
             session: None,
             pending: None,
         };
@@ -372,7 +463,9 @@ impl Shard {
                         "gateway connection ended: {cause}; reconnecting"
                     );
                     let text = cause.to_string();
+                    let label = cause.label();
                     self.status.send_modify(|s| {
+                        *s.reconnect_causes.entry(label).or_default() += 1;
                         s.state = ShardState::Disconnected {
                             reconnect_attempts: attempts,
                         };
@@ -449,24 +542,23 @@ impl Shard {
             rx,
             inflater: Inflater::new(self.config.max_message_size),
             heartbeat: None,
-            limiter: None,
             identify_wait: None,
             hello_deadline: Instant::now() + self.config.connect_timeout,
             active: false,
         };
         let ended = self.drive(&mut conn).await;
+        *self.gate.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if matches!(ended, Ended::Shutdown) {
             conn.close().await;
         }
         (ended, conn.active)
     }
 
-    /// The event loop of one connection.
+    /// The event loop of one connection. Commands were admitted by the connection's limiter
+    /// when queued (`ShardHandle`), so they go out as soon as the shard is active.
     async fn drive(&mut self, conn: &mut Conn) -> Ended {
-        let mut command: Option<String> = None;
         loop {
             let beat_at = conn.heartbeat.as_ref().map(|h| h.next);
-            let ready_for_command = conn.active && command.is_none();
             let step = tokio::select! {
                 biased;
                 _ = self.shutdown.changed() => return Ended::Shutdown,
@@ -495,13 +587,8 @@ impl Shard {
                     }
                     Err(_) => return Ended::Shutdown,
                 },
-                next = self.commands.recv(), if ready_for_command => {
-                    command = next;
-                    Step::Continue
-                }
-                _ = maybe(conn.limiter.as_ref().filter(|_| command.is_some()).map(|l| l.acquire())) => {
-                    let text = command.take().expect("guarded by is_some");
-                    if let Err(ended) = conn.send(text).await {
+                Some(command) = self.commands.recv(), if conn.active => {
+                    if let Err(ended) = conn.send(command).await {
                         return ended;
                     }
                     Step::Continue
@@ -633,13 +720,17 @@ impl Shard {
             acked: true,
             sent_at: None,
         });
-        let limiter = CommandLimiter::new(interval);
+        let limiter = Arc::new(CommandLimiter::new(interval));
         debug!(
             heartbeat_interval = ?interval,
             command_budget = limiter.budget(),
             "received HELLO"
         );
-        conn.limiter = Some(limiter);
+        // Commands admitted on an earlier connection but not sent count against this one.
+        for _ in 0..self.commands.len() {
+            let _ = limiter.try_acquire();
+        }
+        *self.gate.lock().unwrap_or_else(|p| p.into_inner()) = Some(limiter);
         match &self.session {
             Some(session) => {
                 let resume = payload::resume(&self.config.token, &session.id, session.seq);
@@ -680,6 +771,7 @@ impl Shard {
                         s.state = ShardState::Active;
                         s.session_id = Some(id);
                         s.sessions += 1;
+                        s.session_started = Some(Instant::now());
                     });
                 }
                 Err(e) => {
@@ -724,6 +816,7 @@ impl Shard {
         }
         session.seq = seq;
         self.last_seq.store(seq, Ordering::Relaxed);
+        self.received.fetch_add(1, Ordering::Relaxed);
         self.pending = Some(Dispatch::new(
             [self.config.id, self.config.total],
             session.id.clone(),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::future::select_all;
 use shardhook::config::{Config, EndpointConfig, SigningConfig, StateConfig};
+use shardhook::control::ControlState;
 use shardhook::receiver::{Arrival, Receiver, Reply, RequestRecord};
 use shardhook::simulate::{SimConfig, Simulator};
 use shardhook::{
@@ -40,6 +41,8 @@ pub struct Pipe {
     /// The current signing secret (`whsec_...`).
     pub secret: String,
     pub config: Config,
+    /// Base URL of the control API, e.g. `http://127.0.0.1:PORT`.
+    pub control_url: String,
     traffic_per_shard: u64,
     stop: Option<oneshot::Sender<()>>,
     running: Option<JoinHandle<Result<(), AllShardsStopped>>>,
@@ -122,11 +125,25 @@ impl Pipe {
         .await
         .expect("the router starts");
         let shards = router.shards().to_vec();
+        let control = loopback().await;
+        let control_url = format!("http://{}", control.local_addr().unwrap());
+        let state = ControlState::new(
+            &shards,
+            router.shard_count(),
+            config.signer().unwrap(),
+            pipeline.handle(),
+        );
+        tokio::spawn(shardhook::control::serve(
+            control,
+            Arc::new(state),
+            std::future::pending(),
+        ));
         let (stop, stopped) = oneshot::channel::<()>();
         let running = tokio::spawn(router.run_until(async {
             let _ = stopped.await;
         }));
         Pipe {
+            control_url,
             sim,
             shards,
             receivers,
@@ -312,6 +329,29 @@ impl Pipe {
         assert!(seen.values().all(|n| *n == 1), "no duplicates");
         let expected: HashSet<_> = self.expected(&[]).into_iter().collect();
         assert_eq!(seen.keys().cloned().collect::<HashSet<_>>(), expected);
+    }
+
+    /// Waits until the double has recorded at least `n` gateway commands; returns them all.
+    pub async fn wait_sim_commands(&self, n: usize) -> Vec<(u32, serde_json::Value)> {
+        within(
+            "gateway commands at the double",
+            self.sim
+                .wait_for(|o| (o.commands.len() >= n).then(|| o.commands.clone())),
+        )
+        .await
+    }
+
+    /// Waits until the double's REST calls satisfy `f`; returns them all.
+    pub async fn wait_sim_rest(
+        &self,
+        mut f: impl FnMut(&[shardhook::simulate::RestCall]) -> bool,
+    ) -> Vec<shardhook::simulate::RestCall> {
+        within(
+            "REST calls at the double",
+            self.sim
+                .wait_for(|o| f(&o.rest_calls).then(|| o.rest_calls.clone())),
+        )
+        .await
     }
 
     /// Stops the router, then lets delivery drain.

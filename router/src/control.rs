@@ -1,0 +1,304 @@
+//! The control API: handlers send gateway commands back through the router, and operators
+//! read status, health and metrics.
+//!
+//! Owns the HTTP surface (`POST /v1/gateway/commands`, `/healthz`, `/readyz`, `/v1/shards`,
+//! `/metrics`), authenticating commands with the same Standard Webhooks keys as outgoing
+//! events (stale timestamps and replayed ids refused), choosing the shard
+//! (`(guild_id >> 22) % shard_count`), and checking a command before it is queued. Pacing is
+//! the shard's limiter's job; `app` is built apart from serving so tests can drive it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use crate::delivery::DeliveryHandle;
+use crate::payload::op;
+use crate::shard::{CommandRefused, ShardHandle, ShardState};
+use crate::signer::{unix_now, Signer, TOLERANCE_SECS};
+
+/// Discord's limit on a payload a client sends.
+pub const MAX_COMMAND_BYTES: usize = 4096;
+
+/// Opcodes a client may send as commands, with their names for error messages. IDENTIFY,
+/// RESUME and HEARTBEAT are the router's own business.
+const COMMANDS: [(u8, &str); 4] = [
+    (op::PRESENCE_UPDATE, "presence update"),
+    (op::VOICE_STATE_UPDATE, "voice state update"),
+    (op::REQUEST_GUILD_MEMBERS, "request guild members"),
+    (op::REQUEST_SOUNDBOARD_SOUNDS, "request soundboard sounds"),
+];
+
+/// What the control API reads and where it sends commands.
+pub struct ControlState {
+    shards: BTreeMap<u32, ShardHandle>,
+    shard_count: u32,
+    signer: Signer,
+    delivery: DeliveryHandle,
+    /// `webhook-id`s accepted recently, with their timestamps, to refuse replays.
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+impl ControlState {
+    pub fn new(
+        shards: &[ShardHandle],
+        shard_count: u32,
+        signer: Signer,
+        delivery: DeliveryHandle,
+    ) -> ControlState {
+        ControlState {
+            shards: shards.iter().map(|s| (s.id(), s.clone())).collect(),
+            shard_count,
+            signer,
+            delivery,
+            seen: Mutex::default(),
+        }
+    }
+
+    /// Records `id`; false if it was seen within the replay window.
+    fn first_use(&self, id: &str, timestamp: u64) -> bool {
+        let now = unix_now();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        // Ids older than the tolerance would be refused as stale anyway.
+        seen.retain(|_, ts| now.abs_diff(*ts) <= 2 * TOLERANCE_SECS);
+        seen.insert(id.to_owned(), timestamp).is_none()
+    }
+}
+
+/// The control API's routes.
+pub fn app(state: Arc<ControlState>) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/gateway/commands", post(command))
+        .route("/v1/shards", get(shards))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serves the control API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ControlState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn refuse(status: StatusCode, error: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": error.into() }))).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandRequest<'a> {
+    #[serde(default)]
+    guild_id: Option<Snowflake>,
+    #[serde(default)]
+    shard_id: Option<ShardTarget>,
+    op: u8,
+    #[serde(borrow)]
+    d: &'a RawValue,
+}
+
+/// A snowflake as Discord writes it (a string) or as a number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Snowflake {
+    Text(String),
+    Number(u64),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ShardTarget {
+    One(u32),
+    All(String),
+}
+
+async fn command(
+    State(state): State<Arc<ControlState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (id, timestamp) = (header("webhook-id"), header("webhook-timestamp"));
+    if let Err(e) = state.signer.verify(
+        id,
+        timestamp,
+        header("webhook-signature"),
+        &body,
+        unix_now(),
+    ) {
+        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    let (id, timestamp) = (id.unwrap_or_default(), timestamp.unwrap_or_default());
+    if !state.first_use(id, timestamp.parse().unwrap_or_default()) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            format!("webhook-id {id} was already used"),
+        );
+    }
+    let request: CommandRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("not a command: {e}")),
+    };
+    let Some((_, name)) = COMMANDS.iter().find(|(code, _)| *code == request.op) else {
+        let allowed: Vec<String> = COMMANDS.iter().map(|(c, n)| format!("{c} ({n})")).collect();
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "op {} is not a command a client may send; allowed: {}",
+                request.op,
+                allowed.join(", ")
+            ),
+        );
+    };
+    let payload = format!(r#"{{"op":{},"d":{}}}"#, request.op, request.d.get());
+    if payload.len() > MAX_COMMAND_BYTES {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the {name} payload is {} bytes; Discord allows {MAX_COMMAND_BYTES}",
+                payload.len()
+            ),
+        );
+    }
+    let targets: Vec<u32> = match (&request.guild_id, &request.shard_id) {
+        (Some(guild), None) => {
+            let guild = match guild {
+                Snowflake::Number(n) => *n,
+                Snowflake::Text(t) => match t.parse::<u64>() {
+                    Ok(n) => n,
+                    Err(_) => {
+                        return refuse(
+                            StatusCode::BAD_REQUEST,
+                            format!("guild_id `{t}` is not a snowflake"),
+                        )
+                    }
+                },
+            };
+            vec![((guild >> 22) % state.shard_count as u64) as u32]
+        }
+        (None, Some(ShardTarget::One(shard))) => vec![*shard],
+        (None, Some(ShardTarget::All(all))) if all == "all" => {
+            if request.op != op::PRESENCE_UPDATE {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "shard_id \"all\" is only for presence updates (op 3)",
+                );
+            }
+            state.shards.keys().copied().collect()
+        }
+        _ => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of guild_id or shard_id (a number, or \"all\" for presence)",
+            )
+        }
+    };
+    let mut queued = Vec::new();
+    let mut refused = None;
+    for shard in &targets {
+        let Some(handle) = state.shards.get(shard) else {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                format!("shard {shard} is not run by this process"),
+            );
+        };
+        match handle.try_send(payload.clone()) {
+            Ok(()) => queued.push(*shard),
+            Err(e) => refused = Some((*shard, e)),
+        }
+    }
+    match refused {
+        None => (StatusCode::ACCEPTED, Json(json!({ "queued": queued }))).into_response(),
+        Some((shard, CommandRefused::RateLimited(wait))) => {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let body = json!({ "error": format!("shard {shard}'s send budget is spent"), "queued": queued, "retry_after": secs });
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, secs.to_string())],
+                Json(body),
+            )
+                .into_response()
+        }
+        Some((shard, e)) => {
+            let body = json!({ "error": format!("shard {shard}: {e}"), "queued": queued });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+async fn ready(State(state): State<Arc<ControlState>>) -> Response {
+    let not_ready: Vec<u32> = state
+        .shards
+        .values()
+        .filter(|s| s.status().borrow().state != ShardState::Active)
+        .map(|s| s.id())
+        .collect();
+    if not_ready.is_empty() {
+        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "not_ready": not_ready })),
+        )
+            .into_response()
+    }
+}
+
+async fn shards(State(state): State<Arc<ControlState>>) -> Response {
+    let list: Vec<_> = state
+        .shards
+        .values()
+        .map(|shard| {
+            let s = shard.status().borrow().clone();
+            let state_name = match s.state {
+                ShardState::Identifying => "identifying".to_owned(),
+                ShardState::Resuming => "resuming".to_owned(),
+                ShardState::Active => "active".to_owned(),
+                ShardState::Disconnected { .. } => "disconnected".to_owned(),
+                ShardState::FatallyClosed { code } => format!("fatally_closed ({code})"),
+            };
+            json!({
+                "shard_id": shard.id(),
+                "state": state_name,
+                "session_id": s.session_id.as_deref(),
+                "session_age_secs": s.session_started.map(|t| t.elapsed().as_secs()),
+                "last_seq": shard.last_seq(),
+                "heartbeat_latency_ms": s.latency.map(|l| l.as_secs_f64() * 1000.0),
+                "endpoint": state.delivery.route(shard.id()),
+                "queue_depth": state.delivery.queue_depth(shard.id()),
+                "events_received": shard.received(),
+                "resumes": s.resumes,
+                "reconnects": s.reconnects,
+                "command_budget": shard.command_budget(),
+            })
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+async fn metrics(State(state): State<Arc<ControlState>>) -> Response {
+    let shards: Vec<ShardHandle> = state.shards.values().cloned().collect();
+    let text = crate::metrics::render(&shards, &state.delivery);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,173 @@
+//! `/metrics`: the router's counters in Prometheus text format, encoded by `prometheus-client`.
+//!
+//! Owns the metric names, help texts and labels. Values are read at scrape time from what the
+//! shards and the pipeline already count (atomics and a histogram), so the hot path never
+//! touches a registry; a fresh registry per scrape keeps this free of globals.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::delivery::DeliveryHandle;
+use crate::shard::ShardHandle;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabel {
+    shard: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardEndpoint {
+    shard: u32,
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardCause {
+    shard: u32,
+    cause: String,
+}
+
+fn counter_from(value: u64) -> Counter {
+    let counter = Counter::default();
+    counter.inc_by(value);
+    counter
+}
+
+/// Renders every metric in Prometheus text exposition format.
+pub fn render(shards: &[ShardHandle], delivery: &DeliveryHandle) -> String {
+    let mut registry = Registry::with_prefix("shardhook");
+    let stats = delivery.stats();
+    let endpoints: Vec<String> = delivery.endpoint_names().map(str::to_owned).collect();
+
+    let received = Family::<ShardLabel, Counter>::default();
+    let reconnects = Family::<ShardCause, Counter>::default();
+    let resumes = Family::<ShardLabel, Counter>::default();
+    let queue = Family::<ShardLabel, Gauge>::default();
+    let connected = Family::<ShardLabel, Gauge>::default();
+    for shard in shards {
+        let label = ShardLabel { shard: shard.id() };
+        received.get_or_create(&label).inc_by(shard.received());
+        let status = shard.status().borrow().clone();
+        resumes.get_or_create(&label).inc_by(status.resumes as u64);
+        for (cause, n) in &status.reconnect_causes {
+            let key = ShardCause {
+                shard: shard.id(),
+                cause: (*cause).to_owned(),
+            };
+            reconnects.get_or_create(&key).inc_by(*n);
+        }
+        queue
+            .get_or_create(&label)
+            .set(delivery.queue_depth(shard.id()) as i64);
+        let active = status.state == crate::shard::ShardState::Active;
+        connected.get_or_create(&label).set(active as i64);
+    }
+    registry.register(
+        "events_received",
+        "Dispatch events received from the gateway",
+        received,
+    );
+    registry.register(
+        "reconnects",
+        "Gateway connections that ended, by cause",
+        reconnects,
+    );
+    registry.register("resumes", "Sessions resumed", resumes);
+    registry.register(
+        "queue_depth",
+        "Events waiting in a shard's delivery queue",
+        queue,
+    );
+    registry.register(
+        "shard_connected",
+        "1 while the shard is connected and identified",
+        connected,
+    );
+
+    let delivered = Family::<ShardEndpoint, Counter>::default();
+    for ((shard, index), n) in stats
+        .delivered_by
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let key = ShardEndpoint {
+            shard: *shard,
+            endpoint: endpoints[*index].clone(),
+        };
+        delivered.get_or_create(&key).inc_by(*n);
+    }
+    registry.register(
+        "events_delivered",
+        "Events delivered (2xx), by shard and endpoint",
+        delivered,
+    );
+
+    let per_endpoint = |name: &str,
+                        help: &str,
+                        values: &[std::sync::atomic::AtomicU64],
+                        registry: &mut Registry| {
+        let family = Family::<EndpointLabel, Counter>::default();
+        for (i, value) in values.iter().enumerate() {
+            let key = EndpointLabel {
+                endpoint: endpoints[i].clone(),
+            };
+            family
+                .get_or_create(&key)
+                .inc_by(value.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        registry.register(name, help, family);
+    };
+    per_endpoint(
+        "retries",
+        "Delivery attempts after the first",
+        &stats.retries_by_endpoint,
+        &mut registry,
+    );
+    per_endpoint(
+        "dead_letters",
+        "Requests dead-lettered",
+        &stats.dead_letters_by_endpoint,
+        &mut registry,
+    );
+    per_endpoint(
+        "rate_limit_waits",
+        "Requests that waited for an endpoint's rate limit",
+        &stats.rate_limit_waits,
+        &mut registry,
+    );
+    registry.register(
+        "delivery_latency_seconds",
+        "From the gateway read of a batch's first event to its 2xx",
+        stats.latency.clone(),
+    );
+    let filtered = stats
+        .events_filtered
+        .load(std::sync::atomic::Ordering::Relaxed);
+    registry.register(
+        "events_filtered",
+        "Events dropped by events.include/exclude",
+        counter_from(filtered),
+    );
+    let deferred = stats
+        .interactions_deferred
+        .load(std::sync::atomic::Ordering::Relaxed);
+    registry.register(
+        "interactions_deferred",
+        "Interactions the router deferred",
+        counter_from(deferred),
+    );
+
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}

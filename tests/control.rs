@@ -1,0 +1,360 @@
+//! End-to-end tests of the control API over real HTTP: signed gateway commands reaching the
+//! right shard's socket, refusals, the send budget, readiness, status, metrics, and
+//! interaction auto-defer.
+
+mod support;
+
+use std::time::Duration;
+
+use shardhook::receiver::Reply;
+use shardhook::simulate::{events, Fault, SimConfig};
+use shardhook::{ShardState, Signer, SigningKey};
+use support::pipe::{Pipe, Target};
+
+fn sim(shards: u32, events: u64) -> SimConfig {
+    SimConfig {
+        shards,
+        max_concurrency: shards,
+        guilds: shards * 2,
+        rate: 100.0,
+        events_per_shard: Some(events),
+        heartbeat_interval: Duration::from_millis(1000),
+        ..SimConfig::default()
+    }
+}
+
+async fn start(sim: SimConfig) -> Pipe {
+    let p = Pipe::start(sim, vec![("a", 1.0, Target::Live(vec![]))], |_| {}).await;
+    for shard in &p.shards {
+        let _ = support::within(
+            "active",
+            shard.status().wait_for(|s| s.state == ShardState::Active),
+        )
+        .await;
+    }
+    p
+}
+
+/// Posts a command signed as a handler would, with a fresh id.
+async fn post(p: &Pipe, body: &str) -> reqwest::Response {
+    post_signed(p, body, &next_id(), shardhook::signer::unix_now()).await
+}
+
+fn next_id() -> String {
+    format!("cmd_{}", fastrand::u64(..))
+}
+
+async fn post_signed(p: &Pipe, body: &str, id: &str, timestamp: u64) -> reqwest::Response {
+    let signer = Signer::new(SigningKey::parse(&p.secret).unwrap(), vec![]);
+    reqwest::Client::new()
+        .post(format!("{}/v1/gateway/commands", p.control_url))
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header(
+            "webhook-signature",
+            signer.sign(id, timestamp, body.as_bytes()),
+        )
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_signed_command_reaches_the_shard_that_owns_the_guild() {
+    let p = start(sim(4, 0)).await;
+    let guilds: Vec<u64> = (0..8).map(events::guild_id).collect();
+    for guild in &guilds {
+        let body = format!(
+            r#"{{"guild_id":"{guild}","op":8,"d":{{"guild_id":"{guild}","query":"","limit":0}}}}"#
+        );
+        let response = post(&p, &body).await;
+        assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    }
+    let commands = p.wait_sim_commands(guilds.len()).await;
+    let mut shards_used = std::collections::HashSet::new();
+    for (shard, command) in commands {
+        let guild: u64 = command["d"]["guild_id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(shard, events::shard_of(guild, 4), "guild {guild}");
+        assert_eq!(command["op"], 8);
+        shards_used.insert(shard);
+    }
+    assert_eq!(shards_used.len(), 4, "the guilds cover every shard");
+    // Presence for every shard at once.
+    let body = r#"{"shard_id":"all","op":3,"d":{"since":null,"activities":[],"status":"idle","afk":false}}"#;
+    assert_eq!(post(&p, body).await.status(), 202);
+    let commands = p.wait_sim_commands(guilds.len() + 4).await;
+    let presence: std::collections::HashSet<u32> = commands
+        .iter()
+        .filter(|(_, c)| c["op"] == 3)
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(presence.len(), 4);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn unsigned_stale_replayed_oversized_and_forbidden_commands_are_refused() {
+    let p = start(sim(2, 0)).await;
+    let good =
+        r#"{"shard_id":0,"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}}"#;
+    let client = reqwest::Client::new();
+    let unsigned = client
+        .post(format!("{}/v1/gateway/commands", p.control_url))
+        .body(good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    assert!(unsigned.text().await.unwrap().contains("webhook-id"));
+
+    let now = shardhook::signer::unix_now();
+    let stale = post_signed(&p, good, &next_id(), now - 600).await;
+    assert_eq!(stale.status(), 401);
+
+    let id = next_id();
+    assert_eq!(post_signed(&p, good, &id, now).await.status(), 202);
+    let replayed = post_signed(&p, good, &id, now).await;
+    assert_eq!(replayed.status(), 401);
+    assert!(replayed.text().await.unwrap().contains("already used"));
+
+    let wrong_key = Signer::new(SigningKey::parse(&SigningKey::generate()).unwrap(), vec![]);
+    let forged = client
+        .post(format!("{}/v1/gateway/commands", p.control_url))
+        .header("webhook-id", "forged")
+        .header("webhook-timestamp", now.to_string())
+        .header(
+            "webhook-signature",
+            wrong_key.sign("forged", now, good.as_bytes()),
+        )
+        .body(good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+
+    let big = format!(
+        r#"{{"shard_id":0,"op":3,"d":{{"status":"online","pad":"{}"}}}}"#,
+        "x".repeat(5000)
+    );
+    let oversized = post(&p, &big).await;
+    assert_eq!(oversized.status(), 400);
+    assert!(oversized.text().await.unwrap().contains("4096"));
+
+    for op in [1, 2, 6, 0] {
+        let body = format!(r#"{{"shard_id":0,"op":{op},"d":{{}}}}"#);
+        let refused = post(&p, &body).await;
+        assert_eq!(refused.status(), 400, "op {op}");
+        assert!(
+            refused.text().await.unwrap().contains("allowed: 3"),
+            "op {op}"
+        );
+    }
+    assert_eq!(
+        post(&p, r#"{"shard_id":9,"op":3,"d":{}}"#).await.status(),
+        404
+    );
+    assert_eq!(
+        post(&p, r#"{"op":3,"d":{}}"#).await.status(),
+        400,
+        "no target"
+    );
+    assert_eq!(post(&p, "not json").await.status(), 400);
+    assert_eq!(
+        post(&p, r#"{"shard_id":"all","op":8,"d":{}}"#)
+            .await
+            .status(),
+        400
+    );
+    // Only the one good command reached the gateway.
+    assert_eq!(p.wait_sim_commands(1).await.len(), 1);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn the_command_past_the_budget_gets_429_and_the_shard_is_never_disconnected() {
+    // Discord's usual heartbeat interval, so the budget is what a real bot gets.
+    let config = SimConfig {
+        heartbeat_interval: Duration::from_millis(41_250),
+        ..sim(1, 0)
+    };
+    let p = start(config).await;
+    let budget = p.shards[0].command_budget().unwrap() as usize;
+    assert!(budget < 120);
+    let mut statuses = Vec::new();
+    for n in 0..121 {
+        let body = format!(
+            r#"{{"shard_id":0,"op":3,"d":{{"since":null,"activities":[],"status":"online","afk":false,"n":{n}}}}}"#
+        );
+        let response = post(&p, &body).await;
+        if response.status() == 429 {
+            let after: u64 = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&after), "{after}");
+        }
+        statuses.push(response.status().as_u16());
+    }
+    assert!(statuses[..budget].iter().all(|s| *s == 202), "{statuses:?}");
+    assert!(statuses[budget..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert_eq!(statuses[120], 429, "the 121st command in a minute");
+    assert_eq!(p.wait_sim_commands(budget).await.len(), budget);
+    let status = p.shards[0].status().borrow().clone();
+    assert_eq!((status.reconnects, status.state), (0, ShardState::Active));
+    assert!(p.sim.observed(|o| o.violations.is_empty()));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_flips_when_a_shard_drops_and_status_reports_each_shard() {
+    let p = start(sim(2, 0)).await;
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("{}{path}", p.control_url)).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    // op 9 without resume: the shard waits 1-5 s before identifying again.
+    assert!(p
+        .sim
+        .inject(1, Fault::InvalidateSession { resumable: false }));
+    let _ = support::within(
+        "shard 1 down",
+        p.shards[1]
+            .status()
+            .wait_for(|s| s.state != ShardState::Active),
+    )
+    .await;
+    let not_ready = get("/readyz").await.unwrap();
+    assert_eq!(not_ready.status(), 503);
+    let body: serde_json::Value = not_ready.json().await.unwrap();
+    assert_eq!(body["not_ready"], serde_json::json!([1]));
+    let _ = support::within(
+        "shard 1 back",
+        p.shards[1]
+            .status()
+            .wait_for(|s| s.state == ShardState::Active),
+    )
+    .await;
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+
+    let shards: serde_json::Value = get("/v1/shards").await.unwrap().json().await.unwrap();
+    let shards = shards.as_array().unwrap();
+    assert_eq!(shards.len(), 2);
+    assert_eq!(shards[0]["state"], "active");
+    assert_eq!(shards[0]["endpoint"], "a");
+    assert!(shards[0]["last_seq"].as_u64().unwrap() >= 2);
+    assert!(shards[1]["session_id"].is_string());
+    assert_eq!(shards[1]["queue_depth"], 0);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_parse_with_the_prometheus_text_parser() {
+    let p = start(sim(2, 30)).await;
+    p.wait_delivered(&[]).await;
+    let response = reqwest::get(format!("{}/metrics", p.control_url))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    // Parsed by the Prometheus project's own Python client; it prints "name value" per sample.
+    let parser =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/prometheus_parse.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(parser)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let parsed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "the parser failed (pip install prometheus-client?):\n{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let delivered: f64 = parsed
+        .lines()
+        .filter(|l| l.starts_with("shardhook_events_delivered_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    let expected = p.sim.observed(|o| o.ledger.len()) as f64;
+    assert_eq!(delivered, expected, "{parsed}");
+    for name in [
+        "shardhook_events_received_total",
+        "shardhook_delivery_latency_seconds_count",
+        "shardhook_queue_depth",
+        "shardhook_retries_total",
+    ] {
+        assert!(parsed.contains(name), "{name} missing:\n{parsed}");
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn an_interaction_is_deferred_at_once_and_a_failed_delivery_edits_the_response() {
+    let p = Pipe::start(sim(1, 0), vec![("a", 1.0, Target::Live(vec![]))], |c| {
+        c.interactions.auto_defer = true;
+        c.interactions.error_message = "the bot is having a moment".into();
+        c.batch.max_events = 1;
+    })
+    .await;
+    let _ = support::within(
+        "active",
+        p.shards[0]
+            .status()
+            .wait_for(|s| s.state == ShardState::Active),
+    )
+    .await;
+    p.wait_until("READY and guilds delivered", |p| p.arrivals().len() >= 3)
+        .await;
+    // The endpoint refuses the interaction's batch for good.
+    p.receiver(0).script([Reply::Status(400)]);
+    let d = r#"{"id":"777","application_id":"1100000000000000001","type":2,"token":"itoken","data":{"name":"ping"}}"#;
+    assert!(p.sim.inject(
+        0,
+        Fault::Dispatch {
+            name: "INTERACTION_CREATE".into(),
+            d: d.into()
+        }
+    ));
+    let calls = p
+        .wait_sim_rest(|calls| calls.iter().any(|c| c.method == "PATCH"))
+        .await;
+    let defer = calls
+        .iter()
+        .find(|c| c.path == "/interactions/777/itoken/callback")
+        .expect("deferred");
+    assert_eq!(defer.body["type"], 5);
+    let edit = calls.iter().find(|c| c.method == "PATCH").unwrap();
+    assert_eq!(
+        edit.path,
+        "/webhooks/1100000000000000001/itoken/messages/@original"
+    );
+    assert_eq!(edit.body["content"], "the bot is having a moment");
+    // The handler was told the interaction was deferred.
+    let request = p
+        .requests()
+        .into_iter()
+        .map(|(_, q)| q)
+        .find(|q| {
+            std::str::from_utf8(&q.body)
+                .unwrap()
+                .contains("INTERACTION_CREATE")
+        })
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(body["events"][0]["deferred"], true);
+    assert_eq!(p.stats.snapshot().requests_dead_lettered, 1);
+    assert!(p.stats.defer_quantile(1.0).is_some());
+    p.stop().await;
+}
