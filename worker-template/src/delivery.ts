@@ -28,7 +28,9 @@ export interface Batch {
   shard_id: number;
   shard_count: number;
   session_id: string;
-  events: { t: string; s: number; d: unknown }[];
+  /** `deferred` is true on an INTERACTION_CREATE the router already acknowledged
+   * (`interactions.auto_defer`). */
+  events: { t: string; s: number; d: unknown; deferred?: boolean }[];
 }
 
 /** What a handler knows besides the event itself. */
@@ -40,6 +42,11 @@ export interface EventContext<Env> {
   seq: number;
   /** The batch's id: the same on every retry of the batch. */
   webhookId: string;
+  /**
+   * The router already answered this interaction with a deferred response
+   * (`interactions.auto_defer`): edit `@original` instead of calling back.
+   */
+  deferred: boolean;
   /**
    * Work that may finish after the answer (Workers: `ctx.waitUntil`). The router will not
    * retry it if it fails, so await instead whatever must happen for the event to count as
@@ -78,6 +85,7 @@ export class Handlers<Env> {
         sessionId: batch.session_id,
         seq: event.s,
         webhookId: meta.webhookId,
+        deferred: event.deferred === true,
         waitUntil: meta.waitUntil,
       });
       handled += 1;

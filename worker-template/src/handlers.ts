@@ -33,14 +33,23 @@ export function exampleHandlers<Env extends DiscordEnv>(): Handlers<Env> {
     .on("INTERACTION_CREATE", async (interaction, ctx) => {
       // Discord wants the callback within 3 s; the router never lingers on interactions.
       if (interaction.type !== InteractionType.ApplicationCommand) return;
+      const content = `Hello from shard ${ctx.shardId}: you ran /${interaction.data.name}.`;
+      if (ctx.deferred) {
+        // The router acknowledged it already (`interactions.auto_defer`): fill in the answer.
+        await discord(
+          ctx.env,
+          "PATCH",
+          `/webhooks/${interaction.application_id}/${interaction.token}/messages/@original`,
+          { content },
+          { auth: false },
+        );
+        return;
+      }
       await discord(
         ctx.env,
         "POST",
         `/interactions/${interaction.id}/${interaction.token}/callback`,
-        {
-          type: InteractionResponseType.ChannelMessageWithSource,
-          data: { content: `Hello from shard ${ctx.shardId}: you ran /${interaction.data.name}.` },
-        },
+        { type: InteractionResponseType.ChannelMessageWithSource, data: { content } },
         { auth: false },
       );
     });

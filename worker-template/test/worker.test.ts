@@ -10,10 +10,10 @@ const DISCORD = "https://discord.test";
 /** Requests the Worker made to the mocked Discord. */
 let calls: { method: string; path: string; authorization?: string; body: unknown }[];
 
-function mockDiscord(path: string | RegExp, status = 200, reply: unknown = { id: "1" }, times = 1) {
+function mockDiscord(path: string | RegExp, status = 200, reply: unknown = { id: "1" }, times = 1, method = "POST") {
   fetchMock
     .get(DISCORD)
-    .intercept({ path, method: "POST" })
+    .intercept({ path, method })
     .reply(status, (options) => {
       const headers = options.headers as Record<string, string>;
       calls.push({
@@ -128,6 +128,27 @@ describe("each event reaches its handler", () => {
         path: "/api/v10/interactions/1300000000000000001/interaction-token/callback",
         authorization: undefined,
         body: { type: 4, data: { content: "Hello from shard 1: you ran /hello." } },
+      },
+    ]);
+  });
+
+  it("an INTERACTION_CREATE the router deferred edits the original response instead", async () => {
+    mockDiscord("/api/v10/webhooks/1100000000000000001/interaction-token/messages/@original", 200, { id: "1" }, 1, "PATCH");
+    const body = JSON.stringify({
+      v: 1,
+      shard_id: 0,
+      shard_count: 1,
+      session_id: "s",
+      events: [{ t: "INTERACTION_CREATE", s: 3, d: interaction(), deferred: true }],
+    });
+    const response = await post(body, signedHeaders(body, [fixture.secret]));
+    expect(response.status).toBe(200);
+    expect(calls).toEqual([
+      {
+        method: "PATCH",
+        path: "/api/v10/webhooks/1100000000000000001/interaction-token/messages/@original",
+        authorization: undefined,
+        body: { content: "Hello from shard 0: you ran /hello." },
       },
     ]);
   });
