@@ -484,3 +484,143 @@ async fn the_handler_templates_fixture_is_a_real_shardhook_request() {
             .expect("the fixture verifies with each key");
     }
 }
+
+/// `auth = "aws-iam"`: each request also carries a SigV4 signature for service `lambda`, which
+/// botocore (an independent implementation) reproduces from the request as received.
+#[tokio::test]
+async fn aws_iam_endpoints_are_sigv4_signed_as_botocore_would() {
+    let env = vec![
+        (
+            "AWS_ACCESS_KEY_ID".to_owned(),
+            "AKIDSHARDHOOKTEST".to_owned(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY".to_owned(),
+            "c2VjcmV0LW5ldmVyLXByaW50ZWQ".to_owned(),
+        ),
+        (
+            "AWS_SESSION_TOKEN".to_owned(),
+            "session-token-never-printed".to_owned(),
+        ),
+    ];
+    let p = Pipe::start_with_env(
+        sim(1, 3),
+        vec![("lambda", 1.0, live(vec![]))],
+        env.clone(),
+        |c| {
+            c.endpoints[0].auth = shardhook::config::EndpointAuth::AwsIam;
+            c.endpoints[0].region = Some("eu-west-1".into());
+        },
+    )
+    .await;
+    p.wait_delivered(&[]).await;
+    let (_, request) = p.requests().into_iter().next().unwrap();
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} header"))
+    };
+    let authorization = header("authorization");
+    assert!(
+        authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIDSHARDHOOKTEST/"),
+        "{authorization}"
+    );
+    assert!(
+        authorization.contains("/eu-west-1/lambda/aws4_request"),
+        "{authorization}"
+    );
+    assert_eq!(
+        header("x-amz-security-token"),
+        "session-token-never-printed"
+    );
+
+    use base64::Engine;
+    let signed: Vec<serde_json::Value> = [
+        "content-type",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    ]
+    .iter()
+    .map(|n| serde_json::json!([n, header(n)]))
+    .collect();
+    let spec = serde_json::json!({
+        "method": "POST",
+        "url": p.urls[0],
+        "headers": signed,
+        "body_base64": base64::engine::general_purpose::STANDARD.encode(&request.body),
+        "region": "eu-west-1",
+        "service": "lambda",
+        "access_key_id": env[0].1,
+        "secret_access_key": env[1].1,
+        "session_token": env[2].1,
+        "amz_date": header("x-amz-date"),
+    });
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/sigv4/botocore_sign.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(spec.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "botocore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let botocore: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected = botocore["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h[0] == "authorization")
+        .unwrap()[1]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(authorization, expected);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn an_aws_iam_endpoint_without_credentials_is_a_clear_error() {
+    let mut config = shardhook::Config::default();
+    config.signing.secret =
+        Some(shardhook::SigningKey::parse(&shardhook::SigningKey::generate()).unwrap());
+    config.endpoints = vec![shardhook::config::EndpointConfig {
+        name: "fn".into(),
+        url: "https://abc123.lambda-url.us-east-2.on.aws/".into(),
+        weight: 1.0,
+        timeout: None,
+        max_in_flight: 1,
+        rate_limit: None,
+        auth: shardhook::config::EndpointAuth::AwsIam,
+        region: None,
+    }];
+    assert_eq!(
+        config.endpoints[0].aws_region().as_deref(),
+        Some("us-east-2")
+    );
+    let env = vec![("AWS_ACCESS_KEY_ID".to_owned(), "AKID".to_owned())];
+    let err = shardhook::Pipeline::with_env(&config, env)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("`fn`") && err.contains("AWS_SECRET_ACCESS_KEY"),
+        "{err}"
+    );
+}

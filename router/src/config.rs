@@ -158,6 +158,36 @@ pub struct EndpointConfig {
     /// Requests per second and burst, e.g. `{ per_second = 50, burst = 100 }`.
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// `"none"` (default), or `"aws-iam"` for Lambda function URLs with IAM auth: requests are
+    /// also signed with AWS SigV4 (service `lambda`) using `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
+    #[serde(default)]
+    pub auth: EndpointAuth,
+    /// The AWS region for `auth = "aws-iam"`; default: read from a function URL's host
+    /// (`<id>.lambda-url.<region>.on.aws`).
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+/// How an endpoint authenticates requests besides the webhook signature.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointAuth {
+    #[default]
+    None,
+    AwsIam,
+}
+
+impl EndpointConfig {
+    /// The region to sign for: configured, or read from a Lambda function URL's host.
+    pub fn aws_region(&self) -> Option<String> {
+        self.region.clone().or_else(|| {
+            let url = reqwest::Url::parse(&self.url).ok()?;
+            let host = url.host_str()?;
+            let rest = host.split_once(".lambda-url.")?.1;
+            Some(rest.strip_suffix(".on.aws")?.to_owned())
+        })
+    }
 }
 
 fn default_weight() -> f64 {

@@ -159,6 +159,11 @@ pub enum DeliveryError {
     Config(#[from] ConfigError),
     #[error("failed to build the HTTP client: {0}")]
     Client(reqwest::Error),
+    #[error("endpoint `{endpoint}` has auth = \"aws-iam\": {source}")]
+    AwsCredentials {
+        endpoint: String,
+        source: crate::sigv4::MissingCredential,
+    },
 }
 
 /// What the delivery tasks share.
@@ -226,8 +231,21 @@ impl DeliveryHandle {
 }
 
 impl Pipeline {
-    /// Builds the pipeline from config: endpoints, keys, limits.
+    /// Builds the pipeline from config: endpoints, keys, limits. AWS credentials for
+    /// `auth = "aws-iam"` endpoints come from the process environment.
     pub fn new(config: &Config) -> Result<Pipeline, DeliveryError> {
+        Pipeline::with_env(config, std::env::vars())
+    }
+
+    /// Like `new`, with the environment given.
+    pub fn with_env(
+        config: &Config,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Pipeline, DeliveryError> {
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .collect();
         let signer = config.signer()?;
         if config.endpoints.is_empty() {
             return Err(ConfigError::NoEndpoints.into());
@@ -237,11 +255,23 @@ impl Pipeline {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(DeliveryError::Client)?;
-        let endpoints: Vec<Endpoint> = config
-            .endpoints
-            .iter()
-            .map(|e| Endpoint::new(e, &config.delivery))
-            .collect();
+        let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        for e in &config.endpoints {
+            let aws = match e.auth {
+                crate::config::EndpointAuth::None => None,
+                crate::config::EndpointAuth::AwsIam => {
+                    let creds =
+                        crate::sigv4::Credentials::from_env(env.clone()).map_err(|source| {
+                            DeliveryError::AwsCredentials {
+                                endpoint: e.name.clone(),
+                                source,
+                            }
+                        })?;
+                    Some((e.aws_region().expect("validated by config"), creds))
+                }
+            };
+            endpoints.push(Endpoint::new(e, &config.delivery, aws));
+        }
         let ring = Ring::new(config.endpoints.iter().map(|e| (e.name.as_str(), e.weight)));
         let stats = Arc::new(DeliveryStats::new(endpoints.len()));
         Ok(Pipeline {
@@ -652,19 +682,37 @@ async fn send(shared: &Shared, index: usize, request: &Request) -> Attempt {
     if waited {
         shared.stats.rate_limit_waits[index].fetch_add(1, AtomicOrdering::Relaxed);
     }
-    let timestamp = unix_now();
-    let signature = shared.signer.sign(&request.id, timestamp, &request.body);
-    let sent = shared
+    let now = unix_now();
+    let timestamp = now.to_string();
+    let signature = shared.signer.sign(&request.id, now, &request.body);
+    let signed = [
+        ("content-type", "application/json"),
+        ("webhook-id", request.id.as_str()),
+        ("webhook-timestamp", timestamp.as_str()),
+        ("webhook-signature", signature.as_str()),
+    ];
+    let mut builder = shared
         .client
         .post(endpoint.url.clone())
-        .timeout(endpoint.timeout)
-        .header("content-type", "application/json")
-        .header("webhook-id", &request.id)
-        .header("webhook-timestamp", timestamp)
-        .header("webhook-signature", signature)
-        .body(request.body.clone())
-        .send()
-        .await;
+        .timeout(endpoint.timeout);
+    for (name, value) in signed {
+        builder = builder.header(name, value);
+    }
+    if let Some((region, creds)) = &endpoint.aws {
+        // SigV4 per attempt: AWS refuses a signature more than 5 minutes old.
+        let aws_request = crate::sigv4::Request {
+            method: "POST",
+            url: &endpoint.url,
+            headers: &signed,
+            body: &request.body,
+        };
+        for (name, value) in
+            crate::sigv4::sign(&aws_request, region, "lambda", creds, SystemTime::now())
+        {
+            builder = builder.header(name, value);
+        }
+    }
+    let sent = builder.body(request.body.clone()).send().await;
     match sent {
         Ok(response) => {
             let status = response.status().as_u16();

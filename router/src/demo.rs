@@ -221,6 +221,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
                 timeout: None,
                 max_in_flight: 64,
                 rate_limit: None,
+                auth: Default::default(),
+                region: None,
             })
             .collect(),
         state: StateConfig {

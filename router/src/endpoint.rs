@@ -13,20 +13,27 @@ use tokio::sync::Semaphore;
 use crate::circuit::Circuit;
 use crate::config::{DeliveryConfig, EndpointConfig};
 use crate::ratelimiter::Pacer;
+use crate::sigv4::Credentials;
 
 #[derive(Debug)]
 pub struct Endpoint {
     pub name: String,
     pub url: reqwest::Url,
     pub timeout: Duration,
+    /// For `auth = "aws-iam"`: the region and credentials to SigV4-sign each attempt with.
+    pub aws: Option<(String, Credentials)>,
     pacer: Option<Pacer>,
     in_flight: Semaphore,
     pub circuit: Circuit,
 }
 
 impl Endpoint {
-    /// Builds an endpoint from validated config.
-    pub fn new(config: &EndpointConfig, delivery: &DeliveryConfig) -> Endpoint {
+    /// Builds an endpoint from validated config; `aws` is set for `auth = "aws-iam"`.
+    pub fn new(
+        config: &EndpointConfig,
+        delivery: &DeliveryConfig,
+        aws: Option<(String, Credentials)>,
+    ) -> Endpoint {
         let pacer = config.rate_limit.map(|r| {
             let per_second = NonZeroU32::new(r.per_second.max(1)).expect("at least 1");
             let burst =
@@ -37,6 +44,7 @@ impl Endpoint {
             name: config.name.clone(),
             url: reqwest::Url::parse(&config.url).expect("validated by config"),
             timeout: config.timeout.unwrap_or(delivery.timeout),
+            aws,
             pacer,
             in_flight: Semaphore::new(config.max_in_flight),
             circuit: Circuit::new(delivery.circuit_failures, delivery.circuit_cooldown),
@@ -80,8 +88,10 @@ mod tests {
                 per_second: 10,
                 burst: Some(2),
             }),
+            auth: Default::default(),
+            region: None,
         };
-        let endpoint = Endpoint::new(&config, &DeliveryConfig::default());
+        let endpoint = Endpoint::new(&config, &DeliveryConfig::default(), None);
         let start = Instant::now();
         let mut at = Vec::new();
         for _ in 0..12 {

@@ -24,6 +24,9 @@
 //! - `retry`: the retry decision and backoff.
 //! - `deadletter`: the dead-letter file.
 //! - `receiver`: a local verifying endpoint for the demo and tests.
+//! - `sigv4`: AWS Signature Version 4 for Lambda function URLs with IAM auth.
+//! - `control`: the control API (gateway commands, health, readiness, status, metrics).
+//! - `metrics`: Prometheus exposition of the shards' and pipeline's counters.
 //! - `simulate`: a local Discord double for tests, the demo and handler development.
 //! - `demo`: `shardhook demo`, the embedded default.
 

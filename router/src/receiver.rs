@@ -58,6 +58,8 @@ pub struct RequestRecord {
     pub timestamp: String,
     pub signature: String,
     pub body: Bytes,
+    /// Every header as received, names lower-case.
+    pub headers: Vec<(String, String)>,
 }
 
 /// What the receiver saw.
@@ -187,6 +189,15 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
             timestamp: header("webhook-timestamp").unwrap_or_default().to_owned(),
             signature: header("webhook-signature").unwrap_or_default().to_owned(),
             body: body.clone(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        v.to_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect(),
         })
     });
     if let Some(delay) = delay {

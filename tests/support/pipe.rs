@@ -69,6 +69,16 @@ impl Pipe {
         endpoints: Vec<(&str, f64, Target)>,
         tweak: impl FnOnce(&mut Config),
     ) -> Pipe {
+        Pipe::start_with_env(sim_config, endpoints, Vec::new(), tweak).await
+    }
+
+    /// Like `start`, with the environment the pipeline reads (AWS credentials).
+    pub async fn start_with_env(
+        sim_config: SimConfig,
+        endpoints: Vec<(&str, f64, Target)>,
+        env: Vec<(String, String)>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Pipe {
         let traffic_per_shard = sim_config.events_per_shard.unwrap_or(0);
         let sim = simulator(sim_config).await;
         let secret = SigningKey::generate();
@@ -108,6 +118,8 @@ impl Pipe {
                 timeout: None,
                 max_in_flight: 64,
                 rate_limit: None,
+                auth: Default::default(),
+                region: None,
             })
             .collect();
         config.state = StateConfig {
@@ -116,7 +128,7 @@ impl Pipe {
         config.delivery.initial_backoff = Duration::from_millis(20);
         config.delivery.max_backoff = Duration::from_millis(200);
         tweak(&mut config);
-        let mut pipeline = Pipeline::new(&config).expect("the pipeline builds");
+        let mut pipeline = Pipeline::with_env(&config, env).expect("the pipeline builds");
         let stats = pipeline.stats();
         let router = within(
             "the router to start",
