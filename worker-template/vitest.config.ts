@@ -1,5 +1,6 @@
 // Runs the Worker's tests inside workerd, with the root wrangler.toml and test secrets: the
-// fixture's current key, its previous key (rotation), and a token for the mocked Discord.
+// fixture's current key, its previous key (rotation), a token for the mocked Discord, and the
+// mocked router's control API.
 import { defineWorkersConfig } from "@cloudflare/vitest-pool-workers/config";
 import fixture from "./test/fixtures/shardhook-request.json";
 
@@ -21,6 +22,7 @@ export default defineWorkersConfig({
             SHARDHOOK_PREVIOUS_SIGNING_SECRETS: fixture.previous_secret,
             DISCORD_TOKEN: "test-bot-token",
             DISCORD_API_URL: "https://discord.test/api/v10",
+            SHARDHOOK_CONTROL_URL: "https://router.test/",
           },
         },
       },

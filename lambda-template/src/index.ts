@@ -4,13 +4,15 @@
 // into lambda-template/dist/index.mjs; the handler is `index.handler`).
 //
 // Environment: SHARDHOOK_SIGNING_SECRET, optionally SHARDHOOK_PREVIOUS_SIGNING_SECRETS
-// (space-separated), DISCORD_TOKEN and DISCORD_API_URL.
+// (space-separated), DISCORD_TOKEN, DISCORD_API_URL and SHARDHOOK_CONTROL_URL (the router's
+// control API, for gateway commands such as `!members`' op 8).
 
+import type { ControlEnv } from "../../worker-template/src/commands";
 import { deliver, signingKeys, type Handlers } from "../../worker-template/src/delivery";
 import type { DiscordEnv } from "../../worker-template/src/discord";
 import { exampleHandlers } from "../../worker-template/src/handlers";
 
-export interface Env extends DiscordEnv {
+export interface Env extends DiscordEnv, ControlEnv {
   SHARDHOOK_SIGNING_SECRET?: string;
   SHARDHOOK_PREVIOUS_SIGNING_SECRETS?: string;
 }

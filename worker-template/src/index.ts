@@ -1,13 +1,14 @@
 // The Cloudflare Worker shardhook posts to: adapts a fetch request to `deliver` and answers.
 // Configuration (wrangler.toml and secrets): SHARDHOOK_SIGNING_SECRET, optionally
-// SHARDHOOK_PREVIOUS_SIGNING_SECRETS (space-separated, during rotation), DISCORD_TOKEN and
-// DISCORD_API_URL.
+// SHARDHOOK_PREVIOUS_SIGNING_SECRETS (space-separated, during rotation), DISCORD_TOKEN,
+// DISCORD_API_URL and SHARDHOOK_CONTROL_URL (the router's control API, for gateway commands).
 
+import type { ControlEnv } from "./commands";
 import { deliver, signingKeys } from "./delivery";
 import type { DiscordEnv } from "./discord";
 import { exampleHandlers } from "./handlers";
 
-export interface Env extends DiscordEnv {
+export interface Env extends DiscordEnv, ControlEnv {
   SHARDHOOK_SIGNING_SECRET?: string;
   SHARDHOOK_PREVIOUS_SIGNING_SECRETS?: string;
 }

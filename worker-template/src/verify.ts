@@ -22,17 +22,19 @@ const encoder = new TextEncoder();
 
 /**
  * Decodes a `whsec_...` secret (the prefix is optional, as in the official libraries) into an
- * HMAC-SHA256 key. Throws on a secret that is not base64: a configuration error, not a bad
- * request.
+ * HMAC-SHA256 key, for verifying (the default) or, for requests a handler sends to the router
+ * (`commands.ts`), for signing. Throws on a secret that is not base64: a configuration error,
+ * not a bad request.
  */
-export async function importSecret(secret: string): Promise<SigningKey> {
+export async function importSecret(
+  secret: string,
+  usage: "verify" | "sign" = "verify",
+): Promise<SigningKey> {
   const raw = decodeBase64(secret.trim().replace(/^whsec_/, ""));
   if (raw === null || raw.length === 0) {
     throw new Error("a signing secret is not whsec_ followed by base64");
   }
-  return crypto.subtle.importKey("raw", raw, { name: "HMAC", hash: "SHA-256" }, false, [
-    "verify",
-  ]);
+  return crypto.subtle.importKey("raw", raw, { name: "HMAC", hash: "SHA-256" }, false, [usage]);
 }
 
 /**
