@@ -257,6 +257,7 @@ async fn the_worker_template_under_wrangler_dev_verifies_and_handles_every_event
     config.endpoints = vec![endpoint];
     config.state = StateConfig {
         dir: state_dir.clone(),
+        ..StateConfig::default()
     };
     let mut pipeline = Pipeline::new(&config).expect("the pipeline builds");
     let stats = pipeline.stats();

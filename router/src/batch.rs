@@ -38,6 +38,10 @@ pub struct Request {
     pub id: String,
     pub body: Bytes,
     pub shard_id: u32,
+    /// The session and seq range the batch covers, for durable progress.
+    pub session_id: Arc<str>,
+    pub first_seq: u64,
+    pub last_seq: u64,
     pub events: usize,
     /// When the batch's first event was read from the gateway.
     pub first_received: Instant,
@@ -117,6 +121,9 @@ impl Batch {
             ),
             body: Bytes::from(body),
             shard_id: first.shard_id,
+            session_id: first.session_id.clone(),
+            first_seq: first.seq,
+            last_seq: last.seq,
             events: self.events.len(),
             first_received: first.received_at,
             deferred: self.deferred.into_iter().map(|(_, d)| d).collect(),

@@ -243,6 +243,10 @@ pub struct DeliveryConfig {
     /// Events queued per shard before the shard stops reading (backpressure).
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// On shutdown, how long queued events may take to deliver before the rest is left for
+    /// Discord to replay on the next start (they are not checkpointed).
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
     /// Consecutive failures (connect errors, timeouts, 5xx) that open an endpoint's circuit.
     #[serde(default = "default_circuit_failures")]
     pub circuit_failures: u32,
@@ -261,6 +265,7 @@ impl Default for DeliveryConfig {
             max_backoff: default_max_backoff(),
             ordering: Ordering::default(),
             queue: default_queue(),
+            shutdown_timeout: default_shutdown_timeout(),
             circuit_failures: default_circuit_failures(),
             circuit_cooldown: default_circuit_cooldown(),
         }
@@ -281,6 +286,9 @@ fn default_initial_backoff() -> Duration {
 }
 fn default_max_backoff() -> Duration {
     Duration::from_secs(30)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_queue() -> usize {
     1024
@@ -341,17 +349,26 @@ pub struct EventsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
-    /// The directory for dead letters (`dead-letters.jsonl`).
+    /// The directory for dead letters (`dead-letters.jsonl`) and resume checkpoints
+    /// (`checkpoints/shard-N.json`).
     #[serde(default = "default_state_dir")]
     pub dir: PathBuf,
+    /// How often resume checkpoints are written (and always at shutdown).
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: default_state_dir(),
+            checkpoint_interval: default_checkpoint_interval(),
         }
     }
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_state_dir() -> PathBuf {

@@ -180,6 +180,8 @@ struct Shared {
     /// Deferrals under way, by (shard, seq), started as interactions arrive and awaited when
     /// their batch is built.
     deferrals: Mutex<Deferrals>,
+    /// What is safe per shard, for resume checkpoints.
+    progress: crate::progress::Progress,
 }
 
 /// Deferrals under way, by (shard, seq).
@@ -227,6 +229,12 @@ impl DeliveryHandle {
 
     pub fn stats(&self) -> &DeliveryStats {
         &self.shared.stats
+    }
+
+    /// `(session, seq)`: every event of the shard's session up to `seq` is delivered,
+    /// dead-lettered or spooled.
+    pub fn durable(&self, shard_id: u32) -> Option<(Arc<str>, u64)> {
+        self.shared.progress.durable(shard_id)
     }
 }
 
@@ -286,6 +294,7 @@ impl Pipeline {
                 config: config.clone(),
                 stats,
                 deferrals: Mutex::default(),
+                progress: Default::default(),
             }),
             workers: JoinSet::new(),
             queues: Arc::default(),
@@ -349,6 +358,9 @@ impl Pipeline {
                 id: letter.webhook_id,
                 body: bytes::Bytes::from(body.into_boxed_bytes()),
                 shard_id: letter.shard_id,
+                session_id: Arc::from(""),
+                first_seq: 0,
+                last_seq: 0,
                 events: 0,
                 first_received: Instant::now(),
                 deferred: Vec::new(),
@@ -490,6 +502,8 @@ impl Shared {
             if self.wanted(event.name()) {
                 return Some(event);
             }
+            self.progress
+                .skipped(event.shard_id, &event.session_id, event.seq);
             self.stats
                 .events_filtered
                 .fetch_add(1, AtomicOrdering::Relaxed);
@@ -510,6 +524,8 @@ impl Shared {
             if self.wanted(event.name()) {
                 return Some(event);
             }
+            self.progress
+                .skipped(event.shard_id, &event.session_id, event.seq);
             self.stats
                 .events_filtered
                 .fetch_add(1, AtomicOrdering::Relaxed);
@@ -582,6 +598,12 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>) {
             }
         }
         let request = batch.finish();
+        shared.progress.started(
+            request.shard_id,
+            &request.session_id,
+            request.first_seq,
+            request.last_seq,
+        );
         match shared.config.delivery.ordering {
             Ordering::Shard => {
                 deliver(&shared, request).await;
@@ -598,8 +620,20 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>) {
     while in_flight.join_next().await.is_some() {}
 }
 
-/// Sends one batch until it is delivered (true) or dead-lettered (false).
+/// Sends one batch until it is delivered (true) or dead-lettered (false); either way its
+/// events are then safe for resume checkpoints.
 async fn deliver(shared: &Shared, request: Request) -> bool {
+    let (shard, session, first) = (
+        request.shard_id,
+        request.session_id.clone(),
+        request.first_seq,
+    );
+    let delivered = attempt_until_done(shared, request).await;
+    shared.progress.finished(shard, &session, first);
+    delivered
+}
+
+async fn attempt_until_done(shared: &Shared, request: Request) -> bool {
     let delivery = &shared.config.delivery;
     let started = Instant::now();
     let mut attempts = 0u32;

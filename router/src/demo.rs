@@ -227,6 +227,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
             .collect(),
         state: StateConfig {
             dir: state_dir.clone(),
+            ..StateConfig::default()
         },
         interactions: crate::config::InteractionsConfig {
             auto_defer: true,

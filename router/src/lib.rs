@@ -32,6 +32,7 @@
 
 mod api;
 mod batch;
+pub mod checkpoint;
 mod circuit;
 mod close_code;
 pub mod config;
@@ -46,6 +47,7 @@ mod inflater;
 pub mod intents;
 pub mod metrics;
 mod payload;
+mod progress;
 mod ratelimiter;
 pub mod receiver;
 mod retry;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use shardhook::simulate::{SimConfig, Simulator, DEFAULT_TOKEN};
 use std::sync::Arc;
 
+use shardhook::checkpoint::Checkpointer;
 use shardhook::control::ControlState;
 use shardhook::{demo, Config, Pipeline, Router, SigningKey};
 use tracing_subscriber::EnvFilter;
@@ -114,9 +115,11 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                     )
                 })?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
+            let stop = Arc::new(stop);
+            let signal = stop.clone();
             tokio::spawn(async move {
                 shutdown_signal().await;
-                let _ = stop.send(true);
+                let _ = signal.send(true);
             });
             let until_stopped = move || {
                 let mut stopped = stopped.clone();
@@ -139,11 +142,36 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 Arc::new(state),
                 until_stopped(),
             ));
+            let checkpointer = Checkpointer::new(
+                &config.state.dir,
+                router.shard_count(),
+                router.shards(),
+                pipeline.handle(),
+            );
+            let checkpoints =
+                tokio::spawn(checkpointer.run(config.state.checkpoint_interval, until_stopped()));
+            // Shutdown: the shards stop reading and close resumably, queued events are
+            // delivered up to a deadline, then the checkpoints say where to resume.
             let ran = router.run_until(until_stopped()).await;
-            tracing::info!("shards stopped; finishing delivery of queued events");
+            // Whether by signal or because every shard stopped, everything else stops too.
+            let _ = stop.send(true);
             let stats = pipeline.stats();
-            pipeline.finish().await;
+            let deadline = config.delivery.shutdown_timeout;
+            tracing::info!(?deadline, "shards stopped; delivering queued events");
+            if tokio::time::timeout(deadline, pipeline.finish())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    ?deadline,
+                    "queued events were not all delivered in time; Discord replays them on the next start"
+                );
+            }
             server.abort();
+            if let Ok(mut checkpointer) = checkpoints.await {
+                let wrote = checkpointer.write_changed();
+                tracing::info!(wrote, "resume checkpoints written");
+            }
             let s = stats.snapshot();
             tracing::info!(
                 delivered = s.events_delivered,

@@ -87,7 +87,10 @@ impl Router {
         let gateway = api::gateway_bot(&client, &config.discord.api_url, &token).await?;
         let (total, ids) = shard_plan(&config.discord.shards, &gateway);
         let limit = &gateway.session_start_limit;
-        let need = ids.len() as u32;
+        let mut checkpoints = crate::checkpoint::load_all(&config.state.dir, total);
+        checkpoints.retain(|id, _| ids.contains(id));
+        // Shards with a checkpoint RESUME; only the others spend an identify.
+        let need = ids.len() as u32 - checkpoints.len() as u32;
         if need > limit.remaining {
             return Err(StartError::IdentifyBudget {
                 need,
@@ -117,11 +120,20 @@ impl Router {
                 connect_timeout: config.discord.connect_timeout,
                 max_message_size: config.discord.max_message_size,
             };
+            let resume = checkpoints.remove(&id).map(|cp| {
+                info!(shard_id = id, session_id = %cp.session_id, seq = cp.seq, "resuming from a checkpoint");
+                crate::session::Session {
+                    id: std::sync::Arc::from(cp.session_id.as_str()),
+                    resume_url: cp.resume_url,
+                    seq: cp.seq,
+                }
+            });
             let (shard, handle) = Shard::new(
                 shard_config,
                 queue.clone(),
                 sink_for(id),
                 shutdown_rx.clone(),
+                resume,
             );
             tasks.spawn(shard.run().instrument(info_span!("shard", shard_id = id)));
             shards.push(handle);

@@ -84,6 +84,8 @@ pub struct ShardStatus {
     pub reconnect_causes: std::collections::BTreeMap<&'static str, u64>,
     /// When the current session started (READY).
     pub session_started: Option<Instant>,
+    /// The current session's `resume_gateway_url`.
+    pub resume_url: Option<Arc<str>>,
 }
 
 impl ShardStatus {
@@ -101,6 +103,7 @@ impl ShardStatus {
             last_disconnect: None,
             reconnect_causes: Default::default(),
             session_started: None,
+            resume_url: None,
         }
     }
 }
@@ -397,8 +400,14 @@ impl Shard {
         identify: Arc<IdentifyQueue>,
         sink: mpsc::Sender<Dispatch>,
         shutdown: watch::Receiver<bool>,
+        resume: Option<Session>,
     ) -> (Shard, ShardHandle) {
-        let (status, status_rx) = watch::channel(ShardStatus::new());
+        let mut initial = ShardStatus::new();
+        if let Some(session) = &resume {
+            initial.session_id = Some(session.id.clone());
+            initial.resume_url = Some(Arc::from(session.resume_url.as_str()));
+        }
+        let (status, status_rx) = watch::channel(initial);
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let last_seq = Arc::new(AtomicU64::new(0));
         let received = Arc::new(AtomicU64::new(0));
@@ -421,7 +430,7 @@ impl Shard {
             received,
             commands,
             gate,
-            session: None,
+            session: resume,
             pending: None,
         };
         (shard, handle)
@@ -760,6 +769,7 @@ impl Shard {
             "READY" => match incoming.data::<Ready>() {
                 Ok(ready) => {
                     let id: Arc<str> = Arc::from(ready.session_id.as_ref());
+                    let resume_url: Arc<str> = Arc::from(ready.resume_gateway_url.as_ref());
                     self.session = Some(Session {
                         id: id.clone(),
                         resume_url: ready.resume_gateway_url.into_owned(),
@@ -772,6 +782,7 @@ impl Shard {
                         s.session_id = Some(id);
                         s.sessions += 1;
                         s.session_started = Some(Instant::now());
+                        s.resume_url = Some(resume_url);
                     });
                 }
                 Err(e) => {

@@ -124,6 +124,7 @@ impl Pipe {
             .collect();
         config.state = StateConfig {
             dir: state_dir.clone(),
+            ..StateConfig::default()
         };
         config.delivery.initial_backoff = Duration::from_millis(20);
         config.delivery.max_backoff = Duration::from_millis(200);

@@ -1,0 +1,255 @@
+//! Restarts through the real binary: the Discord double and the endpoints live in the test,
+//! `shardhook run` is a child process stopped with SIGTERM or killed with SIGKILL, then
+//! started again. The double's ledger and the endpoints' logs account for every event.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shardhook::receiver::Receiver;
+use shardhook::simulate::{SimConfig, Simulator, DEFAULT_TOKEN};
+use shardhook::{Signer, SigningKey};
+use support::pipe::temp_dir;
+use support::within;
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+
+struct Setup {
+    sim: Simulator,
+    receivers: Vec<Receiver>,
+    secret: String,
+    state_dir: PathBuf,
+    config_path: PathBuf,
+}
+
+async fn loopback() -> TcpListener {
+    TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap()
+}
+
+async fn setup(shards: u32, events: u64) -> Setup {
+    let sim = Simulator::start(
+        loopback().await,
+        SimConfig {
+            shards,
+            max_concurrency: shards,
+            guilds: shards * 2,
+            rate: 200.0,
+            events_per_shard: Some(events),
+            heartbeat_interval: Duration::from_millis(1000),
+            ..SimConfig::default()
+        },
+    )
+    .unwrap();
+    let secret = SigningKey::generate();
+    let key = SigningKey::parse(&secret).unwrap();
+    let mut receivers = Vec::new();
+    for name in ["a", "b"] {
+        receivers.push(
+            Receiver::start(loopback().await, name, Signer::new(key.clone(), vec![])).unwrap(),
+        );
+    }
+    let state_dir = temp_dir("restart");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let mut toml = format!(
+        "[discord]\napi_url = \"{}\"\n[control]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\ncheckpoint_interval = \"100ms\"\n[delivery]\ninitial_backoff = \"20ms\"\nmax_backoff = \"200ms\"\n",
+        sim.api_url(),
+        state_dir.display()
+    );
+    for r in &receivers {
+        toml.push_str(&format!(
+            "[[endpoints]]\nname = \"{}\"\nurl = \"{}\"\n",
+            r.name(),
+            r.url()
+        ));
+    }
+    let config_path = state_dir.join("shardhook.toml");
+    std::fs::write(&config_path, toml).unwrap();
+    Setup {
+        sim,
+        receivers,
+        secret,
+        state_dir,
+        config_path,
+    }
+}
+
+impl Setup {
+    fn start_router(&self) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_shardhook"))
+            .args(["run", "--config", self.config_path.to_str().unwrap()])
+            .env("DISCORD_TOKEN", DEFAULT_TOKEN)
+            .env("SHARDHOOK_SIGNING_SECRET", &self.secret)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start shardhook run")
+    }
+
+    /// Every event each endpoint answered 2xx, keyed by (shard, session, seq), with counts.
+    fn arrivals(&self) -> HashMap<(u32, String, u64), u32> {
+        let mut seen = HashMap::new();
+        for r in &self.receivers {
+            r.seen(|s| {
+                for a in &s.events {
+                    *seen.entry((a.shard, a.session.clone(), a.seq)).or_default() += 1;
+                }
+            });
+        }
+        seen
+    }
+
+    async fn wait_arrivals(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&HashMap<(u32, String, u64), u32>) -> bool,
+    ) {
+        let mut changes: Vec<_> = self.receivers.iter().map(|r| r.changes()).collect();
+        let mut sim_changes = self.sim.changes();
+        within(what, async {
+            loop {
+                if f(&self.arrivals()) {
+                    return;
+                }
+                let [a, b] = &mut changes[..] else {
+                    unreachable!()
+                };
+                tokio::select! {
+                    _ = a.changed() => {}
+                    _ = b.changed() => {}
+                    _ = sim_changes.changed() => {}
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits until the double's traffic is done and every ledger event arrived at least once.
+    async fn wait_all(&self, shards: u32, events: u64) {
+        self.wait_arrivals("every event", |seen| {
+            self.sim.observed(|o| {
+                let traffic = o
+                    .ledger
+                    .iter()
+                    .filter(|e| e.event == "MESSAGE_CREATE")
+                    .count() as u64;
+                traffic == shards as u64 * events
+                    && o.ledger
+                        .iter()
+                        .all(|e| seen.contains_key(&(e.shard, e.session.clone(), e.seq)))
+            })
+        })
+        .await
+    }
+
+    /// (lost, duplicated) against the ledger; lost excludes nothing: no session is invalidated.
+    fn account(&self) -> (usize, usize) {
+        let seen = self.arrivals();
+        let (lost, invalidated) = self.sim.observed(|o| {
+            let lost = o
+                .ledger
+                .iter()
+                .filter(|e| !seen.contains_key(&(e.shard, e.session.clone(), e.seq)))
+                .count();
+            (lost, o.invalidated.len())
+        });
+        assert_eq!(invalidated, 0, "no session was invalidated");
+        let duplicated = seen.values().filter(|n| **n > 1).count();
+        (lost, duplicated)
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+fn checkpoints(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("checkpoints")).map_or(0, |d| d.count())
+}
+
+async fn terminate(child: &mut Child) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = within("shardhook to exit on SIGTERM", child.wait())
+        .await
+        .unwrap();
+    assert!(exit.success(), "a clean exit: {exit}");
+}
+
+#[tokio::test]
+async fn sigterm_then_start_loses_nothing_and_duplicates_nothing() {
+    let (shards, events) = (2, 600);
+    let s = setup(shards, events).await;
+    let mut router = s.start_router();
+    s.wait_arrivals("traffic before the restart", |seen| seen.len() > 150)
+        .await;
+    terminate(&mut router).await;
+    assert_eq!(checkpoints(&s.state_dir), shards as usize);
+    let before = s.arrivals().len();
+
+    let mut router = s.start_router();
+    s.wait_all(shards, events).await;
+    terminate(&mut router).await;
+    let (lost, duplicated) = s.account();
+    assert_eq!(
+        (lost, duplicated),
+        (0, 0),
+        "{before} arrived before the restart"
+    );
+    s.sim.observed(|o| {
+        assert_eq!(
+            o.identifies.len(),
+            shards as usize,
+            "the restart resumed; it did not identify"
+        );
+        let resumed: Vec<_> = o.resumes.iter().filter(|r| r.accepted).collect();
+        assert_eq!(resumed.len(), shards as usize, "{:?}", o.resumes);
+        assert!(resumed.iter().all(|r| r.via_resume_url));
+        assert!(o.violations.is_empty(), "{:?}", o.violations);
+    });
+}
+
+#[tokio::test]
+async fn kill_9_then_start_loses_nothing() {
+    let (shards, events) = (2, 600);
+    let s = setup(shards, events).await;
+    let mut router = s.start_router();
+    s.wait_arrivals("traffic before the crash", |seen| seen.len() > 150)
+        .await;
+    // Wait for a checkpoint that covers some delivered events, then crash.
+    let dir = s.state_dir.clone();
+    s.wait_arrivals("a checkpoint", |_| checkpoints(&dir) == shards as usize)
+        .await;
+    router.kill().await.unwrap();
+
+    let mut router = s.start_router();
+    s.wait_all(shards, events).await;
+    terminate(&mut router).await;
+    let (lost, duplicated) = s.account();
+    assert_eq!(
+        lost, 0,
+        "nothing lost ({duplicated} delivered twice, which a crash allows)"
+    );
+    println!("kill -9 restart: 0 lost, {duplicated} duplicated");
+    s.sim.observed(|o| {
+        assert_eq!(
+            o.identifies.len(),
+            shards as usize,
+            "the restart resumed from the checkpoints"
+        );
+        assert!(o.violations.is_empty(), "{:?}", o.violations);
+    });
+}
