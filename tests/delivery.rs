@@ -624,3 +624,34 @@ async fn an_aws_iam_endpoint_without_credentials_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_endpoint_down_for_a_stretch_spools_then_everything_arrives_in_order() {
+    let mut p = Pipe::start(sim(2, 300), vec![("only", 1.0, Target::Refused)], |c| {
+        c.delivery.circuit_failures = 2;
+        c.delivery.circuit_cooldown = Duration::from_millis(200);
+    })
+    .await;
+    p.wait_until("batches to spool", |p| {
+        p.stats.snapshot().events_spooled > 100
+    })
+    .await;
+    let spool_dir = p.state_dir.join("spool");
+    assert!(
+        spool_dir.read_dir().unwrap().count() > 0,
+        "spool files on disk"
+    );
+    p.revive(0).await;
+    p.wait_delivered(&[]).await;
+    let per_endpoint = p.assert_exactly_once_in_order(&[]);
+    assert_eq!(per_endpoint[0], p.sim.observed(|o| o.ledger.len()));
+    let p = p.stop().await;
+    let stats = p.stats.snapshot();
+    assert_eq!(stats.requests_dead_lettered, 0);
+    assert!(stats.events_spooled > 100);
+    assert_eq!(
+        spool_dir.read_dir().unwrap().count(),
+        0,
+        "drained spool files are removed"
+    );
+}

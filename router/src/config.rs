@@ -356,6 +356,13 @@ pub struct StateConfig {
     /// How often resume checkpoints are written (and always at shutdown).
     #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// Bound on the disk spool (`spool/shard-N.log`), in bytes: past it, shards wait.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+}
+
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
 }
 
 impl Default for StateConfig {
@@ -363,6 +370,7 @@ impl Default for StateConfig {
         StateConfig {
             dir: default_state_dir(),
             checkpoint_interval: default_checkpoint_interval(),
+            spool_max_bytes: default_spool_max_bytes(),
         }
     }
 }

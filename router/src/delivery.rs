@@ -25,9 +25,16 @@ use crate::endpoint::Endpoint;
 use crate::retry::{self, Attempt, RetryAction};
 use crate::ring::Ring;
 use crate::signer::{unix_now, Signer};
+use crate::spool::{Head, ShardSpool, SpoolUsage, SpooledBatch};
 
 /// The event Discord gives 3 s to acknowledge: it never waits for a batch to fill.
 const INTERACTION_CREATE: &str = "INTERACTION_CREATE";
+/// How often a full or failing spool is tried again, and a spool waiting on circuits looked at.
+const SPOOL_RETRY: Duration = Duration::from_millis(250);
+
+/// A shard's spool, shared by its batches in flight.
+type SharedSpool = Arc<tokio::sync::Mutex<ShardSpool>>;
+
 /// Batches of one shard in flight at once with `ordering = "none"`.
 const UNORDERED_IN_FLIGHT: usize = 16;
 
@@ -42,6 +49,8 @@ pub struct DeliveryStats {
     pub requests_dead_lettered: AtomicU64,
     /// Events dropped by `events.include`/`events.exclude`.
     pub events_filtered: AtomicU64,
+    /// Events written to the spool because no endpoint could take them.
+    pub events_spooled: AtomicU64,
     /// Events delivered per endpoint, in config order.
     pub per_endpoint: Vec<AtomicU64>,
     /// Retried attempts, dead-lettered requests and rate-limit waits per endpoint.
@@ -91,6 +100,7 @@ impl DeliveryStats {
             events_dead_lettered: AtomicU64::new(0),
             requests_dead_lettered: AtomicU64::new(0),
             events_filtered: AtomicU64::new(0),
+            events_spooled: AtomicU64::new(0),
             per_endpoint: counters(endpoints),
             retries_by_endpoint: counters(endpoints),
             dead_letters_by_endpoint: counters(endpoints),
@@ -135,6 +145,7 @@ impl DeliveryStats {
             events_dead_lettered: Self::get(&self.events_dead_lettered),
             requests_dead_lettered: Self::get(&self.requests_dead_lettered),
             events_filtered: Self::get(&self.events_filtered),
+            events_spooled: Self::get(&self.events_spooled),
             per_endpoint: self.per_endpoint.iter().map(Self::get).collect(),
         }
     }
@@ -149,6 +160,7 @@ pub struct StatsSnapshot {
     pub events_dead_lettered: u64,
     pub requests_dead_lettered: u64,
     pub events_filtered: u64,
+    pub events_spooled: u64,
     pub per_endpoint: Vec<u64>,
 }
 
@@ -182,6 +194,8 @@ struct Shared {
     deferrals: Mutex<Deferrals>,
     /// What is safe per shard, for resume checkpoints.
     progress: crate::progress::Progress,
+    /// Bytes spooled across shards, against `state.spool_max_bytes`.
+    spool_usage: Arc<SpoolUsage>,
 }
 
 /// Deferrals under way, by (shard, seq).
@@ -295,6 +309,10 @@ impl Pipeline {
                 stats,
                 deferrals: Mutex::default(),
                 progress: Default::default(),
+                spool_usage: Arc::new(SpoolUsage {
+                    used: AtomicU64::new(0),
+                    limit: config.state.spool_max_bytes,
+                }),
             }),
             workers: JoinSet::new(),
             queues: Arc::default(),
@@ -328,8 +346,14 @@ impl Pipeline {
         } else {
             rx
         };
+        let spool = ShardSpool::open(
+            &shared.config.state.dir,
+            shard_id,
+            shared.spool_usage.clone(),
+        );
+        let spool = Arc::new(tokio::sync::Mutex::new(spool));
         self.workers
-            .spawn(worker(shared, rx).instrument(info_span!("delivery", shard_id)));
+            .spawn(worker(shared, rx, spool).instrument(info_span!("delivery", shard_id)));
         tx
     }
 
@@ -365,8 +389,10 @@ impl Pipeline {
                 first_received: Instant::now(),
                 deferred: Vec::new(),
             };
-            if deliver(&self.shared, request).await {
-                delivered += 1;
+            match attempt_until_done(&self.shared, request).await {
+                Outcome::Delivered => delivered += 1,
+                Outcome::DeadLettered => {}
+                Outcome::Unavailable(request) => dead_letter(&self.shared, request, 0, None).await,
             }
         }
         delivered
@@ -491,6 +517,16 @@ impl Shared {
         }
     }
 
+    /// When the first open circuit will allow a probe (soon, if none is open).
+    fn next_reopen(&self) -> Instant {
+        self.endpoints
+            .iter()
+            .filter_map(|e| e.circuit.reopens_at())
+            .min()
+            .unwrap_or_else(|| Instant::now() + SPOOL_RETRY)
+            .max(Instant::now() + Duration::from_millis(10))
+    }
+
     fn wanted(&self, name: &str) -> bool {
         (self.include.is_empty() || self.include.contains(name)) && !self.exclude.contains(name)
     }
@@ -558,17 +594,25 @@ async fn defer_on_arrival(
 }
 
 /// One shard's delivery loop: batch, then send in order (or several at once).
-async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>) {
+async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>, spool: SharedSpool) {
     let batching = &shared.config.batch;
     let mut in_flight = JoinSet::new();
     let mut carry: Option<Dispatch> = None;
     loop {
+        drain(&shared, &spool).await;
         let first = match carry.take() {
             Some(event) => event,
-            None => match shared.next(&mut rx).await {
-                Some(event) => event,
-                None => break,
-            },
+            None => {
+                let spooled = !spool.lock().await.is_empty();
+                tokio::select! {
+                    event = shared.next(&mut rx) => match event {
+                        Some(event) => event,
+                        None => break,
+                    },
+                    // Batches wait in the spool: look again when a circuit may allow a probe.
+                    _ = sleep_until(shared.next_reopen()), if spooled => continue,
+                }
+            }
         };
         let urgent = first.name() == INTERACTION_CREATE;
         let deferred = shared.deferred(&first).await;
@@ -605,55 +649,141 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>) {
             request.last_seq,
         );
         match shared.config.delivery.ordering {
-            Ordering::Shard => {
-                deliver(&shared, request).await;
-            }
+            Ordering::Shard => deliver(&shared, &spool, request).await,
             Ordering::None => {
                 while in_flight.len() >= UNORDERED_IN_FLIGHT {
                     in_flight.join_next().await;
                 }
-                let shared = shared.clone();
-                in_flight.spawn(async move { deliver(&shared, request).await }.in_current_span());
+                let (shared, spool) = (shared.clone(), spool.clone());
+                in_flight.spawn(
+                    async move { deliver(&shared, &spool, request).await }.in_current_span(),
+                );
             }
         }
     }
     while in_flight.join_next().await.is_some() {}
 }
 
-/// Sends one batch until it is delivered (true) or dead-lettered (false); either way its
-/// events are then safe for resume checkpoints.
-async fn deliver(shared: &Shared, request: Request) -> bool {
+/// How an attempt to deliver a batch ended.
+enum Outcome {
+    Delivered,
+    DeadLettered,
+    /// Every candidate endpoint's circuit is open: the batch should wait in the spool.
+    Unavailable(Request),
+}
+
+/// Sends one batch until it is delivered or dead-lettered, or spools it when no endpoint can
+/// take it (and while older batches of the shard wait in the spool). Any of the three makes
+/// its events safe for resume checkpoints.
+async fn deliver(shared: &Shared, spool: &SharedSpool, request: Request) {
     let (shard, session, first) = (
         request.shard_id,
         request.session_id.clone(),
         request.first_seq,
     );
-    let delivered = attempt_until_done(shared, request).await;
+    let waiting = !spool.lock().await.is_empty();
+    if waiting {
+        spool_request(shared, spool, request).await;
+    } else if let Outcome::Unavailable(request) = attempt_until_done(shared, request).await {
+        spool_request(shared, spool, request).await;
+    }
     shared.progress.finished(shard, &session, first);
-    delivered
 }
 
-async fn attempt_until_done(shared: &Shared, request: Request) -> bool {
+/// Appends to the spool, waiting (backpressure) while it is full or cannot be written.
+async fn spool_request(shared: &Shared, spool: &SharedSpool, request: Request) {
+    let batch = SpooledBatch {
+        id: request.id,
+        shard_id: request.shard_id,
+        session_id: request.session_id.to_string(),
+        first_seq: request.first_seq,
+        last_seq: request.last_seq,
+        events: request.events,
+        body: RawValue::from_string(String::from_utf8_lossy(&request.body).into_owned())
+            .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON")),
+    };
+    loop {
+        match spool.lock().await.append(&batch) {
+            Ok(()) => {
+                shared
+                    .stats
+                    .events_spooled
+                    .fetch_add(batch.events as u64, AtomicOrdering::Relaxed);
+                return;
+            }
+            Err(e) => error!(webhook_id = %batch.id, "{e}"),
+        }
+        sleep(SPOOL_RETRY).await;
+    }
+}
+
+/// Sends spooled batches, oldest first, while an endpoint can take them.
+async fn drain(shared: &Shared, spool: &SharedSpool) {
+    loop {
+        let Some((head, size)) = spool.lock().await.peek() else {
+            return;
+        };
+        match head {
+            Head::Corrupt(raw) => {
+                error!(
+                    bytes = raw.len(),
+                    "a spool record failed its checksum; its raw bytes go to the dead-letter file"
+                );
+                let text = serde_json::to_string(&String::from_utf8_lossy(&raw))
+                    .expect("a string serialises");
+                let letter = DeadLetter {
+                    at: unix_now(),
+                    webhook_id: String::new(),
+                    shard_id: u32::MAX,
+                    endpoint: String::new(),
+                    url: String::new(),
+                    status: None,
+                    error: "corrupted spool record (checksum mismatch); body holds its raw bytes"
+                        .to_owned(),
+                    attempts: 0,
+                    body: RawValue::from_string(text).expect("a JSON string"),
+                };
+                if let Err(e) = shared.dead.append(&letter).await {
+                    error!("{e}");
+                }
+            }
+            Head::Batch(batch) => {
+                let available = shared.ring.pick(batch.shard_id as u64, |i| {
+                    shared.endpoints[i].circuit.would_allow()
+                });
+                if available.is_none() {
+                    return;
+                }
+                let body: Box<str> = batch.body.into();
+                let request = Request {
+                    id: batch.id,
+                    body: bytes::Bytes::from(body.into_boxed_bytes()),
+                    shard_id: batch.shard_id,
+                    session_id: Arc::from(batch.session_id.as_str()),
+                    first_seq: batch.first_seq,
+                    last_seq: batch.last_seq,
+                    events: batch.events,
+                    first_received: Instant::now(),
+                    deferred: Vec::new(),
+                };
+                if let Outcome::Unavailable(_) = attempt_until_done(shared, request).await {
+                    return;
+                }
+            }
+        }
+        spool.lock().await.pop(size);
+    }
+}
+
+async fn attempt_until_done(shared: &Shared, request: Request) -> Outcome {
     let delivery = &shared.config.delivery;
     let started = Instant::now();
     let mut attempts = 0u32;
-    let mut last: Option<(usize, Attempt)> = None;
-    loop {
+    let last = loop {
         let Some(index) = shared.ring.pick(request.shard_id as u64, |i| {
             shared.endpoints[i].circuit.allows()
         }) else {
-            // Every circuit is open: wait for the first to allow a probe.
-            let reopen = shared
-                .endpoints
-                .iter()
-                .filter_map(|e| e.circuit.reopens_at())
-                .min()
-                .unwrap_or_else(|| Instant::now() + Duration::from_millis(10));
-            if started.elapsed() >= delivery.max_elapsed {
-                break;
-            }
-            sleep_until(reopen.min(started + delivery.max_elapsed)).await;
-            continue;
+            return Outcome::Unavailable(request);
         };
         let endpoint = &shared.endpoints[index];
         attempts += 1;
@@ -683,18 +813,14 @@ async fn attempt_until_done(shared: &Shared, request: Request) -> bool {
                     .entry((request.shard_id, index))
                     .or_default() += request.events as u64;
                 stats.record_latency(request.first_received.elapsed());
-                return true;
+                return Outcome::Delivered;
             }
-            RetryAction::DontRetry => {
-                last = Some((index, attempt));
-                break;
-            }
+            RetryAction::DontRetry => break (index, attempt),
             RetryAction::Retry { after } => {
                 warn!(endpoint = %endpoint.name, webhook_id = %request.id, attempts, ?attempt, "delivery attempt failed; will retry");
-                last = Some((index, attempt));
                 let spent = started.elapsed();
                 if attempts >= delivery.max_attempts || spent >= delivery.max_elapsed {
-                    break;
+                    break (index, attempt);
                 }
                 let wait = after
                     .unwrap_or_else(|| {
@@ -704,9 +830,9 @@ async fn attempt_until_done(shared: &Shared, request: Request) -> bool {
                 sleep(wait).await;
             }
         }
-    }
-    dead_letter(shared, request, attempts, last).await;
-    false
+    };
+    dead_letter(shared, request, attempts, Some(last)).await;
+    Outcome::DeadLettered
 }
 
 /// One attempt: sign with a fresh timestamp, POST, and classify what came back.

@@ -59,6 +59,7 @@ mod shard;
 pub mod signer;
 pub mod sigv4;
 pub mod simulate;
+mod spool;
 
 pub use api::{GatewayBot, SessionStartLimit};
 pub use config::Config;

@@ -275,8 +275,12 @@ impl Pipe {
                 if f(self) {
                     return;
                 }
-                let endpoint_changed =
-                    select_all(changes.iter_mut().map(|c| Box::pin(c.changed())));
+                let endpoint_changed = async {
+                    if changes.is_empty() {
+                        std::future::pending::<()>().await;
+                    }
+                    let _ = select_all(changes.iter_mut().map(|c| Box::pin(c.changed()))).await;
+                };
                 tokio::select! {
                     _ = sim.changed() => {}
                     _ = endpoint_changed => {}
