@@ -73,6 +73,10 @@ pub struct Seen {
 struct Inner {
     name: String,
     signer: Signer,
+    /// Share of unscripted requests answered with a fault (500, 503, 429, or too slow).
+    fault_rate: Mutex<f64>,
+    /// While down, every request gets 503 (an endpoint that is out for a stretch).
+    down: std::sync::atomic::AtomicBool,
     seen: Mutex<Seen>,
     script: Mutex<VecDeque<Reply>>,
     changed: watch::Sender<u64>,
@@ -100,6 +104,8 @@ impl Receiver {
             signer,
             seen: Mutex::new(Seen::default()),
             script: Mutex::new(VecDeque::new()),
+            fault_rate: Mutex::new(0.0),
+            down: std::sync::atomic::AtomicBool::new(false),
             changed: watch::channel(0).0,
         });
         let app = axum::Router::new()
@@ -129,6 +135,23 @@ impl Receiver {
             .extend(replies);
     }
 
+    /// Answers this share of unscripted requests with a random fault: 500, 503, 429 with
+    /// `Retry-After: 1`, or a 3 s delay (longer than a sensible timeout).
+    pub fn set_fault_rate(&self, rate: f64) {
+        *self
+            .inner
+            .fault_rate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = rate;
+    }
+
+    /// Takes the endpoint down (every request 503) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.inner
+            .down
+            .store(down, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Reads what it saw.
     pub fn seen<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
         f(&self.inner.seen.lock().unwrap_or_else(|p| p.into_inner()))
@@ -141,6 +164,22 @@ impl Receiver {
 }
 
 impl Inner {
+    fn random_fault(&self) -> Option<Reply> {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some(Reply::Status(503));
+        }
+        let rate = *self.fault_rate.lock().unwrap_or_else(|p| p.into_inner());
+        if rate <= 0.0 || fastrand::f64() >= rate {
+            return None;
+        }
+        Some(match fastrand::u8(0..4) {
+            0 => Reply::Status(500),
+            1 => Reply::Status(503),
+            2 => Reply::RetryAfter(429, "1".to_owned()),
+            _ => Reply::Delay(Duration::from_secs(3)),
+        })
+    }
+
     fn record(&self, f: impl FnOnce(&mut Seen)) {
         f(&mut self.seen.lock().unwrap_or_else(|p| p.into_inner()));
         self.changed.send_modify(|n| *n += 1);
@@ -164,7 +203,8 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         .script
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .pop_front();
+        .pop_front()
+        .or_else(|| inner.random_fault());
     let (status, retry_after, delay) = match reply {
         _ if !verified => (401, None, None),
         Some(Reply::Status(s)) => (s, None, None),

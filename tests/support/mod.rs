@@ -291,3 +291,4 @@ impl Harness {
 }
 
 pub mod pipe;
+pub mod process;

@@ -1,0 +1,199 @@
+//! The router as a child process (`shardhook run`) against the double and verifying endpoints
+//! that live in the test, for restart and chaos tests, with accounting against the ledger.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::future::select_all;
+use shardhook::receiver::Receiver;
+use shardhook::simulate::{SimConfig, Simulator, DEFAULT_TOKEN};
+use shardhook::{Signer, SigningKey};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+
+use super::pipe::temp_dir;
+use super::within;
+
+pub struct Setup {
+    pub sim: Simulator,
+    pub receivers: Vec<Receiver>,
+    secret: String,
+    pub state_dir: PathBuf,
+    config_path: PathBuf,
+}
+
+async fn loopback() -> TcpListener {
+    TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap()
+}
+
+/// The double (`shards` shards, `rate` events/s each, `events` per shard in all), `endpoints`
+/// verifying receivers, and a config file for `shardhook run`; `extra` is appended to it
+/// right after the `[delivery]` table (more delivery keys, then any further tables).
+pub async fn setup_with(
+    shards: u32,
+    events: u64,
+    rate: f64,
+    endpoints: &[&str],
+    extra: &str,
+) -> Setup {
+    let sim = Simulator::start(
+        loopback().await,
+        SimConfig {
+            shards,
+            max_concurrency: shards,
+            guilds: shards * 2,
+            rate,
+            events_per_shard: Some(events),
+            heartbeat_interval: Duration::from_millis(1000),
+            ..SimConfig::default()
+        },
+    )
+    .unwrap();
+    let secret = SigningKey::generate();
+    let key = SigningKey::parse(&secret).unwrap();
+    let mut receivers = Vec::new();
+    for name in endpoints {
+        receivers.push(
+            Receiver::start(loopback().await, name, Signer::new(key.clone(), vec![])).unwrap(),
+        );
+    }
+    let state_dir = temp_dir("restart");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let mut toml = format!(
+        "[discord]\napi_url = \"{}\"\n[control]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\ncheckpoint_interval = \"100ms\"\n[delivery]\ninitial_backoff = \"20ms\"\nmax_backoff = \"200ms\"\n",
+        sim.api_url(),
+        state_dir.display()
+    );
+    toml.push_str(extra);
+    for r in &receivers {
+        toml.push_str(&format!(
+            "[[endpoints]]\nname = \"{}\"\nurl = \"{}\"\n",
+            r.name(),
+            r.url()
+        ));
+    }
+    let config_path = state_dir.join("shardhook.toml");
+    std::fs::write(&config_path, toml).unwrap();
+    Setup {
+        sim,
+        receivers,
+        secret,
+        state_dir,
+        config_path,
+    }
+}
+
+impl Setup {
+    pub fn start_router(&self) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_shardhook"))
+            .args(["run", "--config", self.config_path.to_str().unwrap()])
+            .env("DISCORD_TOKEN", DEFAULT_TOKEN)
+            .env("SHARDHOOK_SIGNING_SECRET", &self.secret)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start shardhook run")
+    }
+
+    /// Every event each endpoint answered 2xx, keyed by (shard, session, seq), with counts.
+    pub fn arrivals(&self) -> HashMap<(u32, String, u64), u32> {
+        let mut seen = HashMap::new();
+        for r in &self.receivers {
+            r.seen(|s| {
+                for a in &s.events {
+                    *seen.entry((a.shard, a.session.clone(), a.seq)).or_default() += 1;
+                }
+            });
+        }
+        seen
+    }
+
+    pub async fn wait_arrivals(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&HashMap<(u32, String, u64), u32>) -> bool,
+    ) {
+        let mut changes: Vec<_> = self.receivers.iter().map(|r| r.changes()).collect();
+        let mut sim_changes = self.sim.changes();
+        within(what, async {
+            loop {
+                if f(&self.arrivals()) {
+                    return;
+                }
+                let endpoint_changed =
+                    select_all(changes.iter_mut().map(|c| Box::pin(c.changed())));
+                tokio::select! {
+                    _ = endpoint_changed => {}
+                    _ = sim_changes.changed() => {}
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits until the double's traffic is done and every ledger event arrived at least once.
+    pub async fn wait_all(&self, shards: u32, events: u64) {
+        self.wait_arrivals("every event", |seen| {
+            self.sim.observed(|o| {
+                let traffic = o
+                    .ledger
+                    .iter()
+                    .filter(|e| e.event == "MESSAGE_CREATE")
+                    .count() as u64;
+                traffic == shards as u64 * events
+                    && o.ledger
+                        .iter()
+                        .all(|e| seen.contains_key(&(e.shard, e.session.clone(), e.seq)))
+            })
+        })
+        .await
+    }
+
+    /// (lost, duplicated) against the ledger; lost excludes nothing: no session is invalidated.
+    pub fn account(&self) -> (usize, usize) {
+        let seen = self.arrivals();
+        let (lost, invalidated) = self.sim.observed(|o| {
+            let lost = o
+                .ledger
+                .iter()
+                .filter(|e| !seen.contains_key(&(e.shard, e.session.clone(), e.seq)))
+                .count();
+            (lost, o.invalidated.len())
+        });
+        assert_eq!(invalidated, 0, "no session was invalidated");
+        let duplicated = seen.values().filter(|n| **n > 1).count();
+        (lost, duplicated)
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// How many shards have a checkpoint file.
+pub fn checkpoints(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("checkpoints")).map_or(0, |d| d.count())
+}
+
+/// Sends SIGTERM and waits for a clean exit.
+pub async fn terminate(child: &mut Child) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = within("shardhook to exit on SIGTERM", child.wait())
+        .await
+        .unwrap();
+    assert!(exit.success(), "a clean exit: {exit}");
+}
