@@ -259,29 +259,7 @@ async fn metrics_parse_with_the_prometheus_text_parser() {
     assert_eq!(response.status(), 200);
     let text = response.text().await.unwrap();
     // Parsed by the Prometheus project's own Python client; it prints "name value" per sample.
-    let parser =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/prometheus_parse.py");
-    let mut child = std::process::Command::new("python3")
-        .arg(parser)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let parsed = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "the parser failed (pip install prometheus-client?):\n{}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let parsed = support::python("prometheus_parse.py", text.as_bytes());
     let delivered: f64 = parsed
         .lines()
         .filter(|l| l.starts_with("shardhook_events_delivered_total{"))

@@ -559,29 +559,8 @@ async fn aws_iam_endpoints_are_sigv4_signed_as_botocore_would() {
         "session_token": env[2].1,
         "amz_date": header("x-amz-date"),
     });
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/sigv4/botocore_sign.py");
-    let mut child = std::process::Command::new("python3")
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(spec.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "botocore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let botocore: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = support::python("sigv4/botocore_sign.py", spec.to_string().as_bytes());
+    let botocore: serde_json::Value = serde_json::from_str(&out).unwrap();
     let expected = botocore["headers"]
         .as_array()
         .unwrap()

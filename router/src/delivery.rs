@@ -446,18 +446,16 @@ impl Shared {
         } else {
             5
         };
-        let url = format!(
-            "{}/interactions/{}/{}/callback",
-            self.config.discord.api_url.trim_end_matches('/'),
-            interaction.id,
-            interaction.token
+        let path = format!(
+            "/interactions/{}/{}/callback",
+            interaction.id, interaction.token
         );
         let sent = self
-            .client
-            .post(url)
-            .timeout(DEFER_TIMEOUT)
-            .header("content-type", "application/json")
-            .body(format!(r#"{{"type":{kind}}}"#))
+            .discord(
+                reqwest::Method::POST,
+                &path,
+                format!(r#"{{"type":{kind}}}"#),
+            )
             .send()
             .await;
         match sent {
@@ -489,23 +487,33 @@ impl Shared {
         }
     }
 
+    /// A JSON request to Discord's REST API at `path` (below `discord.api_url`). Interaction
+    /// callbacks and webhook edits carry their own token, so no bot token is sent.
+    fn discord(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: String,
+    ) -> reqwest::RequestBuilder {
+        let base = self.config.discord.api_url.trim_end_matches('/');
+        self.client
+            .request(method, format!("{base}{path}"))
+            .timeout(DEFER_TIMEOUT)
+            .header("content-type", "application/json")
+            .body(body)
+    }
+
     /// Edits each deferred interaction's response with the configured error message.
     async fn apologise(&self, interactions: &[DeferredInteraction]) {
         let body =
             serde_json::json!({ "content": self.config.interactions.error_message }).to_string();
         for interaction in interactions {
-            let url = format!(
-                "{}/webhooks/{}/{}/messages/@original",
-                self.config.discord.api_url.trim_end_matches('/'),
-                interaction.application_id,
-                interaction.token
+            let path = format!(
+                "/webhooks/{}/{}/messages/@original",
+                interaction.application_id, interaction.token
             );
             let sent = self
-                .client
-                .patch(url)
-                .timeout(DEFER_TIMEOUT)
-                .header("content-type", "application/json")
-                .body(body.clone())
+                .discord(reqwest::Method::PATCH, &path, body.clone())
                 .send()
                 .await;
             if let Err(e) = sent.and_then(|r| r.error_for_status()) {

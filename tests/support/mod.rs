@@ -26,6 +26,30 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     }
 }
 
+/// Runs a Python script from `tests/` with `stdin`, returning its stdout; fails the test with
+/// its stderr (and a hint to install `tests/requirements.txt`) if it fails.
+pub fn python(script: &str, stdin: &[u8]) -> String {
+    use std::io::Write;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests")
+        .join(script);
+    let mut child = std::process::Command::new("python3")
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed (pip install -r tests/requirements.txt?):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A dispatch as the receiver recorded it.
 #[derive(Debug, Clone)]
 pub struct Got {
