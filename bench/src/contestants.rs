@@ -1,0 +1,142 @@
+//! The contestants, each run as a child process so its CPU and memory are its own:
+//! shardhook through its library (`Pipeline` + `Router::start_with`), and the limit, a reader
+//! that only inflates the frames and scans each message's envelope (name, seq, `d`'s extent).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flate2::{Decompress, FlushDecompress};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use shardhook::config::{
+    BatchConfig, Config, EndpointConfig, ShardsConfig, SigningConfig, StateConfig,
+};
+use shardhook::{Pipeline, Router, SigningKey, Token};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::frames::FIRST_SEQ;
+
+/// Runs shardhook against `api_url`, posting to `sink_url`, until killed.
+pub async fn shardhook(
+    api_url: &str,
+    sink_url: &str,
+    secret: &str,
+    max_events: usize,
+    linger_ms: u64,
+) {
+    let key = SigningKey::parse(secret).expect("a valid secret");
+    let mut config = Config::default();
+    config.discord.token = Token::new("bench-token");
+    config.discord.api_url = api_url.to_owned();
+    config.discord.shards = ShardsConfig::Auto;
+    config.signing = SigningConfig {
+        secret: Some(key),
+        previous_secrets: vec![],
+    };
+    config.endpoints = vec![EndpointConfig {
+        name: "sink".into(),
+        url: sink_url.to_owned(),
+        weight: 1.0,
+        timeout: None,
+        max_in_flight: 64,
+        rate_limit: None,
+        auth: Default::default(),
+        region: None,
+    }];
+    config.state = StateConfig {
+        dir: std::env::temp_dir().join(format!("shardhook-bench-{}", std::process::id())),
+        ..StateConfig::default()
+    };
+    config.batch = BatchConfig {
+        max_events,
+        linger: Duration::from_millis(linger_ms),
+        ..BatchConfig::default()
+    };
+    let mut pipeline = Pipeline::new(&config).expect("the pipeline builds");
+    let router = Router::start_with(&config, |id| pipeline.sink(id))
+        .await
+        .expect("the router starts");
+    let _ = router.run_until(std::future::pending::<()>()).await;
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    t: Option<&'a str>,
+    s: Option<u64>,
+    #[allow(dead_code)]
+    op: u8,
+    #[serde(borrow)]
+    d: Option<&'a RawValue>,
+}
+
+/// Reads `shards` connections, inflating and scanning every message; prints `done` once
+/// `events` traffic events per shard were scanned, then keeps reading until killed.
+pub async fn limit(gateway_url: &str, shards: u32, events: u64) {
+    let scanned = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let target = events * shards as u64;
+    for shard in 0..shards {
+        let url = format!("{gateway_url}/?v=10&encoding=json&compress=zlib-stream");
+        let (scanned, done) = (scanned.clone(), done.clone());
+        tokio::spawn(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("connect");
+            let mut z = Decompress::new(true);
+            let mut compressed: Vec<u8> = Vec::new();
+            let mut text: Vec<u8> = Vec::with_capacity(1 << 16);
+            let mut bytes_of_d = 0usize;
+            while let Some(Ok(message)) = ws.next().await {
+                let Message::Binary(frame) = message else {
+                    continue;
+                };
+                compressed.extend_from_slice(&frame);
+                if !compressed.ends_with(&[0, 0, 0xff, 0xff]) {
+                    continue;
+                }
+                text.clear();
+                let start = z.total_in();
+                loop {
+                    let used = (z.total_in() - start) as usize;
+                    if text.capacity() - text.len() < 4096 {
+                        text.reserve(text.capacity());
+                    }
+                    z.decompress_vec(&compressed[used..], &mut text, FlushDecompress::Sync)
+                        .expect("inflate");
+                    if (z.total_in() - start) as usize == compressed.len()
+                        && text.len() < text.capacity()
+                    {
+                        break;
+                    }
+                }
+                compressed.clear();
+                let envelope: Envelope = serde_json::from_slice(&text).expect("json");
+                match (envelope.t, envelope.s) {
+                    (_, None) if text.starts_with(br#"{"op":10"#) => {
+                        let identify = serde_json::json!({"op": 2, "d": {
+                            "token": "bench-token", "intents": 513,
+                            "properties": {"os": "linux", "browser": "bench", "device": "bench"},
+                            "shard": [shard, shards]}});
+                        ws.send(Message::Text(identify.to_string().into()))
+                            .await
+                            .expect("identify");
+                    }
+                    (Some(_), Some(s)) if s >= FIRST_SEQ => {
+                        bytes_of_d += envelope.d.map_or(0, |d| d.get().len());
+                        if scanned.fetch_add(1, Ordering::Relaxed) + 1 == target {
+                            done.notify_one();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            std::hint::black_box(bytes_of_d);
+        });
+    }
+    done.notified().await;
+    println!("done");
+    std::future::pending::<()>().await;
+}

@@ -1,0 +1,273 @@
+//! The load: a realistic mix of dispatches, built once and compressed once as `zlib-stream`
+//! frames, so the source only copies bytes onto sockets.
+//!
+//! A stream must begin with a zlib header and every later byte may refer back up to 32 KiB into
+//! what came before. Output of a *fresh* raw-deflate compressor never refers back past its own
+//! start, so any such piece can follow any byte-aligned point of a stream: every connection gets
+//! its own HELLO (with the header) and READY, then the shared chunks of events, and between
+//! chunks a fresh piece for a heartbeat ACK if one is due. Inside a chunk frames share one
+//! compression context, with a sync flush after each message, as Discord's do.
+
+use bytes::Bytes;
+use flate2::{Compress, Compression, FlushCompress};
+
+/// Events per chunk: frames in a chunk share a compression context; between chunks the source
+/// may interleave an ACK.
+const CHUNK: usize = 256;
+
+/// Seq of the first traffic event; READY is seq 1.
+pub const FIRST_SEQ: u64 = 2;
+
+/// The shared, pre-compressed traffic of one shard's session.
+pub struct Load {
+    /// Chunks of frames, each frame one dispatch ending with `00 00 ff ff`.
+    pub chunks: Vec<Vec<Bytes>>,
+    /// Events in all (per shard).
+    pub events: usize,
+    /// Uncompressed and compressed bytes per shard, for the record.
+    pub raw_bytes: usize,
+    pub wire_bytes: usize,
+    /// Events of each kind, in `KINDS` order.
+    pub mix: [usize; 4],
+}
+
+pub const KINDS: [&str; 4] = [
+    "MESSAGE_CREATE",
+    "TYPING_START",
+    "PRESENCE_UPDATE",
+    "GUILD_CREATE",
+];
+
+const WORDS: &[&str] = &[
+    "the",
+    "raid",
+    "tonight",
+    "anyone",
+    "online",
+    "gg",
+    "lol",
+    "server",
+    "bot",
+    "ping",
+    "when",
+    "update",
+    "patch",
+    "notes",
+    "queue",
+    "ranked",
+    "match",
+    "please",
+    "thanks",
+    "channel",
+    "role",
+    "voice",
+    "stream",
+    "music",
+    "play",
+    "skip",
+    "what",
+    "is",
+    "this",
+    "ok",
+    "nice",
+    "meme",
+    "link",
+    "https://example.com/watch?v=dQw4w9WgXcQ",
+    "<@1100000000000000003>",
+    ":smile:",
+    "yes",
+    "no",
+];
+
+fn words(rng: &mut fastrand::Rng, len: usize) -> String {
+    let mut s = String::with_capacity(len + 16);
+    while s.len() < len {
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        s.push_str(WORDS[rng.usize(..WORDS.len())]);
+    }
+    s
+}
+
+fn id(rng: &mut fastrand::Rng) -> u64 {
+    1_100_000_000_000_000_000 + rng.u64(..100_000_000_000_000_000)
+}
+
+const GUILD: u64 = 1_100_000_000_000_000_100;
+
+fn message_create(rng: &mut fastrand::Rng) -> String {
+    // Base envelope is ~750 bytes; content and an optional embed bring it to 0.5-2 KB.
+    let len = rng.usize(0..900);
+    let content = words(rng, len);
+    let embeds = if rng.u8(..4) == 0 {
+        let len = rng.usize(100..400);
+        serde_json::json!([{"type": "rich", "title": words(rng, 40), "description": words(rng, len), "color": 5814783}])
+    } else {
+        serde_json::json!([])
+    };
+    serde_json::json!({
+        "id": id(rng).to_string(), "type": 0, "channel_id": id(rng).to_string(),
+        "guild_id": GUILD.to_string(),
+        "author": {"id": id(rng).to_string(), "username": words(rng, 8), "discriminator": "0", "global_name": words(rng, 10), "avatar": "a1b2c3d4e5f60718293a4b5c6d7e8f90", "public_flags": 0},
+        "member": {"roles": [id(rng).to_string(), id(rng).to_string()], "joined_at": "2025-03-01T12:00:00.000000+00:00", "deaf": false, "mute": false, "flags": 0, "nick": null, "premium_since": null, "pending": false},
+        "content": content, "timestamp": "2026-11-22T00:00:00.000000+00:00", "edited_timestamp": null,
+        "tts": false, "mention_everyone": false, "mentions": [], "mention_roles": [], "attachments": [],
+        "embeds": embeds, "pinned": false, "flags": 0, "nonce": id(rng).to_string(), "components": [],
+    })
+    .to_string()
+}
+
+fn typing_start(rng: &mut fastrand::Rng) -> String {
+    serde_json::json!({
+        "user_id": id(rng).to_string(), "timestamp": 1_790_000_000u64 + rng.u64(..100_000),
+        "channel_id": id(rng).to_string(), "guild_id": GUILD.to_string(),
+        "member": {"user": {"id": id(rng).to_string(), "username": words(rng, 8), "global_name": null, "avatar": null, "discriminator": "0"}, "roles": [], "joined_at": "2025-03-01T12:00:00.000000+00:00", "deaf": false, "mute": false},
+    })
+    .to_string()
+}
+
+fn presence_update(rng: &mut fastrand::Rng) -> String {
+    let status = ["online", "idle", "dnd"][rng.usize(..3)];
+    serde_json::json!({
+        "user": {"id": id(rng).to_string()}, "guild_id": GUILD.to_string(),
+        "status": status,
+        "activities": [{"name": words(rng, 12), "type": 0, "created_at": 1_790_000_000_000u64 + rng.u64(..1_000_000), "state": words(rng, 30)}],
+        "client_status": {"desktop": "online"},
+    })
+    .to_string()
+}
+
+/// A large guild: ~100 channels, ~60 roles, ~250 members and presences (~90 KB).
+fn guild_create(rng: &mut fastrand::Rng) -> String {
+    let channels: Vec<_> = (0..100)
+        .map(|i| serde_json::json!({"id": id(rng).to_string(), "type": i % 3, "name": words(rng, 12), "position": i, "permission_overwrites": [], "topic": words(rng, 40), "nsfw": false, "parent_id": null}))
+        .collect();
+    let roles: Vec<_> = (0..60)
+        .map(|i| serde_json::json!({"id": id(rng).to_string(), "name": words(rng, 10), "color": rng.u32(..0xffffff), "hoist": false, "position": i, "permissions": "1071698660929", "managed": false, "mentionable": true}))
+        .collect();
+    let members: Vec<_> = (0..250)
+        .map(|_| serde_json::json!({"user": {"id": id(rng).to_string(), "username": words(rng, 8), "global_name": words(rng, 10), "avatar": null, "discriminator": "0"}, "roles": [id(rng).to_string()], "joined_at": "2025-03-01T12:00:00.000000+00:00", "deaf": false, "mute": false}))
+        .collect();
+    let presences: Vec<_> = (0..250)
+        .map(|_| serde_json::json!({"user": {"id": id(rng).to_string()}, "status": "online", "activities": [], "client_status": {"mobile": "online"}}))
+        .collect();
+    serde_json::json!({
+        "id": GUILD.to_string(), "name": words(rng, 20), "owner_id": id(rng).to_string(),
+        "member_count": 25_000, "large": true, "unavailable": false,
+        "channels": channels, "roles": roles, "members": members, "presences": presences,
+        "voice_states": [], "threads": [], "emojis": [], "stickers": [],
+        "joined_at": "2025-03-01T12:00:00.000000+00:00",
+    })
+    .to_string()
+}
+
+/// A gateway envelope, keys in Discord's order.
+pub fn dispatch(name: &str, seq: u64, d: &str) -> String {
+    format!(r#"{{"t":"{name}","s":{seq},"op":0,"d":{d}}}"#)
+}
+
+/// Compresses `text` with a sync flush into `out`; returns the bytes added.
+fn deflate_into(z: &mut Compress, text: &[u8], out: &mut Vec<u8>) {
+    let start_in = z.total_in();
+    loop {
+        out.reserve(text.len() / 2 + 128);
+        let done = (z.total_in() - start_in) as usize;
+        z.compress_vec(&text[done..], out, FlushCompress::Sync)
+            .expect("compressing into a Vec does not fail");
+        if (z.total_in() - start_in) as usize == text.len() && out.ends_with(&[0, 0, 0xff, 0xff]) {
+            return;
+        }
+    }
+}
+
+/// One message as a self-contained piece: with the zlib header (`first`) or raw deflate.
+pub fn piece(text: &str, first: bool) -> Bytes {
+    let mut z = Compress::new(Compression::fast(), first);
+    let mut out = Vec::new();
+    deflate_into(&mut z, text.as_bytes(), &mut out);
+    Bytes::from(out)
+}
+
+impl Load {
+    /// `events` dispatches per shard with seqs from `FIRST_SEQ`, from a fixed seed.
+    pub fn build(events: usize, seed: u64) -> Load {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut chunks = Vec::new();
+        let (mut raw_bytes, mut wire_bytes, mut mix) = (0, 0, [0usize; 4]);
+        let mut guild_create_cache: Option<String> = None;
+        for start in (0..events).step_by(CHUNK) {
+            let mut z = Compress::new(Compression::fast(), false);
+            let mut frames = Vec::with_capacity(CHUNK);
+            for i in start..(start + CHUNK).min(events) {
+                // 85% messages, 8% typing, 6.8% presences, 0.2% (1 in 500) large guilds.
+                let kind = match (rng.u32(..1000), i % 500 == 250) {
+                    (_, true) => 3,
+                    (0..=849, _) => 0,
+                    (850..=929, _) => 1,
+                    _ => 2,
+                };
+                let d = match kind {
+                    0 => message_create(&mut rng),
+                    1 => typing_start(&mut rng),
+                    2 => presence_update(&mut rng),
+                    _ => guild_create_cache
+                        .get_or_insert_with(|| guild_create(&mut rng))
+                        .clone(),
+                };
+                mix[kind] += 1;
+                let text = dispatch(KINDS[kind], FIRST_SEQ + i as u64, &d);
+                let mut out = Vec::new();
+                deflate_into(&mut z, text.as_bytes(), &mut out);
+                raw_bytes += text.len();
+                wire_bytes += out.len();
+                frames.push(Bytes::from(out));
+            }
+            chunks.push(frames);
+        }
+        Load {
+            chunks,
+            events,
+            raw_bytes,
+            wire_bytes,
+            mix,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::{Decompress, FlushDecompress};
+
+    fn inflate(d: &mut Decompress, frame: &[u8]) -> String {
+        let mut out = Vec::with_capacity(1 << 20);
+        d.decompress_vec(frame, &mut out, FlushDecompress::Sync)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn pieces_and_chunks_make_one_valid_stream() {
+        let load = Load::build(600, 1);
+        let mut d = Decompress::new(true);
+        assert!(inflate(&mut d, &piece(r#"{"op":10}"#, true)).contains("op"));
+        inflate(&mut d, &piece("READY", false));
+        let mut seq = FIRST_SEQ;
+        for (c, chunk) in load.chunks.iter().enumerate() {
+            if c == 1 {
+                assert_eq!(
+                    inflate(&mut d, &piece(r#"{"op":11}"#, false)),
+                    r#"{"op":11}"#
+                );
+            }
+            for frame in chunk {
+                let text = inflate(&mut d, frame);
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["s"], seq);
+                seq += 1;
+            }
+        }
+        assert_eq!(seq, FIRST_SEQ + 600);
+    }
+}

@@ -1,0 +1,440 @@
+//! shardhook's benchmark harness (issue 7). `bench/run` is the documented entry point.
+//!
+//! # Layout
+//! - `frames`: the event mix, pre-built and pre-compressed as `zlib-stream` frames.
+//! - `blast`: the load source, a minimal gateway replaying those frames over N shards.
+//! - `sink`: the endpoint, answering 204 and recording arrivals.
+//! - `contestants`: what runs in the child process being measured.
+//!
+//! The parent runs the source and the sink; each contestant runs alone in a child process, so
+//! the CPU seconds and RSS read from `/proc/<pid>` are the contestant's own.
+
+mod blast;
+mod contestants;
+mod frames;
+mod sink;
+
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use blast::Blaster;
+use frames::{Load, KINDS};
+use sink::Sink;
+
+struct Options {
+    shards: u32,
+    events: usize,
+    idle_shards: u32,
+    latency: bool,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--no-latency]"
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    match args.first().map(String::as_str) {
+        Some("contestant") => runtime.block_on(child(&args[1..])),
+        Some("run") => {
+            let mut o = Options {
+                shards: 4,
+                events: 25_000,
+                idle_shards: 1000,
+                latency: true,
+            };
+            let mut it = args[1..].iter();
+            while let Some(flag) = it.next() {
+                let mut value = || {
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or_else(|| usage())
+                };
+                match flag.as_str() {
+                    "--shards" => o.shards = value() as u32,
+                    "--events" => o.events = value(),
+                    "--idle-shards" => o.idle_shards = value() as u32,
+                    "--no-latency" => o.latency = false,
+                    _ => usage(),
+                }
+            }
+            runtime.block_on(run(o))
+        }
+        _ => usage(),
+    }
+}
+
+async fn child(args: &[String]) {
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_else(|| usage());
+    match arg(0) {
+        "shardhook" => {
+            let (max_events, linger) = (arg(4).parse().unwrap(), arg(5).parse().unwrap());
+            contestants::shardhook(arg(1), arg(2), arg(3), max_events, linger).await
+        }
+        "limit" => {
+            contestants::limit(arg(1), arg(2).parse().unwrap(), arg(3).parse().unwrap()).await
+        }
+        _ => usage(),
+    }
+}
+
+/// A contestant as the parent launches it.
+#[derive(Clone)]
+enum Kind {
+    Shardhook { max_events: usize, linger_ms: u64 },
+    Limit,
+}
+
+impl Kind {
+    fn name(&self) -> String {
+        match self {
+            Kind::Shardhook { max_events: 1, .. } => "shardhook unbatched (max_events 1)".into(),
+            Kind::Shardhook {
+                max_events,
+                linger_ms,
+            } => {
+                format!("shardhook batched ({max_events} events / {linger_ms} ms)")
+            }
+            Kind::Limit => "limit: inflate + scan only (no HTTP)".into(),
+        }
+    }
+}
+
+struct Ctx {
+    blaster: Blaster,
+    sink: Sink,
+    secret: String,
+    shards: u32,
+    events: usize,
+}
+
+impl Ctx {
+    fn spawn(&self, kind: &Kind) -> Child {
+        let exe = std::env::current_exe().expect("own path");
+        let mut cmd = Command::new(exe);
+        cmd.arg("contestant");
+        match kind {
+            Kind::Shardhook {
+                max_events,
+                linger_ms,
+            } => cmd.args([
+                "shardhook".to_owned(),
+                self.blaster.api_url(),
+                self.sink.url(),
+                self.secret.clone(),
+                max_events.to_string(),
+                linger_ms.to_string(),
+            ]),
+            Kind::Limit => cmd.args([
+                "limit".to_owned(),
+                self.blaster.gateway_url(),
+                self.shards.to_string(),
+                self.events.to_string(),
+            ]),
+        };
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn a contestant")
+    }
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `after` starts at field 3.
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// This process's CPU seconds (source and sink), from getrusage.
+fn cpu_self() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+struct Outcome {
+    events: u64,
+    secs: f64,
+    cpu: f64,
+    cpu_source: f64,
+    rss_peak_kib: u64,
+    latency: Option<(f64, f64, f64)>,
+    timed_out: bool,
+}
+
+async fn wait_identified(blaster: &Blaster, n: u32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while blaster.shared.identified.load(Ordering::SeqCst) < n as usize {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// Runs one contestant over the whole load: as fast as it goes (`rate` None) or paced.
+async fn round(ctx: &Ctx, kind: &Kind, rate: Option<f64>) -> Outcome {
+    ctx.blaster.reset();
+    ctx.sink.reset();
+    let mut child = ctx.spawn(kind);
+    let pid = child.id().expect("a pid");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line == "done" {
+                let _ = done_tx.send(true);
+            }
+        }
+    });
+    if !wait_identified(&ctx.blaster, ctx.shards).await {
+        panic!("{}: shards did not identify", kind.name());
+    }
+    // Let READY be forwarded and start-up settle before the clock starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let target = ctx.events as u64 * ctx.shards as u64;
+    let (cpu0, self0) = (cpu_of(pid), cpu_self());
+    let t0 = Instant::now();
+    ctx.blaster.go(rate);
+    let deadline = t0 + Duration::from_secs(300);
+    let mut timed_out = false;
+    loop {
+        let finished = match kind {
+            Kind::Limit => *done_rx.borrow(),
+            _ => ctx.sink.shared.events.load(Ordering::SeqCst) >= target,
+        };
+        if finished {
+            break;
+        }
+        if Instant::now() > deadline {
+            timed_out = true;
+            break;
+        }
+        let notified = ctx.sink.shared.notify.notified();
+        tokio::select! {
+            _ = notified => {}
+            _ = done_rx.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let (cpu, cpu_source) = (cpu_of(pid) - cpu0, cpu_self() - self0);
+    let rss_peak_kib = status_kib(pid, "VmHWM");
+    let _ = child.kill().await;
+    let events = match kind {
+        Kind::Limit => target,
+        _ => ctx.sink.shared.events.load(Ordering::SeqCst),
+    };
+    let latency = (rate.is_some() && !matches!(kind, Kind::Limit)).then(|| latency(ctx));
+    Outcome {
+        events,
+        secs,
+        cpu,
+        cpu_source,
+        rss_peak_kib,
+        latency,
+        timed_out,
+    }
+}
+
+/// p50, p99 and max of (arrival at the sink - frame written by the source), in ms.
+fn latency(ctx: &Ctx) -> (f64, f64, f64) {
+    let arrivals = ctx.sink.shared.arrivals.lock().unwrap().clone();
+    let mut lat: Vec<u64> = Vec::with_capacity(ctx.events * ctx.shards as usize);
+    for a in arrivals {
+        let sent = &ctx.blaster.shared.sent_at[a.shard as usize];
+        for seq in a.first..=a.last {
+            let i = (seq - frames::FIRST_SEQ) as usize;
+            if let Some(t) = sent.get(i) {
+                lat.push(a.at_nanos.saturating_sub(t.load(Ordering::Relaxed)));
+            }
+        }
+    }
+    lat.sort_unstable();
+    let q = |q: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * q).round() as usize)
+            .map_or(f64::NAN, |n| *n as f64 / 1e6)
+    };
+    (q(0.5), q(0.99), q(1.0))
+}
+
+/// RSS of shardhook holding `shards` idle connections (no traffic), in KiB.
+async fn idle_rss(shards: u32, secret: &str, epoch: Instant) -> Option<u64> {
+    let blaster = Blaster::start(Arc::new(Load::build(0, 1)), shards, epoch).await;
+    let sink = Sink::start(epoch, signer(secret)).await;
+    let ctx = Ctx {
+        blaster,
+        sink,
+        secret: secret.to_owned(),
+        shards,
+        events: 0,
+    };
+    let mut child = ctx.spawn(&Kind::Shardhook {
+        max_events: 1,
+        linger_ms: 0,
+    });
+    let pid = child.id()?;
+    let ok = wait_identified(&ctx.blaster, shards).await;
+    // Let READYs be delivered and allocations settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = status_kib(pid, "VmRSS");
+    let _ = child.kill().await;
+    ok.then_some(rss)
+}
+
+fn signer(secret: &str) -> shardhook::Signer {
+    shardhook::Signer::new(
+        shardhook::SigningKey::parse(secret).expect("a valid secret"),
+        vec![],
+    )
+}
+
+async fn run(o: Options) {
+    let epoch = Instant::now();
+    let started = std::time::SystemTime::now();
+    let build = Instant::now();
+    let load = Arc::new(Load::build(o.events, 7));
+    println!(
+        "load: {} events per shard x {} shards, built in {:.2} s; mix {}; {:.0} bytes raw / {:.0} on the wire per event",
+        o.events,
+        o.shards,
+        build.elapsed().as_secs_f64(),
+        KINDS
+            .iter()
+            .zip(load.mix)
+            .map(|(k, n)| format!("{k} {:.1}%", 100.0 * n as f64 / o.events as f64))
+            .collect::<Vec<_>>()
+            .join(", "),
+        load.raw_bytes as f64 / o.events as f64,
+        load.wire_bytes as f64 / o.events as f64,
+    );
+    let secret = shardhook::SigningKey::generate();
+    let ctx = Ctx {
+        blaster: Blaster::start(load, o.shards, epoch).await,
+        sink: Sink::start(epoch, signer(&secret)).await,
+        secret: secret.clone(),
+        shards: o.shards,
+        events: o.events,
+    };
+    let kinds = [
+        Kind::Limit,
+        Kind::Shardhook {
+            max_events: 1,
+            linger_ms: 0,
+        },
+        Kind::Shardhook {
+            max_events: 100,
+            linger_ms: 5,
+        },
+    ];
+    let mut rows = Vec::new();
+    for kind in &kinds {
+        let peak = round(&ctx, kind, None).await;
+        let bad_sig = ctx.sink.shared.bad_signature.swap(false, Ordering::SeqCst);
+        let rate = peak.events as f64 / peak.secs;
+        eprintln!(
+            "{}: {:.0} events/s, {:.2} CPU s per M events{}{}",
+            kind.name(),
+            rate,
+            peak.cpu / peak.events as f64 * 1e6,
+            if peak.timed_out { " (TIMED OUT)" } else { "" },
+            if bad_sig { " (BAD SIGNATURE)" } else { "" },
+        );
+        let half = if o.latency && !matches!(kind, Kind::Limit) {
+            let half = round(&ctx, kind, Some(rate / 2.0)).await;
+            eprintln!(
+                "  at {:.0} events/s: latency p50/p99/max {:?} ms",
+                rate / 2.0,
+                half.latency
+            );
+            Some(half)
+        } else {
+            None
+        };
+        rows.push((kind.clone(), peak, half));
+    }
+
+    let limit_rate = rows[0].1.events as f64 / rows[0].1.secs;
+    println!();
+    println!("| contestant | events/s | x limit | CPU s / M events | source+sink CPU s / M events | peak RSS MiB | p50 ms @50% | p99 ms @50% | max ms @50% |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (kind, peak, half) in &rows {
+        let rate = peak.events as f64 / peak.secs;
+        let per_m = |cpu: f64| cpu / peak.events as f64 * 1e6;
+        let (p50, p99, max) = half
+            .as_ref()
+            .and_then(|h| h.latency)
+            .map_or(("n/a".into(), "n/a".into(), "n/a".into()), |(a, b, c)| {
+                (format!("{a:.2}"), format!("{b:.2}"), format!("{c:.2}"))
+            });
+        println!(
+            "| {}{} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {p50} | {p99} | {max} |",
+            kind.name(),
+            if peak.timed_out { " (timed out)" } else { "" },
+            rate,
+            rate / limit_rate,
+            per_m(peak.cpu),
+            per_m(peak.cpu_source),
+            peak.rss_peak_kib as f64 / 1024.0,
+        );
+    }
+    if o.idle_shards > 0 {
+        let one = idle_rss(1, &secret, epoch).await;
+        let many = idle_rss(o.idle_shards, &secret, epoch).await;
+        println!();
+        match (one, many) {
+            (Some(one), Some(many)) => println!(
+                "idle shards: RSS {:.1} MiB with 1 shard, {:.1} MiB with {} shards: {:.1} KiB per shard in all, {:.1} KiB per added shard",
+                one as f64 / 1024.0,
+                many as f64 / 1024.0,
+                o.idle_shards,
+                many as f64 / o.idle_shards as f64,
+                (many - one.min(many)) as f64 / (o.idle_shards - 1).max(1) as f64,
+            ),
+            _ => println!("idle shards: the router did not connect them all in time"),
+        }
+    }
+    let secs = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    println!();
+    println!(
+        "run: {} shards x {} events, started at Unix {secs}, took {:.0} s",
+        o.shards,
+        o.events,
+        epoch.elapsed().as_secs_f64()
+    );
+}
