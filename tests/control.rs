@@ -272,6 +272,7 @@ async fn metrics_parse_with_the_prometheus_text_parser() {
         "shardhook_delivery_latency_seconds_count",
         "shardhook_queue_depth",
         "shardhook_retries_total",
+        "shardhook_spool_bytes",
     ] {
         assert!(parsed.contains(name), "{name} missing:\n{parsed}");
     }

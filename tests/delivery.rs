@@ -634,3 +634,35 @@ async fn an_endpoint_down_for_a_stretch_spools_then_everything_arrives_in_order(
         "drained spool files are removed"
     );
 }
+
+#[tokio::test]
+async fn a_full_queue_holds_the_shard_back_without_losing_events_or_heartbeats() {
+    // A queue of 4 and an endpoint taking 150 ms per request: the shard spends most of the run
+    // waiting for room (not reading), across several heartbeat intervals.
+    let slow = (0..40)
+        .map(|_| Reply::Delay(Duration::from_millis(150)))
+        .collect();
+    let p = Pipe::start(sim(1, 40), vec![("a", 1.0, live(slow))], |c| {
+        c.delivery.queue = 4;
+    })
+    .await;
+    let mut max_depth = 0;
+    p.wait_until("every event delivered", |p| {
+        let held = p.shards[0]
+            .received()
+            .saturating_sub(p.stats.snapshot().events_delivered);
+        max_depth = max_depth.max(held);
+        p.outstanding_count() == 0
+    })
+    .await;
+    p.assert_exactly_once_in_order(&[]);
+    let status = p.shards[0].status().borrow().clone();
+    assert_eq!(
+        status.reconnects, 0,
+        "heartbeats kept the connection alive while reading waited"
+    );
+    // Received but not yet delivered never exceeds the queue, the batch in flight and the one
+    // waiting for room.
+    assert!(max_depth <= 4 + 2, "{max_depth} events were held at once");
+    p.stop().await;
+}

@@ -227,6 +227,12 @@ impl DeliveryHandle {
         Some(&endpoints[index].name)
     }
 
+    /// Bytes in the disk spool across shards, and its bound.
+    pub fn spool_bytes(&self) -> (u64, u64) {
+        let usage = &self.shared.spool_usage;
+        (usage.used.load(AtomicOrdering::Relaxed), usage.limit)
+    }
+
     /// Events waiting in a shard's queue.
     pub fn queue_depth(&self, shard_id: u32) -> usize {
         let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());

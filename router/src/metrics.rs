@@ -167,6 +167,27 @@ pub fn render(shards: &[ShardHandle], delivery: &DeliveryHandle) -> String {
         counter_from(deferred),
     );
 
+    let spooled = stats
+        .events_spooled
+        .load(std::sync::atomic::Ordering::Relaxed);
+    registry.register(
+        "events_spooled",
+        "Events written to the disk spool because no endpoint could take them",
+        counter_from(spooled),
+    );
+    let (used, limit) = delivery.spool_bytes();
+    let gauge = |value: u64| {
+        let g = Gauge::<i64>::default();
+        g.set(value as i64);
+        g
+    };
+    registry.register("spool_bytes", "Bytes in the disk spool", gauge(used));
+    registry.register(
+        "spool_limit_bytes",
+        "The disk spool's bound (state.spool_max_bytes)",
+        gauge(limit),
+    );
+
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");
     text

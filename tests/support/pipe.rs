@@ -255,6 +255,11 @@ impl Pipe {
             .count()
     }
 
+    /// Expected events not yet delivered (or traffic not yet made).
+    pub fn outstanding_count(&self) -> usize {
+        self.outstanding(&[])
+    }
+
     /// Waits until the double's traffic is done and every expected event arrived somewhere.
     pub async fn wait_delivered(&self, skip: &[&str]) {
         self.wait_until("every event to be delivered", |p| p.outstanding(skip) == 0)
