@@ -140,3 +140,66 @@ pub async fn limit(gateway_url: &str, shards: u32, events: u64) {
     println!("done");
     std::future::pending::<()>().await;
 }
+
+/// The peer: a forwarder a bot author could write on twilight-gateway (zlib-stream), posting
+/// each message's raw text, signed the same way (Standard Webhooks, the same `Signer`), with
+/// reqwest's pooled keep-alive client and up to 64 requests in flight like shardhook's
+/// endpoint default. Unlike shardhook it keeps no per-shard order and retries nothing.
+pub async fn twilight(gateway_url: &str, sink_url: &str, secret: &str, shards: u32) {
+    use twilight_gateway::queue::InMemoryQueue;
+    use twilight_gateway::{ConfigBuilder, Intents, Message as TwMessage, Shard, ShardId};
+    use twilight_model::gateway::event::GatewayEventDeserializer;
+
+    let signer = Arc::new(shardhook::Signer::new(
+        SigningKey::parse(secret).expect("a valid secret"),
+        vec![],
+    ));
+    let client = reqwest::Client::new();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(64));
+    let queue = InMemoryQueue::new(
+        shards as u16,
+        1_000_000,
+        Duration::from_secs(86_400),
+        1_000_000,
+    );
+    let config = ConfigBuilder::new("bench-token".into(), Intents::GUILD_MESSAGES)
+        .proxy_url(gateway_url.to_owned())
+        .queue(queue)
+        .build();
+    for id in 0..shards {
+        let mut shard = Shard::with_config(ShardId::new(id, shards), config.clone());
+        let (signer, client, in_flight) = (signer.clone(), client.clone(), in_flight.clone());
+        let sink_url = sink_url.to_owned();
+        tokio::spawn(async move {
+            while let Some(item) = shard.next().await {
+                let Ok(TwMessage::Text(text)) = item else {
+                    continue;
+                };
+                let Some(event) = GatewayEventDeserializer::from_json(&text) else {
+                    continue;
+                };
+                let Some(seq) = event.sequence() else {
+                    continue;
+                };
+                let webhook_id = format!("msg_{id}_0_{seq}_{seq}");
+                let permit = in_flight.clone().acquire_owned().await.expect("open");
+                let (signer, client, url) = (signer.clone(), client.clone(), sink_url.clone());
+                tokio::spawn(async move {
+                    let ts = shardhook::signer::unix_now();
+                    let signature = signer.sign(&webhook_id, ts, text.as_bytes());
+                    let _ = client
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .header("webhook-id", webhook_id)
+                        .header("webhook-timestamp", ts.to_string())
+                        .header("webhook-signature", signature)
+                        .body(text)
+                        .send()
+                        .await;
+                    drop(permit);
+                });
+            }
+        });
+    }
+    std::future::pending::<()>().await;
+}

@@ -84,6 +84,9 @@ async fn child(args: &[String]) {
             let (max_events, linger) = (arg(4).parse().unwrap(), arg(5).parse().unwrap());
             contestants::shardhook(arg(1), arg(2), arg(3), max_events, linger).await
         }
+        "twilight" => {
+            contestants::twilight(arg(1), arg(2), arg(3), arg(4).parse().unwrap()).await
+        }
         "limit" => {
             contestants::limit(arg(1), arg(2).parse().unwrap(), arg(3).parse().unwrap()).await
         }
@@ -95,6 +98,7 @@ async fn child(args: &[String]) {
 #[derive(Clone)]
 enum Kind {
     Shardhook { max_events: usize, linger_ms: u64 },
+    Twilight,
     Limit,
 }
 
@@ -108,6 +112,7 @@ impl Kind {
             } => {
                 format!("shardhook batched ({max_events} events / {linger_ms} ms)")
             }
+            Kind::Twilight => "twilight-gateway 0.18 peer forwarder".into(),
             Kind::Limit => "limit: inflate + scan only (no HTTP)".into(),
         }
     }
@@ -137,6 +142,13 @@ impl Ctx {
                 self.secret.clone(),
                 max_events.to_string(),
                 linger_ms.to_string(),
+            ]),
+            Kind::Twilight => cmd.args([
+                "twilight".to_owned(),
+                self.blaster.gateway_url(),
+                self.sink.url(),
+                self.secret.clone(),
+                self.shards.to_string(),
             ]),
             Kind::Limit => cmd.args([
                 "limit".to_owned(),
@@ -350,6 +362,7 @@ async fn run(o: Options) {
     };
     let kinds = [
         Kind::Limit,
+        Kind::Twilight,
         Kind::Shardhook {
             max_events: 1,
             linger_ms: 0,
