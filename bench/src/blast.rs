@@ -156,10 +156,8 @@ async fn serve(mut socket: WebSocket, shared: Arc<Shared>) {
         match socket.recv().await {
             Some(Ok(Message::Text(text))) => match client_op(&text) {
                 (2, shard) => break shard.unwrap_or(0),
-                (1, _) => {
-                    if socket.send(Message::Binary(ack.clone())).await.is_err() {
-                        return;
-                    }
+                (1, _) if socket.send(Message::Binary(ack.clone())).await.is_err() => {
+                    return;
                 }
                 _ => {}
             },
@@ -192,9 +190,8 @@ async fn serve(mut socket: WebSocket, shared: Arc<Shared>) {
         tokio::select! {
             changed = go.changed() => if changed.is_err() { return },
             message = socket.recv() => match message {
-                Some(Ok(Message::Text(text))) => if client_op(&text).0 == 1 {
-                    if socket.send(Message::Binary(ack.clone())).await.is_err() { return; }
-                },
+                Some(Ok(Message::Text(text))) => if client_op(&text).0 == 1
+                    && socket.send(Message::Binary(ack.clone())).await.is_err() { return; },
                 Some(Ok(_)) => {}
                 _ => return,
             },
@@ -234,7 +231,8 @@ async fn serve(mut socket: WebSocket, shared: Arc<Shared>) {
                 return;
             }
             n += 1;
-            if per_shard.is_none() && n % FLUSH_EVERY == 0 && socket.flush().await.is_err() {
+            if per_shard.is_none() && n.is_multiple_of(FLUSH_EVERY) && socket.flush().await.is_err()
+            {
                 return;
             }
         }

@@ -32,11 +32,13 @@ struct Options {
     events: usize,
     idle_shards: u32,
     latency: bool,
+    /// Only contestants whose name contains this (for profiling one).
+    only: Option<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--no-latency]"
+        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--no-latency] [--only NAME]"
     );
     std::process::exit(2)
 }
@@ -55,6 +57,7 @@ fn main() {
                 events: 25_000,
                 idle_shards: 1000,
                 latency: true,
+                only: None,
             };
             let mut it = args[1..].iter();
             while let Some(flag) = it.next() {
@@ -68,6 +71,7 @@ fn main() {
                     "--events" => o.events = value(),
                     "--idle-shards" => o.idle_shards = value() as u32,
                     "--no-latency" => o.latency = false,
+                    "--only" => o.only = Some(it.next().cloned().unwrap_or_else(|| usage())),
                     _ => usage(),
                 }
             }
@@ -84,9 +88,7 @@ async fn child(args: &[String]) {
             let (max_events, linger) = (arg(4).parse().unwrap(), arg(5).parse().unwrap());
             contestants::shardhook(arg(1), arg(2), arg(3), max_events, linger).await
         }
-        "twilight" => {
-            contestants::twilight(arg(1), arg(2), arg(3), arg(4).parse().unwrap()).await
-        }
+        "twilight" => contestants::twilight(arg(1), arg(2), arg(3), arg(4).parse().unwrap()).await,
         "limit" => {
             contestants::limit(arg(1), arg(2).parse().unwrap(), arg(3).parse().unwrap()).await
         }
@@ -373,7 +375,12 @@ async fn run(o: Options) {
         },
     ];
     let mut rows = Vec::new();
-    for kind in &kinds {
+    let chosen = kinds.iter().filter(|k| {
+        o.only
+            .as_ref()
+            .is_none_or(|only| k.name().contains(only.as_str()))
+    });
+    for kind in chosen {
         let peak = round(&ctx, kind, None).await;
         let bad_sig = ctx.sink.shared.bad_signature.swap(false, Ordering::SeqCst);
         let rate = peak.events as f64 / peak.secs;
@@ -399,7 +406,10 @@ async fn run(o: Options) {
         rows.push((kind.clone(), peak, half));
     }
 
-    let limit_rate = rows[0].1.events as f64 / rows[0].1.secs;
+    let limit_rate = rows
+        .iter()
+        .find(|(k, ..)| matches!(k, Kind::Limit))
+        .map_or(f64::NAN, |(_, p, _)| p.events as f64 / p.secs);
     println!();
     println!("| contestant | events/s | x limit | CPU s / M events | source+sink CPU s / M events | peak RSS MiB | p50 ms @50% | p99 ms @50% | max ms @50% |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
