@@ -203,3 +203,55 @@ pub async fn twilight(gateway_url: &str, sink_url: &str, secret: &str, shards: u
     }
     std::future::pending::<()>().await;
 }
+
+/// The sink's own ceiling: a plain load client posting `total` one-event requests (a
+/// representative signed body) with 64 in flight, starting when a line arrives on stdin.
+pub async fn load_client(sink_url: &str, secret: &str, total: u64) {
+    let mut line = String::new();
+    let _ = tokio::io::AsyncBufReadExt::read_line(
+        &mut tokio::io::BufReader::new(tokio::io::stdin()),
+        &mut line,
+    )
+    .await;
+    let signer = Arc::new(shardhook::Signer::new(
+        SigningKey::parse(secret).expect("a valid secret"),
+        vec![],
+    ));
+    let d = format!(r#"{{"content":"{}"}}"#, "x".repeat(1200));
+    let body = bytes::Bytes::from(format!(
+        r#"{{"v":1,"shard_id":0,"shard_count":1,"session_id":"bench-0","events":[{{"t":"MESSAGE_CREATE","s":2,"d":{d}}}]}}"#
+    ));
+    let client = reqwest::Client::new();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (signer, client, next, body) =
+            (signer.clone(), client.clone(), next.clone(), body.clone());
+        let url = sink_url.to_owned();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return;
+                }
+                let seq = FIRST_SEQ + i;
+                let id = format!("msg_0_0_{seq}_{seq}");
+                let ts = shardhook::signer::unix_now();
+                let signature = signer.sign(&id, ts, &body);
+                let _ = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("webhook-id", id)
+                    .header("webhook-timestamp", ts.to_string())
+                    .header("webhook-signature", signature)
+                    .body(body.clone())
+                    .send()
+                    .await;
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    std::future::pending::<()>().await;
+}

@@ -89,6 +89,7 @@ async fn child(args: &[String]) {
             contestants::shardhook(arg(1), arg(2), arg(3), max_events, linger).await
         }
         "twilight" => contestants::twilight(arg(1), arg(2), arg(3), arg(4).parse().unwrap()).await,
+        "sink-ceiling" => contestants::load_client(arg(1), arg(2), arg(3).parse().unwrap()).await,
         "limit" => {
             contestants::limit(arg(1), arg(2).parse().unwrap(), arg(3).parse().unwrap()).await
         }
@@ -102,6 +103,7 @@ enum Kind {
     Shardhook { max_events: usize, linger_ms: u64 },
     Twilight,
     Limit,
+    SinkCeiling,
 }
 
 impl Kind {
@@ -116,6 +118,9 @@ impl Kind {
             }
             Kind::Twilight => "twilight-gateway 0.18 peer forwarder".into(),
             Kind::Limit => "limit: inflate + scan only (no HTTP)".into(),
+            Kind::SinkCeiling => {
+                "sink ceiling: plain load client (1 event per request, 64 in flight)".into()
+            }
         }
     }
 }
@@ -152,6 +157,12 @@ impl Ctx {
                 self.secret.clone(),
                 self.shards.to_string(),
             ]),
+            Kind::SinkCeiling => cmd.args([
+                "sink-ceiling".to_owned(),
+                self.sink.url(),
+                self.secret.clone(),
+                (self.events as u64 * self.shards as u64).to_string(),
+            ]),
             Kind::Limit => cmd.args([
                 "limit".to_owned(),
                 self.blaster.gateway_url(),
@@ -159,7 +170,8 @@ impl Ctx {
                 self.events.to_string(),
             ]),
         };
-        cmd.stdout(Stdio::piped())
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
@@ -233,7 +245,8 @@ async fn round(ctx: &Ctx, kind: &Kind, rate: Option<f64>) -> Outcome {
             }
         }
     });
-    if !wait_identified(&ctx.blaster, ctx.shards).await {
+    let gateway_less = matches!(kind, Kind::SinkCeiling);
+    if !gateway_less && !wait_identified(&ctx.blaster, ctx.shards).await {
         panic!("{}: shards did not identify", kind.name());
     }
     // Let READY be forwarded and start-up settle before the clock starts.
@@ -242,6 +255,11 @@ async fn round(ctx: &Ctx, kind: &Kind, rate: Option<f64>) -> Outcome {
     let (cpu0, self0) = (cpu_of(pid), cpu_self());
     let t0 = Instant::now();
     ctx.blaster.go(rate);
+    if gateway_less {
+        if let Some(stdin) = child.stdin.as_mut() {
+            let _ = tokio::io::AsyncWriteExt::write_all(stdin, b"go\n").await;
+        }
+    }
     let deadline = t0 + Duration::from_secs(300);
     let mut timed_out = false;
     loop {
@@ -271,7 +289,8 @@ async fn round(ctx: &Ctx, kind: &Kind, rate: Option<f64>) -> Outcome {
         Kind::Limit => target,
         _ => ctx.sink.shared.events.load(Ordering::SeqCst),
     };
-    let latency = (rate.is_some() && !matches!(kind, Kind::Limit)).then(|| latency(ctx));
+    let latency =
+        (rate.is_some() && !matches!(kind, Kind::Limit | Kind::SinkCeiling)).then(|| latency(ctx));
     Outcome {
         events,
         secs,
@@ -373,6 +392,7 @@ async fn run(o: Options) {
             max_events: 100,
             linger_ms: 5,
         },
+        Kind::SinkCeiling,
     ];
     let mut rows = Vec::new();
     let chosen = kinds.iter().filter(|k| {
@@ -392,7 +412,7 @@ async fn run(o: Options) {
             if peak.timed_out { " (TIMED OUT)" } else { "" },
             if bad_sig { " (BAD SIGNATURE)" } else { "" },
         );
-        let half = if o.latency && !matches!(kind, Kind::Limit) {
+        let half = if o.latency && !matches!(kind, Kind::Limit | Kind::SinkCeiling) {
             let half = round(&ctx, kind, Some(rate / 2.0)).await;
             eprintln!(
                 "  at {:.0} events/s: latency p50/p99/max {:?} ms",
