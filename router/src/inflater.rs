@@ -11,7 +11,7 @@ use flate2::{Decompress, FlushDecompress, Status};
 /// The zlib `SYNC_FLUSH` marker that ends every gateway message.
 pub const SUFFIX: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// Capacity a fresh output buffer starts with; most dispatches fit.
+/// Capacity an output buffer starts with when a message arrives; most dispatches fit.
 const INITIAL_CAPACITY: usize = 4 << 10;
 
 /// What a WebSocket message amounted to.
@@ -48,7 +48,7 @@ impl Inflater {
     pub fn new(max_message_size: usize) -> Inflater {
         Inflater {
             zlib: Decompress::new(true),
-            out: Vec::with_capacity(INITIAL_CAPACITY),
+            out: Vec::new(),
             limit: max_message_size,
             discarded: 0,
             scratch: Vec::new(),
@@ -78,7 +78,7 @@ impl Inflater {
                 self.discarded += produced;
             } else if self.out.len() > self.limit {
                 self.discarded = self.out.len();
-                self.out = Vec::with_capacity(INITIAL_CAPACITY);
+                self.out = Vec::new();
             }
             let out_full = if self.discarded > 0 {
                 produced == self.scratch.len()
@@ -101,11 +101,9 @@ impl Inflater {
             self.scratch = Vec::new();
             return Ok(Inflated::Oversize { size });
         }
-        let hint = self.out.len().clamp(INITIAL_CAPACITY, 64 << 10);
-        Ok(Inflated::Message(std::mem::replace(
-            &mut self.out,
-            Vec::with_capacity(hint),
-        )))
+        // The message leaves as it is; the next one allocates when it arrives, so an idle
+        // shard holds no output buffer.
+        Ok(Inflated::Message(std::mem::take(&mut self.out)))
     }
 }
 

@@ -43,6 +43,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const RESUMABLE_CLOSE: u16 = 4000;
 /// Discord asks clients to wait a random 1-5 s before identifying after op 9 `d: false`.
 const REIDENTIFY_DELAY_MS: std::ops::RangeInclusive<u64> = 1000..=5000;
+/// Bytes read from the socket at a time.
+const READ_BUFFER: usize = 8 << 10;
 /// Commands admitted but not yet sent. Kept below any connection's budget, since commands
 /// queued when a connection drops are charged to the next connection's limiter.
 const COMMAND_QUEUE: usize = 32;
@@ -532,7 +534,11 @@ impl Shard {
             None => self.config.gateway_url.as_str(),
         };
         let url = with_query(base);
+        // Small buffers: most shards are idle most of the time, and a compressed gateway
+        // message is a few hundred bytes (tungstenite's defaults are 128 KiB each).
         let ws_config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(0)
             .max_message_size(Some(self.config.max_message_size))
             .max_frame_size(Some(self.config.max_message_size));
         let connecting = tokio_tungstenite::connect_async_with_config(url, Some(ws_config), true);
