@@ -545,18 +545,26 @@ impl Shared {
         (self.include.is_empty() || self.include.contains(name)) && !self.exclude.contains(name)
     }
 
+    /// Whether `event` is forwarded; one that is filtered out counts as done for checkpoints.
+    fn keep(&self, event: &Dispatch) -> bool {
+        if self.wanted(event.name()) {
+            return true;
+        }
+        self.progress
+            .skipped(event.shard_id, &event.session_id, event.seq);
+        self.stats
+            .events_filtered
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        false
+    }
+
     /// The next event for this shard that passes the filters.
     async fn next(&self, rx: &mut mpsc::Receiver<Dispatch>) -> Option<Dispatch> {
         loop {
             let event = rx.recv().await?;
-            if self.wanted(event.name()) {
+            if self.keep(&event) {
                 return Some(event);
             }
-            self.progress
-                .skipped(event.shard_id, &event.session_id, event.seq);
-            self.stats
-                .events_filtered
-                .fetch_add(1, AtomicOrdering::Relaxed);
         }
     }
 
@@ -571,14 +579,9 @@ impl Shared {
                     _ = sleep_until(deadline) => return None,
                 },
             };
-            if self.wanted(event.name()) {
+            if self.keep(&event) {
                 return Some(event);
             }
-            self.progress
-                .skipped(event.shard_id, &event.session_id, event.seq);
-            self.stats
-                .events_filtered
-                .fetch_add(1, AtomicOrdering::Relaxed);
         }
     }
 }
