@@ -36,9 +36,10 @@ struct ShardCause {
     cause: String,
 }
 
-fn counter_from(value: u64) -> Counter {
+/// A counter holding the value an atomic has now.
+fn counter_from(value: &std::sync::atomic::AtomicU64) -> Counter {
     let counter = Counter::default();
-    counter.inc_by(value);
+    counter.inc_by(value.load(std::sync::atomic::Ordering::Relaxed));
     counter
 }
 
@@ -150,26 +151,20 @@ pub fn render(shards: &[ShardHandle], delivery: &DeliveryHandle) -> String {
         "From the gateway read of a batch's first event to its 2xx",
         stats.latency.clone(),
     );
-    let filtered = stats
-        .events_filtered
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let filtered = &stats.events_filtered;
     registry.register(
         "events_filtered",
         "Events dropped by events.include/exclude",
         counter_from(filtered),
     );
-    let deferred = stats
-        .interactions_deferred
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let deferred = &stats.interactions_deferred;
     registry.register(
         "interactions_deferred",
         "Interactions the router deferred",
         counter_from(deferred),
     );
 
-    let spooled = stats
-        .events_spooled
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let spooled = &stats.events_spooled;
     registry.register(
         "events_spooled",
         "Events written to the disk spool because no endpoint could take them",
