@@ -580,14 +580,11 @@ async fn an_aws_iam_endpoint_without_credentials_is_a_clear_error() {
     config.signing.secret =
         Some(shardhook::SigningKey::parse(&shardhook::SigningKey::generate()).unwrap());
     config.endpoints = vec![shardhook::config::EndpointConfig {
-        name: "fn".into(),
-        url: "https://abc123.lambda-url.us-east-2.on.aws/".into(),
-        weight: 1.0,
-        timeout: None,
-        max_in_flight: 1,
-        rate_limit: None,
         auth: shardhook::config::EndpointAuth::AwsIam,
-        region: None,
+        ..shardhook::config::EndpointConfig::new(
+            "fn",
+            "https://abc123.lambda-url.us-east-2.on.aws/",
+        )
     }];
     assert_eq!(
         config.endpoints[0].aws_region().as_deref(),

@@ -247,14 +247,10 @@ async fn the_worker_template_under_wrangler_dev_verifies_and_handles_every_event
         secret: Some(SigningKey::parse(&new_secret).unwrap()),
         previous_secrets: vec![SigningKey::parse(&old_secret).unwrap()],
     };
-    // Built as the config file would be, so fields the router adds keep their defaults.
-    let endpoint: EndpointConfig = serde_json::from_value(serde_json::json!({
-        "name": "worker",
-        "url": wrangler.url,
-        "max_in_flight": 16,
-    }))
-    .expect("a valid endpoint");
-    config.endpoints = vec![endpoint];
+    config.endpoints = vec![EndpointConfig {
+        max_in_flight: 16,
+        ..EndpointConfig::new("worker", wrangler.url.clone())
+    }];
     config.state = StateConfig {
         dir: state_dir.clone(),
         ..StateConfig::default()

@@ -35,16 +35,7 @@ pub async fn shardhook(
         secret: Some(key),
         previous_secrets: vec![],
     };
-    config.endpoints = vec![EndpointConfig {
-        name: "sink".into(),
-        url: sink_url.to_owned(),
-        weight: 1.0,
-        timeout: None,
-        max_in_flight: 64,
-        rate_limit: None,
-        auth: Default::default(),
-        region: None,
-    }];
+    config.endpoints = vec![EndpointConfig::new("sink", sink_url)];
     config.state = StateConfig {
         dir: std::env::temp_dir().join(format!("shardhook-bench-{}", std::process::id())),
         ..StateConfig::default()

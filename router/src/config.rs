@@ -179,6 +179,21 @@ pub enum EndpointAuth {
 }
 
 impl EndpointConfig {
+    /// An endpoint with every optional key at its default, as `[[endpoints]]` with only
+    /// `name` and `url` would be.
+    pub fn new(name: impl Into<String>, url: impl Into<String>) -> EndpointConfig {
+        EndpointConfig {
+            name: name.into(),
+            url: url.into(),
+            weight: default_weight(),
+            timeout: None,
+            max_in_flight: default_max_in_flight(),
+            rate_limit: None,
+            auth: EndpointAuth::None,
+            region: None,
+        }
+    }
+
     /// The region to sign for: configured, or read from a Lambda function URL's host.
     pub fn aws_region(&self) -> Option<String> {
         self.region.clone().or_else(|| {

@@ -214,16 +214,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         },
         endpoints: receivers
             .iter()
-            .map(|r| EndpointConfig {
-                name: r.name().to_owned(),
-                url: r.url(),
-                weight: 1.0,
-                timeout: None,
-                max_in_flight: 64,
-                rate_limit: None,
-                auth: Default::default(),
-                region: None,
-            })
+            .map(|r| EndpointConfig::new(r.name(), r.url()))
             .collect(),
         state: StateConfig {
             dir: state_dir.clone(),

@@ -79,17 +79,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_are_spaced_by_the_rate_limit_after_the_burst() {
         let config = EndpointConfig {
-            name: "a".into(),
-            url: "http://127.0.0.1:1/".into(),
-            weight: 1.0,
-            timeout: None,
             max_in_flight: 4,
             rate_limit: Some(RateLimitConfig {
                 per_second: 10,
                 burst: Some(2),
             }),
-            auth: Default::default(),
-            region: None,
+            ..EndpointConfig::new("a", "http://127.0.0.1:1/")
         };
         let endpoint = Endpoint::new(&config, &DeliveryConfig::default(), None);
         let start = Instant::now();

@@ -112,14 +112,8 @@ impl Pipe {
             .iter()
             .zip(&urls)
             .map(|((name, weight, _), url)| EndpointConfig {
-                name: name.to_string(),
-                url: url.clone(),
                 weight: *weight,
-                timeout: None,
-                max_in_flight: 64,
-                rate_limit: None,
-                auth: Default::default(),
-                region: None,
+                ..EndpointConfig::new(*name, url.clone())
             })
             .collect();
         config.state = StateConfig {
