@@ -62,11 +62,6 @@ impl Dispatch {
     pub fn data(&self) -> &[u8] {
         &self.payload[self.data.clone()]
     }
-
-    /// The whole gateway message the event arrived in.
-    pub fn message(&self) -> &Bytes {
-        &self.payload
-    }
 }
 
 /// The byte range a borrowed sub-slice occupies within its parent buffer.

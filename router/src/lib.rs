@@ -66,7 +66,7 @@ pub use config::Config;
 pub use deadletter::{read as read_dead_letters, DeadLetter};
 pub use delivery::{DeliveryStats, Pipeline, StatsSnapshot};
 pub use dispatch::Dispatch;
-pub use router::{run, AllShardsStopped, Router, RunError, StartError};
+pub use router::{AllShardsStopped, Router, StartError};
 pub use secret::Token;
 pub use session::Session;
 pub use shard::{CommandRefused, FatalClose, ShardHandle, ShardState, ShardStatus, ShardStopped};

@@ -51,11 +51,10 @@ pub struct Router {
     shard_count: u32,
     tasks: JoinSet<Result<(), FatalClose>>,
     shutdown: watch::Sender<bool>,
-    gateway: GatewayBot,
 }
 
 /// The shard count and the ids this process runs.
-pub fn shard_plan(shards: &ShardsConfig, bot: &GatewayBot) -> (u32, Range<u32>) {
+fn shard_plan(shards: &ShardsConfig, bot: &GatewayBot) -> (u32, Range<u32>) {
     match shards {
         ShardsConfig::Auto => (bot.shards.max(1), 0..bot.shards.max(1)),
         ShardsConfig::Explicit { total, ids } => (*total, ids.clone()),
@@ -143,7 +142,6 @@ impl Router {
             shard_count: total,
             tasks,
             shutdown,
-            gateway,
         })
     }
 
@@ -155,11 +153,6 @@ impl Router {
     /// The total shard count this process identified with.
     pub fn shard_count(&self) -> u32 {
         self.shard_count
-    }
-
-    /// What `GET /gateway/bot` answered at start.
-    pub fn gateway(&self) -> &GatewayBot {
-        &self.gateway
     }
 
     /// Runs until `shutdown` resolves (then closes every shard resumably and returns `Ok`) or
@@ -187,23 +180,4 @@ impl Router {
         while self.tasks.join_next().await.is_some() {}
         Ok(())
     }
-}
-
-/// Starts the router and runs it until `shutdown`; the library's one-call entry point.
-pub async fn run(
-    config: &Config,
-    sink: mpsc::Sender<Dispatch>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), RunError> {
-    let router = Router::start(config, sink).await?;
-    Ok(router.run_until(shutdown).await?)
-}
-
-/// Why `run` returned an error.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Start(#[from] StartError),
-    #[error(transparent)]
-    Stopped(#[from] AllShardsStopped),
 }

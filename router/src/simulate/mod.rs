@@ -347,11 +347,6 @@ impl Simulator {
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.shared.changed.subscribe()
     }
-
-    /// Whether `shard` has a connection right now that has identified or resumed.
-    pub fn is_live(&self, shard: u32) -> bool {
-        self.shared.lock().live.contains_key(&shard)
-    }
 }
 
 #[derive(Deserialize)]
