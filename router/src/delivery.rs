@@ -859,9 +859,10 @@ async fn send(shared: &Shared, index: usize, request: &Request) -> Attempt {
     if waited {
         shared.stats.rate_limit_waits[index].fetch_add(1, AtomicOrdering::Relaxed);
     }
-    let now = unix_now();
-    let timestamp = now.to_string();
-    let signature = shared.signer.sign(&request.id, now, &request.body);
+    let timestamp = unix_now().to_string();
+    let signature = shared
+        .signer
+        .sign_text(&request.id, &timestamp, &request.body);
     let signed = [
         ("content-type", "application/json"),
         ("webhook-id", request.id.as_str()),

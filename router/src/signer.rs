@@ -60,14 +60,15 @@ impl SigningKey {
         format!("{SECRET_PREFIX}{}", STANDARD.encode(bytes))
     }
 
-    fn signature(&self, id: &str, timestamp: u64, body: &[u8]) -> [u8; 32] {
+    /// The keyed HMAC state after `{id}.{timestamp}.{body}`, for signing or verifying.
+    fn mac_over(&self, id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
         let mut mac = self.mac.clone();
         mac.update(id.as_bytes());
         mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
+        mac.update(timestamp.as_bytes());
         mac.update(b".");
         mac.update(body);
-        mac.finalize().into_bytes().into()
+        mac
     }
 }
 
@@ -100,13 +101,19 @@ impl Signer {
 
     /// The `webhook-signature` header value: `v1,<base64>` per key, space-separated.
     pub fn sign(&self, id: &str, timestamp: u64, body: &[u8]) -> String {
+        self.sign_text(id, &timestamp.to_string(), body)
+    }
+
+    /// Like `sign`, with the timestamp as the `webhook-timestamp` header carries it.
+    pub fn sign_text(&self, id: &str, timestamp: &str, body: &[u8]) -> String {
         let mut header = String::with_capacity(self.keys.len() * 48);
         for (i, key) in self.keys.iter().enumerate() {
             if i > 0 {
                 header.push(' ');
             }
             header.push_str("v1,");
-            STANDARD.encode_string(key.signature(id, timestamp, body), &mut header);
+            let signature = key.mac_over(id, timestamp, body).finalize().into_bytes();
+            STANDARD.encode_string(signature, &mut header);
         }
         header
     }
@@ -133,12 +140,7 @@ impl Signer {
             .filter_map(|b64| STANDARD.decode(b64).ok())
             .collect();
         let matches = self.keys.iter().any(|key| {
-            let mut mac = key.mac.clone();
-            mac.update(id.as_bytes());
-            mac.update(b".");
-            mac.update(timestamp.as_bytes());
-            mac.update(b".");
-            mac.update(body);
+            let mac = key.mac_over(id, timestamp, body);
             given
                 .iter()
                 .any(|sig| mac.clone().verify_slice(sig).is_ok())
