@@ -100,13 +100,20 @@ fn keygen_prints_a_usable_secret() {
 fn check_names_a_bad_key_and_what_is_allowed() {
     let dir = tempdir();
     let path = dir.join("bad.toml");
+    // `shardhook check` on `path` with the token and these extra variables.
+    let check = |env: &[(&str, &str)]| {
+        let mut cmd = shardhook(&["check", "--config", path.to_str().unwrap()]);
+        cmd.env("DISCORD_TOKEN", SECRET);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.success(), output_text(&out))
+    };
+
     std::fs::write(&path, "[discord]\nshards = { total = 2, ids = \"0..5\" }\n").unwrap();
-    let out = shardhook(&["check", "--config", path.to_str().unwrap()])
-        .env("DISCORD_TOKEN", SECRET)
-        .output()
-        .unwrap();
-    let text = output_text(&out);
-    assert!(!out.status.success());
+    let (ok, text) = check(&[]);
+    assert!(!ok);
     assert!(
         text.contains("discord.shards") && text.contains("0..2"),
         "{text}"
@@ -117,13 +124,8 @@ fn check_names_a_bad_key_and_what_is_allowed() {
         format!("[discord]\nintents = [\"GUILDS\"]\n{ENDPOINT}"),
     )
     .unwrap();
-    let out = shardhook(&["check", "--config", path.to_str().unwrap()])
-        .env("DISCORD_TOKEN", SECRET)
-        .env("SHARDHOOK_SIGNING_SECRET", SIGNING)
-        .output()
-        .unwrap();
-    let text = output_text(&out);
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = check(&[("SHARDHOOK_SIGNING_SECRET", SIGNING)]);
+    assert!(ok, "{text}");
     assert!(
         text.contains("<redacted>") && text.contains("intents = 1"),
         "{text}"
@@ -134,12 +136,8 @@ fn check_names_a_bad_key_and_what_is_allowed() {
     );
 
     // Without a signing secret, check says how to make one.
-    let out = shardhook(&["check", "--config", path.to_str().unwrap()])
-        .env("DISCORD_TOKEN", SECRET)
-        .output()
-        .unwrap();
-    let text = output_text(&out);
-    assert!(!out.status.success());
+    let (ok, text) = check(&[]);
+    assert!(!ok);
     assert!(
         text.contains("SHARDHOOK_SIGNING_SECRET") && text.contains("keygen"),
         "{text}"
