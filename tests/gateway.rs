@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use shardhook::config::Compression;
 use shardhook::simulate::{Fault, SimConfig, IDENTIFY_INTERVAL, IDENTIFY_TOLERANCE};
 use shardhook::{Router, ShardState, StartError};
 use support::{config_for, simulator, within, Harness};
@@ -361,4 +362,67 @@ async fn a_refused_token_is_a_clear_error_without_the_token() {
     let text = format!("{err} {err:?}");
     assert!(text.contains("401"), "{text}");
     assert!(!text.contains("wrong-but-secret-token"), "{text}");
+}
+
+/// A router asking for `zstd-stream`.
+fn zstd(config: &mut shardhook::config::Config) {
+    config.discord.compression = Compression::ZstdStream;
+}
+
+/// Every connection the double accepted was asked for `zstd-stream`, and there were `n`.
+fn assert_all_zstd(h: &Harness, n: usize) {
+    let compress = h.sim.observed(|o| o.compress.clone());
+    assert_eq!(compress.len(), n, "{compress:?}");
+    assert!(
+        compress.iter().all(|c| c.as_deref() == Some("zstd-stream")),
+        "{compress:?}"
+    );
+}
+
+#[tokio::test]
+async fn zstd_stream_delivers_every_event_once_across_a_resume() {
+    let h = Harness::start(sim(400), zstd).await;
+    h.all_active().await;
+    h.wait_received("some traffic", |got| got.len() > 50).await;
+    assert!(h.sim.inject(0, Fault::Drop));
+    h.wait_status(0, "a resume", |s| s.resumes == 1).await;
+    h.wait_all_delivered(&[]).await;
+    assert_eq!(h.assert_exactly_once(&[]), 0, "nothing lost");
+    assert_eq!(h.status(0).sessions, 1, "resumed, not identified anew");
+    assert_all_zstd(&h, 2);
+    h.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_zstd_frame_that_does_not_decompress_reconnects_and_resumes() {
+    let h = Harness::start(sim(30), zstd).await;
+    resumes_after(&h, Fault::CorruptFrame).await;
+    let reason = h.status(0).last_disconnect.unwrap();
+    assert!(
+        reason.contains("does not inflate") && reason.contains("zstd-stream"),
+        "{reason}"
+    );
+    h.assert_exactly_once(&[]);
+    assert_all_zstd(&h, 2);
+    h.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_zstd_oversize_message_is_skipped_and_the_stream_goes_on() {
+    let h = Harness::start(sim(60), |c| {
+        zstd(c);
+        c.discord.max_message_size = 64 << 10;
+    })
+    .await;
+    h.all_active().await;
+    h.wait_received("some traffic", |got| got.len() > 5).await;
+    assert!(h.sim.inject(0, Fault::Oversize(200_000)));
+    h.wait_status(0, "the oversize skip", |s| s.oversize_skipped == 1)
+        .await;
+    h.wait_all_delivered(&["OVERSIZE_TEST"]).await;
+    let status = h.status(0);
+    assert_eq!((status.reconnects, status.state), (0, ShardState::Active));
+    h.assert_exactly_once(&["OVERSIZE_TEST"]);
+    assert_all_zstd(&h, 1);
+    h.stop().await.unwrap();
 }

@@ -1,6 +1,7 @@
 //! The load source: `GET /gateway/bot` and a gateway that, after IDENTIFY and READY, waits for
 //! the go signal and then replays the pre-compressed frames of `frames::Load` on every shard,
-//! as fast as the reader takes them or at a set rate, recording when each frame went out.
+//! as fast as the reader takes them or at a set rate, recording when each frame went out. Each
+//! connection gets `zlib-stream` or `zstd-stream` frames, as its `compress` query asks.
 //!
 //! It enforces none of Discord's rules (the real double in `shardhook::simulate` does); it only
 //! answers heartbeats, between chunks, so the reader's zombie detection stays quiet.
@@ -11,10 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use axum::routing::get;
 use futures_util::SinkExt;
+use shardhook::config::Compression as Transport;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -125,10 +127,15 @@ async fn gateway_bot(
         .expect("a valid response")
 }
 
-async fn upgrade(ws: WebSocketUpgrade, State(shared): State<Arc<Shared>>) -> Response {
+async fn upgrade(
+    ws: WebSocketUpgrade,
+    RawQuery(query): RawQuery,
+    State(shared): State<Arc<Shared>>,
+) -> Response {
+    let transport = frames::transport_of(query.as_deref().unwrap_or(""));
     ws.max_message_size(1 << 20)
         .on_upgrade(move |socket| async move {
-            let task = tokio::spawn(serve(socket, shared.clone()));
+            let task = tokio::spawn(serve(socket, shared.clone(), transport));
             shared.tasks.lock().unwrap().push(task);
         })
 }
@@ -141,16 +148,16 @@ fn client_op(text: &str) -> (u64, Option<u32>) {
     (op, shard)
 }
 
-async fn serve(mut socket: WebSocket, shared: Arc<Shared>) {
+async fn serve(mut socket: WebSocket, shared: Arc<Shared>, transport: Transport) {
     let hello = r#"{"op":10,"d":{"heartbeat_interval":41250},"s":null,"t":null}"#;
     if socket
-        .send(Message::Binary(frames::piece(hello, true)))
+        .send(Message::Binary(frames::piece(transport, hello, true)))
         .await
         .is_err()
     {
         return;
     }
-    let ack = frames::piece(r#"{"op":11}"#, false);
+    let ack = frames::piece(transport, r#"{"op":11}"#, false);
     // Until IDENTIFY.
     let shard = loop {
         match socket.recv().await {
@@ -173,7 +180,7 @@ async fn serve(mut socket: WebSocket, shared: Arc<Shared>) {
     });
     let ready = frames::dispatch("READY", 1, &ready.to_string());
     if socket
-        .send(Message::Binary(frames::piece(&ready, false)))
+        .send(Message::Binary(frames::piece(transport, &ready, false)))
         .await
         .is_err()
     {
@@ -201,7 +208,7 @@ async fn serve(mut socket: WebSocket, shared: Arc<Shared>) {
     let start = Instant::now();
     let sent_at = &shared.sent_at[shard as usize % shared.sent_at.len()];
     let mut n = 0usize;
-    for chunk in &shared.load.chunks {
+    for chunk in &shared.load.encoded(transport).chunks {
         // Heartbeats that arrived meanwhile are answered between chunks, never inside one.
         while let Some(Some(Ok(message))) = futures_util::FutureExt::now_or_never(socket.recv()) {
             if let Message::Text(text) = message {

@@ -1,6 +1,7 @@
 //! The contestants, each run as a child process so its CPU and memory are its own:
 //! shardhook through its library (`Pipeline` + `Router::start_with`), and the limit, a reader
 //! that only inflates the frames and scans each message's envelope (name, seq, `d`'s extent).
+//! shardhook and the limit take the transport compression (`zlib-stream` or `zstd-stream`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use shardhook::config::{
-    BatchConfig, Config, EndpointConfig, ShardsConfig, SigningConfig, StateConfig,
+    BatchConfig, Compression as Transport, Config, EndpointConfig, ShardsConfig, SigningConfig,
+    StateConfig,
 };
 use shardhook::{Pipeline, Router, SigningKey, Token};
 use tokio_tungstenite::tungstenite::Message;
@@ -25,11 +27,13 @@ pub async fn shardhook(
     secret: &str,
     max_events: usize,
     linger_ms: u64,
+    transport: Transport,
 ) {
     let key = SigningKey::parse(secret).expect("a valid secret");
     let mut config = Config::default();
     config.discord.token = Token::new("bench-token");
     config.discord.api_url = api_url.to_owned();
+    config.discord.compression = transport;
     config.discord.shards = ShardsConfig::Auto;
     config.signing = SigningConfig {
         secret: Some(key),
@@ -65,45 +69,27 @@ struct Envelope<'a> {
 
 /// Reads `shards` connections, inflating and scanning every message; prints `done` once
 /// `events` traffic events per shard were scanned, then keeps reading until killed.
-pub async fn limit(gateway_url: &str, shards: u32, events: u64) {
+pub async fn limit(gateway_url: &str, shards: u32, events: u64, transport: Transport) {
     let scanned = Arc::new(AtomicU64::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
     let target = events * shards as u64;
     for shard in 0..shards {
-        let url = format!("{gateway_url}/?v=10&encoding=json&compress=zlib-stream");
+        let url = format!("{gateway_url}/?v=10&encoding=json&compress={transport}");
         let (scanned, done) = (scanned.clone(), done.clone());
         tokio::spawn(async move {
             let (mut ws, _) = tokio_tungstenite::connect_async(url)
                 .await
                 .expect("connect");
-            let mut z = Decompress::new(true);
-            let mut compressed: Vec<u8> = Vec::new();
+            let mut decoder = Decoder::new(transport);
             let mut text: Vec<u8> = Vec::with_capacity(1 << 16);
             let mut bytes_of_d = 0usize;
             while let Some(Ok(message)) = ws.next().await {
                 let Message::Binary(frame) = message else {
                     continue;
                 };
-                compressed.extend_from_slice(&frame);
-                if !compressed.ends_with(&[0, 0, 0xff, 0xff]) {
+                if !decoder.message(&frame, &mut text) {
                     continue;
                 }
-                text.clear();
-                let start = z.total_in();
-                loop {
-                    let used = (z.total_in() - start) as usize;
-                    if text.capacity() - text.len() < 4096 {
-                        text.reserve(text.capacity());
-                    }
-                    z.decompress_vec(&compressed[used..], &mut text, FlushDecompress::Sync)
-                        .expect("inflate");
-                    if (z.total_in() - start) as usize == compressed.len()
-                        && text.len() < text.capacity()
-                    {
-                        break;
-                    }
-                }
-                compressed.clear();
                 let envelope: Envelope = serde_json::from_slice(&text).expect("json");
                 match (envelope.t, envelope.s) {
                     (_, None) if text.starts_with(br#"{"op":10"#) => {
@@ -130,6 +116,73 @@ pub async fn limit(gateway_url: &str, shards: u32, events: u64) {
     done.notified().await;
     println!("done");
     std::future::pending::<()>().await;
+}
+
+/// The limit's decompression: the least a reader must do per message.
+enum Decoder {
+    /// Bytes are kept until the `00 00 ff ff` suffix, then inflated in one go.
+    Zlib { z: Decompress, compressed: Vec<u8> },
+    /// Every WebSocket message is one gateway message.
+    Zstd(zstd::stream::raw::Decoder<'static>),
+}
+
+impl Decoder {
+    fn new(transport: Transport) -> Decoder {
+        match transport {
+            Transport::ZlibStream => Decoder::Zlib {
+                z: Decompress::new(true),
+                compressed: Vec::new(),
+            },
+            Transport::ZstdStream => {
+                Decoder::Zstd(zstd::stream::raw::Decoder::new().expect("a zstd context"))
+            }
+        }
+    }
+
+    /// Decompresses one WebSocket message into `text`; false while a gateway message is
+    /// incomplete.
+    fn message(&mut self, frame: &[u8], text: &mut Vec<u8>) -> bool {
+        text.clear();
+        match self {
+            Decoder::Zlib { z, compressed } => {
+                compressed.extend_from_slice(frame);
+                if !compressed.ends_with(&[0, 0, 0xff, 0xff]) {
+                    return false;
+                }
+                let start = z.total_in();
+                loop {
+                    let used = (z.total_in() - start) as usize;
+                    if text.capacity() - text.len() < 4096 {
+                        text.reserve(text.capacity());
+                    }
+                    z.decompress_vec(&compressed[used..], text, FlushDecompress::Sync)
+                        .expect("inflate");
+                    if (z.total_in() - start) as usize == compressed.len()
+                        && text.len() < text.capacity()
+                    {
+                        break;
+                    }
+                }
+                compressed.clear();
+            }
+            Decoder::Zstd(d) => {
+                use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+                let mut src = InBuffer::around(frame);
+                loop {
+                    if text.capacity() - text.len() < 4096 {
+                        text.reserve(text.capacity());
+                    }
+                    let pos = text.len();
+                    d.run(&mut src, &mut OutBuffer::around_pos(text, pos))
+                        .expect("zstd");
+                    if src.pos() == frame.len() && text.len() < text.capacity() {
+                        break;
+                    }
+                }
+            }
+        }
+        true
+    }
 }
 
 /// The peer: a forwarder a bot author could write on twilight-gateway (zlib-stream), posting

@@ -1,5 +1,5 @@
 //! The load: a realistic mix of dispatches, built once and compressed once as `zlib-stream`
-//! frames, so the source only copies bytes onto sockets.
+//! frames and once as `zstd-stream` frames, so the source only copies bytes onto sockets.
 //!
 //! A stream must begin with a zlib header and every later byte may refer back up to 32 KiB into
 //! what came before. Output of a *fresh* raw-deflate compressor never refers back past its own
@@ -7,9 +7,16 @@
 //! its own HELLO (with the header) and READY, then the shared chunks of events, and between
 //! chunks a fresh piece for a heartbeat ACK if one is due. Inside a chunk frames share one
 //! compression context, with a sync flush after each message, as Discord's do.
+//!
+//! zstd is the same idea with frames: a stream may be any sequence of zstd frames, and a frame
+//! never refers back past its own start. Each chunk is one frame, flushed (`ZSTD_e_flush`)
+//! after every message as Discord does and ended with the chunk's last message; a piece is a
+//! whole frame of its own.
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, FlushCompress};
+use shardhook::config::Compression as Transport;
+use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 
 /// Events per chunk: frames in a chunk share a compression context; between chunks the source
 /// may interleave an ACK.
@@ -18,17 +25,47 @@ const CHUNK: usize = 256;
 /// Seq of the first traffic event; READY is seq 1.
 pub const FIRST_SEQ: u64 = 2;
 
+/// zstd level of the load and its pieces: the fastest, as zlib's `Compression::fast()` is.
+const ZSTD_LEVEL: i32 = 1;
+
 /// The shared, pre-compressed traffic of one shard's session.
 pub struct Load {
-    /// Chunks of frames, each frame one dispatch ending with `00 00 ff ff`.
-    pub chunks: Vec<Vec<Bytes>>,
+    /// The traffic as `zlib-stream` frames, each ending with `00 00 ff ff`.
+    pub zlib: Encoded,
+    /// The same traffic as `zstd-stream` frames.
+    pub zstd: Encoded,
     /// Events in all (per shard).
     pub events: usize,
-    /// Uncompressed and compressed bytes per shard, for the record.
+    /// Uncompressed bytes per shard, for the record.
     pub raw_bytes: usize,
-    pub wire_bytes: usize,
     /// Events of each kind, in `KINDS` order.
     pub mix: [usize; 4],
+}
+
+/// The load compressed one way.
+#[derive(Default)]
+pub struct Encoded {
+    /// Chunks of frames, each frame one dispatch.
+    pub chunks: Vec<Vec<Bytes>>,
+    /// Compressed bytes per shard, for the record.
+    pub wire_bytes: usize,
+}
+
+/// The transport named `zstd-stream`, or else `zlib-stream`.
+pub fn transport_named(name: &str) -> Transport {
+    if name == Transport::ZstdStream.as_str() {
+        Transport::ZstdStream
+    } else {
+        Transport::ZlibStream
+    }
+}
+
+/// The transport a gateway URL's query asks for with `compress=`.
+pub fn transport_of(query: &str) -> Transport {
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix("compress="))
+        .map_or(Transport::ZlibStream, transport_named)
 }
 
 pub const KINDS: [&str; 4] = [
@@ -181,25 +218,73 @@ fn deflate_into(z: &mut Compress, text: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// One message as a self-contained piece: with the zlib header (`first`) or raw deflate.
-pub fn piece(text: &str, first: bool) -> Bytes {
-    let mut z = Compress::new(Compression::fast(), first);
+/// Compresses `text` into `out` and flushes (`ZSTD_e_flush`), or ends the frame (`end`).
+fn zstd_into(
+    z: &mut zstd::stream::raw::Encoder<'static>,
+    text: &[u8],
+    out: &mut Vec<u8>,
+    end: bool,
+) {
+    let mut src = InBuffer::around(text);
+    loop {
+        out.reserve(text.len() / 2 + 128);
+        let pos = out.len();
+        let mut dst = OutBuffer::around_pos(out, pos);
+        let left = if src.pos() < text.len() {
+            z.run(&mut src, &mut dst)
+                .expect("compressing into a Vec does not fail");
+            continue;
+        } else if end {
+            z.finish(&mut dst, true)
+        } else {
+            z.flush(&mut dst)
+        };
+        if left.expect("compressing into a Vec does not fail") == 0 {
+            return;
+        }
+    }
+}
+
+fn zstd_encoder() -> zstd::stream::raw::Encoder<'static> {
+    zstd::stream::raw::Encoder::new(ZSTD_LEVEL).expect("a zstd context")
+}
+
+/// One message as a self-contained piece. zlib: with the zlib header (`first`) or raw deflate;
+/// zstd: a whole frame.
+pub fn piece(transport: Transport, text: &str, first: bool) -> Bytes {
     let mut out = Vec::new();
-    deflate_into(&mut z, text.as_bytes(), &mut out);
+    match transport {
+        Transport::ZlibStream => {
+            let mut z = Compress::new(Compression::fast(), first);
+            deflate_into(&mut z, text.as_bytes(), &mut out);
+        }
+        Transport::ZstdStream => zstd_into(&mut zstd_encoder(), text.as_bytes(), &mut out, true),
+    }
     Bytes::from(out)
 }
 
 impl Load {
+    /// The load as `transport` frames.
+    pub fn encoded(&self, transport: Transport) -> &Encoded {
+        match transport {
+            Transport::ZlibStream => &self.zlib,
+            Transport::ZstdStream => &self.zstd,
+        }
+    }
+
     /// `events` dispatches per shard with seqs from `FIRST_SEQ`, from a fixed seed.
     pub fn build(events: usize, seed: u64) -> Load {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let mut chunks = Vec::new();
-        let (mut raw_bytes, mut wire_bytes, mut mix) = (0, 0, [0usize; 4]);
+        let (mut zlib, mut zstd) = (Encoded::default(), Encoded::default());
+        let (mut raw_bytes, mut mix) = (0, [0usize; 4]);
         let mut guild_create_cache: Option<String> = None;
         for start in (0..events).step_by(CHUNK) {
             let mut z = Compress::new(Compression::fast(), false);
+            let mut zs = zstd_encoder();
             let mut frames = Vec::with_capacity(CHUNK);
-            for i in start..(start + CHUNK).min(events) {
+            let mut zstd_frames = Vec::with_capacity(CHUNK);
+            let end = (start + CHUNK).min(events);
+            for i in start..end {
                 // 85% messages, 8% typing, 6.8% presences, 0.2% (1 in 500) large guilds.
                 let kind = match (rng.u32(..1000), i % 500 == 250) {
                     (_, true) => 3,
@@ -220,16 +305,21 @@ impl Load {
                 let mut out = Vec::new();
                 deflate_into(&mut z, text.as_bytes(), &mut out);
                 raw_bytes += text.len();
-                wire_bytes += out.len();
+                zlib.wire_bytes += out.len();
                 frames.push(Bytes::from(out));
+                let mut out = Vec::new();
+                zstd_into(&mut zs, text.as_bytes(), &mut out, i + 1 == end);
+                zstd.wire_bytes += out.len();
+                zstd_frames.push(Bytes::from(out));
             }
-            chunks.push(frames);
+            zlib.chunks.push(frames);
+            zstd.chunks.push(zstd_frames);
         }
         Load {
-            chunks,
+            zlib,
+            zstd,
             events,
             raw_bytes,
-            wire_bytes,
             mix,
         }
     }
@@ -251,13 +341,14 @@ mod tests {
     fn pieces_and_chunks_make_one_valid_stream() {
         let load = Load::build(600, 1);
         let mut d = Decompress::new(true);
-        assert!(inflate(&mut d, &piece(r#"{"op":10}"#, true)).contains("op"));
-        inflate(&mut d, &piece("READY", false));
+        let zlib = Transport::ZlibStream;
+        assert!(inflate(&mut d, &piece(zlib, r#"{"op":10}"#, true)).contains("op"));
+        inflate(&mut d, &piece(zlib, "READY", false));
         let mut seq = FIRST_SEQ;
-        for (c, chunk) in load.chunks.iter().enumerate() {
+        for (c, chunk) in load.zlib.chunks.iter().enumerate() {
             if c == 1 {
                 assert_eq!(
-                    inflate(&mut d, &piece(r#"{"op":11}"#, false)),
+                    inflate(&mut d, &piece(zlib, r#"{"op":11}"#, false)),
                     r#"{"op":11}"#
                 );
             }
@@ -269,5 +360,50 @@ mod tests {
             }
         }
         assert_eq!(seq, FIRST_SEQ + 600);
+    }
+
+    /// Decompresses one WebSocket message of a zstd stream, as a reader does.
+    fn unzstd(d: &mut zstd::stream::raw::Decoder<'static>, frame: &[u8]) -> String {
+        let mut out: Vec<u8> = Vec::with_capacity(1 << 20);
+        let mut src = InBuffer::around(frame);
+        let mut dst = OutBuffer::around(&mut out);
+        d.run(&mut src, &mut dst).unwrap();
+        assert_eq!(src.pos(), frame.len());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn transports_are_read_from_names_and_queries() {
+        for t in [Transport::ZlibStream, Transport::ZstdStream] {
+            assert_eq!(transport_named(&t.to_string()), t);
+            assert_eq!(transport_of(&format!("v=10&encoding=json&compress={t}")), t);
+        }
+        assert_eq!(transport_of("v=10"), Transport::ZlibStream);
+    }
+
+    #[test]
+    fn zstd_pieces_and_chunks_make_one_valid_stream() {
+        let load = Load::build(600, 1);
+        let zstd = Transport::ZstdStream;
+        let mut d = zstd::stream::raw::Decoder::new().unwrap();
+        assert!(unzstd(&mut d, &piece(zstd, r#"{"op":10}"#, true)).contains("op"));
+        assert_eq!(unzstd(&mut d, &piece(zstd, "READY", false)), "READY");
+        let mut seq = FIRST_SEQ;
+        for (c, chunk) in load.zstd.chunks.iter().enumerate() {
+            if c == 1 {
+                assert_eq!(
+                    unzstd(&mut d, &piece(zstd, r#"{"op":11}"#, false)),
+                    r#"{"op":11}"#
+                );
+            }
+            for frame in chunk {
+                let text = unzstd(&mut d, frame);
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["s"], seq);
+                seq += 1;
+            }
+        }
+        assert_eq!(seq, FIRST_SEQ + 600);
+        assert!(load.zstd.wire_bytes < load.raw_bytes);
     }
 }

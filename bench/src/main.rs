@@ -1,7 +1,8 @@
 //! shardhook's benchmark harness (issue 7). `bench/run` is the documented entry point.
 //!
 //! # Layout
-//! - `frames`: the event mix, pre-built and pre-compressed as `zlib-stream` frames.
+//! - `frames`: the event mix, pre-built and pre-compressed as `zlib-stream` and `zstd-stream`
+//!   frames.
 //! - `blast`: the load source, a minimal gateway replaying those frames over N shards.
 //! - `sink`: the endpoint, answering 204 and recording arrivals.
 //! - `contestants`: what runs in the child process being measured.
@@ -24,7 +25,8 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use blast::Blaster;
-use frames::{Load, KINDS};
+use frames::{transport_named, Load, KINDS};
+use shardhook::config::Compression as Transport;
 use sink::Sink;
 
 struct Options {
@@ -86,12 +88,14 @@ async fn child(args: &[String]) {
     match arg(0) {
         "shardhook" => {
             let (max_events, linger) = (arg(4).parse().unwrap(), arg(5).parse().unwrap());
-            contestants::shardhook(arg(1), arg(2), arg(3), max_events, linger).await
+            let transport = transport_named(arg(6));
+            contestants::shardhook(arg(1), arg(2), arg(3), max_events, linger, transport).await
         }
         "twilight" => contestants::twilight(arg(1), arg(2), arg(3), arg(4).parse().unwrap()).await,
         "sink-ceiling" => contestants::load_client(arg(1), arg(2), arg(3).parse().unwrap()).await,
         "limit" => {
-            contestants::limit(arg(1), arg(2).parse().unwrap(), arg(3).parse().unwrap()).await
+            let (shards, events) = (arg(2).parse().unwrap(), arg(3).parse().unwrap());
+            contestants::limit(arg(1), shards, events, transport_named(arg(4))).await
         }
         _ => usage(),
     }
@@ -100,24 +104,39 @@ async fn child(args: &[String]) {
 /// A contestant as the parent launches it.
 #[derive(Clone)]
 enum Kind {
-    Shardhook { max_events: usize, linger_ms: u64 },
+    Shardhook {
+        max_events: usize,
+        linger_ms: u64,
+        transport: Transport,
+    },
     Twilight,
-    Limit,
+    Limit(Transport),
     SinkCeiling,
 }
 
 impl Kind {
     fn name(&self) -> String {
         match self {
-            Kind::Shardhook { max_events: 1, .. } => "shardhook unbatched (max_events 1)".into(),
+            Kind::Shardhook {
+                max_events: 1,
+                transport: Transport::ZlibStream,
+                ..
+            } => "shardhook unbatched (max_events 1)".into(),
             Kind::Shardhook {
                 max_events,
                 linger_ms,
+                transport: Transport::ZlibStream,
             } => {
                 format!("shardhook batched ({max_events} events / {linger_ms} ms)")
             }
+            Kind::Shardhook {
+                max_events,
+                linger_ms,
+                transport,
+            } => format!("shardhook batched, {transport} ({max_events} events / {linger_ms} ms)"),
             Kind::Twilight => "twilight-gateway 0.18 peer forwarder".into(),
-            Kind::Limit => "limit: inflate + scan only (no HTTP)".into(),
+            Kind::Limit(Transport::ZlibStream) => "limit: inflate + scan only (no HTTP)".into(),
+            Kind::Limit(_) => "limit: zstd inflate + scan only (no HTTP)".into(),
             Kind::SinkCeiling => {
                 "sink ceiling: plain load client (1 event per request, 64 in flight)".into()
             }
@@ -142,6 +161,7 @@ impl Ctx {
             Kind::Shardhook {
                 max_events,
                 linger_ms,
+                transport,
             } => cmd.args([
                 "shardhook".to_owned(),
                 self.blaster.api_url(),
@@ -149,6 +169,7 @@ impl Ctx {
                 self.secret.clone(),
                 max_events.to_string(),
                 linger_ms.to_string(),
+                transport.to_string(),
             ]),
             Kind::Twilight => cmd.args([
                 "twilight".to_owned(),
@@ -163,11 +184,12 @@ impl Ctx {
                 self.secret.clone(),
                 (self.events as u64 * self.shards as u64).to_string(),
             ]),
-            Kind::Limit => cmd.args([
+            Kind::Limit(transport) => cmd.args([
                 "limit".to_owned(),
                 self.blaster.gateway_url(),
                 self.shards.to_string(),
                 self.events.to_string(),
+                transport.to_string(),
             ]),
         };
         cmd.stdin(Stdio::piped())
@@ -264,7 +286,7 @@ async fn round(ctx: &Ctx, kind: &Kind, rate: Option<f64>) -> Outcome {
     let mut timed_out = false;
     loop {
         let finished = match kind {
-            Kind::Limit => *done_rx.borrow(),
+            Kind::Limit(_) => *done_rx.borrow(),
             _ => ctx.sink.shared.events.load(Ordering::SeqCst) >= target,
         };
         if finished {
@@ -286,11 +308,11 @@ async fn round(ctx: &Ctx, kind: &Kind, rate: Option<f64>) -> Outcome {
     let rss_peak_kib = status_kib(pid, "VmHWM");
     let _ = child.kill().await;
     let events = match kind {
-        Kind::Limit => target,
+        Kind::Limit(_) => target,
         _ => ctx.sink.shared.events.load(Ordering::SeqCst),
     };
-    let latency =
-        (rate.is_some() && !matches!(kind, Kind::Limit | Kind::SinkCeiling)).then(|| latency(ctx));
+    let latency = (rate.is_some() && !matches!(kind, Kind::Limit(_) | Kind::SinkCeiling))
+        .then(|| latency(ctx));
     Outcome {
         events,
         secs,
@@ -337,6 +359,7 @@ async fn idle_rss(shards: u32, secret: &str, epoch: Instant) -> Option<u64> {
     let mut child = ctx.spawn(&Kind::Shardhook {
         max_events: 1,
         linger_ms: 0,
+        transport: Transport::ZlibStream,
     });
     let pid = child.id()?;
     let ok = wait_identified(&ctx.blaster, shards).await;
@@ -360,7 +383,7 @@ async fn run(o: Options) {
     let build = Instant::now();
     let load = Arc::new(Load::build(o.events, 7));
     println!(
-        "load: {} events per shard x {} shards, built in {:.2} s; mix {}; {:.0} bytes raw / {:.0} on the wire per event",
+        "load: {} events per shard x {} shards, built in {:.2} s; mix {}; {:.0} bytes raw / {:.0} zlib-stream / {:.0} zstd-stream on the wire per event",
         o.events,
         o.shards,
         build.elapsed().as_secs_f64(),
@@ -371,7 +394,8 @@ async fn run(o: Options) {
             .collect::<Vec<_>>()
             .join(", "),
         load.raw_bytes as f64 / o.events as f64,
-        load.wire_bytes as f64 / o.events as f64,
+        load.zlib.wire_bytes as f64 / o.events as f64,
+        load.zstd.wire_bytes as f64 / o.events as f64,
     );
     let secret = shardhook::SigningKey::generate();
     let ctx = Ctx {
@@ -382,15 +406,23 @@ async fn run(o: Options) {
         events: o.events,
     };
     let kinds = [
-        Kind::Limit,
+        Kind::Limit(Transport::ZlibStream),
+        Kind::Limit(Transport::ZstdStream),
         Kind::Twilight,
         Kind::Shardhook {
             max_events: 1,
             linger_ms: 0,
+            transport: Transport::ZlibStream,
         },
         Kind::Shardhook {
             max_events: 100,
             linger_ms: 5,
+            transport: Transport::ZlibStream,
+        },
+        Kind::Shardhook {
+            max_events: 100,
+            linger_ms: 5,
+            transport: Transport::ZstdStream,
         },
         Kind::SinkCeiling,
     ];
@@ -412,7 +444,7 @@ async fn run(o: Options) {
             if peak.timed_out { " (TIMED OUT)" } else { "" },
             if bad_sig { " (BAD SIGNATURE)" } else { "" },
         );
-        let half = if o.latency && !matches!(kind, Kind::Limit | Kind::SinkCeiling) {
+        let half = if o.latency && !matches!(kind, Kind::Limit(_) | Kind::SinkCeiling) {
             let half = round(&ctx, kind, Some(rate / 2.0)).await;
             eprintln!(
                 "  at {:.0} events/s: latency p50/p99/max {:?} ms",
@@ -428,7 +460,7 @@ async fn run(o: Options) {
 
     let limit_rate = rows
         .iter()
-        .find(|(k, ..)| matches!(k, Kind::Limit))
+        .find(|(k, ..)| matches!(k, Kind::Limit(_)))
         .map_or(f64::NAN, |(_, p, _)| p.events as f64 / p.secs);
     println!();
     println!("| contestant | events/s | x limit | CPU s / M events | source+sink CPU s / M events | peak RSS MiB | p50 ms @50% | p99 ms @50% | max ms @50% |");

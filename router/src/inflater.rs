@@ -1,23 +1,43 @@
-//! Transport decompression: Discord's `zlib-stream`.
+//! Transport decompression: Discord's `zlib-stream` and `zstd-stream`.
 //!
-//! Owns one zlib context per connection and the rule that a gateway message is complete when a
-//! WebSocket message ends with `00 00 ff ff`; a message may span several WebSocket messages.
-//! Input is inflated as it arrives, so compressed bytes are never buffered, and output beyond
-//! `max_message_size` is inflated into a scratch buffer and discarded (the zlib context must
-//! still see every byte). It knows nothing about JSON.
+//! Owns one decompression context per connection and the rule for where a gateway message
+//! ends. With zlib a message is complete when a WebSocket message ends with `00 00 ff ff`, and
+//! it may span several WebSocket messages. With zstd every WebSocket message is one whole
+//! gateway message: Discord flushes the stream after each (without ending the zstd frame) and
+//! never splits one, so a message is complete once its bytes are consumed and the decoder has
+//! nothing more to give. Input is decompressed as it arrives, so compressed bytes are never
+//! buffered, and output beyond `max_message_size` is decompressed into a scratch buffer and
+//! discarded (the context must still see every byte). It knows nothing about JSON.
 
 use flate2::{Decompress, FlushDecompress, Status};
+use zstd::stream::raw::{DParameter, Decoder, InBuffer, Operation, OutBuffer};
 
-/// The zlib `SYNC_FLUSH` marker that ends every gateway message.
+use crate::config::Compression;
+
+/// The zlib `SYNC_FLUSH` marker that ends every `zlib-stream` gateway message.
 pub const SUFFIX: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// Capacity an output buffer starts with when a message arrives; most dispatches fit.
 const INITIAL_CAPACITY: usize = 4 << 10;
 
+/// Size of the buffer an oversize message's remainder is decompressed into and dropped.
+const SCRATCH_CAPACITY: usize = 64 << 10;
+
+/// Largest zstd window accepted, as a power of two: 8 MiB. The decoder keeps a window-sized
+/// history per connection, sized by the frame header the sender chose, so this bounds the
+/// memory one connection can demand. Discord's docs name no window size; RFC 8878 asks
+/// decoders to support up to 8 MiB and encoders to stay within it, and every standard zstd
+/// level (1-19) does. libzstd's own default ceiling, 128 MiB, would let one header cost that
+/// much per shard. A stream that needs more fails with an error naming the limit.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+// `InflateError::ZstdWindow` names the limit in words.
+const _: () = assert!(1 << ZSTD_WINDOW_LOG_MAX == 8 << 20);
+
 /// What a WebSocket message amounted to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inflated {
-    /// More WebSocket messages are needed to finish this gateway message.
+    /// Nothing to hand on: more WebSocket messages are needed to finish this gateway message,
+    /// or this one carried no bytes of one.
     Incomplete,
     /// A whole gateway message.
     Message(Vec<u8>),
@@ -30,13 +50,94 @@ pub enum Inflated {
 pub enum InflateError {
     #[error("gateway frame does not inflate: {0}")]
     Corrupt(#[from] flate2::DecompressError),
-    #[error("gateway frame does not inflate: zlib made no progress")]
-    Stalled,
+    #[error("gateway frame does not inflate (zstd-stream): {0}")]
+    Zstd(std::io::Error),
+    #[error("gateway frame does not inflate (zstd-stream): window over the 8 MiB limit")]
+    ZstdWindow,
+    #[error("gateway frame does not inflate: {0} made no progress")]
+    Stalled(Compression),
 }
 
-/// One connection's zlib-stream state.
+/// One connection's decompression context.
+enum Codec {
+    Zlib(Decompress),
+    Zstd(Decoder<'static>),
+}
+
+/// What one decompression call did.
+struct Step {
+    consumed: usize,
+    /// The compressed stream itself ended (zlib only; zstd-stream starts a new frame if more
+    /// input follows).
+    ended: bool,
+}
+
+impl Codec {
+    fn new(compression: Compression) -> Codec {
+        match compression {
+            Compression::ZlibStream => Codec::Zlib(Decompress::new(true)),
+            Compression::ZstdStream => {
+                // Creating a context and setting a constant, valid parameter fail only when
+                // allocation does, which aborts anyway.
+                let mut decoder = Decoder::new().expect("a zstd decompression context");
+                decoder
+                    .set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX))
+                    .expect("a valid zstd window limit");
+                Codec::Zstd(decoder)
+            }
+        }
+    }
+
+    fn compression(&self) -> Compression {
+        match self {
+            Codec::Zlib(_) => Compression::ZlibStream,
+            Codec::Zstd(_) => Compression::ZstdStream,
+        }
+    }
+
+    /// Whether the WebSocket message `input` ends a gateway message.
+    fn ends_message(&self, input: &[u8]) -> bool {
+        match self {
+            Codec::Zlib(_) => input.ends_with(&SUFFIX),
+            Codec::Zstd(_) => true,
+        }
+    }
+
+    /// Decompresses from `input` into the spare capacity of `out`, extending its length.
+    fn step(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Step, InflateError> {
+        match self {
+            Codec::Zlib(z) => {
+                let before = z.total_in();
+                let status = z.decompress_vec(input, out, FlushDecompress::Sync)?;
+                Ok(Step {
+                    consumed: (z.total_in() - before) as usize,
+                    ended: status == Status::StreamEnd,
+                })
+            }
+            Codec::Zstd(z) => {
+                let mut src = InBuffer::around(input);
+                let pos = out.len();
+                let mut dst = OutBuffer::around_pos(out, pos);
+                z.run(&mut src, &mut dst).map_err(|e| {
+                    // libzstd's name for ZSTD_error_frameParameter_windowTooLarge.
+                    if e.to_string().contains("requires too much memory") {
+                        InflateError::ZstdWindow
+                    } else {
+                        InflateError::Zstd(e)
+                    }
+                })?;
+                Ok(Step {
+                    consumed: src.pos(),
+                    ended: false,
+                })
+            }
+        }
+    }
+}
+
+/// One connection's transport decompression state.
 pub struct Inflater {
-    zlib: Decompress,
+    codec: Codec,
     out: Vec<u8>,
     limit: usize,
     /// Bytes of the current message inflated past the limit and discarded.
@@ -45,9 +146,9 @@ pub struct Inflater {
 }
 
 impl Inflater {
-    pub fn new(max_message_size: usize) -> Inflater {
+    pub fn new(compression: Compression, max_message_size: usize) -> Inflater {
         Inflater {
-            zlib: Decompress::new(true),
+            codec: Codec::new(compression),
             out: Vec::new(),
             limit: max_message_size,
             discarded: 0,
@@ -57,40 +158,35 @@ impl Inflater {
 
     /// Feeds one WebSocket binary message.
     pub fn push(&mut self, mut input: &[u8]) -> Result<Inflated, InflateError> {
-        let complete = input.ends_with(&SUFFIX);
+        let complete = self.codec.ends_message(input);
         loop {
-            let (before_in, before_out) = (self.zlib.total_in(), self.zlib.total_out());
-            let status = if self.discarded > 0 {
-                self.scratch.resize(64 << 10, 0);
-                self.zlib
-                    .decompress(input, &mut self.scratch, FlushDecompress::Sync)?
+            let target = if self.discarded > 0 {
+                self.scratch.clear();
+                self.scratch.reserve(SCRATCH_CAPACITY);
+                &mut self.scratch
             } else {
                 if self.out.capacity() - self.out.len() < 1024 {
                     self.out.reserve(self.out.len().max(INITIAL_CAPACITY));
                 }
-                self.zlib
-                    .decompress_vec(input, &mut self.out, FlushDecompress::Sync)?
+                &mut self.out
             };
-            let consumed = (self.zlib.total_in() - before_in) as usize;
-            let produced = (self.zlib.total_out() - before_out) as usize;
-            input = &input[consumed..];
+            let before = target.len();
+            let step = self.codec.step(input, target)?;
+            let produced = target.len() - before;
+            let out_full = target.len() == target.capacity();
+            input = &input[step.consumed..];
             if self.discarded > 0 {
                 self.discarded += produced;
             } else if self.out.len() > self.limit {
                 self.discarded = self.out.len();
                 self.out = Vec::new();
             }
-            let out_full = if self.discarded > 0 {
-                produced == self.scratch.len()
-            } else {
-                self.out.len() == self.out.capacity()
-            };
-            if (input.is_empty() && !out_full) || status == Status::StreamEnd {
+            if (input.is_empty() && !out_full) || step.ended {
                 break;
             }
-            if consumed == 0 && produced == 0 {
+            if step.consumed == 0 && produced == 0 {
                 // No progress with input left means the stream is stuck: treat as corrupt.
-                return Err(InflateError::Stalled);
+                return Err(InflateError::Stalled(self.codec.compression()));
             }
         }
         if !complete {
@@ -101,6 +197,10 @@ impl Inflater {
             self.scratch = Vec::new();
             return Ok(Inflated::Oversize { size });
         }
+        if self.out.is_empty() {
+            // Only a flush, or only a zstd frame header: there is nothing to parse.
+            return Ok(Inflated::Incomplete);
+        }
         // The message leaves as it is; the next one allocates when it arrives, so an idle
         // shard holds no output buffer.
         Ok(Inflated::Message(std::mem::take(&mut self.out)))
@@ -110,10 +210,10 @@ impl Inflater {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flate2::{Compress, Compression, FlushCompress};
+    use flate2::{Compress, Compression as Level, FlushCompress};
 
     fn stream(msgs: &[&[u8]]) -> Vec<Vec<u8>> {
-        let mut z = Compress::new(Compression::default(), true);
+        let mut z = Compress::new(Level::default(), true);
         msgs.iter().map(|m| compress_all(&mut z, m)).collect()
     }
 
@@ -131,15 +231,40 @@ mod tests {
         }
     }
 
+    /// Discord's zstd-stream: one encoder for the connection, flushed after each message.
+    fn zstd_stream(msgs: &[&[u8]]) -> Vec<Vec<u8>> {
+        let mut z = zstd::stream::raw::Encoder::new(3).unwrap();
+        msgs.iter().map(|m| zstd_flushed(&mut z, m)).collect()
+    }
+
+    fn zstd_flushed(z: &mut zstd::stream::raw::Encoder<'static>, msg: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(msg.len() / 2 + 64);
+        let mut src = InBuffer::around(msg);
+        loop {
+            out.reserve(msg.len() / 2 + 64);
+            let pos = out.len();
+            let mut dst = OutBuffer::around_pos(&mut out, pos);
+            if src.pos() < msg.len() {
+                z.run(&mut src, &mut dst).unwrap();
+            } else if z.flush(&mut dst).unwrap() == 0 {
+                return out;
+            }
+        }
+    }
+
+    fn big() -> Vec<u8> {
+        (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect()
+    }
+
+    const SMALL: [&[u8]; 3] = [b"{\"op\":10}", b"{\"op\":11}", b"{\"op\":11}"];
+
     #[test]
     fn messages_share_one_context() {
-        let frames = stream(&[b"{\"op\":10}", b"{\"op\":11}", b"{\"op\":11}"]);
-        let mut inflater = Inflater::new(1 << 20);
-        for (frame, want) in
-            frames
-                .iter()
-                .zip([&b"{\"op\":10}"[..], b"{\"op\":11}", b"{\"op\":11}"])
-        {
+        let frames = stream(&SMALL);
+        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 20);
+        for (frame, want) in frames.iter().zip(SMALL) {
             assert_eq!(
                 inflater.push(frame).unwrap(),
                 Inflated::Message(want.to_vec())
@@ -149,11 +274,9 @@ mod tests {
 
     #[test]
     fn a_message_split_across_frames_is_joined() {
-        let big: Vec<u8> = (0..200_000u32)
-            .flat_map(|i| (i % 251).to_le_bytes())
-            .collect();
+        let big = big();
         let frames = stream(&[&big]);
-        let mut inflater = Inflater::new(1 << 22);
+        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 22);
         let frame = &frames[0];
         let third = frame.len() / 3;
         assert_eq!(
@@ -174,7 +297,7 @@ mod tests {
     fn an_oversize_message_is_dropped_and_the_stream_goes_on() {
         let big = vec![b'x'; 100_000];
         let frames = stream(&[&big, b"{\"op\":11}"]);
-        let mut inflater = Inflater::new(10_000);
+        let mut inflater = Inflater::new(Compression::ZlibStream, 10_000);
         assert_eq!(
             inflater.push(&frames[0]).unwrap(),
             Inflated::Oversize { size: 100_000 }
@@ -187,9 +310,118 @@ mod tests {
 
     #[test]
     fn garbage_does_not_inflate() {
-        let mut inflater = Inflater::new(1 << 20);
+        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 20);
         let mut garbage = b"this is not zlib".to_vec();
         garbage.extend_from_slice(&SUFFIX);
         assert!(inflater.push(&garbage).is_err());
+    }
+
+    #[test]
+    fn zstd_messages_share_one_context_and_each_frame_is_one_message() {
+        let mut msgs: Vec<&[u8]> = SMALL.to_vec();
+        // Later messages refer back into earlier ones: the context must carry over.
+        msgs.push(b"{\"op\":0,\"t\":\"MESSAGE_CREATE\",\"d\":{\"content\":\"hello\"}}");
+        msgs.push(b"{\"op\":0,\"t\":\"MESSAGE_CREATE\",\"d\":{\"content\":\"hello again\"}}");
+        let frames = zstd_stream(&msgs);
+        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20);
+        for (frame, want) in frames.iter().zip(&msgs) {
+            assert_eq!(
+                inflater.push(frame).unwrap(),
+                Inflated::Message(want.to_vec())
+            );
+        }
+        let mut fresh = Inflater::new(Compression::ZstdStream, 1 << 20);
+        assert!(
+            fresh.push(&frames[4]).is_err(),
+            "a later frame alone does not decode: the stream is one context"
+        );
+    }
+
+    #[test]
+    fn a_zstd_message_bigger_than_the_output_buffer_comes_whole() {
+        let big = big();
+        let frames = zstd_stream(&[b"{\"op\":10}", &big, b"{\"op\":11}"]);
+        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 22);
+        inflater.push(&frames[0]).unwrap();
+        assert_eq!(inflater.push(&frames[1]).unwrap(), Inflated::Message(big));
+        assert_eq!(
+            inflater.push(&frames[2]).unwrap(),
+            Inflated::Message(b"{\"op\":11}".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_zstd_oversize_message_is_dropped_and_the_stream_goes_on() {
+        let big = big();
+        let frames = zstd_stream(&[b"{\"op\":10}", &big, b"{\"op\":11}"]);
+        let mut inflater = Inflater::new(Compression::ZstdStream, 10_000);
+        inflater.push(&frames[0]).unwrap();
+        assert_eq!(
+            inflater.push(&frames[1]).unwrap(),
+            Inflated::Oversize { size: big.len() }
+        );
+        assert_eq!(
+            inflater.push(&frames[2]).unwrap(),
+            Inflated::Message(b"{\"op\":11}".to_vec())
+        );
+    }
+
+    #[test]
+    fn zstd_garbage_and_corrupt_blocks_do_not_decompress() {
+        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20);
+        let err = inflater.push(b"this is not zstd").unwrap_err();
+        assert!(err.to_string().contains("zstd-stream"), "{err}");
+
+        // Mid-stream, a block header of the reserved type 3 (the simulator's corrupt frame).
+        let frames = zstd_stream(&[b"{\"op\":10}"]);
+        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20);
+        inflater.push(&frames[0]).unwrap();
+        assert!(inflater
+            .push(&[0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0xff, 0xff])
+            .is_err());
+    }
+
+    #[test]
+    fn a_zstd_window_over_the_limit_is_refused() {
+        let mut z = zstd::stream::raw::Encoder::new(3).unwrap();
+        z.set_parameter(zstd::stream::raw::CParameter::WindowLog(
+            ZSTD_WINDOW_LOG_MAX + 1,
+        ))
+        .unwrap();
+        let frame = zstd_flushed(&mut z, b"{\"op\":10}");
+        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20);
+        let err = inflater.push(&frame).unwrap_err().to_string();
+        assert!(err.contains("8 MiB"), "{err}");
+
+        let mut z = zstd::stream::raw::Encoder::new(3).unwrap();
+        z.set_parameter(zstd::stream::raw::CParameter::WindowLog(
+            ZSTD_WINDOW_LOG_MAX,
+        ))
+        .unwrap();
+        let frame = zstd_flushed(&mut z, b"{\"op\":10}");
+        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20);
+        assert_eq!(
+            inflater.push(&frame).unwrap(),
+            Inflated::Message(b"{\"op\":10}".to_vec())
+        );
+    }
+
+    #[test]
+    fn zstd_frames_ended_and_begun_again_decode_as_one_stream() {
+        // Not what Discord sends, but a valid stream: a sender may end a frame and start
+        // another (the benchmark's source does, between chunks).
+        let mut out = Vec::new();
+        for msg in [&b"{\"op\":10}"[..], b"{\"op\":11}"] {
+            out.push(zstd::bulk::compress(msg, 3).unwrap());
+        }
+        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20);
+        assert_eq!(
+            inflater.push(&out[0]).unwrap(),
+            Inflated::Message(b"{\"op\":10}".to_vec())
+        );
+        assert_eq!(
+            inflater.push(&out[1]).unwrap(),
+            Inflated::Message(b"{\"op\":11}".to_vec())
+        );
     }
 }

@@ -12,7 +12,7 @@
 //! - `identify`: the per-bucket identify queue.
 //! - `ratelimiter`: the per-shard command limiter.
 //! - `close_code`: what each close code means for the shard.
-//! - `inflater`: zlib-stream decompression.
+//! - `inflater`: transport decompression (zlib-stream, zstd-stream).
 //! - `payload`: gateway payloads in and out, without a JSON tree for `d`.
 //! - `dispatch`: the event handed from a shard to its consumer.
 //! - `delivery`: per-shard queues, batching, signing, sending, retries, failover, dead letters.

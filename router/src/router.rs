@@ -118,6 +118,7 @@ impl Router {
                 gateway_url: gateway.url.clone(),
                 connect_timeout: config.discord.connect_timeout,
                 max_message_size: config.discord.max_message_size,
+                compression: config.discord.compression,
             };
             let resume = checkpoints.remove(&id).map(|cp| {
                 info!(shard_id = id, session_id = %cp.session_id, seq = cp.seq, "resuming from a checkpoint");

@@ -225,6 +225,7 @@ pub(crate) struct ShardConfig {
     pub gateway_url: String,
     pub connect_timeout: Duration,
     pub max_message_size: usize,
+    pub compression: crate::config::Compression,
 }
 
 /// The shard's task state across connections.
@@ -389,9 +390,9 @@ fn backoff(attempts: u32) -> Duration {
     cap.mul_f64(fastrand::f64())
 }
 
-fn with_query(base: &str) -> String {
+fn with_query(base: &str, compression: crate::config::Compression) -> String {
     format!(
-        "{}/?v=10&encoding=json&compress=zlib-stream",
+        "{}/?v=10&encoding=json&compress={compression}",
         base.trim_end_matches('/')
     )
 }
@@ -533,7 +534,7 @@ impl Shard {
             Some(session) => session.resume_url.as_str(),
             None => self.config.gateway_url.as_str(),
         };
-        let url = with_query(base);
+        let url = with_query(base, self.config.compression);
         // Small buffers: most shards are idle most of the time, and a compressed gateway
         // message is a few hundred bytes (tungstenite's defaults are 128 KiB each).
         let ws_config = WebSocketConfig::default()
@@ -555,7 +556,7 @@ impl Shard {
         let mut conn = Conn {
             tx,
             rx,
-            inflater: Inflater::new(self.config.max_message_size),
+            inflater: Inflater::new(self.config.compression, self.config.max_message_size),
             heartbeat: None,
             identify_wait: None,
             hello_deadline: Instant::now() + self.config.connect_timeout,
@@ -865,9 +866,14 @@ mod tests {
 
     #[test]
     fn gateway_urls_get_version_and_compression() {
+        use crate::config::Compression;
         assert_eq!(
-            with_query("wss://gateway.discord.gg/"),
+            with_query("wss://gateway.discord.gg/", Compression::ZlibStream),
             "wss://gateway.discord.gg/?v=10&encoding=json&compress=zlib-stream"
+        );
+        assert_eq!(
+            with_query("wss://gateway.discord.gg", Compression::ZstdStream),
+            "wss://gateway.discord.gg/?v=10&encoding=json&compress=zstd-stream"
         );
     }
 }

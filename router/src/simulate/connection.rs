@@ -1,7 +1,8 @@
 //! One gateway connection of the double: HELLO, IDENTIFY/RESUME checks, heartbeats, traffic,
 //! replay, the rules it enforces, and the faults it injects.
 //!
-//! Owns the per-connection state (its zlib context, send-rate window, heartbeat deadline).
+//! Owns the per-connection state (its zlib or zstd context, send-rate window, heartbeat
+//! deadline).
 //! Sessions, the ledger and identify buckets are shared across connections in `Shared`.
 
 use std::collections::VecDeque;
@@ -35,7 +36,7 @@ const COMMAND_OPS: [u8; 4] = [
 struct Conn {
     socket: WebSocket,
     shared: Arc<Shared>,
-    compressor: Option<Compress>,
+    compressor: Option<Compressor>,
     via_resume_url: bool,
     /// `(shard, total, session)` once identified or resumed.
     session: Option<(u32, u32, String)>,
@@ -52,14 +53,19 @@ struct Conn {
 pub(super) async fn serve(
     socket: WebSocket,
     shared: Arc<Shared>,
-    compress: bool,
+    compress: Option<Transport>,
     via_resume_url: bool,
 ) {
-    shared.observe(|i| i.observed.connections += 1);
+    shared.observe(|i| {
+        i.observed.connections += 1;
+        i.observed
+            .compress
+            .push(compress.map(|t| t.name().to_owned()));
+    });
     let (faults_tx, faults) = mpsc::unbounded_channel();
     let mut conn = Conn {
         socket,
-        compressor: compress.then(|| Compress::new(Compression::fast(), true)),
+        compressor: compress.map(Compressor::new),
         via_resume_url,
         session: None,
         faults_tx,
@@ -166,8 +172,9 @@ impl Conn {
                 .await
                 .map_err(|_| End);
         };
-        let bytes = deflate(z, text.as_bytes());
-        let parts = self.split_next.take().unwrap_or(1).clamp(1, bytes.len());
+        let bytes = z.compress(text.as_bytes());
+        let parts = self.split_next.take().unwrap_or(1);
+        let parts = if z.splits() { parts } else { 1 }.clamp(1, bytes.len());
         let size = bytes.len().div_ceil(parts);
         for chunk in bytes.chunks(size) {
             let frame = Message::Binary(bytes::Bytes::copy_from_slice(chunk));
@@ -471,7 +478,8 @@ impl Conn {
                 Ok(())
             }
             Fault::CorruptFrame => {
-                // A deflate block header with type 3, which does not exist, then the suffix.
+                // A block header of type 3, which neither deflate nor zstd defines (then the
+                // zlib suffix, so a zlib client tries it at once).
                 let frame =
                     bytes::Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0xff, 0xff]);
                 self.socket
@@ -482,6 +490,78 @@ impl Conn {
             Fault::InvalidJson => self.send(r#"{"op":0,"t":"MESSAGE_CREATE","s":"#).await,
             Fault::Oversize(size) => self.emit("OVERSIZE_TEST", events::padded(size)).await,
             Fault::Dispatch { name, d } => self.emit(&name, d).await,
+        }
+    }
+}
+
+/// The transport compression a connection asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Transport {
+    Zlib,
+    Zstd,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Zlib => "zlib-stream",
+            Transport::Zstd => "zstd-stream",
+        }
+    }
+}
+
+/// One connection's compression context: the whole connection is one stream.
+enum Compressor {
+    Zlib(Compress),
+    Zstd(zstd::stream::raw::Encoder<'static>),
+}
+
+impl Compressor {
+    fn new(transport: Transport) -> Compressor {
+        match transport {
+            Transport::Zlib => Compressor::Zlib(Compress::new(Compression::fast(), true)),
+            // Level 1, the fastest, as zlib's is; the level does not change the framing.
+            Transport::Zstd => Compressor::Zstd(
+                zstd::stream::raw::Encoder::new(1).expect("a zstd compression context"),
+            ),
+        }
+    }
+
+    /// One gateway message's bytes, flushed so the client can decompress it at once.
+    fn compress(&mut self, input: &[u8]) -> Vec<u8> {
+        match self {
+            Compressor::Zlib(z) => deflate(z, input),
+            Compressor::Zstd(z) => zstd_flushed(z, input),
+        }
+    }
+
+    /// Whether a message may be split across WebSocket messages (`Fault::SplitNext`).
+    fn splits(&self) -> bool {
+        matches!(self, Compressor::Zlib(_))
+    }
+}
+
+/// Compresses one message and flushes (`ZSTD_e_flush`) without ending the frame, as Discord
+/// does, so the client's decoder yields exactly this message.
+fn zstd_flushed(z: &mut zstd::stream::raw::Encoder<'static>, input: &[u8]) -> Vec<u8> {
+    use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+    let mut out = Vec::with_capacity(input.len() / 2 + 64);
+    let mut src = InBuffer::around(input);
+    loop {
+        if out.capacity() - out.len() < 64 {
+            out.reserve(out.capacity().max(64));
+        }
+        let pos = out.len();
+        let mut dst = OutBuffer::around_pos(&mut out, pos);
+        if src.pos() < input.len() {
+            z.run(&mut src, &mut dst)
+                .expect("compressing into a growing Vec does not fail");
+        } else if z
+            .flush(&mut dst)
+            .expect("flushing into a growing Vec does not fail")
+            == 0
+        {
+            return out;
         }
     }
 }

@@ -1,5 +1,6 @@
-//! A local Discord double: REST `GET /gateway/bot` and a v10 JSON gateway with `zlib-stream`,
-//! enforcing Discord's rules, with fault knobs and a ledger of every event it sent.
+//! A local Discord double: REST `GET /gateway/bot` and a v10 JSON gateway with `zlib-stream` or
+//! `zstd-stream`, enforcing Discord's rules, with fault knobs and a ledger of every event it
+//! sent.
 //!
 //! Tests, `shardhook demo`, benchmarks and users (`shardhook simulate`, next to `wrangler dev`)
 //! share it. It owns its own sessions, the identify and send-rate rules it enforces, and what
@@ -100,7 +101,9 @@ pub enum Fault {
     InvalidateSession { resumable: bool },
     /// Close with this code (4007 and 4009 also invalidate the session).
     Close(u16),
-    /// Split the next message's compressed bytes across this many WebSocket messages.
+    /// Split the next message's compressed bytes across this many WebSocket messages
+    /// (`zlib-stream` only: Discord sends each `zstd-stream` message whole, so there it is a
+    /// no-op).
     SplitNext(usize),
     /// Send a binary frame that does not inflate.
     CorruptFrame,
@@ -156,6 +159,8 @@ pub struct Observed {
     pub violations: Vec<String>,
     /// Connections accepted on the gateway.
     pub connections: u64,
+    /// The `compress` each accepted connection asked for, in order (`None`: uncompressed).
+    pub compress: Vec<Option<String>>,
     /// Events sent again on RESUME.
     pub replayed: u64,
     /// REST calls a handler or the router made (create message, interaction callbacks...).
@@ -476,14 +481,12 @@ fn upgrade(
             .into_response();
     }
     let compress = match query.compress.as_deref() {
-        None => false,
-        Some("zlib-stream") => true,
+        None => None,
+        Some("zlib-stream") => Some(connection::Transport::Zlib),
+        Some("zstd-stream") => Some(connection::Transport::Zstd),
         Some(other) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("unsupported compress={other}\n"),
-            )
-                .into_response()
+            let refusal = format!("unsupported compress={other} (zlib-stream or zstd-stream)\n");
+            return (StatusCode::BAD_REQUEST, refusal).into_response();
         }
     };
     ws.max_message_size(1 << 20)
