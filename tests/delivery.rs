@@ -241,6 +241,46 @@ async fn a_400_is_dead_lettered_and_shardhook_replay_delivers_it() {
 }
 
 #[tokio::test]
+async fn a_redirect_is_dead_lettered_not_followed() {
+    // Where the redirect points: answers anything 2xx, and counts what reached it. A client
+    // that follows a 302 would GET it without the events and count them as delivered.
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = reached.clone();
+    let app = axum::Router::new().fallback(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { axum::http::StatusCode::NO_CONTENT }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere = format!("http://{}/moved", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let p = Pipe::start(
+        sim(1, 10),
+        vec![("a", 1.0, live(vec![Reply::Redirect(elsewhere)]))],
+        |_| {},
+    )
+    .await;
+    p.wait_until("a dead letter", |p| {
+        p.stats.snapshot().requests_dead_lettered == 1
+    })
+    .await;
+    p.wait_until("the rest delivered", |p| {
+        let expected = p.sim.observed(|o| o.ledger.len());
+        p.arrivals().len() + 1 == expected && expected >= 13
+    })
+    .await;
+    let letters = shardhook::read_dead_letters(&p.state_dir.join("dead-letters.jsonl")).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!((letters[0].status, letters[0].attempts), (Some(302), 1));
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the redirect was not followed"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
 async fn a_refused_endpoint_fails_over_and_its_shards_return_when_it_comes_back() {
     // "a" is heavy, so most shards call it home; it refuses connections at first.
     let endpoints = vec![("a", 50.0, Target::Refused), ("b", 1.0, live(vec![]))];

@@ -86,11 +86,12 @@ impl Batch {
     pub fn finish(self) -> Request {
         let first = &self.events[0];
         let last = &self.events[self.events.len() - 1];
+        let mut number = itoa::Buffer::new();
         let mut body = Vec::with_capacity(self.bytes);
         body.extend_from_slice(b"{\"v\":1,\"shard_id\":");
-        body.extend_from_slice(first.shard_id.to_string().as_bytes());
+        body.extend_from_slice(number.format(first.shard_id).as_bytes());
         body.extend_from_slice(b",\"shard_count\":");
-        body.extend_from_slice(first.shard_count.to_string().as_bytes());
+        body.extend_from_slice(number.format(first.shard_count).as_bytes());
         body.extend_from_slice(b",\"session_id\":");
         serde_json::to_writer(&mut body, &*first.session_id).expect("writing to a Vec cannot fail");
         body.extend_from_slice(b",\"events\":[");
@@ -102,7 +103,7 @@ impl Batch {
             body.extend_from_slice(b"{\"t\":\"");
             body.extend_from_slice(event.name().as_bytes());
             body.extend_from_slice(b"\",\"s\":");
-            body.extend_from_slice(event.seq.to_string().as_bytes());
+            body.extend_from_slice(number.format(event.seq).as_bytes());
             body.extend_from_slice(b",\"d\":");
             body.extend_from_slice(event.data());
             if self.deferred.iter().any(|(at, _)| *at == i) {

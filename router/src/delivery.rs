@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -281,6 +282,9 @@ impl Pipeline {
         let client = reqwest::Client::builder()
             .user_agent(concat!("shardhook/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
+            // A redirect is a misconfigured endpoint: followed, a 301/302/303 turns the signed
+            // POST into a GET without the events, and its 2xx would count them as delivered.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(DeliveryError::Client)?;
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
@@ -852,6 +856,15 @@ async fn attempt_until_done(shared: &Shared, request: Request) -> Outcome {
     Outcome::DeadLettered
 }
 
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+
+/// A header value from text the router made itself (ids, timestamps, AWS signatures).
+fn ascii(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).expect("the router's own header values are visible ASCII")
+}
+
 /// One attempt: sign with a fresh timestamp, POST, and classify what came back.
 async fn send(shared: &Shared, index: usize, request: &Request) -> Attempt {
     let endpoint = &shared.endpoints[index];
@@ -859,25 +872,28 @@ async fn send(shared: &Shared, index: usize, request: &Request) -> Attempt {
     if waited {
         shared.stats.rate_limit_waits[index].fetch_add(1, AtomicOrdering::Relaxed);
     }
-    let timestamp = unix_now().to_string();
+    let mut timestamp = itoa::Buffer::new();
+    let timestamp = timestamp.format(unix_now());
     let signature = shared
         .signer
-        .sign_text(&request.id, &timestamp, &request.body);
-    let signed = [
-        ("content-type", "application/json"),
-        ("webhook-id", request.id.as_str()),
-        ("webhook-timestamp", timestamp.as_str()),
-        ("webhook-signature", signature.as_str()),
-    ];
-    let mut builder = shared
-        .client
-        .post(endpoint.url.clone())
-        .timeout(endpoint.timeout);
-    for (name, value) in signed {
-        builder = builder.header(name, value);
-    }
+        .sign_text(&request.id, timestamp, &request.body);
+    // Built directly rather than through `RequestBuilder`: no header parsing or map growth
+    // per request, and the names are constants.
+    let mut http = reqwest::Request::new(reqwest::Method::POST, endpoint.url.clone());
+    *http.timeout_mut() = Some(endpoint.timeout);
+    let headers = http.headers_mut();
+    headers.reserve(8);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(WEBHOOK_TIMESTAMP, ascii(timestamp));
+    headers.insert(WEBHOOK_ID, ascii(&request.id));
     if let Some((region, creds)) = &endpoint.aws {
         // SigV4 per attempt: AWS refuses a signature more than 5 minutes old.
+        let signed = [
+            ("content-type", "application/json"),
+            ("webhook-id", request.id.as_str()),
+            ("webhook-timestamp", timestamp),
+            ("webhook-signature", signature.as_str()),
+        ];
         let aws_request = crate::sigv4::Request {
             method: "POST",
             url: &endpoint.url,
@@ -887,10 +903,13 @@ async fn send(shared: &Shared, index: usize, request: &Request) -> Attempt {
         for (name, value) in
             crate::sigv4::sign(&aws_request, region, "lambda", creds, SystemTime::now())
         {
-            builder = builder.header(name, value);
+            headers.insert(HeaderName::from_static(name), ascii(&value));
         }
     }
-    let sent = builder.body(request.body.clone()).send().await;
+    let signature = HeaderValue::try_from(signature).expect("a signature header is ASCII");
+    headers.insert(WEBHOOK_SIGNATURE, signature);
+    *http.body_mut() = Some(request.body.clone().into());
+    let sent = shared.client.execute(http).await;
     match sent {
         Ok(response) => {
             let status = response.status().as_u16();

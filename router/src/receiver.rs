@@ -28,6 +28,8 @@ pub enum Reply {
     RetryAfter(u16, String),
     /// Wait this long, then answer 204 (a slow or hanging endpoint).
     Delay(Duration),
+    /// Answer `302 Found` with this `Location` (a moved or misconfigured endpoint).
+    Redirect(String),
 }
 
 /// One event as it arrived.
@@ -205,10 +207,11 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         .unwrap_or_else(|p| p.into_inner())
         .pop_front()
         .or_else(|| inner.random_fault());
-    let (status, retry_after, delay) = match reply {
+    let (status, header_reply, delay) = match reply {
         _ if !verified => (401, None, None),
         Some(Reply::Status(s)) => (s, None, None),
-        Some(Reply::RetryAfter(s, after)) => (s, Some(after), None),
+        Some(Reply::RetryAfter(s, after)) => (s, Some(("retry-after", after)), None),
+        Some(Reply::Redirect(to)) => (302, Some(("location", to)), None),
         Some(Reply::Delay(d)) => (204, None, Some(d)),
         None => (204, None, None),
     };
@@ -259,8 +262,8 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         });
     }
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    match retry_after {
-        Some(after) => (status, [("retry-after", after)]).into_response(),
+    match header_reply {
+        Some(header) => (status, [header]).into_response(),
         None if !verified => (status, "signature did not verify\n").into_response(),
         None => status.into_response(),
     }
