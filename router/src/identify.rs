@@ -2,11 +2,15 @@
 //! 5 seconds.
 //!
 //! Owns the per-bucket pacing for one process. A permit is held while the IDENTIFY is sent and
-//! the send time is recorded when the permit drops, so the 5 s runs from the real send. It
-//! does not coordinate across processes (each process runs its own slice of buckets).
+//! the send time is recorded when the permit drops, so the 5 s runs from the real send. With a
+//! state directory, each bucket's last IDENTIFY is also written to `identify/bucket-N` (Unix
+//! milliseconds), so a router restarted at once (after a crash or `kill -9`) still waits out
+//! the 5 s its previous run started. It does not coordinate between processes running at the
+//! same time (each runs its own slice of buckets).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio::time::Instant;
@@ -20,25 +24,67 @@ pub struct IdentifyQueue {
     /// When each bucket last sent an IDENTIFY. Tokio's mutex is fair, so shards of one bucket
     /// identify in the order they asked.
     buckets: Vec<Arc<Mutex<Option<Instant>>>>,
+    /// Where each bucket's last IDENTIFY is recorded, if anywhere.
+    dir: Option<PathBuf>,
 }
 
 /// The right to send one IDENTIFY now. Dropping it stamps the bucket.
 pub struct IdentifyPermit {
     last: OwnedMutexGuard<Option<Instant>>,
+    /// The bucket's record file, if the queue keeps them.
+    record: Option<PathBuf>,
 }
 
 impl Drop for IdentifyPermit {
     fn drop(&mut self) {
         *self.last = Some(Instant::now());
+        if let Some(path) = &self.record {
+            let millis = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            let written = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
+                .and_then(|()| std::fs::write(path, millis.to_string()));
+            if let Err(e) = written {
+                tracing::warn!(path = %path.display(), "could not record the IDENTIFY time; a restart within 5 s may identify early: {e}");
+            }
+        }
     }
 }
 
 impl IdentifyQueue {
-    pub fn new(max_concurrency: u32) -> IdentifyQueue {
+    /// A queue that remembers nothing across runs.
+    #[cfg(test)]
+    pub(crate) fn new(max_concurrency: u32) -> IdentifyQueue {
         let buckets = (0..max_concurrency.max(1))
             .map(|_| Arc::new(Mutex::new(None)))
             .collect();
-        IdentifyQueue { buckets }
+        IdentifyQueue { buckets, dir: None }
+    }
+
+    /// A queue that records each bucket's IDENTIFY under `state_dir/identify/` and starts
+    /// from the records an earlier run left there.
+    pub fn persistent(max_concurrency: u32, state_dir: &Path) -> IdentifyQueue {
+        let dir = state_dir.join("identify");
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let buckets = (0..max_concurrency.max(1))
+            .map(|bucket| {
+                let recorded = std::fs::read_to_string(dir.join(format!("bucket-{bucket}")))
+                    .ok()
+                    .and_then(|text| text.trim().parse::<u64>().ok())
+                    .map(|millis| UNIX_EPOCH + Duration::from_millis(millis));
+                // How long ago, by the wall clock (a record from the future counts as now);
+                // one older than the interval no longer matters.
+                let ago = recorded.map(|at| wall.duration_since(at).unwrap_or_default());
+                let last = ago
+                    .filter(|ago| *ago < IDENTIFY_INTERVAL)
+                    .map(|ago| now - ago);
+                Arc::new(Mutex::new(last))
+            })
+            .collect();
+        IdentifyQueue {
+            buckets,
+            dir: Some(dir),
+        }
     }
 
     /// The bucket a shard identifies in.
@@ -48,14 +94,16 @@ impl IdentifyQueue {
 
     /// Waits until `shard_id`'s bucket may identify.
     pub async fn acquire(&self, shard_id: u32) -> IdentifyPermit {
-        let last = self.buckets[self.bucket_of(shard_id)]
-            .clone()
-            .lock_owned()
-            .await;
+        let bucket = self.bucket_of(shard_id);
+        let last = self.buckets[bucket].clone().lock_owned().await;
         if let Some(at) = *last {
             tokio::time::sleep_until(at + IDENTIFY_INTERVAL).await;
         }
-        IdentifyPermit { last }
+        let record = self
+            .dir
+            .as_ref()
+            .map(|d| d.join(format!("bucket-{bucket}")));
+        IdentifyPermit { last, record }
     }
 }
 
@@ -88,5 +136,25 @@ mod tests {
             at.sort();
             assert_eq!(at, [0, 5, 10].map(Duration::from_secs), "bucket {bucket}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_router_waits_out_the_previous_runs_identify() {
+        let dir = std::env::temp_dir().join(format!("shardhook-identify-{}", fastrand::u64(..)));
+        let first = IdentifyQueue::persistent(2, &dir);
+        drop(first.acquire(1).await);
+        drop(first);
+        // A new process on the same state directory: bucket 1 waits, bucket 0 does not.
+        let second = IdentifyQueue::persistent(2, &dir);
+        let start = Instant::now();
+        drop(second.acquire(0).await);
+        assert_eq!(Instant::now() - start, Duration::ZERO);
+        drop(second.acquire(3).await);
+        let waited = Instant::now() - start;
+        assert!(
+            waited > Duration::from_millis(4500) && waited <= IDENTIFY_INTERVAL,
+            "bucket 1 waited {waited:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

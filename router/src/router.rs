@@ -105,7 +105,10 @@ impl Router {
             identifies_remaining = limit.remaining,
             "starting shards"
         );
-        let queue = Arc::new(IdentifyQueue::new(limit.max_concurrency));
+        let queue = Arc::new(IdentifyQueue::persistent(
+            limit.max_concurrency,
+            &config.state.dir,
+        ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut shards = Vec::with_capacity(ids.len());
