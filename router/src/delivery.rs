@@ -282,6 +282,10 @@ impl Pipeline {
         let client = reqwest::Client::builder()
             .user_agent(concat!("shardhook/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
+            // Never more idle connections than requests can be in flight at once: a burst
+            // (every shard's READY at start) opens extra ones while others are on their way
+            // back to the pool, and each idle one holds buffers and a task.
+            .pool_max_idle_per_host(config.endpoints.iter().map(|e| e.max_in_flight).sum())
             // A redirect is a misconfigured endpoint: followed, a 301/302/303 turns the signed
             // POST into a GET without the events, and its 2xx would count them as delivered.
             .redirect(reqwest::redirect::Policy::none())

@@ -22,10 +22,12 @@ pub struct Dispatch {
     pub seq: u64,
     /// When the shard read it, for delivery latency.
     pub received_at: tokio::time::Instant,
-    /// The whole inflated gateway message; `name` and `data` index into it.
+    /// The whole inflated gateway message; `name` and `data` index into it. The ranges are
+    /// `u32`: every queued event is a slot in its shard's channel, whose first block of 32
+    /// slots each idle shard holds, so the struct is kept small.
     payload: Bytes,
-    name: Range<usize>,
-    data: Range<usize>,
+    name: Range<u32>,
+    data: Range<u32>,
 }
 
 impl Dispatch {
@@ -41,6 +43,10 @@ impl Dispatch {
         data: Range<usize>,
     ) -> Dispatch {
         assert!(name.end <= payload.len() && data.end <= payload.len());
+        let narrow = |r: Range<usize>| {
+            let narrow = |i: usize| u32::try_from(i).expect("a gateway message under 4 GiB");
+            narrow(r.start)..narrow(r.end)
+        };
         Dispatch {
             shard_id: shard[0],
             shard_count: shard[1],
@@ -48,19 +54,20 @@ impl Dispatch {
             seq,
             received_at: tokio::time::Instant::now(),
             payload,
-            name,
-            data,
+            name: narrow(name),
+            data: narrow(data),
         }
     }
 
     /// The event name, such as `MESSAGE_CREATE`.
     pub fn name(&self) -> &str {
-        std::str::from_utf8(&self.payload[self.name.clone()]).unwrap_or_default()
+        std::str::from_utf8(&self.payload[self.name.start as usize..self.name.end as usize])
+            .unwrap_or_default()
     }
 
     /// The event's `d`, byte for byte as Discord sent it.
     pub fn data(&self) -> &[u8] {
-        &self.payload[self.data.clone()]
+        &self.payload[self.data.start as usize..self.data.end as usize]
     }
 }
 

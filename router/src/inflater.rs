@@ -22,6 +22,13 @@ const INITIAL_CAPACITY: usize = 4 << 10;
 
 /// Size of the buffer an oversize message's remainder is decompressed into and dropped.
 const SCRATCH_CAPACITY: usize = 64 << 10;
+/// The largest spare output buffer a thread keeps between messages.
+const SPARE_CAPACITY_KEPT: usize = 64 << 10;
+
+thread_local! {
+    /// This thread's output buffer for messages inflated in one call (see [`Inflater::push`]).
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// Largest zstd window accepted, as a power of two: 8 MiB. The decoder keeps a window-sized
 /// history per connection, sized by the frame header the sender chose, so this bounds the
@@ -157,7 +164,40 @@ impl Inflater {
     }
 
     /// Feeds one WebSocket binary message.
-    pub fn push(&mut self, mut input: &[u8]) -> Result<Inflated, InflateError> {
+    ///
+    /// A message that starts in this call is inflated into this thread's spare buffer and
+    /// leaves as an exact-size copy: one small allocation per event instead of a fresh
+    /// 4 KiB buffer, which the allocator handles badly when another thread frees it. An idle
+    /// shard still holds no output buffer; the spare is one per runtime thread.
+    pub fn push(&mut self, input: &[u8]) -> Result<Inflated, InflateError> {
+        let borrowed = self.out.is_empty() && self.discarded == 0;
+        if borrowed {
+            self.out = SPARE.take();
+        }
+        let result = self.inflate(input);
+        if !borrowed {
+            return result;
+        }
+        let (result, mut spare) = match result {
+            Ok(Inflated::Message(buffer)) => (Ok(Inflated::Message(buffer.to_vec())), buffer),
+            // A message that goes on in the next WebSocket message keeps its own copy: the
+            // task may resume on another thread.
+            other => {
+                let partial = std::mem::take(&mut self.out);
+                if !partial.is_empty() {
+                    self.out = partial.to_vec();
+                }
+                (other, partial)
+            }
+        };
+        if spare.capacity() <= SPARE_CAPACITY_KEPT {
+            spare.clear();
+            SPARE.set(spare);
+        }
+        result
+    }
+
+    fn inflate(&mut self, mut input: &[u8]) -> Result<Inflated, InflateError> {
         let complete = self.codec.ends_message(input);
         loop {
             let target = if self.discarded > 0 {
@@ -201,8 +241,6 @@ impl Inflater {
             // Only a flush, or only a zstd frame header: there is nothing to parse.
             return Ok(Inflated::Incomplete);
         }
-        // The message leaves as it is; the next one allocates when it arrives, so an idle
-        // shard holds no output buffer.
         Ok(Inflated::Message(std::mem::take(&mut self.out)))
     }
 }

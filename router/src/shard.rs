@@ -542,7 +542,13 @@ impl Shard {
             .write_buffer_size(0)
             .max_message_size(Some(self.config.max_message_size))
             .max_frame_size(Some(self.config.max_message_size));
-        let connecting = tokio_tungstenite::connect_async_with_config(url, Some(ws_config), true);
+        // Boxed: the connect future (TCP, TLS and WebSocket handshakes) is about 10 KiB, and
+        // inline it would size every shard's task for it even while the shard sits connected.
+        let connecting = Box::pin(tokio_tungstenite::connect_async_with_config(
+            url,
+            Some(ws_config),
+            true,
+        ));
         let ws = tokio::select! {
             _ = self.shutdown.changed() => return (Ended::Shutdown, false),
             connected = timeout(self.config.connect_timeout, connecting) => match connected {
