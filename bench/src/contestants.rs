@@ -20,13 +20,20 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::frames::FIRST_SEQ;
 
+/// How the shardhook contestant batches and orders.
+pub struct Batching {
+    pub max_events: usize,
+    pub linger_ms: u64,
+    /// `delivery.ordering = "shard"` (the default); otherwise `"none"`.
+    pub ordered: bool,
+}
+
 /// Runs shardhook against `api_url`, posting to `sink_url`, until killed.
 pub async fn shardhook(
     api_url: &str,
     sink_url: &str,
     secret: &str,
-    max_events: usize,
-    linger_ms: u64,
+    batching: Batching,
     transport: Transport,
 ) {
     let key = SigningKey::parse(secret).expect("a valid secret");
@@ -45,10 +52,13 @@ pub async fn shardhook(
         ..StateConfig::default()
     };
     config.batch = BatchConfig {
-        max_events,
-        linger: Duration::from_millis(linger_ms),
+        max_events: batching.max_events,
+        linger: Duration::from_millis(batching.linger_ms),
         ..BatchConfig::default()
     };
+    if !batching.ordered {
+        config.delivery.ordering = shardhook::config::Ordering::None;
+    }
     let mut pipeline = Pipeline::new(&config).expect("the pipeline builds");
     let router = Router::start_with(&config, |id| pipeline.sink(id))
         .await

@@ -34,13 +34,15 @@ struct Options {
     events: usize,
     idle_shards: u32,
     latency: bool,
+    /// Peak rounds per contestant; the table gives medians, and ratios per repetition.
+    rounds: usize,
     /// Only contestants whose name contains this (for profiling one).
     only: Option<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--no-latency] [--only NAME]"
+        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--only NAME]"
     );
     std::process::exit(2)
 }
@@ -56,9 +58,10 @@ fn main() {
         Some("run") => {
             let mut o = Options {
                 shards: 4,
-                events: 25_000,
+                events: 100_000,
                 idle_shards: 1000,
                 latency: true,
+                rounds: 3,
                 only: None,
             };
             let mut it = args[1..].iter();
@@ -72,6 +75,7 @@ fn main() {
                     "--shards" => o.shards = value() as u32,
                     "--events" => o.events = value(),
                     "--idle-shards" => o.idle_shards = value() as u32,
+                    "--rounds" => o.rounds = value().max(1),
                     "--no-latency" => o.latency = false,
                     "--only" => o.only = Some(it.next().cloned().unwrap_or_else(|| usage())),
                     _ => usage(),
@@ -88,8 +92,13 @@ async fn child(args: &[String]) {
     match arg(0) {
         "shardhook" => {
             let (max_events, linger) = (arg(4).parse().unwrap(), arg(5).parse().unwrap());
-            let transport = transport_named(arg(6));
-            contestants::shardhook(arg(1), arg(2), arg(3), max_events, linger, transport).await
+            let (transport, ordered) = (transport_named(arg(6)), arg(7) == "ordered");
+            let batch = contestants::Batching {
+                max_events,
+                linger_ms: linger,
+                ordered,
+            };
+            contestants::shardhook(arg(1), arg(2), arg(3), batch, transport).await
         }
         "twilight" => contestants::twilight(arg(1), arg(2), arg(3), arg(4).parse().unwrap()).await,
         "sink-ceiling" => contestants::load_client(arg(1), arg(2), arg(3).parse().unwrap()).await,
@@ -108,6 +117,8 @@ enum Kind {
         max_events: usize,
         linger_ms: u64,
         transport: Transport,
+        /// `delivery.ordering = "shard"` (the default) rather than `"none"`.
+        ordered: bool,
     },
     Twilight,
     Limit(Transport),
@@ -119,28 +130,32 @@ impl Kind {
         match self {
             Kind::Shardhook {
                 max_events: 1,
-                transport: Transport::ZlibStream,
+                ordered,
                 ..
-            } => "shardhook unbatched (max_events 1)".into(),
-            Kind::Shardhook {
-                max_events,
-                linger_ms,
-                transport: Transport::ZlibStream,
-            } => {
-                format!("shardhook batched ({max_events} events / {linger_ms} ms)")
-            }
+            } => format!(
+                "shardhook unbatched, {}",
+                if *ordered {
+                    "ordered per shard (default)"
+                } else {
+                    "unordered like the peer"
+                }
+            ),
             Kind::Shardhook {
                 max_events,
                 linger_ms,
                 transport,
+                ..
             } => format!("shardhook batched, {transport} ({max_events} events / {linger_ms} ms)"),
             Kind::Twilight => "twilight-gateway 0.18 peer forwarder".into(),
-            Kind::Limit(Transport::ZlibStream) => "limit: inflate + scan only (no HTTP)".into(),
-            Kind::Limit(_) => "limit: zstd inflate + scan only (no HTTP)".into(),
+            Kind::Limit(transport) => format!("limit: {transport} inflate + scan only (no HTTP)"),
             Kind::SinkCeiling => {
                 "sink ceiling: plain load client (1 event per request, 64 in flight)".into()
             }
         }
+    }
+
+    fn paced(&self) -> bool {
+        !matches!(self, Kind::Limit(_) | Kind::SinkCeiling)
     }
 }
 
@@ -155,13 +170,25 @@ struct Ctx {
 impl Ctx {
     fn spawn(&self, kind: &Kind) -> Child {
         let exe = std::env::current_exe().expect("own path");
-        let mut cmd = Command::new(exe);
+        // BENCH_WRAP runs each contestant under a profiler, e.g. "heaptrack" or
+        // "valgrind --tool=callgrind"; the figures of such a run are not comparable.
+        let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
+        let mut wrap = wrap.split_whitespace();
+        let mut cmd = match wrap.next() {
+            Some(tool) => {
+                let mut cmd = Command::new(tool);
+                cmd.args(wrap).arg(exe);
+                cmd
+            }
+            None => Command::new(exe),
+        };
         cmd.arg("contestant");
         match kind {
             Kind::Shardhook {
                 max_events,
                 linger_ms,
                 transport,
+                ordered,
             } => cmd.args([
                 "shardhook".to_owned(),
                 self.blaster.api_url(),
@@ -170,6 +197,7 @@ impl Ctx {
                 max_events.to_string(),
                 linger_ms.to_string(),
                 transport.to_string(),
+                if *ordered { "ordered" } else { "unordered" }.to_owned(),
             ]),
             Kind::Twilight => cmd.args([
                 "twilight".to_owned(),
@@ -236,7 +264,8 @@ struct Outcome {
     cpu: f64,
     cpu_source: f64,
     rss_peak_kib: u64,
-    latency: Option<(f64, f64, f64)>,
+    /// Added latency of every event, in ms, sorted (paced rounds only).
+    latency: Option<Vec<f64>>,
     timed_out: bool,
 }
 
@@ -311,8 +340,7 @@ async fn round(ctx: &Ctx, kind: &Kind, rate: Option<f64>) -> Outcome {
         Kind::Limit(_) => target,
         _ => ctx.sink.shared.events.load(Ordering::SeqCst),
     };
-    let latency = (rate.is_some() && !matches!(kind, Kind::Limit(_) | Kind::SinkCeiling))
-        .then(|| latency(ctx));
+    let latency = (rate.is_some() && kind.paced()).then(|| latency(ctx));
     Outcome {
         events,
         secs,
@@ -324,8 +352,8 @@ async fn round(ctx: &Ctx, kind: &Kind, rate: Option<f64>) -> Outcome {
     }
 }
 
-/// p50, p99 and max of (arrival at the sink - frame written by the source), in ms.
-fn latency(ctx: &Ctx) -> (f64, f64, f64) {
+/// Every event's (arrival at the sink - frame written by the source), in ms, sorted.
+fn latency(ctx: &Ctx) -> Vec<f64> {
     let arrivals = ctx.sink.shared.arrivals.lock().unwrap().clone();
     let mut lat: Vec<u64> = Vec::with_capacity(ctx.events * ctx.shards as usize);
     for a in arrivals {
@@ -338,11 +366,21 @@ fn latency(ctx: &Ctx) -> (f64, f64, f64) {
         }
     }
     lat.sort_unstable();
-    let q = |q: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * q).round() as usize)
-            .map_or(f64::NAN, |n| *n as f64 / 1e6)
-    };
-    (q(0.5), q(0.99), q(1.0))
+    lat.into_iter().map(|n| n as f64 / 1e6).collect()
+}
+
+/// The `q` quantile of sorted values (NaN if there are none).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut all: Vec<f64> = values.into_iter().collect();
+    all.sort_by(f64::total_cmp);
+    quantile(&all, 0.5)
 }
 
 /// RSS of shardhook holding `shards` idle connections (no traffic), in KiB.
@@ -360,6 +398,7 @@ async fn idle_rss(shards: u32, secret: &str, epoch: Instant) -> Option<u64> {
         max_events: 1,
         linger_ms: 0,
         transport: Transport::ZlibStream,
+        ordered: true,
     });
     let pid = child.id()?;
     let ok = wait_identified(&ctx.blaster, shards).await;
@@ -405,85 +444,167 @@ async fn run(o: Options) {
         shards: o.shards,
         events: o.events,
     };
+    let shardhook = |max_events, linger_ms, transport, ordered| Kind::Shardhook {
+        max_events,
+        linger_ms,
+        transport,
+        ordered,
+    };
     let kinds = [
         Kind::Limit(Transport::ZlibStream),
         Kind::Limit(Transport::ZstdStream),
         Kind::Twilight,
-        Kind::Shardhook {
-            max_events: 1,
-            linger_ms: 0,
-            transport: Transport::ZlibStream,
-        },
-        Kind::Shardhook {
-            max_events: 100,
-            linger_ms: 5,
-            transport: Transport::ZlibStream,
-        },
-        Kind::Shardhook {
-            max_events: 100,
-            linger_ms: 5,
-            transport: Transport::ZstdStream,
-        },
+        shardhook(1, 0, Transport::ZlibStream, false),
+        shardhook(1, 0, Transport::ZlibStream, true),
+        shardhook(100, 5, Transport::ZlibStream, true),
+        shardhook(100, 5, Transport::ZstdStream, true),
         Kind::SinkCeiling,
     ];
-    let mut rows = Vec::new();
-    let chosen = kinds.iter().filter(|k| {
-        o.only
-            .as_ref()
-            .is_none_or(|only| k.name().contains(only.as_str()))
-    });
-    for kind in chosen {
-        let peak = round(&ctx, kind, None).await;
-        let bad_sig = ctx.sink.shared.bad_signature.swap(false, Ordering::SeqCst);
-        let rate = peak.events as f64 / peak.secs;
-        eprintln!(
-            "{}: {:.0} events/s, {:.2} CPU s per M events{}{}",
-            kind.name(),
-            rate,
-            peak.cpu / peak.events as f64 * 1e6,
-            if peak.timed_out { " (TIMED OUT)" } else { "" },
-            if bad_sig { " (BAD SIGNATURE)" } else { "" },
-        );
-        let half = if o.latency && !matches!(kind, Kind::Limit(_) | Kind::SinkCeiling) {
-            let half = round(&ctx, kind, Some(rate / 2.0)).await;
+    let chosen: Vec<&Kind> = kinds
+        .iter()
+        .filter(|k| {
+            o.only
+                .as_ref()
+                .is_none_or(|only| k.name().contains(only.as_str()))
+        })
+        .collect();
+    // Repetitions go round the contestants, so a slow stretch of the machine hits them all.
+    let mut peaks: Vec<Vec<Outcome>> = chosen.iter().map(|_| Vec::new()).collect();
+    for repetition in 1..=o.rounds {
+        for (kind, peaks) in chosen.iter().zip(&mut peaks) {
+            let peak = round(&ctx, kind, None).await;
+            let bad_sig = ctx.sink.shared.bad_signature.swap(false, Ordering::SeqCst);
             eprintln!(
-                "  at {:.0} events/s: latency p50/p99/max {:?} ms",
-                rate / 2.0,
-                half.latency
+                "[{repetition}/{}] {}: {:.0} events/s, {:.2} CPU s per M events{}{}",
+                o.rounds,
+                kind.name(),
+                peak.events as f64 / peak.secs,
+                peak.cpu / peak.events as f64 * 1e6,
+                if peak.timed_out { " (TIMED OUT)" } else { "" },
+                if bad_sig { " (BAD SIGNATURE)" } else { "" },
             );
+            peaks.push(peak);
+        }
+    }
+    let rate_of = |p: &Outcome| p.events as f64 / p.secs;
+    let per_m = |p: &Outcome, cpu: f64| cpu / p.events as f64 * 1e6;
+    let mut halves: Vec<Option<Outcome>> = Vec::new();
+    for (kind, peaks) in chosen.iter().zip(&peaks) {
+        halves.push(if o.latency && kind.paced() {
+            let rate = median(peaks.iter().map(rate_of)) / 2.0;
+            let half = round(&ctx, kind, Some(rate)).await;
+            if let Some(lat) = &half.latency {
+                eprintln!(
+                    "{} at {rate:.0} events/s: latency p50/p99/max {:.2}/{:.2}/{:.2} ms",
+                    kind.name(),
+                    quantile(lat, 0.5),
+                    quantile(lat, 0.99),
+                    quantile(lat, 1.0)
+                );
+            }
             Some(half)
         } else {
             None
-        };
-        rows.push((kind.clone(), peak, half));
+        });
     }
 
-    let limit_rate = rows
-        .iter()
-        .find(|(k, ..)| matches!(k, Kind::Limit(_)))
-        .map_or(f64::NAN, |(_, p, _)| p.events as f64 / p.secs);
+    let find = |want: &dyn Fn(&Kind) -> bool| chosen.iter().position(|k| want(k));
+    let limit = find(&|k| matches!(k, Kind::Limit(Transport::ZlibStream)));
+    let limit_rate = limit.map_or(f64::NAN, |i| median(peaks[i].iter().map(rate_of)));
+    println!();
+    println!(
+        "Medians of {} peak rounds each; latency from one round paced at half the median peak.",
+        o.rounds
+    );
     println!();
     println!("| contestant | events/s | x limit | CPU s / M events | source+sink CPU s / M events | peak RSS MiB | p50 ms @50% | p99 ms @50% | max ms @50% |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (kind, peak, half) in &rows {
-        let rate = peak.events as f64 / peak.secs;
-        let per_m = |cpu: f64| cpu / peak.events as f64 * 1e6;
-        let (p50, p99, max) = half
-            .as_ref()
-            .and_then(|h| h.latency)
-            .map_or(("n/a".into(), "n/a".into(), "n/a".into()), |(a, b, c)| {
-                (format!("{a:.2}"), format!("{b:.2}"), format!("{c:.2}"))
-            });
+    for ((kind, peaks), half) in chosen.iter().zip(&peaks).zip(&halves) {
+        let rate = median(peaks.iter().map(rate_of));
+        let lat = half.as_ref().and_then(|h| h.latency.as_deref());
+        let q = |q: f64| lat.map_or("n/a".to_owned(), |l| format!("{:.2}", quantile(l, q)));
         println!(
-            "| {}{} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {p50} | {p99} | {max} |",
+            "| {}{} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} |",
             kind.name(),
-            if peak.timed_out { " (timed out)" } else { "" },
+            if peaks.iter().any(|p| p.timed_out) {
+                " (timed out)"
+            } else {
+                ""
+            },
             rate,
             rate / limit_rate,
-            per_m(peak.cpu),
-            per_m(peak.cpu_source),
-            peak.rss_peak_kib as f64 / 1024.0,
+            median(peaks.iter().map(|p| per_m(p, p.cpu))),
+            median(peaks.iter().map(|p| per_m(p, p.cpu_source))),
+            median(peaks.iter().map(|p| p.rss_peak_kib as f64)) / 1024.0,
+            q(0.5),
+            q(0.99),
+            q(1.0),
         );
+    }
+
+    // The targets' ratios, per repetition: each pair ran minutes apart at most.
+    let twilight = find(&|k| matches!(k, Kind::Twilight));
+    let unordered = find(&|k| {
+        matches!(
+            k,
+            Kind::Shardhook {
+                max_events: 1,
+                ordered: false,
+                ..
+            }
+        )
+    });
+    let ordered = find(&|k| {
+        matches!(
+            k,
+            Kind::Shardhook {
+                max_events: 1,
+                ordered: true,
+                ..
+            }
+        )
+    });
+    let batched = |t: Transport| {
+        find(
+            &|k| matches!(k, Kind::Shardhook { max_events: 100, transport, .. } if *transport == t),
+        )
+    };
+    let (zlib_batched, zstd_batched) = (
+        batched(Transport::ZlibStream),
+        batched(Transport::ZstdStream),
+    );
+    let ratio =
+        |a: Option<usize>, b: Option<usize>, r: usize, f: &dyn Fn(&Outcome) -> f64| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}", f(&peaks[a][r]) / f(&peaks[b][r])),
+            _ => "n/a".to_owned(),
+        };
+    let speed = |p: &Outcome| rate_of(p);
+    let cost = |p: &Outcome| per_m(p, p.cpu);
+    println!();
+    println!("| repetition | unordered ÷ twilight events/s | unordered ÷ twilight CPU/event | ordered ÷ twilight events/s | ordered ÷ twilight CPU/event | batched ÷ limit events/s | batched ÷ limit CPU/event | zstd ÷ zlib batched CPU/event |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in 0..o.rounds {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r + 1,
+            ratio(unordered, twilight, r, &speed),
+            ratio(unordered, twilight, r, &cost),
+            ratio(ordered, twilight, r, &speed),
+            ratio(ordered, twilight, r, &cost),
+            ratio(zlib_batched, limit, r, &speed),
+            ratio(zlib_batched, limit, r, &cost),
+            ratio(zstd_batched, zlib_batched, r, &cost),
+        );
+    }
+    // The latency distributions, for the chart: 1000 quantiles each, in ms.
+    println!();
+    for (kind, half) in chosen.iter().zip(&halves) {
+        if let Some(lat) = half.as_ref().and_then(|h| h.latency.as_deref()) {
+            let cdf: Vec<String> = (0..=1000)
+                .map(|i| format!("{:.3}", quantile(lat, i as f64 / 1000.0)))
+                .collect();
+            println!("latency-cdf {} | {}", kind.name(), cdf.join(" "));
+        }
     }
     if o.idle_shards > 0 {
         let one = idle_rss(1, &secret, epoch).await;
