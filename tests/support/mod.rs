@@ -70,9 +70,14 @@ pub struct Harness {
     running: Option<JoinHandle<Result<(), AllShardsStopped>>>,
 }
 
-/// A router config pointed at `sim`.
+/// A router config pointed at `sim`, with its own state directory (checkpoints and identify
+/// records of one test must not reach another).
 pub fn config_for(sim: &Simulator) -> Config {
     Config {
+        state: shardhook::config::StateConfig {
+            dir: pipe::temp_dir("state"),
+            ..Default::default()
+        },
         discord: DiscordConfig {
             token: Token::new(DEFAULT_TOKEN),
             api_url: sim.api_url(),
