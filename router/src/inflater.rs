@@ -102,10 +102,17 @@ impl Codec {
         }
     }
 
-    /// Whether the WebSocket message `input` ends a gateway message.
-    fn ends_message(&self, input: &[u8]) -> bool {
+    /// Whether the WebSocket message `input` ends a gateway message. For zlib, `tail` holds
+    /// the last four compressed bytes before `input` and is updated: the suffix itself may be
+    /// split across WebSocket messages, so the last message may hold only its `ff ff`.
+    fn ends_message(&self, tail: &mut [u8; 4], input: &[u8]) -> bool {
         match self {
-            Codec::Zlib(_) => input.ends_with(&SUFFIX),
+            Codec::Zlib(_) => {
+                let keep = 4 - input.len().min(4);
+                tail.copy_within(4 - keep.., 0);
+                tail[keep..].copy_from_slice(&input[input.len() - (4 - keep)..]);
+                *tail == SUFFIX
+            }
             Codec::Zstd(_) => true,
         }
     }
@@ -150,6 +157,8 @@ pub struct Inflater {
     /// Bytes of the current message inflated past the limit and discarded.
     discarded: usize,
     scratch: Vec<u8>,
+    /// The last four compressed bytes seen (zlib's end-of-message check).
+    tail: [u8; 4],
 }
 
 impl Inflater {
@@ -160,6 +169,7 @@ impl Inflater {
             limit: max_message_size,
             discarded: 0,
             scratch: Vec::new(),
+            tail: [0; 4],
         }
     }
 
@@ -198,7 +208,7 @@ impl Inflater {
     }
 
     fn inflate(&mut self, mut input: &[u8]) -> Result<Inflated, InflateError> {
-        let complete = self.codec.ends_message(input);
+        let complete = self.codec.ends_message(&mut self.tail, input);
         loop {
             let target = if self.discarded > 0 {
                 self.scratch.clear();
@@ -329,6 +339,29 @@ mod tests {
             inflater.push(&frame[2 * third..]).unwrap(),
             Inflated::Message(big)
         );
+    }
+
+    #[test]
+    fn a_suffix_split_across_frames_still_ends_the_message() {
+        let frames = stream(&[b"{\"op\":11}", b"{\"op\":1}"]);
+        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 20);
+        for (frame, want) in frames.iter().zip([&b"{\"op\":11}"[..], b"{\"op\":1}"]) {
+            // The last WebSocket message carries only `ff ff` of `00 00 ff ff`, the one
+            // before it one byte, and so on.
+            let cut = frame.len() - 2;
+            assert_eq!(
+                inflater.push(&frame[..cut - 1]).unwrap(),
+                Inflated::Incomplete
+            );
+            assert_eq!(
+                inflater.push(&frame[cut - 1..cut]).unwrap(),
+                Inflated::Incomplete
+            );
+            assert_eq!(
+                inflater.push(&frame[cut..]).unwrap(),
+                Inflated::Message(want.to_vec())
+            );
+        }
     }
 
     #[test]
