@@ -156,6 +156,7 @@ fn run_exits_nonzero_when_every_shard_is_fatally_closed_and_never_prints_the_tok
     )
     .unwrap();
     let out = shardhook(&["run", "--config", path.to_str().unwrap()])
+        .current_dir(&dir)
         .env("DISCORD_TOKEN", SECRET)
         .env("SHARDHOOK_SIGNING_SECRET", SIGNING)
         .env("RUST_LOG", "trace")
