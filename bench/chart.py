@@ -30,10 +30,9 @@ for line in open(src):
         cdfs.append((name, [float(v) for v in values.split()]))
 
 names = [r[0] for r in rows]
-fig, ax = plt.subplots(1, 3, figsize=(19, 6))
-ax[0].barh(names, [r[1] for r in rows], color="tab:blue")
-ax[0].set_xlabel("events/s end to end (higher is better)")
-ax[0].set_xscale("log")
+fig, ax = plt.subplots(1, 3, figsize=(21, 7), gridspec_kw={"width_ratios": [1, 1, 1.2]})
+ax[0].barh(names, [r[1] / 1000 for r in rows], color="tab:blue")
+ax[0].set_xlabel("thousand events/s end to end (higher is better)")
 ax[1].barh(names, [r[2] for r in rows], color="tab:orange")
 ax[1].set_xlabel("contestant CPU s per million events (lower is better)")
 for a in ax[:2]:
@@ -43,14 +42,14 @@ for name, values in cdfs:
     n = len(values)
     # Fraction of events slower than each quantile, so the tail is visible on a log scale.
     above = [1.0 - i / (n - 1) for i in range(n)]
-    ax[2].plot(values, [max(a, 1e-4) for a in above], label=name)
+    ax[2].plot(values, [max(a, 1e-4) for a in above], label=name.split(" (")[0])
 ax[2].set_xscale("log")
 ax[2].set_yscale("log")
 ax[2].axvline(1.0, color="black", linestyle="--", linewidth=1, label="1 ms target")
 ax[2].axhline(0.01, color="grey", linestyle=":", linewidth=1, label="p99")
 ax[2].set_xlabel("added latency at 50% of own peak, ms (source write to sink arrival)")
 ax[2].set_ylabel("fraction of events slower")
-ax[2].legend(fontsize=7)
+ax[2].legend(fontsize=8, loc="lower left")
 fig.suptitle(open(src).readline().strip() + " | " + src)
 fig.tight_layout()
 fig.savefig(out, dpi=90)
