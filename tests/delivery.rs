@@ -172,14 +172,10 @@ async fn a_timeout_is_retried_and_the_duplicate_carries_the_same_webhook_id() {
     p.stop().await;
 }
 
-#[tokio::test]
-async fn a_400_is_dead_lettered_and_shardhook_replay_delivers_it() {
-    let p = Pipe::start(
-        sim(1, 10),
-        vec![("a", 1.0, live(vec![Reply::Status(400)]))],
-        |_| {},
-    )
-    .await;
+/// One shard's events to endpoint "a", whose first request gets `reply`: waits for that batch
+/// to be dead-lettered and the rest delivered, and returns the dead letters.
+async fn first_request_answered(reply: Reply) -> (Pipe, Vec<shardhook::DeadLetter>) {
+    let p = Pipe::start(sim(1, 10), vec![("a", 1.0, live(vec![reply]))], |_| {}).await;
     p.wait_until("a dead letter", |p| {
         p.stats.snapshot().requests_dead_lettered == 1
     })
@@ -189,8 +185,14 @@ async fn a_400_is_dead_lettered_and_shardhook_replay_delivers_it() {
         p.arrivals().len() + 1 == expected && expected >= 13
     })
     .await;
+    let letters = shardhook::read_dead_letters(&p.state_dir.join("dead-letters.jsonl")).unwrap();
+    (p, letters)
+}
+
+#[tokio::test]
+async fn a_400_is_dead_lettered_and_shardhook_replay_delivers_it() {
+    let (p, letters) = first_request_answered(Reply::Status(400)).await;
     let path = p.state_dir.join("dead-letters.jsonl");
-    let letters = shardhook::read_dead_letters(&path).unwrap();
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
     assert_eq!(
@@ -254,22 +256,7 @@ async fn a_redirect_is_dead_lettered_not_followed() {
     let elsewhere = format!("http://{}/moved", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let p = Pipe::start(
-        sim(1, 10),
-        vec![("a", 1.0, live(vec![Reply::Redirect(elsewhere)]))],
-        |_| {},
-    )
-    .await;
-    p.wait_until("a dead letter", |p| {
-        p.stats.snapshot().requests_dead_lettered == 1
-    })
-    .await;
-    p.wait_until("the rest delivered", |p| {
-        let expected = p.sim.observed(|o| o.ledger.len());
-        p.arrivals().len() + 1 == expected && expected >= 13
-    })
-    .await;
-    let letters = shardhook::read_dead_letters(&p.state_dir.join("dead-letters.jsonl")).unwrap();
+    let (p, letters) = first_request_answered(Reply::Redirect(elsewhere)).await;
     assert_eq!(letters.len(), 1);
     assert_eq!((letters[0].status, letters[0].attempts), (Some(302), 1));
     assert_eq!(
