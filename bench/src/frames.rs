@@ -337,29 +337,35 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    #[test]
-    fn pieces_and_chunks_make_one_valid_stream() {
+    /// A connection's HELLO and READY pieces, then every chunk with an ACK piece after the
+    /// first, decode through one context (`decode`) into the load's events in seq order.
+    fn pieces_and_chunks_make_one_valid_stream(
+        t: Transport,
+        mut decode: impl FnMut(&[u8]) -> String,
+    ) {
         let load = Load::build(600, 1);
-        let mut d = Decompress::new(true);
-        let zlib = Transport::ZlibStream;
-        assert!(inflate(&mut d, &piece(zlib, r#"{"op":10}"#, true)).contains("op"));
-        inflate(&mut d, &piece(zlib, "READY", false));
+        assert!(decode(&piece(t, r#"{"op":10}"#, true)).contains("op"));
+        assert_eq!(decode(&piece(t, "READY", false)), "READY");
         let mut seq = FIRST_SEQ;
-        for (c, chunk) in load.zlib.chunks.iter().enumerate() {
+        for (c, chunk) in load.encoded(t).chunks.iter().enumerate() {
             if c == 1 {
-                assert_eq!(
-                    inflate(&mut d, &piece(zlib, r#"{"op":11}"#, false)),
-                    r#"{"op":11}"#
-                );
+                assert_eq!(decode(&piece(t, r#"{"op":11}"#, false)), r#"{"op":11}"#);
             }
             for frame in chunk {
-                let text = inflate(&mut d, frame);
+                let text = decode(frame);
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap();
                 assert_eq!(v["s"], seq);
                 seq += 1;
             }
         }
         assert_eq!(seq, FIRST_SEQ + 600);
+        assert!(load.encoded(t).wire_bytes < load.raw_bytes);
+    }
+
+    #[test]
+    fn zlib_pieces_and_chunks_make_one_valid_stream() {
+        let mut d = Decompress::new(true);
+        pieces_and_chunks_make_one_valid_stream(Transport::ZlibStream, |f| inflate(&mut d, f));
     }
 
     /// Decompresses one WebSocket message of a zstd stream, as a reader does.
@@ -383,27 +389,7 @@ mod tests {
 
     #[test]
     fn zstd_pieces_and_chunks_make_one_valid_stream() {
-        let load = Load::build(600, 1);
-        let zstd = Transport::ZstdStream;
         let mut d = zstd::stream::raw::Decoder::new().unwrap();
-        assert!(unzstd(&mut d, &piece(zstd, r#"{"op":10}"#, true)).contains("op"));
-        assert_eq!(unzstd(&mut d, &piece(zstd, "READY", false)), "READY");
-        let mut seq = FIRST_SEQ;
-        for (c, chunk) in load.zstd.chunks.iter().enumerate() {
-            if c == 1 {
-                assert_eq!(
-                    unzstd(&mut d, &piece(zstd, r#"{"op":11}"#, false)),
-                    r#"{"op":11}"#
-                );
-            }
-            for frame in chunk {
-                let text = unzstd(&mut d, frame);
-                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-                assert_eq!(v["s"], seq);
-                seq += 1;
-            }
-        }
-        assert_eq!(seq, FIRST_SEQ + 600);
-        assert!(load.zstd.wire_bytes < load.raw_bytes);
+        pieces_and_chunks_make_one_valid_stream(Transport::ZstdStream, |f| unzstd(&mut d, f));
     }
 }
