@@ -113,13 +113,7 @@ impl Batch {
         }
         body.extend_from_slice(b"]}");
         Request {
-            id: format!(
-                "msg_{}_{:016x}_{}_{}",
-                first.shard_id,
-                session_hash(&first.session_id),
-                first.seq,
-                last.seq
-            ),
+            id: webhook_id(first.shard_id, &first.session_id, first.seq, last.seq),
             body: Bytes::from(body),
             shard_id: first.shard_id,
             session_id: first.session_id.clone(),
@@ -136,6 +130,27 @@ fn event_size(event: &Dispatch) -> usize {
     PER_EVENT + event.name().len() + event.data().len()
 }
 
+/// `msg_{shard}_{session hash, 16 hex digits}_{first seq}_{last seq}`, written without
+/// `format!`: it is built once per request, and the formatting machinery was ~1.5% of an
+/// unbatched router's CPU.
+fn webhook_id(shard_id: u32, session: &str, first: u64, last: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut number = itoa::Buffer::new();
+    let mut id = String::with_capacity(64);
+    id.push_str("msg_");
+    id.push_str(number.format(shard_id));
+    id.push('_');
+    let hash = session_hash(session);
+    for shift in (0..16).rev() {
+        id.push(HEX[(hash >> (shift * 4)) as usize & 0xf] as char);
+    }
+    id.push('_');
+    id.push_str(number.format(first));
+    id.push('_');
+    id.push_str(number.format(last));
+    id
+}
+
 /// A stable hash of a session id, so ids carry no characters a `webhook-id` must not have.
 fn session_hash(session: &str) -> u64 {
     session.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -146,6 +161,24 @@ fn session_hash(session: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_webhook_id_names_shard_session_hash_and_seq_range() {
+        let hash = session_hash("abc");
+        assert_eq!(
+            webhook_id(7, "abc", 12, 345),
+            format!("msg_7_{hash:016x}_12_345")
+        );
+        // Leading zeros of the hash are kept: the id's fields have fixed positions.
+        assert_eq!(webhook_id(0, "", 0, 0), "msg_0_cbf29ce484222325_0_0");
+        let small = (0..)
+            .map(|n| n.to_string())
+            .find(|s| session_hash(s) >> 60 == 0)
+            .unwrap();
+        let id = webhook_id(1, &small, 2, 3);
+        assert_eq!(id, format!("msg_1_{:016x}_2_3", session_hash(&small)));
+        assert_eq!(&id[6..7], "0");
+    }
 
     fn dispatch(session: &Arc<str>, seq: u64, name: &str, d: &str) -> Dispatch {
         let message = format!(r#"{{"t":"{name}","s":{seq},"op":0,"d":{d}}}"#);
