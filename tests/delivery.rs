@@ -322,6 +322,37 @@ async fn a_slow_endpoint_delays_delivery_but_loses_nothing_and_keeps_order() {
 }
 
 #[tokio::test]
+async fn unordered_delivery_keeps_sixteen_requests_of_a_shard_in_flight_and_loses_nothing() {
+    // Every request is held for a second. In order (the default) a shard's second request
+    // waits for the first answer; with `ordering = "none"` sixteen wait at once.
+    let held = (0..64)
+        .map(|_| Reply::Delay(Duration::from_secs(1)))
+        .collect();
+    let p = Pipe::start(sim(1, 40), vec![("a", 1.0, live(held))], |c| {
+        c.batch.max_events = 1;
+        c.delivery.ordering = shardhook::config::Ordering::None;
+    })
+    .await;
+    // One snapshot of (requests received, events answered), taken when either is decided.
+    let seen = std::cell::Cell::new((0, 0));
+    p.wait_until("sixteen requests held, or a first answer", |p| {
+        let (requests, answered) = (p.requests().len(), p.arrivals().len());
+        seen.set((requests, answered));
+        requests >= 16 || answered > 0
+    })
+    .await;
+    assert_eq!(
+        seen.get(),
+        (16, 0),
+        "(requests received, events answered): sixteen in flight before any answer, no more"
+    );
+    p.wait_delivered(&[]).await;
+    p.assert_exactly_once(&[]);
+    assert_eq!(p.stats.snapshot().requests_dead_lettered, 0);
+    p.stop().await;
+}
+
+#[tokio::test]
 async fn an_endpoint_rate_limit_spaces_requests() {
     let p = Pipe::start(sim(1, 30), vec![("a", 1.0, live(vec![]))], |c| {
         c.endpoints[0].rate_limit = Some(shardhook::config::RateLimitConfig {

@@ -292,6 +292,15 @@ impl Pipe {
     /// Every expected event arrived exactly once, in seq order per shard session, and nothing
     /// arrived that the double did not send. Returns arrivals per endpoint.
     pub fn assert_exactly_once_in_order(&self, skip: &[&str]) -> Vec<usize> {
+        self.assert_exactly_once_ordered(skip, true)
+    }
+
+    /// Like `assert_exactly_once_in_order`, for `ordering = "none"`: in any order.
+    pub fn assert_exactly_once(&self, skip: &[&str]) -> Vec<usize> {
+        self.assert_exactly_once_ordered(skip, false)
+    }
+
+    fn assert_exactly_once_ordered(&self, skip: &[&str], in_order: bool) -> Vec<usize> {
         let arrivals = self.arrivals();
         let mut per_endpoint = vec![0; self.receivers.len()];
         let mut times: HashMap<(u32, String, u64), u32> = HashMap::new();
@@ -307,7 +316,7 @@ impl Pipe {
                 .insert((a.shard, a.session.clone()), a.seq)
                 .unwrap_or(0);
             assert!(
-                a.seq > prev,
+                !in_order || a.seq > prev,
                 "shard {} session {}: seq {} arrived after {}",
                 a.shard,
                 a.session,
