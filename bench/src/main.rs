@@ -36,13 +36,14 @@ struct Options {
     latency: bool,
     /// Peak rounds per contestant; the table gives medians, and ratios per repetition.
     rounds: usize,
-    /// Only contestants whose name contains this (for profiling one).
+    /// Only contestants whose name contains this, or one of these comma-separated names (to
+    /// profile one, or compare a few).
     only: Option<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--only NAME]"
+        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--only NAME[,NAME..]]"
     );
     std::process::exit(2)
 }
@@ -123,11 +124,15 @@ enum Kind {
     Twilight,
     Limit(Transport),
     SinkCeiling,
+    /// A shardhook contestant run from the build named by `BENCH_BASELINE` (an older
+    /// `shardhook-bench`), beside the current one in the same run: an A/B of a change.
+    Baseline(Box<Kind>),
 }
 
 impl Kind {
     fn name(&self) -> String {
         match self {
+            Kind::Baseline(kind) => format!("baseline build: {}", kind.name()),
             Kind::Shardhook {
                 max_events: 1,
                 ordered,
@@ -155,7 +160,10 @@ impl Kind {
     }
 
     fn paced(&self) -> bool {
-        !matches!(self, Kind::Limit(_) | Kind::SinkCeiling)
+        match self {
+            Kind::Baseline(kind) => kind.paced(),
+            kind => !matches!(kind, Kind::Limit(_) | Kind::SinkCeiling),
+        }
     }
 }
 
@@ -169,7 +177,15 @@ struct Ctx {
 
 impl Ctx {
     fn spawn(&self, kind: &Kind) -> Child {
-        let exe = std::env::current_exe().expect("own path");
+        let (exe, kind) = match kind {
+            Kind::Baseline(kind) => (
+                std::env::var_os("BENCH_BASELINE")
+                    .expect("BENCH_BASELINE names the baseline build")
+                    .into(),
+                &**kind,
+            ),
+            kind => (std::env::current_exe().expect("own path"), kind),
+        };
         // BENCH_WRAP runs each contestant under a profiler, e.g. "heaptrack" or
         // "valgrind --tool=callgrind"; the figures of such a run are not comparable.
         let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
@@ -219,6 +235,7 @@ impl Ctx {
                 self.events.to_string(),
                 transport.to_string(),
             ]),
+            Kind::Baseline(_) => unreachable!("a baseline's kind was unwrapped above"),
         };
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -460,12 +477,23 @@ async fn run(o: Options) {
         shardhook(100, 5, Transport::ZstdStream, true),
         Kind::SinkCeiling,
     ];
+    // BENCH_BASELINE=path/to/an/older/shardhook-bench: each shardhook contestant also runs
+    // from that build, next to the current one in every repetition.
+    let baseline = std::env::var_os("BENCH_BASELINE").is_some();
+    let kinds: Vec<Kind> = kinds
+        .into_iter()
+        .flat_map(|kind| {
+            let twin = (baseline && matches!(kind, Kind::Shardhook { .. }))
+                .then(|| Kind::Baseline(Box::new(kind.clone())));
+            std::iter::once(kind).chain(twin)
+        })
+        .collect();
     let chosen: Vec<&Kind> = kinds
         .iter()
         .filter(|k| {
             o.only
                 .as_ref()
-                .is_none_or(|only| k.name().contains(only.as_str()))
+                .is_none_or(|only| only.split(',').any(|name| k.name().contains(name)))
         })
         .collect();
     // Repetitions go round the contestants, so a slow stretch of the machine hits them all.
