@@ -259,14 +259,10 @@ pub async fn twilight(gateway_url: &str, sink_url: &str, secret: &str, shards: u
 }
 
 /// The sink's own ceiling: a plain load client posting `total` one-event requests (a
-/// representative signed body) with 64 in flight, starting when a line arrives on stdin.
-pub async fn load_client(sink_url: &str, secret: &str, total: u64) {
-    let mut line = String::new();
-    let _ = tokio::io::AsyncBufReadExt::read_line(
-        &mut tokio::io::BufReader::new(tokio::io::stdin()),
-        &mut line,
-    )
-    .await;
+/// representative signed body) with 64 in flight, starting when `go` is notified (the parent
+/// writes "go" on stdin).
+pub async fn load_client(sink_url: &str, secret: &str, total: u64, go: Arc<tokio::sync::Notify>) {
+    go.notified().await;
     let signer = Arc::new(shardhook::Signer::new(
         SigningKey::parse(secret).expect("a valid secret"),
         vec![],

@@ -90,6 +90,22 @@ fn main() {
 
 async fn child(args: &[String]) {
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_else(|| usage());
+    // The parent writes "go" (the sink ceiling's start) and then "stop", or closes stdin: the
+    // contestant then exits normally, so a profiler wrapped around it (BENCH_WRAP: perf stat,
+    // callgrind) gets to write its results, which a kill would lose.
+    let go = Arc::new(tokio::sync::Notify::new());
+    let started = go.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            match line.as_str() {
+                "go" => started.notify_one(),
+                "stop" => break,
+                _ => {}
+            }
+        }
+        std::process::exit(0);
+    });
     match arg(0) {
         "shardhook" => {
             let (max_events, linger) = (arg(4).parse().unwrap(), arg(5).parse().unwrap());
@@ -102,7 +118,9 @@ async fn child(args: &[String]) {
             contestants::shardhook(arg(1), arg(2), arg(3), batch, transport).await
         }
         "twilight" => contestants::twilight(arg(1), arg(2), arg(3), arg(4).parse().unwrap()).await,
-        "sink-ceiling" => contestants::load_client(arg(1), arg(2), arg(3).parse().unwrap()).await,
+        "sink-ceiling" => {
+            contestants::load_client(arg(1), arg(2), arg(3).parse().unwrap(), go).await
+        }
         "limit" => {
             let (shards, events) = (arg(2).parse().unwrap(), arg(3).parse().unwrap());
             contestants::limit(arg(1), shards, events, transport_named(arg(4))).await
@@ -352,7 +370,7 @@ async fn round(ctx: &Ctx, kind: &Kind, rate: Option<f64>) -> Outcome {
     let secs = t0.elapsed().as_secs_f64();
     let (cpu, cpu_source) = (cpu_of(pid) - cpu0, cpu_self() - self0);
     let rss_peak_kib = status_kib(pid, "VmHWM");
-    let _ = child.kill().await;
+    stop(&mut child).await;
     let events = match kind {
         Kind::Limit(_) => target,
         _ => ctx.sink.shared.events.load(Ordering::SeqCst),
@@ -366,6 +384,21 @@ async fn round(ctx: &Ctx, kind: &Kind, rate: Option<f64>) -> Outcome {
         rss_peak_kib,
         latency,
         timed_out,
+    }
+}
+
+/// Asks a contestant to exit ("stop" on its stdin) and waits for it, so a profiler wrapped
+/// around it can write its results; kills it if it has not exited within a minute (callgrind
+/// can take that long to write).
+async fn stop(child: &mut Child) {
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut stdin, b"stop\n").await;
+    }
+    if tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
     }
 }
 
@@ -422,7 +455,7 @@ async fn idle_rss(shards: u32, secret: &str, epoch: Instant) -> Option<u64> {
     // Let READYs be delivered and allocations settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = status_kib(pid, "VmRSS");
-    let _ = child.kill().await;
+    stop(&mut child).await;
     ok.then_some(rss)
 }
 
