@@ -508,6 +508,8 @@ async fn run(o: Options) {
         shardhook(1, 0, Transport::ZlibStream, true),
         shardhook(100, 5, Transport::ZlibStream, true),
         shardhook(100, 5, Transport::ZstdStream, true),
+        // No linger: a batch takes only what is already queued, so it grows with the backlog.
+        shardhook(100, 0, Transport::ZlibStream, true),
         Kind::SinkCeiling,
     ];
     // BENCH_BASELINE=path/to/an/older/shardhook-bench: each shardhook contestant also runs
