@@ -156,7 +156,7 @@ fn run_exits_nonzero_when_every_shard_is_fatally_closed_and_never_prints_the_tok
     )
     .unwrap();
     let out = shardhook(&["run", "--config", path.to_str().unwrap()])
-        .current_dir(&dir)
+        .current_dir(&*dir)
         .env("DISCORD_TOKEN", SECRET)
         .env("SHARDHOOK_SIGNING_SECRET", SIGNING)
         .env("RUST_LOG", "trace")
@@ -186,7 +186,7 @@ fn run_refuses_a_wrong_token_clearly_and_never_prints_it() {
         .env("SHARDHOOK_SIGNING_SECRET", SIGNING)
         .env("SHARDHOOK__DISCORD__API_URL", &api_url)
         .env("RUST_LOG", "trace")
-        .current_dir(dir)
+        .current_dir(&*dir)
         .output()
         .unwrap();
     sim.kill().unwrap();
@@ -196,7 +196,24 @@ fn run_refuses_a_wrong_token_clearly_and_never_prints_it() {
     assert!(!text.contains("wrong.SECRET-token"), "{text}");
 }
 
-fn tempdir() -> std::path::PathBuf {
+/// A directory of its own under the system temp dir, removed when dropped. Not `AsRef<Path>`:
+/// passing it by value to a command would drop (remove) it before the command runs.
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> TempDir {
     let dir = std::env::temp_dir().join(format!(
         "shardhook-cli-{}-{}",
         std::process::id(),
@@ -206,5 +223,5 @@ fn tempdir() -> std::path::PathBuf {
             .as_nanos()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }

@@ -28,6 +28,17 @@ pub struct Batching {
     pub ordered: bool,
 }
 
+/// The shardhook contestant's state directory (checkpoints, spool): one per process, removed
+/// by [`remove_state`] when the contestant is told to stop.
+fn state_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("shardhook-bench-{}", std::process::id()))
+}
+
+/// Removes this process's state directory, if it made one (each is ~4 MiB, mostly the spool).
+pub fn remove_state() {
+    let _ = std::fs::remove_dir_all(state_dir());
+}
+
 /// Runs shardhook against `api_url`, posting to `sink_url`, until killed.
 pub async fn shardhook(
     api_url: &str,
@@ -48,7 +59,7 @@ pub async fn shardhook(
     };
     config.endpoints = vec![EndpointConfig::new("sink", sink_url)];
     config.state = StateConfig {
-        dir: std::env::temp_dir().join(format!("shardhook-bench-{}", std::process::id())),
+        dir: state_dir(),
         ..StateConfig::default()
     };
     config.batch = BatchConfig {

@@ -104,6 +104,7 @@ async fn child(args: &[String]) {
                 _ => {}
             }
         }
+        contestants::remove_state();
         std::process::exit(0);
     });
     match arg(0) {
