@@ -323,10 +323,11 @@ async fn a_slow_endpoint_delays_delivery_but_loses_nothing_and_keeps_order() {
 
 #[tokio::test]
 async fn unordered_delivery_keeps_sixteen_requests_of_a_shard_in_flight_and_loses_nothing() {
-    // Every request is held for a second. In order (the default) a shard's second request
-    // waits for the first answer; with `ordering = "none"` sixteen wait at once.
-    let held = (0..64)
-        .map(|_| Reply::Delay(Duration::from_secs(1)))
+    // The first sixteen requests are held for 3 s. In order (the default) a shard's second
+    // request waits for the first answer; with `ordering = "none"` sixteen wait at once, and
+    // the seventeenth waits for one of them.
+    let held = (0..16)
+        .map(|_| Reply::Delay(Duration::from_secs(3)))
         .collect();
     let p = Pipe::start(sim(1, 40), vec![("a", 1.0, live(held))], |c| {
         c.batch.max_events = 1;
