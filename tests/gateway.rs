@@ -101,15 +101,24 @@ async fn op_7_resumes_on_the_resume_gateway_url() {
     h.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_dropped_connection_resumes_and_missed_events_are_replayed() {
-    let h = Harness::start(sim(400), |_| {}).await;
+/// Starts 400 events of traffic, drops shard 0's connection mid-stream, and checks that the
+/// shard resumed and every event arrived exactly once. Returns the harness for more checks.
+async fn drop_mid_traffic_and_resume(
+    tweak: impl FnOnce(&mut shardhook::config::Config),
+) -> Harness {
+    let h = Harness::start(sim(400), tweak).await;
     h.all_active().await;
     h.wait_received("some traffic", |got| got.len() > 50).await;
     assert!(h.sim.inject(0, Fault::Drop));
     h.wait_status(0, "a resume", |s| s.resumes == 1).await;
     h.wait_all_delivered(&[]).await;
     assert_eq!(h.assert_exactly_once(&[]), 0, "nothing lost");
+    h
+}
+
+#[tokio::test]
+async fn a_dropped_connection_resumes_and_missed_events_are_replayed() {
+    let h = drop_mid_traffic_and_resume(|_| {}).await;
     h.stop().await.unwrap();
 }
 
@@ -392,13 +401,7 @@ fn assert_all_zstd(h: &Harness, n: usize) {
 
 #[tokio::test]
 async fn zstd_stream_delivers_every_event_once_across_a_resume() {
-    let h = Harness::start(sim(400), zstd).await;
-    h.all_active().await;
-    h.wait_received("some traffic", |got| got.len() > 50).await;
-    assert!(h.sim.inject(0, Fault::Drop));
-    h.wait_status(0, "a resume", |s| s.resumes == 1).await;
-    h.wait_all_delivered(&[]).await;
-    assert_eq!(h.assert_exactly_once(&[]), 0, "nothing lost");
+    let h = drop_mid_traffic_and_resume(zstd).await;
     assert_eq!(h.status(0).sessions, 1, "resumed, not identified anew");
     assert_all_zstd(&h, 2);
     h.stop().await.unwrap();
