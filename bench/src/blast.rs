@@ -7,7 +7,7 @@
 //! answers heartbeats, between chunks, so the reader's zombie detection stays quiet.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use axum::serve::ListenerExt;
 use futures_util::SinkExt;
 use shardhook::config::Compression as Transport;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::frames::{self, Load};
@@ -46,6 +46,10 @@ pub struct Shared {
     /// Frames written in the current round.
     pub frames_out: AtomicU64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// In a paced round, each shard's permits to write its next frame, released by the pacer.
+    pacing: Mutex<Vec<Arc<Semaphore>>>,
+    /// Tells the pacer thread of the current round to stop.
+    pacer_stop: Mutex<Arc<AtomicBool>>,
 }
 
 impl Blaster {
@@ -63,6 +67,8 @@ impl Blaster {
             go: watch::channel(None).0,
             sent_at,
             frames_out: AtomicU64::new(0),
+            pacing: Mutex::new(Vec::new()),
+            pacer_stop: Mutex::new(Arc::new(AtomicBool::new(false))),
             tasks: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
@@ -95,6 +101,11 @@ impl Blaster {
         for task in self.shared.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
+        self.shared
+            .pacer_stop
+            .lock()
+            .unwrap()
+            .store(true, Ordering::SeqCst);
         self.shared.identified.store(0, Ordering::SeqCst);
         self.shared.frames_out.store(0, Ordering::SeqCst);
         self.shared.go.send_replace(None);
@@ -107,7 +118,37 @@ impl Blaster {
 
     /// Starts the traffic on every identified connection: `rate` events/s over all shards, or
     /// as fast as the readers take them.
-    pub fn go(&self, rate: Option<f64>) {
+    ///
+    /// Paced, each shard sleeps on tokio's timer until its next frame is due. The timer has 1 ms
+    /// resolution, so a shard's frames of one millisecond leave in one burst, and all shards'
+    /// bursts at once. With `fine`, a thread of its own releases the frames one at a time
+    /// instead, shards interleaved (`std::thread::sleep` wakes within ~0.1 ms); the thread
+    /// costs CPU on the same cores.
+    pub fn go(&self, rate: Option<f64>, fine: bool) {
+        *self.shared.pacing.lock().unwrap() = Vec::new();
+        if let (Some(rate), true) = (rate, fine) {
+            let shards = self.shared.shards as usize;
+            let permits: Vec<Arc<Semaphore>> =
+                (0..shards).map(|_| Arc::new(Semaphore::new(0))).collect();
+            *self.shared.pacing.lock().unwrap() = permits.clone();
+            let stop = Arc::new(AtomicBool::new(false));
+            *self.shared.pacer_stop.lock().unwrap() = stop.clone();
+            let total = self.shared.load.events * shards;
+            std::thread::spawn(move || {
+                let start = std::time::Instant::now();
+                for i in 0..total {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate);
+                    let now = std::time::Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    permits[i % shards].add_permits(1);
+                }
+            });
+        }
         self.shared.go.send_replace(Some(rate));
     }
 }
@@ -211,6 +252,8 @@ async fn serve(mut socket: WebSocket, shared: Arc<Shared>, transport: Transport)
             },
         }
     };
+    let paced = rate.is_some();
+    let permits = shared.pacing.lock().unwrap().get(shard as usize).cloned();
     let per_shard = rate.map(|r| r / shared.shards as f64);
     let start = Instant::now();
     let sent_at = &shared.sent_at[shard as usize % shared.sent_at.len()];
@@ -230,7 +273,19 @@ async fn serve(mut socket: WebSocket, shared: Arc<Shared>, transport: Transport)
             }
         }
         for frame in chunk {
-            if let Some(r) = per_shard {
+            if let Some(permits) = &permits {
+                // Behind the pacer: write on. Otherwise flush what is written, then wait.
+                let permit = match permits.try_acquire() {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        if socket.flush().await.is_err() {
+                            return;
+                        }
+                        permits.acquire().await.expect("never closed")
+                    }
+                };
+                permit.forget();
+            } else if let Some(r) = per_shard {
                 let due = start + Duration::from_secs_f64(n as f64 / r);
                 if due > Instant::now() {
                     if socket.flush().await.is_err() {
@@ -245,8 +300,7 @@ async fn serve(mut socket: WebSocket, shared: Arc<Shared>, transport: Transport)
                 return;
             }
             n += 1;
-            if per_shard.is_none() && n.is_multiple_of(FLUSH_EVERY) && socket.flush().await.is_err()
-            {
+            if !paced && n.is_multiple_of(FLUSH_EVERY) && socket.flush().await.is_err() {
                 return;
             }
         }

@@ -36,6 +36,8 @@ struct Options {
     latency: bool,
     /// Peak rounds per contestant; the table gives medians, and ratios per repetition.
     rounds: usize,
+    /// Pace with a thread of its own instead of tokio's 1 ms timer (see `Blaster::go`).
+    fine_pacing: bool,
     /// Only contestants whose name contains this, or one of these comma-separated names (to
     /// profile one, or compare a few).
     only: Option<String>,
@@ -43,7 +45,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--only NAME[,NAME..]]"
+        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--fine-pacing] [--only NAME[,NAME..]]"
     );
     std::process::exit(2)
 }
@@ -64,6 +66,7 @@ fn main() {
                 latency: true,
                 rounds: 3,
                 only: None,
+                fine_pacing: false,
             };
             let mut it = args[1..].iter();
             while let Some(flag) = it.next() {
@@ -78,6 +81,7 @@ fn main() {
                     "--idle-shards" => o.idle_shards = value() as u32,
                     "--rounds" => o.rounds = value().max(1),
                     "--no-latency" => o.latency = false,
+                    "--fine-pacing" => o.fine_pacing = true,
                     "--only" => o.only = Some(it.next().cloned().unwrap_or_else(|| usage())),
                     _ => usage(),
                 }
@@ -192,6 +196,7 @@ struct Ctx {
     secret: String,
     shards: u32,
     events: usize,
+    fine_pacing: bool,
 }
 
 impl Ctx {
@@ -341,7 +346,7 @@ async fn round(ctx: &Ctx, kind: &Kind, rate: Option<f64>) -> Outcome {
     let target = ctx.events as u64 * ctx.shards as u64;
     let (cpu0, self0) = (cpu_of(pid), cpu_self());
     let t0 = Instant::now();
-    ctx.blaster.go(rate);
+    ctx.blaster.go(rate, ctx.fine_pacing);
     if gateway_less {
         if let Some(stdin) = child.stdin.as_mut() {
             let _ = tokio::io::AsyncWriteExt::write_all(stdin, b"go\n").await;
@@ -444,6 +449,7 @@ async fn idle_rss(shards: u32, secret: &str, epoch: Instant) -> Option<u64> {
         secret: secret.to_owned(),
         shards,
         events: 0,
+        fine_pacing: false,
     };
     let mut child = ctx.spawn(&Kind::Shardhook {
         max_events: 1,
@@ -494,6 +500,7 @@ async fn run(o: Options) {
         secret: secret.clone(),
         shards: o.shards,
         events: o.events,
+        fine_pacing: o.fine_pacing,
     };
     let shardhook = |max_events, linger_ms, transport, ordered| Kind::Shardhook {
         max_events,
@@ -577,8 +584,13 @@ async fn run(o: Options) {
     let limit_rate = limit.map_or(f64::NAN, |i| median(peaks[i].iter().map(rate_of)));
     println!();
     println!(
-        "Medians of {} peak rounds each; latency from one round paced at half the median peak.",
-        o.rounds
+        "Medians of {} peak rounds each; latency from one round paced at half the median peak ({}).",
+        o.rounds,
+        if o.fine_pacing {
+            "--fine-pacing: frames released one at a time by a thread of their own"
+        } else {
+            "paced on tokio's 1 ms timer"
+        }
     );
     println!();
     println!("| contestant | events/s | x limit | CPU s / M events | source+sink CPU s / M events | peak RSS MiB | p50 ms @50% | p99 ms @50% | max ms @50% |");
