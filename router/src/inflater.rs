@@ -2,8 +2,8 @@
 //!
 //! Owns one decompression context per connection and the rule for where a gateway message
 //! ends. With zlib a message is complete when the compressed stream's last four bytes are
-//! `00 00 ff ff`, and it may span several WebSocket messages (even the suffix may be split). With zstd every WebSocket message is one whole
-//! gateway message: Discord flushes the stream after each (without ending the zstd frame) and
+//! `00 00 ff ff`, and it may span several WebSocket messages (even the suffix may be split).
+//! With zstd every WebSocket message is one whole gateway message: Discord flushes the stream after each (without ending the zstd frame) and
 //! never splits one, so a message is complete once its bytes are consumed and the decoder has
 //! nothing more to give. Input is decompressed as it arrives, so compressed bytes are never
 //! buffered, and output beyond `max_message_size` is decompressed into a scratch buffer and
@@ -260,6 +260,8 @@ mod tests {
     use super::*;
     use flate2::{Compress, Compression as Level, FlushCompress};
 
+    use crate::simulate::zstd_flushed;
+
     fn stream(msgs: &[&[u8]]) -> Vec<Vec<u8>> {
         let mut z = Compress::new(Level::default(), true);
         msgs.iter().map(|m| compress_all(&mut z, m)).collect()
@@ -283,21 +285,6 @@ mod tests {
     fn zstd_stream(msgs: &[&[u8]]) -> Vec<Vec<u8>> {
         let mut z = zstd::stream::raw::Encoder::new(3).unwrap();
         msgs.iter().map(|m| zstd_flushed(&mut z, m)).collect()
-    }
-
-    fn zstd_flushed(z: &mut zstd::stream::raw::Encoder<'static>, msg: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(msg.len() / 2 + 64);
-        let mut src = InBuffer::around(msg);
-        loop {
-            out.reserve(msg.len() / 2 + 64);
-            let pos = out.len();
-            let mut dst = OutBuffer::around_pos(&mut out, pos);
-            if src.pos() < msg.len() {
-                z.run(&mut src, &mut dst).unwrap();
-            } else if z.flush(&mut dst).unwrap() == 0 {
-                return out;
-            }
-        }
     }
 
     fn big() -> Vec<u8> {
@@ -364,19 +351,37 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_oversize_message_is_dropped_and_the_stream_goes_on() {
-        let big = vec![b'x'; 100_000];
-        let frames = stream(&[&big, b"{\"op\":11}"]);
-        let mut inflater = Inflater::new(Compression::ZlibStream, 10_000);
+    /// The frames of `msgs` as the double sends them with `compression`.
+    fn encoded(compression: Compression, msgs: &[&[u8]]) -> Vec<Vec<u8>> {
+        match compression {
+            Compression::ZlibStream => stream(msgs),
+            Compression::ZstdStream => zstd_stream(msgs),
+        }
+    }
+
+    /// A message over the limit is dropped and reported with its size, and the stream goes on:
+    /// the next message comes whole.
+    fn oversize_is_dropped_and_the_stream_goes_on(compression: Compression) {
+        let big = big();
+        let frames = encoded(compression, &[b"{\"op\":10}", &big, b"{\"op\":11}"]);
+        let mut inflater = Inflater::new(compression, 10_000);
         assert_eq!(
             inflater.push(&frames[0]).unwrap(),
-            Inflated::Oversize { size: 100_000 }
+            Inflated::Message(b"{\"op\":10}".to_vec())
         );
         assert_eq!(
             inflater.push(&frames[1]).unwrap(),
+            Inflated::Oversize { size: big.len() }
+        );
+        assert_eq!(
+            inflater.push(&frames[2]).unwrap(),
             Inflated::Message(b"{\"op\":11}".to_vec())
         );
+    }
+
+    #[test]
+    fn an_oversize_message_is_dropped_and_the_stream_goes_on() {
+        oversize_is_dropped_and_the_stream_goes_on(Compression::ZlibStream);
     }
 
     #[test]
@@ -423,18 +428,7 @@ mod tests {
 
     #[test]
     fn a_zstd_oversize_message_is_dropped_and_the_stream_goes_on() {
-        let big = big();
-        let frames = zstd_stream(&[b"{\"op\":10}", &big, b"{\"op\":11}"]);
-        let mut inflater = Inflater::new(Compression::ZstdStream, 10_000);
-        inflater.push(&frames[0]).unwrap();
-        assert_eq!(
-            inflater.push(&frames[1]).unwrap(),
-            Inflated::Oversize { size: big.len() }
-        );
-        assert_eq!(
-            inflater.push(&frames[2]).unwrap(),
-            Inflated::Message(b"{\"op\":11}".to_vec())
-        );
+        oversize_is_dropped_and_the_stream_goes_on(Compression::ZstdStream);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::{
     Fault, IdentifyRecord, LedgerEntry, ResumeRecord, Shared, SimSession, IDENTIFY_INTERVAL,
     IDENTIFY_TOLERANCE, MAX_CLIENT_PAYLOAD, REPLAY_BUFFER, SEND_LIMIT, SEND_WINDOW,
 };
+use crate::config::Compression as Transport;
 use crate::payload::op;
 
 /// The connection is over; the socket is dropped (after a close frame, if one was sent).
@@ -60,7 +61,7 @@ pub(super) async fn serve(
         i.observed.connections += 1;
         i.observed
             .compress
-            .push(compress.map(|t| t.name().to_owned()));
+            .push(compress.map(|t| t.as_str().to_owned()));
     });
     let (faults_tx, faults) = mpsc::unbounded_channel();
     let mut conn = Conn {
@@ -494,22 +495,6 @@ impl Conn {
     }
 }
 
-/// The transport compression a connection asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Transport {
-    Zlib,
-    Zstd,
-}
-
-impl Transport {
-    fn name(self) -> &'static str {
-        match self {
-            Transport::Zlib => "zlib-stream",
-            Transport::Zstd => "zstd-stream",
-        }
-    }
-}
-
 /// One connection's compression context: the whole connection is one stream.
 enum Compressor {
     Zlib(Compress),
@@ -519,9 +504,9 @@ enum Compressor {
 impl Compressor {
     fn new(transport: Transport) -> Compressor {
         match transport {
-            Transport::Zlib => Compressor::Zlib(Compress::new(Compression::fast(), true)),
+            Transport::ZlibStream => Compressor::Zlib(Compress::new(Compression::fast(), true)),
             // Level 1, the fastest, as zlib's is; the level does not change the framing.
-            Transport::Zstd => Compressor::Zstd(
+            Transport::ZstdStream => Compressor::Zstd(
                 zstd::stream::raw::Encoder::new(1).expect("a zstd compression context"),
             ),
         }
@@ -542,8 +527,8 @@ impl Compressor {
 }
 
 /// Compresses one message and flushes (`ZSTD_e_flush`) without ending the frame, as Discord
-/// does, so the client's decoder yields exactly this message.
-fn zstd_flushed(z: &mut zstd::stream::raw::Encoder<'static>, input: &[u8]) -> Vec<u8> {
+/// does, so the client's decoder yields exactly this message. The inflater's tests use it too.
+pub(crate) fn zstd_flushed(z: &mut zstd::stream::raw::Encoder<'static>, input: &[u8]) -> Vec<u8> {
     use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
     let mut out = Vec::with_capacity(input.len() / 2 + 64);
     let mut src = InBuffer::around(input);

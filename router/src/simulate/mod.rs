@@ -8,6 +8,9 @@
 //! as a rule violation here instead of agreeing with itself.
 
 mod connection;
+
+#[cfg(test)]
+pub(crate) use connection::zstd_flushed;
 pub mod events;
 
 use std::collections::{HashMap, HashSet};
@@ -27,6 +30,8 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+
+use crate::config::Compression;
 
 /// How the double behaves. `Default` is a small, Discord-like bot.
 #[derive(Debug, Clone)]
@@ -482,8 +487,8 @@ fn upgrade(
     }
     let compress = match query.compress.as_deref() {
         None => None,
-        Some("zlib-stream") => Some(connection::Transport::Zlib),
-        Some("zstd-stream") => Some(connection::Transport::Zstd),
+        Some("zlib-stream") => Some(Compression::ZlibStream),
+        Some("zstd-stream") => Some(Compression::ZstdStream),
         Some(other) => {
             let refusal = format!("unsupported compress={other} (zlib-stream or zstd-stream)\n");
             return (StatusCode::BAD_REQUEST, refusal).into_response();
