@@ -51,6 +51,11 @@ impl Drop for IdentifyPermit {
     }
 }
 
+/// Where a bucket's last IDENTIFY is recorded.
+fn record_path(dir: &Path, bucket: usize) -> PathBuf {
+    dir.join(format!("bucket-{bucket}"))
+}
+
 impl IdentifyQueue {
     /// A queue that remembers nothing across runs.
     #[cfg(test)]
@@ -68,7 +73,7 @@ impl IdentifyQueue {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let buckets = (0..max_concurrency.max(1))
             .map(|bucket| {
-                let recorded = std::fs::read_to_string(dir.join(format!("bucket-{bucket}")))
+                let recorded = std::fs::read_to_string(record_path(&dir, bucket as usize))
                     .ok()
                     .and_then(|text| text.trim().parse::<u64>().ok())
                     .map(|millis| UNIX_EPOCH + Duration::from_millis(millis));
@@ -99,10 +104,7 @@ impl IdentifyQueue {
         if let Some(at) = *last {
             tokio::time::sleep_until(at + IDENTIFY_INTERVAL).await;
         }
-        let record = self
-            .dir
-            .as_ref()
-            .map(|d| d.join(format!("bucket-{bucket}")));
+        let record = self.dir.as_ref().map(|d| record_path(d, bucket));
         IdentifyPermit { last, record }
     }
 }

@@ -151,24 +151,21 @@ pub fn render(shards: &[ShardHandle], delivery: &DeliveryHandle) -> String {
         "From the gateway read of a batch's first event to its 2xx",
         stats.latency.clone(),
     );
-    let filtered = &stats.events_filtered;
     registry.register(
         "events_filtered",
         "Events dropped by events.include/exclude",
-        counter_from(filtered),
+        counter_from(&stats.events_filtered),
     );
-    let deferred = &stats.interactions_deferred;
     registry.register(
         "interactions_deferred",
         "Interactions the router deferred",
-        counter_from(deferred),
+        counter_from(&stats.interactions_deferred),
     );
 
-    let spooled = &stats.events_spooled;
     registry.register(
         "events_spooled",
         "Events written to the disk spool because no endpoint could take them",
-        counter_from(spooled),
+        counter_from(&stats.events_spooled),
     );
     let (used, limit) = delivery.spool_bytes();
     let gauge = |value: u64| {
