@@ -4,6 +4,10 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 
+mod support;
+
+use support::pipe::TempDir;
+
 const BIN: &str = env!("CARGO_BIN_EXE_shardhook");
 const SECRET: &str = "tok.SECRET-never-print-me.0123";
 const SIGNING: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -98,7 +102,7 @@ fn keygen_prints_a_usable_secret() {
 
 #[test]
 fn check_names_a_bad_key_and_what_is_allowed() {
-    let dir = tempdir();
+    let dir = TempDir::new("cli");
     let path = dir.join("bad.toml");
     // `shardhook check` on `path` with the token and these extra variables.
     let check = |env: &[(&str, &str)]| {
@@ -148,7 +152,7 @@ fn check_names_a_bad_key_and_what_is_allowed() {
 fn run_exits_nonzero_when_every_shard_is_fatally_closed_and_never_prints_the_token() {
     // The double wants 2 shards; running 1 of 1 gets close 4011 (sharding required).
     let (mut sim, api_url) = simulate(&["--shards", "2", "--heartbeat-interval-ms", "1000"]);
-    let dir = tempdir();
+    let dir = TempDir::new("cli");
     let path = dir.join("shardhook.toml");
     std::fs::write(
         &path,
@@ -179,7 +183,7 @@ fn run_exits_nonzero_when_every_shard_is_fatally_closed_and_never_prints_the_tok
 #[test]
 fn run_refuses_a_wrong_token_clearly_and_never_prints_it() {
     let (mut sim, api_url) = simulate(&[]);
-    let dir = tempdir();
+    let dir = TempDir::new("cli");
     std::fs::write(dir.join("shardhook.toml"), ENDPOINT).unwrap();
     let out = shardhook(&["run"])
         .env("DISCORD_TOKEN", "Bot wrong.SECRET-token")
@@ -194,34 +198,4 @@ fn run_refuses_a_wrong_token_clearly_and_never_prints_it() {
     assert!(!out.status.success());
     assert!(text.contains("refused the bot token"), "{text}");
     assert!(!text.contains("wrong.SECRET-token"), "{text}");
-}
-
-/// A directory of its own under the system temp dir, removed when dropped. Not `AsRef<Path>`:
-/// passing it by value to a command would drop (remove) it before the command runs.
-struct TempDir(std::path::PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = std::path::Path;
-    fn deref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir() -> TempDir {
-    let dir = std::env::temp_dir().join(format!(
-        "shardhook-cli-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
 }

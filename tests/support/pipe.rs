@@ -63,6 +63,32 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("shardhook-{tag}-{}-{nanos}", std::process::id()))
 }
 
+/// A directory of its own under the system temp dir (named by [`temp_dir`]), made now and
+/// removed when dropped. Not `AsRef<Path>`: passed by value to a command it would be dropped,
+/// and removed, before the command runs; pass `&*dir`.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = temp_dir(tag);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl Pipe {
     pub async fn start(
         sim_config: SimConfig,
