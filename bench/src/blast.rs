@@ -15,7 +15,6 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use futures_util::SinkExt;
 use shardhook::config::Compression as Transport;
 use tokio::net::TcpListener;
@@ -76,15 +75,7 @@ impl Blaster {
             .route("/gateway", get(upgrade))
             .route("/gateway/", get(upgrade))
             .with_state(shared.clone());
-        tokio::spawn(async move {
-            // Nagle off, as a real gateway and endpoint would have it: with it on, a small
-            // frame written while the previous one waits for its (delayed) ACK is held back
-            // for up to 40 ms, which put a ~20 ms p99 on every contestant alike.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let _ = axum::serve(listener, app).await;
-        });
+        tokio::spawn(crate::serve_without_nagle(listener, app));
         Blaster { addr, shared }
     }
 

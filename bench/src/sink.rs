@@ -10,7 +10,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -62,15 +61,7 @@ impl Sink {
         let app = axum::Router::new()
             .route("/", post(receive))
             .with_state(shared.clone());
-        tokio::spawn(async move {
-            // Nagle off, as a real gateway and endpoint would have it: with it on, a small
-            // frame written while the previous one waits for its (delayed) ACK is held back
-            // for up to 40 ms, which put a ~20 ms p99 on every contestant alike.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let _ = axum::serve(listener, app).await;
-        });
+        tokio::spawn(crate::serve_without_nagle(listener, app));
         Sink { addr, shared }
     }
 
