@@ -101,6 +101,28 @@ async fn op_7_resumes_on_the_resume_gateway_url() {
     h.stop().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_gateway_that_never_sends_hello_is_left_and_connected_again() {
+    let stalls_once = SimConfig {
+        withhold_hello: 1,
+        ..sim(30)
+    };
+    let h = Harness::start(stalls_once, |c| {
+        c.discord.connect_timeout = Duration::from_millis(300);
+    })
+    .await;
+    h.all_active().await;
+    let disconnect = h
+        .status(0)
+        .last_disconnect
+        .expect("the stalled connection ended");
+    assert!(disconnect.contains("no HELLO in time"), "{disconnect}");
+    assert_eq!(h.sim.observed(|o| o.connections), 2);
+    h.wait_all_delivered(&[]).await;
+    h.assert_exactly_once(&[]);
+    h.stop().await.unwrap();
+}
+
 /// Starts 400 events of traffic, drops shard 0's connection mid-stream, and checks that the
 /// shard resumed and every event arrived exactly once. Returns the harness for more checks.
 async fn drop_mid_traffic_and_resume(

@@ -101,7 +101,7 @@ impl Batch {
             }
             // The name borrowed from Discord's JSON without escapes, so it is safe unquoted.
             body.extend_from_slice(b"{\"t\":\"");
-            body.extend_from_slice(event.name().as_bytes());
+            body.extend_from_slice(event.name_bytes());
             body.extend_from_slice(b"\",\"s\":");
             body.extend_from_slice(number.format(event.seq).as_bytes());
             body.extend_from_slice(b",\"d\":");
@@ -127,7 +127,7 @@ impl Batch {
 }
 
 fn event_size(event: &Dispatch) -> usize {
-    PER_EVENT + event.name().len() + event.data().len()
+    PER_EVENT + event.name_bytes().len() + event.data().len()
 }
 
 /// `msg_{shard}_{session hash, 16 hex digits}_{first seq}_{last seq}`, written without

@@ -7,6 +7,7 @@
 //! endpoint choice to `ring`, and endpoint health to `circuit`.
 
 use std::collections::HashSet;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -15,7 +16,7 @@ use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::{sleep, sleep_until, Instant, Sleep};
 use tracing::{error, info_span, warn, Instrument};
 
 use crate::batch::{Batch, DeferredInteraction, Request};
@@ -431,7 +432,7 @@ const DEFER_TIMEOUT: Duration = Duration::from_secs(2);
 impl Shared {
     /// The deferral started for `event` when it arrived, once it is done.
     async fn deferred(&self, event: &Dispatch) -> Option<DeferredInteraction> {
-        if event.name() != INTERACTION_CREATE {
+        if !event.is_named(INTERACTION_CREATE) {
             return None;
         }
         let started = self
@@ -555,7 +556,8 @@ impl Shared {
 
     /// Whether `event` is forwarded; one that is filtered out counts as done for checkpoints.
     fn keep(&self, event: &Dispatch) -> bool {
-        if self.wanted(event.name()) {
+        let unfiltered = self.include.is_empty() && self.exclude.is_empty();
+        if unfiltered || self.wanted(event.name()) {
             return true;
         }
         self.progress
@@ -576,15 +578,21 @@ impl Shared {
         }
     }
 
-    /// An event already queued (or, with linger, arriving before `deadline`), if any.
-    async fn more(&self, rx: &mut mpsc::Receiver<Dispatch>, deadline: Instant) -> Option<Dispatch> {
+    /// An event already queued (or, with linger, arriving before `linger` ends), if any. The
+    /// batch's one timer is passed in: a timer per wait would be registered and removed for
+    /// nearly every event of a busy shard.
+    async fn more(
+        &self,
+        rx: &mut mpsc::Receiver<Dispatch>,
+        mut linger: Pin<&mut Sleep>,
+    ) -> Option<Dispatch> {
         loop {
             let event = match rx.try_recv() {
                 Ok(event) => event,
-                Err(_) if Instant::now() >= deadline => return None,
+                Err(_) if Instant::now() >= linger.deadline() => return None,
                 Err(_) => tokio::select! {
                     event = rx.recv() => event?,
-                    _ = sleep_until(deadline) => return None,
+                    _ = &mut linger => return None,
                 },
             };
             if self.keep(&event) {
@@ -602,7 +610,7 @@ async fn defer_on_arrival(
     tx: mpsc::Sender<Dispatch>,
 ) {
     while let Some(event) = rx.recv().await {
-        if event.name() == INTERACTION_CREATE && shared.wanted(INTERACTION_CREATE) {
+        if event.is_named(INTERACTION_CREATE) && shared.wanted(INTERACTION_CREATE) {
             let (deferring, key) = (shared.clone(), (event.shard_id, event.seq));
             let interaction = event.clone();
             let started = tokio::spawn(async move { deferring.defer(&interaction).await });
@@ -639,23 +647,23 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>, spool: Sh
                 }
             }
         };
-        let urgent = first.name() == INTERACTION_CREATE;
+        let urgent = first.is_named(INTERACTION_CREATE);
         let deferred = shared.deferred(&first).await;
         let mut batch = Batch::new(first);
         if let Some(interaction) = deferred {
             batch.mark_deferred(interaction);
         }
         if !urgent && batching.max_events > 1 {
-            let deadline = Instant::now() + batching.linger;
+            let mut linger = pin!(sleep_until(Instant::now() + batching.linger));
             while batch.len() < batching.max_events {
-                let Some(event) = shared.more(&mut rx, deadline).await else {
+                let Some(event) = shared.more(&mut rx, linger.as_mut()).await else {
                     break;
                 };
                 if !batch.accepts(&event, batching.max_bytes) {
                     carry = Some(event);
                     break;
                 }
-                let urgent = event.name() == INTERACTION_CREATE;
+                let urgent = event.is_named(INTERACTION_CREATE);
                 let deferred = shared.deferred(&event).await;
                 batch.push(event);
                 if let Some(interaction) = deferred {

@@ -61,8 +61,18 @@ impl Dispatch {
 
     /// The event name, such as `MESSAGE_CREATE`.
     pub fn name(&self) -> &str {
-        std::str::from_utf8(&self.payload[self.name.start as usize..self.name.end as usize])
-            .unwrap_or_default()
+        std::str::from_utf8(self.name_bytes()).unwrap_or_default()
+    }
+
+    /// The event name's bytes, without `name()`'s UTF-8 check: for the per-event work of
+    /// delivery, which only compares or copies them.
+    pub fn name_bytes(&self) -> &[u8] {
+        &self.payload[self.name.start as usize..self.name.end as usize]
+    }
+
+    /// Whether the event is called `name`.
+    pub fn is_named(&self, name: &str) -> bool {
+        self.name_bytes() == name.as_bytes()
     }
 
     /// The event's `d`, byte for byte as Discord sent it.

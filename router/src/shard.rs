@@ -8,7 +8,7 @@
 //! (that is the consumer of the sink) nor which shards run (that is `router`).
 
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -578,16 +578,29 @@ impl Shard {
 
     /// The event loop of one connection. Commands were admitted by the connection's limiter
     /// when queued (`ShardHandle`), so they go out as soon as the shard is active.
+    ///
+    /// The shutdown signal and the timer live across iterations: building them per message
+    /// registered and removed a waiter and a timer entry for every event.
     async fn drive(&mut self, conn: &mut Conn) -> Ended {
+        let mut shutdown = self.shutdown.clone();
+        let mut shutdown = pin!(async move { shutdown.changed().await });
+        // Until HELLO the timer is the HELLO deadline; after it, the next heartbeat.
+        let mut timer = pin!(sleep_until(conn.hello_deadline));
         loop {
-            let beat_at = conn.heartbeat.as_ref().map(|h| h.next);
+            let due = conn
+                .heartbeat
+                .as_ref()
+                .map_or(conn.hello_deadline, |h| h.next);
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
             let step = tokio::select! {
                 biased;
-                _ = self.shutdown.changed() => return Ended::Shutdown,
-                _ = sleep_until(conn.hello_deadline), if conn.heartbeat.is_none() => {
-                    return reconnect(Cause::HelloTimeout, true);
-                }
-                _ = maybe(beat_at.map(sleep_until)) => Step::Beat,
+                _ = &mut shutdown => return Ended::Shutdown,
+                _ = &mut timer => match conn.heartbeat {
+                    None => return reconnect(Cause::HelloTimeout, true),
+                    Some(_) => Step::Beat,
+                },
                 permit = maybe(conn.identify_wait.as_mut()) => {
                     conn.identify_wait = None;
                     let identify = payload::identify(
@@ -841,14 +854,19 @@ impl Shard {
         session.seq = seq;
         self.last_seq.store(seq, Ordering::Relaxed);
         self.received.fetch_add(1, Ordering::Relaxed);
-        self.pending = Some(Dispatch::new(
+        let dispatch = Dispatch::new(
             [self.config.id, self.config.total],
             session.id.clone(),
             seq,
             buf.clone(),
             range_within(buf, name.as_bytes()),
             range_within(buf, data.get().as_bytes()),
-        ));
+        );
+        // Straight into the queue while it has room. When it is full (or closed), the event
+        // waits as `pending` and the loop reads nothing more until the queue takes it.
+        if let Err(refused) = self.sink.try_send(dispatch) {
+            self.pending = Some(refused.into_inner());
+        }
         None
     }
 }

@@ -57,12 +57,19 @@ pub(super) async fn serve(
     compress: Option<Transport>,
     via_resume_url: bool,
 ) {
-    shared.observe(|i| {
+    let nth = shared.observe(|i| {
         i.observed.connections += 1;
         i.observed
             .compress
             .push(compress.map(|t| t.as_str().to_owned()));
+        i.observed.connections
     });
+    if nth <= shared.config.withhold_hello {
+        // Stalled: read (and ignore) until the client gives up on this connection.
+        let mut socket = socket;
+        while let Some(Ok(_)) = socket.recv().await {}
+        return;
+    }
     let (faults_tx, faults) = mpsc::unbounded_channel();
     let mut conn = Conn {
         socket,

@@ -58,6 +58,9 @@ pub struct SimConfig {
     pub disallowed_intents: u64,
     /// Every n-th MESSAGE_CREATE has content `!ping` (0 for never).
     pub ping_every: u64,
+    /// The first this many connections never get HELLO: a gateway that accepts the
+    /// WebSocket, then stalls.
+    pub withhold_hello: u64,
 }
 
 impl Default for SimConfig {
@@ -74,6 +77,7 @@ impl Default for SimConfig {
             resume_window: Duration::from_secs(120),
             disallowed_intents: 0,
             ping_every: 5,
+            withhold_hello: 0,
         }
     }
 }
