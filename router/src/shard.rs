@@ -333,6 +333,13 @@ enum Step {
     Message(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
 }
 
+/// A dispatch to forward: its seq and where its `t` and `d` lie in the message.
+struct Accepted {
+    seq: u64,
+    name: std::ops::Range<usize>,
+    data: std::ops::Range<usize>,
+}
+
 /// Heartbeat bookkeeping for one connection.
 struct Heartbeat {
     interval: Duration,
@@ -710,7 +717,16 @@ impl Shard {
             }
         };
         match incoming.op {
-            op::DISPATCH => return self.on_dispatch(conn, &incoming, &buf),
+            op::DISPATCH => {
+                return match self.on_dispatch(conn, &incoming, &buf) {
+                    Ok(Some(event)) => {
+                        self.queue(event, buf);
+                        None
+                    }
+                    Ok(None) => None,
+                    Err(ended) => Some(ended),
+                };
+            }
             op::HEARTBEAT => {
                 let seq = self.session.as_ref().map(|s| s.seq);
                 return conn.send(payload::heartbeat(seq)).await.err();
@@ -781,15 +797,19 @@ impl Shard {
         }
     }
 
+    /// Handles a dispatch's effect on the session. Returns the event to forward, if any, as
+    /// its seq and the byte ranges of `t` and `d` within `buf`: the caller then moves `buf`
+    /// into the queue. (A clone would turn the buffer into a shared one: an allocation more
+    /// per event.)
     fn on_dispatch(
         &mut self,
         conn: &mut Conn,
         incoming: &Incoming<'_>,
         buf: &Bytes,
-    ) -> Option<Ended> {
+    ) -> Result<Option<Accepted>, Ended> {
         let (Some(name), Some(data)) = (incoming.t, incoming.d) else {
             error!("a dispatch without `t` or `d` was skipped");
-            return None;
+            return Ok(None);
         };
         match name {
             "READY" => match incoming.data::<Ready>() {
@@ -812,7 +832,7 @@ impl Shard {
                     });
                 }
                 Err(e) => {
-                    return Some(reconnect(Cause::Protocol(format!("bad READY: {e}")), false));
+                    return Err(reconnect(Cause::Protocol(format!("bad READY: {e}")), false));
                 }
             },
             "RESUMED" => {
@@ -830,18 +850,18 @@ impl Shard {
                 event = name,
                 "a dispatch without a sequence number is not forwarded"
             );
-            return None;
+            return Ok(None);
         };
         let Some(session) = self.session.as_mut() else {
             warn!(event = name, seq, "a dispatch before READY was skipped");
-            return None;
+            return Ok(None);
         };
         if seq <= session.seq {
             debug!(
                 event = name,
                 seq, "a replayed dispatch already received was skipped"
             );
-            return None;
+            return Ok(None);
         }
         if session.seq != 0 && seq != session.seq + 1 {
             warn!(
@@ -854,20 +874,32 @@ impl Shard {
         session.seq = seq;
         self.last_seq.store(seq, Ordering::Relaxed);
         self.received.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(Accepted {
+            seq,
+            name: range_within(buf, name.as_bytes()),
+            data: range_within(buf, data.get().as_bytes()),
+        }))
+    }
+
+    /// Hands an accepted event to the queue: straight in while it has room. When it is full
+    /// (or closed), the event waits as `pending` and the loop reads nothing more until the
+    /// queue takes it.
+    fn queue(&mut self, event: Accepted, buf: Bytes) {
+        let session = self
+            .session
+            .as_ref()
+            .expect("an event is accepted only within a session");
         let dispatch = Dispatch::new(
             [self.config.id, self.config.total],
             session.id.clone(),
-            seq,
-            buf.clone(),
-            range_within(buf, name.as_bytes()),
-            range_within(buf, data.get().as_bytes()),
+            event.seq,
+            buf,
+            event.name,
+            event.data,
         );
-        // Straight into the queue while it has room. When it is full (or closed), the event
-        // waits as `pending` and the loop reads nothing more until the queue takes it.
         if let Err(refused) = self.sink.try_send(dispatch) {
             self.pending = Some(refused.into_inner());
         }
-        None
     }
 }
 
