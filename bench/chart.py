@@ -42,7 +42,7 @@ for name, values in cdfs:
     n = len(values)
     # Fraction of events slower than each quantile, so the tail is visible on a log scale.
     above = [1.0 - i / (n - 1) for i in range(n)]
-    ax[2].plot(values, [max(a, 1e-4) for a in above], label=name.split(" (")[0])
+    ax[2].plot(values, [max(a, 1e-4) for a in above], label=name.replace(" (default)", "").replace(" events / ", "/"))
 ax[2].set_xscale("log")
 ax[2].set_yscale("log")
 ax[2].axvline(1.0, color="black", linestyle="--", linewidth=1, label="1 ms target")
