@@ -378,6 +378,33 @@ async fn an_endpoint_rate_limit_spaces_requests() {
 }
 
 #[tokio::test]
+async fn a_partial_batch_waits_out_its_linger_then_goes() {
+    let linger = Duration::from_millis(400);
+    let p = Pipe::start(sim(1, 5), vec![("a", 1.0, live(vec![]))], |c| {
+        c.batch.max_events = 50;
+        c.batch.linger = linger;
+    })
+    .await;
+    // Ends only if the linger's end sends the batch: it never fills.
+    p.wait_delivered(&[]).await;
+    let requests = p.requests();
+    assert_eq!(
+        requests.len(),
+        1,
+        "READY, the GUILD_CREATEs and 5 messages in one batch"
+    );
+    let identified = p
+        .sim
+        .observed(|o| o.identifies.first().map(|i| i.at))
+        .expect("the shard identified");
+    // Every event was read after IDENTIFY, so the batch waited its linger from then on.
+    let waited = requests[0].1.at - identified;
+    assert!(waited >= linger, "sent {waited:?} after IDENTIFY");
+    p.assert_exactly_once_in_order(&[]);
+    p.stop().await;
+}
+
+#[tokio::test]
 async fn batches_hold_one_session_in_order_and_interactions_do_not_wait() {
     let p = Pipe::start(sim(1, 0), vec![("a", 1.0, live(vec![]))], |c| {
         c.batch.max_events = 50;
