@@ -51,7 +51,7 @@ async fn kill_9_then_start_loses_nothing() {
     s.wait_arrivals("traffic before the crash", |seen| seen.len() > 150)
         .await;
     // Wait for a checkpoint that covers some delivered events, then crash.
-    let dir = s.state_dir.clone();
+    let dir = s.state_dir.to_path_buf();
     s.wait_arrivals("a checkpoint", |_| checkpoints(&dir) == shards as usize)
         .await;
     router.kill().await.unwrap();

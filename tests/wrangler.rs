@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use shardhook::config::{EndpointConfig, SigningConfig, StateConfig};
+use shardhook::config::{EndpointConfig, SigningConfig};
 use shardhook::simulate::{Fault, Observed, SimConfig, Simulator, DEFAULT_TOKEN};
 use shardhook::{Pipeline, Router, ShardState, SigningKey};
-use support::pipe::temp_dir;
+use support::pipe::{temp_dir, TempDir};
 use support::{config_for, within};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::TcpListener;
@@ -241,7 +241,6 @@ async fn the_worker_template_under_wrangler_dev_verifies_and_handles_every_event
     .unwrap();
     assert_eq!(sim.api_url(), api_url);
 
-    let state_dir = temp_dir("wrangler-state");
     let mut config = config_for(&sim);
     config.signing = SigningConfig {
         secret: Some(SigningKey::parse(&new_secret).unwrap()),
@@ -251,10 +250,7 @@ async fn the_worker_template_under_wrangler_dev_verifies_and_handles_every_event
         max_in_flight: 16,
         ..EndpointConfig::new("worker", wrangler.url.clone())
     }];
-    config.state = StateConfig {
-        dir: state_dir.clone(),
-        ..StateConfig::default()
-    };
+    let state_dir = TempDir::adopt(config.state.dir.clone());
     let mut pipeline = Pipeline::new(&config).expect("the pipeline builds");
     let stats = pipeline.stats();
     let router = within(
@@ -362,7 +358,6 @@ async fn the_worker_template_under_wrangler_dev_verifies_and_handles_every_event
     );
 
     wrangler.stop().await;
-    let _ = std::fs::remove_dir_all(&state_dir);
     eprintln!(
         "wrangler ready after {ready_after:?}; {ledger} events delivered and {expected_pings} pongs after {e2e:?}"
     );

@@ -69,13 +69,7 @@ pub struct Harness {
     stop: Option<oneshot::Sender<()>>,
     running: Option<JoinHandle<Result<(), AllShardsStopped>>>,
     /// The router's state directory, removed when the harness goes.
-    state_dir: std::path::PathBuf,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.state_dir);
-    }
+    _state_dir: pipe::TempDir,
 }
 
 /// A router config pointed at `sim`, with its own state directory (checkpoints and identify
@@ -139,7 +133,7 @@ impl Harness {
             let _ = stopped.await;
         }));
         Harness {
-            state_dir: config.state.dir.clone(),
+            _state_dir: pipe::TempDir::adopt(config.state.dir.clone()),
             sim,
             traffic_per_shard,
             shards,

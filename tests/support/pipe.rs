@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::select_all;
-use shardhook::config::{Config, EndpointConfig, SigningConfig, StateConfig};
+use shardhook::config::{Config, EndpointConfig, SigningConfig};
 use shardhook::control::ControlState;
 use shardhook::receiver::{Arrival, Receiver, Reply, RequestRecord};
 use shardhook::simulate::{SimConfig, Simulator};
@@ -37,7 +37,7 @@ pub struct Pipe {
     pub names: Vec<String>,
     pub urls: Vec<String>,
     pub stats: Arc<DeliveryStats>,
-    pub state_dir: PathBuf,
+    pub state_dir: TempDir,
     /// The current signing secret (`whsec_...`).
     pub secret: String,
     pub config: Config,
@@ -63,15 +63,21 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("shardhook-{tag}-{}-{nanos}", std::process::id()))
 }
 
-/// A directory of its own under the system temp dir (named by [`temp_dir`]), made now and
-/// removed when dropped. Not `AsRef<Path>`: passed by value to a command it would be dropped,
-/// and removed, before the command runs; pass `&*dir`.
+/// A directory of its own under the system temp dir (named by [`temp_dir`]), removed when
+/// dropped. Not `AsRef<Path>`: passed by value to a command it would be dropped, and removed,
+/// before the command runs; pass `&*dir`.
 pub struct TempDir(PathBuf);
 
 impl TempDir {
+    /// Made now.
     pub fn new(tag: &str) -> TempDir {
         let dir = temp_dir(tag);
         std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// `dir`, which something else (such as the router, for its state) may make.
+    pub fn adopt(dir: PathBuf) -> TempDir {
         TempDir(dir)
     }
 }
@@ -128,7 +134,6 @@ impl Pipe {
                 }
             }
         }
-        let state_dir = temp_dir("state");
         let mut config = config_for(&sim);
         config.signing = SigningConfig {
             secret: Some(key),
@@ -142,13 +147,10 @@ impl Pipe {
                 ..EndpointConfig::new(*name, url.clone())
             })
             .collect();
-        config.state = StateConfig {
-            dir: state_dir.clone(),
-            ..StateConfig::default()
-        };
         config.delivery.initial_backoff = Duration::from_millis(20);
         config.delivery.max_backoff = Duration::from_millis(200);
         tweak(&mut config);
+        let state_dir = TempDir::adopt(config.state.dir.clone());
         let mut pipeline = Pipeline::with_env(&config, env).expect("the pipeline builds");
         let stats = pipeline.stats();
         let router = within(
@@ -418,11 +420,5 @@ impl Pipe {
         let pipeline = self.pipeline.take().unwrap();
         within("delivery to drain", pipeline.finish()).await;
         self
-    }
-}
-
-impl Drop for Pipe {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }

@@ -13,14 +13,14 @@ use shardhook::{Signer, SigningKey};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
-use super::pipe::temp_dir;
+use super::pipe::TempDir;
 use super::within;
 
 pub struct Setup {
     pub sim: Simulator,
     pub receivers: Vec<Receiver>,
     secret: String,
-    pub state_dir: PathBuf,
+    pub state_dir: TempDir,
     config_path: PathBuf,
 }
 
@@ -61,8 +61,7 @@ pub async fn setup_with(
             Receiver::start(loopback().await, name, Signer::new(key.clone(), vec![])).unwrap(),
         );
     }
-    let state_dir = temp_dir("restart");
-    std::fs::create_dir_all(&state_dir).unwrap();
+    let state_dir = TempDir::new("restart");
     let mut toml = format!(
         "[discord]\napi_url = \"{}\"\n[control]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\ncheckpoint_interval = \"100ms\"\n[delivery]\ninitial_backoff = \"20ms\"\nmax_backoff = \"200ms\"\n",
         sim.api_url(),
@@ -170,12 +169,6 @@ impl Setup {
         assert_eq!(invalidated, 0, "no session was invalidated");
         let duplicated = seen.values().filter(|n| **n > 1).count();
         (lost, duplicated)
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 
