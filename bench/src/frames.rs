@@ -53,11 +53,7 @@ pub struct Encoded {
 
 /// The transport named `zstd-stream`, or else `zlib-stream`.
 pub fn transport_named(name: &str) -> Transport {
-    if name == Transport::ZstdStream.as_str() {
-        Transport::ZstdStream
-    } else {
-        Transport::ZlibStream
-    }
+    Transport::named(name).unwrap_or(Transport::ZlibStream)
 }
 
 /// The transport a gateway URL's query asks for with `compress=`.

@@ -442,6 +442,13 @@ pub enum Compression {
 }
 
 impl Compression {
+    pub const ALL: [Compression; 2] = [Compression::ZlibStream, Compression::ZstdStream];
+
+    /// The compression a `compress=` value names, if any.
+    pub fn named(value: &str) -> Option<Compression> {
+        Compression::ALL.into_iter().find(|c| c.as_str() == value)
+    }
+
     /// The value of `compress=` in the gateway URL.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -812,6 +819,14 @@ fn apply_override(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_compress_value_names_its_compression() {
+        for compression in Compression::ALL {
+            assert_eq!(Compression::named(compression.as_str()), Some(compression));
+        }
+        assert_eq!(Compression::named("gzip"), None);
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Path::new("test.toml"), Vec::new())

@@ -550,14 +550,19 @@ impl Shared {
             .max(Instant::now() + Duration::from_millis(10))
     }
 
-    fn wanted(&self, name: &str) -> bool {
+    /// Whether `event` passes `events.include` and `exclude`. Without filters (the common
+    /// case) its name is not read at all: this runs for every event.
+    fn wanted(&self, event: &Dispatch) -> bool {
+        if self.include.is_empty() && self.exclude.is_empty() {
+            return true;
+        }
+        let name = event.name();
         (self.include.is_empty() || self.include.contains(name)) && !self.exclude.contains(name)
     }
 
     /// Whether `event` is forwarded; one that is filtered out counts as done for checkpoints.
     fn keep(&self, event: &Dispatch) -> bool {
-        let unfiltered = self.include.is_empty() && self.exclude.is_empty();
-        if unfiltered || self.wanted(event.name()) {
+        if self.wanted(event) {
             return true;
         }
         self.progress
@@ -610,7 +615,7 @@ async fn defer_on_arrival(
     tx: mpsc::Sender<Dispatch>,
 ) {
     while let Some(event) = rx.recv().await {
-        if event.is_named(INTERACTION_CREATE) && shared.wanted(INTERACTION_CREATE) {
+        if event.is_named(INTERACTION_CREATE) && shared.wanted(&event) {
             let (deferring, key) = (shared.clone(), (event.shard_id, event.seq));
             let interaction = event.clone();
             let started = tokio::spawn(async move { deferring.defer(&interaction).await });

@@ -67,7 +67,7 @@ impl Dispatch {
     /// The event name's bytes, without `name()`'s UTF-8 check: for the per-event work of
     /// delivery, which only compares or copies them.
     pub fn name_bytes(&self) -> &[u8] {
-        &self.payload[self.name.start as usize..self.name.end as usize]
+        self.slice(&self.name)
     }
 
     /// Whether the event is called `name`.
@@ -77,7 +77,11 @@ impl Dispatch {
 
     /// The event's `d`, byte for byte as Discord sent it.
     pub fn data(&self) -> &[u8] {
-        &self.payload[self.data.start as usize..self.data.end as usize]
+        self.slice(&self.data)
+    }
+
+    fn slice(&self, range: &Range<u32>) -> &[u8] {
+        &self.payload[range.start as usize..range.end as usize]
     }
 }
 

@@ -3,9 +3,9 @@
 //! Owns one decompression context per connection and the rule for where a gateway message
 //! ends. With zlib a message is complete when the compressed stream's last four bytes are
 //! `00 00 ff ff`, and it may span several WebSocket messages (even the suffix may be split).
-//! With zstd every WebSocket message is one whole gateway message: Discord flushes the stream after each (without ending the zstd frame) and
-//! never splits one, so a message is complete once its bytes are consumed and the decoder has
-//! nothing more to give. Input is decompressed as it arrives, so compressed bytes are never
+//! With zstd every WebSocket message is one whole gateway message: Discord flushes the stream
+//! after each (without ending the zstd frame) and never splits one, so a message is complete
+//! once its bytes are consumed and the decoder has nothing more to give. Input is decompressed as it arrives, so compressed bytes are never
 //! buffered, and output beyond `max_message_size` is decompressed into a scratch buffer and
 //! discarded (the context must still see every byte). It knows nothing about JSON.
 

@@ -491,12 +491,14 @@ fn upgrade(
     }
     let compress = match query.compress.as_deref() {
         None => None,
-        Some("zlib-stream") => Some(Compression::ZlibStream),
-        Some("zstd-stream") => Some(Compression::ZstdStream),
-        Some(other) => {
-            let refusal = format!("unsupported compress={other} (zlib-stream or zstd-stream)\n");
-            return (StatusCode::BAD_REQUEST, refusal).into_response();
-        }
+        Some(value) => match Compression::named(value) {
+            Some(compression) => Some(compression),
+            None => {
+                let refusal =
+                    format!("unsupported compress={value} (zlib-stream or zstd-stream)\n");
+                return (StatusCode::BAD_REQUEST, refusal).into_response();
+            }
+        },
     };
     ws.max_message_size(1 << 20)
         .on_upgrade(move |socket| connection::serve(socket, shared, compress, via_resume_url))
