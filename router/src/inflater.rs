@@ -5,10 +5,14 @@
 //! `00 00 ff ff`, and it may span several WebSocket messages (even the suffix may be split).
 //! With zstd every WebSocket message is one whole gateway message: Discord flushes the stream
 //! after each (without ending the zstd frame) and never splits one, so a message is complete
-//! once its bytes are consumed and the decoder has nothing more to give. Input is decompressed as it arrives, so compressed bytes are never
-//! buffered, and output beyond `max_message_size` is decompressed into a scratch buffer and
-//! discarded (the context must still see every byte). It knows nothing about JSON.
+//! once its bytes are consumed and the decoder has nothing more to give. Input is decompressed
+//! as it arrives, so compressed bytes are never buffered, and output beyond
+//! `max_message_size` is decompressed into a scratch buffer and discarded (the context must
+//! still see every byte). It knows nothing about JSON.
 
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
 use flate2::{Decompress, FlushDecompress, Status};
 use zstd::stream::raw::{DParameter, Decoder, InBuffer, Operation, OutBuffer};
 
@@ -17,17 +21,21 @@ use crate::config::Compression;
 /// The zlib `SYNC_FLUSH` marker that ends every `zlib-stream` gateway message.
 pub const SUFFIX: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// Capacity an output buffer starts with when a message arrives; most dispatches fit.
+/// Capacity the connection's own buffer starts with, for a message that did not fit a chunk.
 const INITIAL_CAPACITY: usize = 4 << 10;
+
+/// Size of the chunks messages are inflated into, one after another (see [`Inflater::push`]).
+const CHUNK_CAPACITY: usize = 16 << 10;
+/// A message starts a new chunk when less than this is left of the current one; most
+/// dispatches are smaller, so they are inflated in place.
+const CHUNK_ROOM: usize = 4 << 10;
 
 /// Size of the buffer an oversize message's remainder is decompressed into and dropped.
 const SCRATCH_CAPACITY: usize = 64 << 10;
-/// The largest spare output buffer a thread keeps between messages.
-const SPARE_CAPACITY_KEPT: usize = 64 << 10;
 
 thread_local! {
-    /// This thread's output buffer for messages inflated in one call (see [`Inflater::push`]).
-    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// What is left of this thread's current chunk.
+    static CHUNK: std::cell::Cell<Option<BytesMut>> = const { std::cell::Cell::new(None) };
 }
 
 /// Largest zstd window accepted, as a power of two: 8 MiB. The decoder keeps a window-sized
@@ -47,7 +55,7 @@ pub enum Inflated {
     /// or this one carried no bytes of one.
     Incomplete,
     /// A whole gateway message.
-    Message(Vec<u8>),
+    Message(Bytes),
     /// A whole gateway message larger than the limit, dropped; `size` is its inflated size.
     Oversize { size: usize },
 }
@@ -74,6 +82,7 @@ enum Codec {
 /// What one decompression call did.
 struct Step {
     consumed: usize,
+    produced: usize,
     /// The compressed stream itself ended (zlib only; zstd-stream starts a new frame if more
     /// input follows).
     ended: bool,
@@ -117,21 +126,26 @@ impl Codec {
         }
     }
 
-    /// Decompresses from `input` into the spare capacity of `out`, extending its length.
-    fn step(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Step, InflateError> {
+    /// Decompresses from `input` into `out`, which need not be initialised: the first
+    /// `produced` bytes of it are afterwards.
+    fn step(&mut self, input: &[u8], out: &mut [MaybeUninit<u8>]) -> Result<Step, InflateError> {
         match self {
             Codec::Zlib(z) => {
-                let before = z.total_in();
-                let status = z.decompress_vec(input, out, FlushDecompress::Sync)?;
+                let (before_in, before_out) = (z.total_in(), z.total_out());
+                let status = z.decompress_uninit(input, out, FlushDecompress::Sync)?;
                 Ok(Step {
-                    consumed: (z.total_in() - before) as usize,
+                    consumed: (z.total_in() - before_in) as usize,
+                    produced: (z.total_out() - before_out) as usize,
                     ended: status == Status::StreamEnd,
                 })
             }
             Codec::Zstd(z) => {
                 let mut src = InBuffer::around(input);
-                let pos = out.len();
-                let mut dst = OutBuffer::around_pos(out, pos);
+                let mut spare = Spare {
+                    buf: out,
+                    filled: 0,
+                };
+                let mut dst = OutBuffer::around(&mut spare);
                 z.run(&mut src, &mut dst).map_err(|e| {
                     // libzstd's name for ZSTD_error_frameParameter_windowTooLarge.
                     if e.to_string().contains("requires too much memory") {
@@ -142,10 +156,65 @@ impl Codec {
                 })?;
                 Ok(Step {
                     consumed: src.pos(),
+                    produced: dst.pos(),
                     ended: false,
                 })
             }
         }
+    }
+}
+
+/// Memory zstd may write into without it being initialised first (zstd's own `WriteBuf` for
+/// a slice wants it initialised).
+struct Spare<'a> {
+    buf: &'a mut [MaybeUninit<u8>],
+    /// How many bytes from the start zstd wrote.
+    filled: usize,
+}
+
+// SAFETY: `capacity` and `as_mut_ptr` describe `buf` exactly, and `as_slice` covers only the
+// bytes zstd reported writing (`filled_until`, which zstd-safe bounds by `capacity`).
+unsafe impl zstd::zstd_safe::WriteBuf for Spare<'_> {
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: the first `filled` bytes were written by zstd.
+        unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast(), self.filled) }
+    }
+
+    fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.buf.as_mut_ptr().cast()
+    }
+
+    unsafe fn filled_until(&mut self, n: usize) {
+        self.filled = n;
+    }
+}
+
+/// A buffer whose spare capacity a [`Codec::step`] writes into.
+trait Written {
+    /// Makes the first `produced` bytes of the spare capacity, which the step just wrote,
+    /// part of the content.
+    fn extend_by(&mut self, produced: usize);
+}
+
+impl Written for Vec<u8> {
+    fn extend_by(&mut self, produced: usize) {
+        let len = self.len() + produced;
+        assert!(len <= self.capacity(), "a codec wrote past the buffer");
+        // SAFETY: in bounds (checked), and `Codec::step` initialised these bytes.
+        unsafe { self.set_len(len) }
+    }
+}
+
+impl Written for BytesMut {
+    fn extend_by(&mut self, produced: usize) {
+        let len = self.len() + produced;
+        assert!(len <= self.capacity(), "a codec wrote past the buffer");
+        // SAFETY: in bounds (checked), and `Codec::step` initialised these bytes.
+        unsafe { self.set_len(len) }
     }
 }
 
@@ -175,66 +244,101 @@ impl Inflater {
 
     /// Feeds one WebSocket binary message.
     ///
-    /// A message that starts in this call is inflated into this thread's spare buffer and
-    /// leaves as an exact-size copy: one small allocation per event instead of a fresh
-    /// 4 KiB buffer, which the allocator handles badly when another thread frees it. An idle
-    /// shard still holds no output buffer; the spare is one per runtime thread.
+    /// A message that starts in this call is inflated in place into this thread's current
+    /// chunk and leaves as a slice of it, so events cost no allocation and no copy of their
+    /// own: one chunk is allocated per several events, and freed when the last of them is
+    /// dropped. An idle shard holds no chunk; there is one current chunk per runtime thread.
+    /// A queued event keeps its whole chunk alive, so while one endpoint is down and others
+    /// are not, its queued events may hold up to `CHUNK_CAPACITY` each (16 MiB for the default
+    /// queue of 1024) instead of their own size.
     pub fn push(&mut self, input: &[u8]) -> Result<Inflated, InflateError> {
-        let borrowed = self.out.is_empty() && self.discarded == 0;
-        if borrowed {
-            self.out = SPARE.take();
+        let complete = self.codec.ends_message(&mut self.tail, input);
+        if !self.out.is_empty() || self.discarded > 0 {
+            return self.inflate(input, complete);
         }
-        let result = self.inflate(input);
-        if !borrowed {
-            return result;
-        }
-        let (result, mut spare) = match result {
-            Ok(Inflated::Message(buffer)) => (Ok(Inflated::Message(buffer.to_vec())), buffer),
-            // A message that goes on in the next WebSocket message keeps its own copy: the
-            // task may resume on another thread.
-            other => {
-                let partial = std::mem::take(&mut self.out);
-                if !partial.is_empty() {
-                    self.out = partial.to_vec();
-                }
-                (other, partial)
-            }
-        };
-        if spare.capacity() <= SPARE_CAPACITY_KEPT {
-            spare.clear();
-            SPARE.set(spare);
-        }
+        let mut chunk = CHUNK
+            .take()
+            .filter(|chunk| chunk.capacity() >= CHUNK_ROOM)
+            .unwrap_or_else(|| BytesMut::with_capacity(CHUNK_CAPACITY));
+        let result = self.inflate_in_place(&mut chunk, input, complete);
+        CHUNK.set(Some(chunk));
         result
     }
 
-    fn inflate(&mut self, mut input: &[u8]) -> Result<Inflated, InflateError> {
-        let complete = self.codec.ends_message(&mut self.tail, input);
+    /// Inflates a message that starts in `input` into `chunk`. A message that does not fit,
+    /// or goes on in the next WebSocket message (which the task may read on another thread),
+    /// moves to the connection's own buffer.
+    fn inflate_in_place(
+        &mut self,
+        chunk: &mut BytesMut,
+        mut input: &[u8],
+        complete: bool,
+    ) -> Result<Inflated, InflateError> {
         loop {
-            let target = if self.discarded > 0 {
-                self.scratch.clear();
+            let step = self.codec.step(input, chunk.spare_capacity_mut())?;
+            chunk.extend_by(step.produced);
+            input = &input[step.consumed..];
+            if chunk.len() > self.limit {
+                self.discarded = chunk.len();
+                chunk.clear();
+                return self.inflate(input, complete);
+            }
+            let full = chunk.len() == chunk.capacity();
+            if (input.is_empty() && !full) || step.ended {
+                break;
+            }
+            if full {
+                self.out.extend_from_slice(chunk);
+                chunk.clear();
+                return self.inflate(input, complete);
+            }
+            if step.consumed == 0 && step.produced == 0 {
+                return Err(InflateError::Stalled(self.codec.compression()));
+            }
+        }
+        if chunk.is_empty() {
+            // Only a flush, or only a zstd frame header: there is nothing to parse.
+            return Ok(Inflated::Incomplete);
+        }
+        if !complete {
+            self.out.extend_from_slice(chunk);
+            chunk.clear();
+            return Ok(Inflated::Incomplete);
+        }
+        Ok(Inflated::Message(chunk.split().freeze()))
+    }
+
+    /// Inflates into the connection's own buffer, which grows as needed, or past the limit
+    /// into the scratch buffer.
+    fn inflate(&mut self, mut input: &[u8], complete: bool) -> Result<Inflated, InflateError> {
+        loop {
+            let (step, room) = if self.discarded > 0 {
                 self.scratch.reserve(SCRATCH_CAPACITY);
-                &mut self.scratch
+                let spare = self.scratch.spare_capacity_mut();
+                let room = spare.len();
+                let step = self.codec.step(input, spare)?;
+                self.discarded += step.produced;
+                (step, room)
             } else {
                 if self.out.capacity() - self.out.len() < 1024 {
                     self.out.reserve(self.out.len().max(INITIAL_CAPACITY));
                 }
-                &mut self.out
+                let spare = self.out.spare_capacity_mut();
+                let room = spare.len();
+                let step = self.codec.step(input, spare)?;
+                self.out.extend_by(step.produced);
+                if self.out.len() > self.limit {
+                    self.discarded = self.out.len();
+                    self.out = Vec::new();
+                }
+                (step, room)
             };
-            let before = target.len();
-            let step = self.codec.step(input, target)?;
-            let produced = target.len() - before;
-            let out_full = target.len() == target.capacity();
             input = &input[step.consumed..];
-            if self.discarded > 0 {
-                self.discarded += produced;
-            } else if self.out.len() > self.limit {
-                self.discarded = self.out.len();
-                self.out = Vec::new();
-            }
+            let out_full = step.produced == room;
             if (input.is_empty() && !out_full) || step.ended {
                 break;
             }
-            if step.consumed == 0 && produced == 0 {
+            if step.consumed == 0 && step.produced == 0 {
                 // No progress with input left means the stream is stuck: treat as corrupt.
                 return Err(InflateError::Stalled(self.codec.compression()));
             }
@@ -248,10 +352,9 @@ impl Inflater {
             return Ok(Inflated::Oversize { size });
         }
         if self.out.is_empty() {
-            // Only a flush, or only a zstd frame header: there is nothing to parse.
             return Ok(Inflated::Incomplete);
         }
-        Ok(Inflated::Message(std::mem::take(&mut self.out)))
+        Ok(Inflated::Message(std::mem::take(&mut self.out).into()))
     }
 }
 
@@ -302,7 +405,7 @@ mod tests {
         for (frame, want) in frames.iter().zip(SMALL) {
             assert_eq!(
                 inflater.push(frame).unwrap(),
-                Inflated::Message(want.to_vec())
+                Inflated::Message(Bytes::copy_from_slice(want))
             );
         }
     }
@@ -324,7 +427,7 @@ mod tests {
         );
         assert_eq!(
             inflater.push(&frame[2 * third..]).unwrap(),
-            Inflated::Message(big)
+            Inflated::Message(big.into())
         );
     }
 
@@ -346,7 +449,7 @@ mod tests {
             );
             assert_eq!(
                 inflater.push(&frame[cut..]).unwrap(),
-                Inflated::Message(want.to_vec())
+                Inflated::Message(Bytes::copy_from_slice(want))
             );
         }
     }
@@ -367,7 +470,7 @@ mod tests {
         let mut inflater = Inflater::new(compression, 10_000);
         assert_eq!(
             inflater.push(&frames[0]).unwrap(),
-            Inflated::Message(b"{\"op\":10}".to_vec())
+            Inflated::Message(Bytes::from_static(b"{\"op\":10}"))
         );
         assert_eq!(
             inflater.push(&frames[1]).unwrap(),
@@ -375,8 +478,51 @@ mod tests {
         );
         assert_eq!(
             inflater.push(&frames[2]).unwrap(),
-            Inflated::Message(b"{\"op\":11}".to_vec())
+            Inflated::Message(Bytes::from_static(b"{\"op\":11}"))
         );
+    }
+
+    /// Messages of sizes that fill a chunk, start a new one, or overflow what is left of one
+    /// into the connection's buffer all come whole, and inflating later ones does not
+    /// touch the earlier ones' bytes, which share a chunk.
+    fn messages_stay_whole_across_chunks(compression: Compression) {
+        let sizes = [
+            3000,
+            CHUNK_CAPACITY - 3000 - 100,
+            50,
+            CHUNK_CAPACITY,
+            CHUNK_CAPACITY - CHUNK_ROOM + 1,
+            5000,
+            CHUNK_CAPACITY + 1,
+            CHUNK_ROOM,
+            1,
+        ];
+        let msgs: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| (0..size).map(|j| (i * 7 + j % 241) as u8).collect())
+            .collect();
+        let borrowed: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+        let frames = encoded(compression, &borrowed);
+        let mut inflater = Inflater::new(compression, 1 << 20);
+        let got: Vec<Inflated> = frames.iter().map(|f| inflater.push(f).unwrap()).collect();
+        for ((got, want), size) in got.into_iter().zip(&msgs).zip(sizes) {
+            assert_eq!(
+                got,
+                Inflated::Message(Bytes::copy_from_slice(want)),
+                "the message of {size} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_stay_whole_across_chunks_zlib() {
+        messages_stay_whole_across_chunks(Compression::ZlibStream);
+    }
+
+    #[test]
+    fn messages_stay_whole_across_chunks_zstd() {
+        messages_stay_whole_across_chunks(Compression::ZstdStream);
     }
 
     #[test]
@@ -403,7 +549,7 @@ mod tests {
         for (frame, want) in frames.iter().zip(&msgs) {
             assert_eq!(
                 inflater.push(frame).unwrap(),
-                Inflated::Message(want.to_vec())
+                Inflated::Message(Bytes::copy_from_slice(want))
             );
         }
         let mut fresh = Inflater::new(Compression::ZstdStream, 1 << 20);
@@ -419,10 +565,13 @@ mod tests {
         let frames = zstd_stream(&[b"{\"op\":10}", &big, b"{\"op\":11}"]);
         let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 22);
         inflater.push(&frames[0]).unwrap();
-        assert_eq!(inflater.push(&frames[1]).unwrap(), Inflated::Message(big));
+        assert_eq!(
+            inflater.push(&frames[1]).unwrap(),
+            Inflated::Message(big.into())
+        );
         assert_eq!(
             inflater.push(&frames[2]).unwrap(),
-            Inflated::Message(b"{\"op\":11}".to_vec())
+            Inflated::Message(Bytes::from_static(b"{\"op\":11}"))
         );
     }
 
@@ -467,7 +616,7 @@ mod tests {
         let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20);
         assert_eq!(
             inflater.push(&frame).unwrap(),
-            Inflated::Message(b"{\"op\":10}".to_vec())
+            Inflated::Message(Bytes::from_static(b"{\"op\":10}"))
         );
     }
 
@@ -482,11 +631,11 @@ mod tests {
         let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20);
         assert_eq!(
             inflater.push(&out[0]).unwrap(),
-            Inflated::Message(b"{\"op\":10}".to_vec())
+            Inflated::Message(Bytes::from_static(b"{\"op\":10}"))
         );
         assert_eq!(
             inflater.push(&out[1]).unwrap(),
-            Inflated::Message(b"{\"op\":11}".to_vec())
+            Inflated::Message(Bytes::from_static(b"{\"op\":11}"))
         );
     }
 }

@@ -679,7 +679,7 @@ impl Shard {
         let buf = match message {
             Message::Binary(frame) => match conn.inflater.push(&frame) {
                 Ok(Inflated::Incomplete) => return None,
-                Ok(Inflated::Message(message)) => Bytes::from(message),
+                Ok(Inflated::Message(message)) => message,
                 Ok(Inflated::Oversize { size }) => {
                     error!(
                         size,
