@@ -74,11 +74,16 @@ impl Wrangler {
         assert!(config.contains("worker-template/src/index.ts"), "{config}");
         std::fs::write(dir.join("wrangler.toml"), config).unwrap();
 
+        // Miniflare keeps its scratch files under the system temp directory and leaves them
+        // there; this keeps them in the test's own directory, removed with it.
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
         let port = free_port();
         let mut command = Command::new(&bin);
         command
             .current_dir(&dir)
             .args(["dev", "--ip", "127.0.0.1", "--port", &port.to_string()])
+            .env("TMPDIR", &tmp)
             .env("WRANGLER_SEND_METRICS", "false")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
