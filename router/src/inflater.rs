@@ -261,6 +261,9 @@ impl Inflater {
             .filter(|chunk| chunk.capacity() >= CHUNK_ROOM)
             .unwrap_or_else(|| BytesMut::with_capacity(CHUNK_CAPACITY));
         let result = self.inflate_in_place(&mut chunk, input, complete);
+        // A message leaves the chunk empty; a failed one may not, and what is left belongs to
+        // no message.
+        chunk.clear();
         CHUNK.set(Some(chunk));
         result
     }
@@ -616,6 +619,23 @@ mod tests {
         let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20);
         assert_eq!(
             inflater.push(&frame).unwrap(),
+            Inflated::Message(Bytes::from_static(b"{\"op\":10}"))
+        );
+    }
+
+    #[test]
+    fn a_message_that_fails_part_way_leaves_nothing_for_the_next() {
+        // A whole zstd frame, then garbage, in one WebSocket message: the frame inflates into
+        // the thread's chunk before the garbage fails.
+        let mut frame = zstd::bulk::compress(b"{\"op\":11}", 3).unwrap();
+        frame.extend_from_slice(b"this is not zstd");
+        let mut failing = Inflater::new(Compression::ZstdStream, 1 << 20);
+        assert!(failing.push(&frame).is_err());
+        // Another connection on the same thread.
+        let frames = stream(&[b"{\"op\":10}"]);
+        let mut next = Inflater::new(Compression::ZlibStream, 1 << 20);
+        assert_eq!(
+            next.push(&frames[0]).unwrap(),
             Inflated::Message(Bytes::from_static(b"{\"op\":10}"))
         );
     }
