@@ -357,7 +357,11 @@ impl Inflater {
         if self.out.is_empty() {
             return Ok(Inflated::Incomplete);
         }
-        Ok(Inflated::Message(std::mem::take(&mut self.out).into()))
+        // Grown by doubling, the buffer may be nearly twice the message, and a queued
+        // GUILD_CREATE can be megabytes. Shrinking in place does not copy.
+        let mut message = std::mem::take(&mut self.out);
+        message.shrink_to_fit();
+        Ok(Inflated::Message(message.into()))
     }
 }
 
@@ -432,6 +436,19 @@ mod tests {
             inflater.push(&frame[2 * third..]).unwrap(),
             Inflated::Message(big.into())
         );
+    }
+
+    #[test]
+    fn a_message_bigger_than_a_chunk_keeps_no_spare_capacity() {
+        let big = big();
+        let frames = stream(&[&big]);
+        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 22);
+        let Inflated::Message(message) = inflater.push(&frames[0]).unwrap() else {
+            panic!("one frame is one message");
+        };
+        let message = message.try_into_mut().expect("the only reference");
+        assert_eq!(message.len(), big.len());
+        assert_eq!(message.capacity(), big.len());
     }
 
     #[test]
