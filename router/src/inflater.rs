@@ -71,6 +71,12 @@ pub enum InflateError {
     ZstdWindow,
     #[error("gateway frame does not inflate: {0} made no progress")]
     Stalled(Compression),
+    /// zlib-stream never ends while the connection lasts; bytes after its end are not
+    /// Discord's.
+    #[error(
+        "gateway frame does not inflate: the zlib stream ended, and {trailing} more bytes came"
+    )]
+    Ended { trailing: usize },
 }
 
 /// One connection's decompression context.
@@ -161,6 +167,14 @@ impl Codec {
                 })
             }
         }
+    }
+}
+
+/// After the end of a zlib stream (which zlib-stream never sends) nothing more may come.
+fn ended(rest: &[u8]) -> Result<(), InflateError> {
+    match rest.len() {
+        0 => Ok(()),
+        trailing => Err(InflateError::Ended { trailing }),
     }
 }
 
@@ -286,8 +300,12 @@ impl Inflater {
                 chunk.clear();
                 return self.inflate(input, complete);
             }
+            if step.ended {
+                ended(input)?;
+                break;
+            }
             let full = chunk.len() == chunk.capacity();
-            if (input.is_empty() && !full) || step.ended {
+            if input.is_empty() && !full {
                 break;
             }
             if full {
@@ -337,8 +355,12 @@ impl Inflater {
                 (step, room)
             };
             input = &input[step.consumed..];
+            if step.ended {
+                ended(input)?;
+                break;
+            }
             let out_full = step.produced == room;
-            if (input.is_empty() && !out_full) || step.ended {
+            if input.is_empty() && !out_full {
                 break;
             }
             if step.consumed == 0 && step.produced == 0 {
@@ -358,7 +380,8 @@ impl Inflater {
             return Ok(Inflated::Incomplete);
         }
         // Grown by doubling, the buffer may be nearly twice the message, and a queued
-        // GUILD_CREATE can be megabytes. Shrinking in place does not copy.
+        // GUILD_CREATE can be megabytes. Shrinking rarely copies (glibc's realloc splits the
+        // chunk, or mremaps a mapped one).
         let mut message = std::mem::take(&mut self.out);
         message.shrink_to_fit();
         Ok(Inflated::Message(message.into()))
@@ -506,10 +529,14 @@ mod tests {
     /// into the connection's buffer all come whole, and inflating later ones does not
     /// touch the earlier ones' bytes, which share a chunk.
     fn messages_stay_whole_across_chunks(compression: Compression) {
+        // Sizes chosen against a fresh chunk: the second fills the first chunk's rest
+        // exactly.
+        CHUNK.set(None);
         let sizes = [
             3000,
-            CHUNK_CAPACITY - 3000 - 100,
+            CHUNK_CAPACITY - 3000,
             50,
+            CHUNK_CAPACITY - 3000 - 100,
             CHUNK_CAPACITY,
             CHUNK_CAPACITY - CHUNK_ROOM + 1,
             5000,
@@ -655,6 +682,121 @@ mod tests {
             next.push(&frames[0]).unwrap(),
             Inflated::Message(Bytes::from_static(b"{\"op\":10}"))
         );
+    }
+
+    /// `size` bytes that compress poorly, as a large message may.
+    fn noise(seed: u64, size: usize) -> Vec<u8> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..size).map(|_| rng.u8(..)).collect()
+    }
+
+    /// A message of exactly the limit comes whole, one byte more is dropped, both when the
+    /// limit is crossed in the chunk and in the connection's buffer; the next message comes
+    /// whole either way.
+    fn the_limit_is_inclusive(compression: Compression) {
+        for limit in [100, CHUNK_CAPACITY - 1, CHUNK_CAPACITY, 40_000] {
+            for size in [limit - 1, limit, limit + 1] {
+                let message = noise(size as u64, size);
+                let frames = encoded(compression, &[&message, b"{\"op\":11}"]);
+                let mut inflater = Inflater::new(compression, limit);
+                let want = if size > limit {
+                    Inflated::Oversize { size }
+                } else {
+                    Inflated::Message(message.into())
+                };
+                assert_eq!(
+                    inflater.push(&frames[0]).unwrap(),
+                    want,
+                    "{size} of {limit}"
+                );
+                assert_eq!(
+                    inflater.push(&frames[1]).unwrap(),
+                    Inflated::Message(Bytes::from_static(b"{\"op\":11}")),
+                    "after {size} of {limit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_limit_is_inclusive_zlib() {
+        the_limit_is_inclusive(Compression::ZlibStream);
+    }
+
+    #[test]
+    fn the_limit_is_inclusive_zstd() {
+        the_limit_is_inclusive(Compression::ZstdStream);
+    }
+
+    /// Empty WebSocket messages and messages that inflate to nothing hand nothing on.
+    fn nothing_in_is_nothing_out(compression: Compression) {
+        let frames = encoded(compression, &[b"", b"{\"op\":10}"]);
+        let mut inflater = Inflater::new(compression, 1 << 20);
+        assert_eq!(inflater.push(&[]).unwrap(), Inflated::Incomplete);
+        assert_eq!(inflater.push(&frames[0]).unwrap(), Inflated::Incomplete);
+        assert_eq!(inflater.push(&[]).unwrap(), Inflated::Incomplete);
+        assert_eq!(
+            inflater.push(&frames[1]).unwrap(),
+            Inflated::Message(Bytes::from_static(b"{\"op\":10}"))
+        );
+    }
+
+    #[test]
+    fn nothing_in_is_nothing_out_zlib() {
+        nothing_in_is_nothing_out(Compression::ZlibStream);
+    }
+
+    #[test]
+    fn nothing_in_is_nothing_out_zstd() {
+        nothing_in_is_nothing_out(Compression::ZstdStream);
+    }
+
+    #[test]
+    fn a_split_message_and_another_connection_on_the_same_thread_stay_apart() {
+        for size in [10, 3000, 5000, 20_000] {
+            let message = noise(9, size);
+            let frames = stream(&[&message]);
+            let cut = frames[0].len() / 2;
+            let other = stream(&[b"{\"op\":10}"]);
+            let (mut split, mut whole) = (
+                Inflater::new(Compression::ZlibStream, 1 << 20),
+                Inflater::new(Compression::ZlibStream, 1 << 20),
+            );
+            assert_eq!(split.push(&frames[0][..cut]).unwrap(), Inflated::Incomplete);
+            assert_eq!(
+                whole.push(&other[0]).unwrap(),
+                Inflated::Message(Bytes::from_static(b"{\"op\":10}"))
+            );
+            assert_eq!(
+                split.push(&frames[0][cut..]).unwrap(),
+                Inflated::Message(message.into()),
+                "{size} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn bytes_after_the_end_of_the_zlib_stream_fail() {
+        let finished = |msg: &[u8]| {
+            let mut z = Compress::new(Level::default(), true);
+            let mut out = Vec::with_capacity(1024);
+            z.compress_vec(msg, &mut out, FlushCompress::Finish)
+                .unwrap();
+            out
+        };
+        // The end, then more in the same WebSocket message.
+        let mut frame = finished(b"{\"op\":10}");
+        frame.extend_from_slice(&SUFFIX);
+        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 20);
+        let err = inflater.push(&frame).unwrap_err().to_string();
+        assert!(err.contains("zlib stream ended, and 4 more bytes"), "{err}");
+        // The end, then more in the next WebSocket message.
+        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 20);
+        assert_eq!(
+            inflater.push(&finished(b"{\"op\":10}")).unwrap(),
+            Inflated::Incomplete
+        );
+        assert!(inflater.push(&stream(&[b"{\"op\":11}"])[0]).is_err());
     }
 
     #[test]
