@@ -350,6 +350,15 @@ async fn unordered_delivery_keeps_sixteen_requests_of_a_shard_in_flight_and_lose
     p.wait_delivered(&[]).await;
     p.assert_exactly_once(&[]);
     assert_eq!(p.stats.snapshot().requests_dead_lettered, 0);
+    // Nor later: the seventeenth request leaves only after one of the first sixteen is
+    // answered, and none is answered before it has been held 3 s.
+    let mut times: Vec<_> = p.requests().iter().map(|(_, q)| q.at).collect();
+    times.sort();
+    assert!(
+        times[16] >= times[0] + Duration::from_secs(3),
+        "the seventeenth request came {:?} after the first",
+        times[16] - times[0]
+    );
     p.stop().await;
 }
 

@@ -39,6 +39,18 @@ type SharedSpool = Arc<tokio::sync::Mutex<ShardSpool>>;
 
 /// Batches of one shard in flight at once with `ordering = "none"`.
 const UNORDERED_IN_FLIGHT: usize = 16;
+/// Batches of one shard built and waiting for a sender with `ordering = "none"`, besides
+/// those in flight: a sender that finishes takes the next at once instead of a task being
+/// spawned for it.
+const UNORDERED_QUEUED: usize = UNORDERED_IN_FLIGHT;
+
+/// The batches of one shard waiting to be sent with `ordering = "none"`, and how many sender
+/// tasks are running. A sender takes batches until none wait, then ends.
+#[derive(Default)]
+struct Unsent {
+    queue: std::collections::VecDeque<(Request, tokio::sync::OwnedSemaphorePermit)>,
+    senders: usize,
+}
 
 /// Counters of what delivery did. Cheap to update from every task.
 #[derive(Debug)]
@@ -635,6 +647,10 @@ async fn defer_on_arrival(
 async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>, spool: SharedSpool) {
     let batching = &shared.config.batch;
     let mut in_flight = JoinSet::new();
+    let room = Arc::new(tokio::sync::Semaphore::new(
+        UNORDERED_IN_FLIGHT + UNORDERED_QUEUED,
+    ));
+    let unsent = Arc::new(Mutex::new(Unsent::default()));
     let mut carry: Option<Dispatch> = None;
     loop {
         drain(&shared, &spool).await;
@@ -689,17 +705,50 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>, spool: Sh
         match shared.config.delivery.ordering {
             Ordering::Shard => deliver(&shared, &spool, request).await,
             Ordering::None => {
-                while in_flight.len() >= UNORDERED_IN_FLIGHT {
-                    in_flight.join_next().await;
+                let permit = room.clone().acquire_owned().await.expect("never closed");
+                let mut unsent_now = unsent.lock().unwrap_or_else(|p| p.into_inner());
+                // Senders that ended are reaped, so the set holds only running ones. One that
+                // panicked did not count itself out.
+                while let Some(ended) = in_flight.try_join_next() {
+                    if ended.is_err() {
+                        unsent_now.senders -= 1;
+                    }
                 }
-                let (shared, spool) = (shared.clone(), spool.clone());
-                in_flight.spawn(
-                    async move { deliver(&shared, &spool, request).await }.in_current_span(),
-                );
+                unsent_now.queue.push_back((request, permit));
+                let spawn = unsent_now.senders < UNORDERED_IN_FLIGHT;
+                if spawn {
+                    unsent_now.senders += 1;
+                }
+                drop(unsent_now);
+                if spawn {
+                    in_flight.spawn(
+                        send_unsent(shared.clone(), spool.clone(), unsent.clone())
+                            .in_current_span(),
+                    );
+                }
             }
         }
     }
     while in_flight.join_next().await.is_some() {}
+}
+
+/// A sender of `ordering = "none"`: delivers waiting batches of its shard, one at a time,
+/// until none wait.
+async fn send_unsent(shared: Arc<Shared>, spool: SharedSpool, unsent: Arc<Mutex<Unsent>>) {
+    loop {
+        let next = {
+            let mut unsent = unsent.lock().unwrap_or_else(|p| p.into_inner());
+            let next = unsent.queue.pop_front();
+            if next.is_none() {
+                unsent.senders -= 1;
+            }
+            next
+        };
+        let Some((request, _room)) = next else {
+            return;
+        };
+        deliver(&shared, &spool, request).await;
+    }
 }
 
 /// How an attempt to deliver a batch ended.
