@@ -52,6 +52,62 @@ struct Unsent {
     senders: usize,
 }
 
+/// One shard's senders with `ordering = "none"`: up to `UNORDERED_IN_FLIGHT` tasks, each
+/// delivering waiting batches one at a time, so a busy shard spawns no task per batch.
+struct Senders {
+    /// Room for batches in flight or waiting; `send` waits for it.
+    room: Arc<tokio::sync::Semaphore>,
+    unsent: Arc<Mutex<Unsent>>,
+    tasks: JoinSet<()>,
+}
+
+impl Senders {
+    fn new() -> Senders {
+        Senders {
+            room: Arc::new(tokio::sync::Semaphore::new(
+                UNORDERED_IN_FLIGHT + UNORDERED_QUEUED,
+            )),
+            unsent: Arc::default(),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Queues `request` for a sender, starting one if fewer than `UNORDERED_IN_FLIGHT` run;
+    /// waits while `UNORDERED_IN_FLIGHT + UNORDERED_QUEUED` batches are in flight or waiting.
+    async fn send(&mut self, shared: &Arc<Shared>, spool: &SharedSpool, request: Request) {
+        let permit = self
+            .room
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let mut unsent = self.unsent.lock().unwrap_or_else(|p| p.into_inner());
+        // Senders that ended are reaped, so the set holds only running ones. One that
+        // panicked did not count itself out.
+        while let Some(ended) = self.tasks.try_join_next() {
+            if ended.is_err() {
+                unsent.senders -= 1;
+            }
+        }
+        unsent.queue.push_back((request, permit));
+        let spawn = unsent.senders < UNORDERED_IN_FLIGHT;
+        if spawn {
+            unsent.senders += 1;
+        }
+        drop(unsent);
+        if spawn {
+            self.tasks.spawn(
+                send_unsent(shared.clone(), spool.clone(), self.unsent.clone()).in_current_span(),
+            );
+        }
+    }
+
+    /// Waits until every queued batch is delivered.
+    async fn finish(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
 /// Counters of what delivery did. Cheap to update from every task.
 #[derive(Debug)]
 pub struct DeliveryStats {
@@ -646,11 +702,10 @@ async fn defer_on_arrival(
 /// One shard's delivery loop: batch, then send in order (or several at once).
 async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>, spool: SharedSpool) {
     let batching = &shared.config.batch;
-    let mut in_flight = JoinSet::new();
-    let room = Arc::new(tokio::sync::Semaphore::new(
-        UNORDERED_IN_FLIGHT + UNORDERED_QUEUED,
-    ));
-    let unsent = Arc::new(Mutex::new(Unsent::default()));
+    let mut senders = match shared.config.delivery.ordering {
+        Ordering::Shard => None,
+        Ordering::None => Some(Senders::new()),
+    };
     let mut carry: Option<Dispatch> = None;
     loop {
         drain(&shared, &spool).await;
@@ -702,34 +757,14 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>, spool: Sh
             request.first_seq,
             request.last_seq,
         );
-        match shared.config.delivery.ordering {
-            Ordering::Shard => deliver(&shared, &spool, request).await,
-            Ordering::None => {
-                let permit = room.clone().acquire_owned().await.expect("never closed");
-                let mut unsent_now = unsent.lock().unwrap_or_else(|p| p.into_inner());
-                // Senders that ended are reaped, so the set holds only running ones. One that
-                // panicked did not count itself out.
-                while let Some(ended) = in_flight.try_join_next() {
-                    if ended.is_err() {
-                        unsent_now.senders -= 1;
-                    }
-                }
-                unsent_now.queue.push_back((request, permit));
-                let spawn = unsent_now.senders < UNORDERED_IN_FLIGHT;
-                if spawn {
-                    unsent_now.senders += 1;
-                }
-                drop(unsent_now);
-                if spawn {
-                    in_flight.spawn(
-                        send_unsent(shared.clone(), spool.clone(), unsent.clone())
-                            .in_current_span(),
-                    );
-                }
-            }
+        match senders.as_mut() {
+            None => deliver(&shared, &spool, request).await,
+            Some(senders) => senders.send(&shared, &spool, request).await,
         }
     }
-    while in_flight.join_next().await.is_some() {}
+    if let Some(senders) = senders {
+        senders.finish().await;
+    }
 }
 
 /// A sender of `ordering = "none"`: delivers waiting batches of its shard, one at a time,
