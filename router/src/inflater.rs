@@ -12,7 +12,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use flate2::{Decompress, FlushDecompress, Status};
 use zstd::stream::raw::{DParameter, Decoder, InBuffer, Operation, OutBuffer};
 
@@ -207,31 +207,6 @@ unsafe impl zstd::zstd_safe::WriteBuf for Spare<'_> {
     }
 }
 
-/// A buffer whose spare capacity a [`Codec::step`] writes into.
-trait Written {
-    /// Makes the first `produced` bytes of the spare capacity, which the step just wrote,
-    /// part of the content.
-    fn extend_by(&mut self, produced: usize);
-}
-
-impl Written for Vec<u8> {
-    fn extend_by(&mut self, produced: usize) {
-        let len = self.len() + produced;
-        assert!(len <= self.capacity(), "a codec wrote past the buffer");
-        // SAFETY: in bounds (checked), and `Codec::step` initialised these bytes.
-        unsafe { self.set_len(len) }
-    }
-}
-
-impl Written for BytesMut {
-    fn extend_by(&mut self, produced: usize) {
-        let len = self.len() + produced;
-        assert!(len <= self.capacity(), "a codec wrote past the buffer");
-        // SAFETY: in bounds (checked), and `Codec::step` initialised these bytes.
-        unsafe { self.set_len(len) }
-    }
-}
-
 /// One connection's transport decompression state.
 pub struct Inflater {
     codec: Codec,
@@ -293,7 +268,9 @@ impl Inflater {
     ) -> Result<Inflated, InflateError> {
         loop {
             let step = self.codec.step(input, chunk.spare_capacity_mut())?;
-            chunk.extend_by(step.produced);
+            // SAFETY: the step initialised this many bytes of the spare capacity;
+            // `advance_mut` panics rather than go past it.
+            unsafe { chunk.advance_mut(step.produced) };
             input = &input[step.consumed..];
             if chunk.len() > self.limit {
                 self.discarded = chunk.len();
@@ -347,7 +324,8 @@ impl Inflater {
                 let spare = self.out.spare_capacity_mut();
                 let room = spare.len();
                 let step = self.codec.step(input, spare)?;
-                self.out.extend_by(step.produced);
+                // SAFETY: as in `inflate_in_place`.
+                unsafe { self.out.advance_mut(step.produced) };
                 if self.out.len() > self.limit {
                     self.discarded = self.out.len();
                     self.out = Vec::new();
