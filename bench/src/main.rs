@@ -335,8 +335,9 @@ async fn wait_identified(blaster: &Blaster, n: u32) -> bool {
 
 /// Runs one contestant over the whole load: as fast as it goes (`rate` None) or paced.
 async fn round(ctx: &Ctx, kind: &Kind, rate: Option<f64>) -> Outcome {
+    let target = ctx.events as u64 * ctx.shards as u64;
     ctx.blaster.reset();
-    ctx.sink.reset();
+    ctx.sink.reset(target);
     let mut child = ctx.spawn(kind);
     let pid = child.id().expect("a pid");
     let stdout = child.stdout.take().expect("piped stdout");
@@ -355,7 +356,6 @@ async fn round(ctx: &Ctx, kind: &Kind, rate: Option<f64>) -> Outcome {
     }
     // Let READY be forwarded and start-up settle before the clock starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let target = ctx.events as u64 * ctx.shards as u64;
     let (cpu0, self0) = (cpu_of(pid), cpu_self());
     let t0 = Instant::now();
     ctx.blaster.go(rate, ctx.fine_pacing);
@@ -371,14 +371,16 @@ async fn round(ctx: &Ctx, kind: &Kind, rate: Option<f64>) -> Outcome {
             Kind::Limit(_) => *done_rx.borrow(),
             _ => ctx.sink.shared.events.load(Ordering::SeqCst) >= target,
         };
-        if finished {
+        if finished || ctx.sink.shared.bad_request.load(Ordering::SeqCst) {
             break;
         }
         if Instant::now() > deadline {
             timed_out = true;
             break;
         }
-        let notified = ctx.sink.shared.notify.notified();
+        // The sink notifies once, at the target: not a wake-up per request on the cores the
+        // contestant is measured on.
+        let notified = ctx.sink.shared.done.notified();
         tokio::select! {
             _ = notified => {}
             _ = done_rx.changed() => {}
@@ -557,6 +559,9 @@ async fn run(o: Options) {
         for (kind, peaks) in chosen.iter().zip(&mut peaks) {
             let peak = round(&ctx, kind, None).await;
             let bad_sig = ctx.sink.shared.bad_signature.swap(false, Ordering::SeqCst);
+            if ctx.sink.shared.bad_request.load(Ordering::SeqCst) {
+                panic!("{}: the sink refused a request (see above)", kind.name());
+            }
             eprintln!(
                 "[{repetition}/{}] {}: {:.0} events/s, {:.2} CPU s per M events{}{}",
                 o.rounds,
