@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -28,6 +28,7 @@ use crate::retry::{self, Attempt, RetryAction};
 use crate::ring::Ring;
 use crate::signer::{unix_now, Signer};
 use crate::spool::{Head, ShardSpool, SpoolUsage, SpooledBatch};
+use crate::transport::Failure;
 
 /// The event Discord gives 3 s to acknowledge: it never waits for a batch to fill.
 const INTERACTION_CREATE: &str = "INTERACTION_CREATE";
@@ -241,6 +242,13 @@ pub enum DeliveryError {
     Config(#[from] ConfigError),
     #[error("failed to build the HTTP client: {0}")]
     Client(reqwest::Error),
+    #[error("failed to set up TLS for endpoints (the platform's certificate roots): {0}")]
+    Tls(rustls::Error),
+    #[error("endpoint `{endpoint}`: {source}")]
+    Endpoint {
+        endpoint: String,
+        source: crate::transport::BadUrl,
+    },
     #[error("endpoint `{endpoint}` has auth = \"aws-iam\": {source}")]
     AwsCredentials {
         endpoint: String,
@@ -348,18 +356,16 @@ impl Pipeline {
         if config.endpoints.is_empty() {
             return Err(ConfigError::NoEndpoints.into());
         }
+        // For Discord's REST API (deferring interactions, apologising for them); endpoints have
+        // connections of their own (`transport`).
         let client = reqwest::Client::builder()
             .user_agent(concat!("shardhook/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
-            // Never more idle connections than requests can be in flight at once: a burst
-            // (every shard's READY at start) opens extra ones while others are on their way
-            // back to the pool, and each idle one holds buffers and a task.
-            .pool_max_idle_per_host(config.endpoints.iter().map(|e| e.max_in_flight).sum())
-            // A redirect is a misconfigured endpoint: followed, a 301/302/303 turns the signed
-            // POST into a GET without the events, and its 2xx would count them as delivered.
+            .pool_max_idle_per_host(4)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(DeliveryError::Client)?;
+        let tls = crate::transport::platform_tls().map_err(DeliveryError::Tls)?;
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for e in &config.endpoints {
             let aws = match e.auth {
@@ -375,7 +381,13 @@ impl Pipeline {
                     Some((e.aws_region().expect("validated by config"), creds))
                 }
             };
-            endpoints.push(Endpoint::new(e, &config.delivery, aws));
+            let endpoint = Endpoint::new(e, &config.delivery, aws, &tls).map_err(|source| {
+                DeliveryError::Endpoint {
+                    endpoint: e.name.clone(),
+                    source,
+                }
+            })?;
+            endpoints.push(endpoint);
         }
         let ring = Ring::new(config.endpoints.iter().map(|e| (e.name.as_str(), e.weight)));
         let stats = Arc::new(DeliveryStats::new(endpoints.len()));
@@ -978,12 +990,7 @@ async fn send(shared: &Shared, index: usize, request: &Request) -> Attempt {
     let signature = shared
         .signer
         .sign_text(&request.id, timestamp, &request.body);
-    // Built directly rather than through `RequestBuilder`: no header parsing or map growth
-    // per request, and the names are constants.
-    let mut http = reqwest::Request::new(reqwest::Method::POST, endpoint.url.clone());
-    *http.timeout_mut() = Some(endpoint.timeout);
-    let headers = http.headers_mut();
-    headers.reserve(8);
+    let mut headers = HeaderMap::with_capacity(8);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(WEBHOOK_TIMESTAMP, ascii(timestamp));
     headers.insert(WEBHOOK_ID, ascii(&request.id));
@@ -1009,26 +1016,24 @@ async fn send(shared: &Shared, index: usize, request: &Request) -> Attempt {
     }
     let signature = HeaderValue::try_from(signature).expect("a signature header is ASCII");
     headers.insert(WEBHOOK_SIGNATURE, signature);
-    *http.body_mut() = Some(request.body.clone().into());
-    let sent = shared.client.execute(http).await;
+    // The timeout covers the whole exchange: connecting, sending, and reading the answer.
+    let sent = tokio::time::timeout(
+        endpoint.timeout,
+        endpoint.pool.post(headers, request.body.clone()),
+    )
+    .await;
     match sent {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get("retry-after")
+        Ok(Ok(answer)) => Attempt::Status {
+            status: answer.status,
+            retry_after: answer
+                .retry_after
+                .as_ref()
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
-            // Read the body so the connection goes back to the pool.
-            let _ = response.bytes().await;
-            Attempt::Status {
-                status,
-                retry_after,
-            }
-        }
-        Err(e) if e.is_timeout() => Attempt::Timeout,
-        Err(e) if e.is_connect() => Attempt::Connect,
-        Err(_) => Attempt::Transport,
+                .and_then(|v| retry::parse_retry_after(v, SystemTime::now())),
+        },
+        Err(_elapsed) => Attempt::Timeout,
+        Ok(Err(Failure::Connect { .. })) => Attempt::Connect,
+        Ok(Err(Failure::Transport { .. })) => Attempt::Transport,
     }
 }
 

@@ -1,5 +1,5 @@
-//! One delivery endpoint at run time: its URL, timeout, request pacing, in-flight cap and
-//! circuit breaker.
+//! One delivery endpoint at run time: its URL, timeout, request pacing, in-flight cap,
+//! connections and circuit breaker.
 //!
 //! Owns the per-endpoint resources a request must hold before it is sent. Whether to retry
 //! and where to go next are `retry`'s and `ring`'s business.
@@ -14,6 +14,7 @@ use crate::circuit::Circuit;
 use crate::config::{DeliveryConfig, EndpointConfig};
 use crate::ratelimiter::Pacer;
 use crate::sigv4::Credentials;
+use crate::transport::{BadUrl, Pool, Tls};
 
 #[derive(Debug)]
 pub struct Endpoint {
@@ -24,6 +25,8 @@ pub struct Endpoint {
     pub aws: Option<(String, Credentials)>,
     pacer: Option<Pacer>,
     in_flight: Semaphore,
+    /// Its connections, as many idle as can be in flight.
+    pub pool: Pool,
     pub circuit: Circuit,
 }
 
@@ -33,22 +36,25 @@ impl Endpoint {
         config: &EndpointConfig,
         delivery: &DeliveryConfig,
         aws: Option<(String, Credentials)>,
-    ) -> Endpoint {
+        tls: &Tls,
+    ) -> Result<Endpoint, BadUrl> {
         let pacer = config.rate_limit.map(|r| {
             let per_second = NonZeroU32::new(r.per_second.max(1)).expect("at least 1");
             let burst =
                 NonZeroU32::new(r.burst.unwrap_or(r.per_second).max(1)).expect("at least 1");
             Pacer::new(Quota::per_second(per_second).allow_burst(burst))
         });
-        Endpoint {
+        let url = reqwest::Url::parse(&config.url).expect("validated by config");
+        Ok(Endpoint {
             name: config.name.clone(),
-            url: reqwest::Url::parse(&config.url).expect("validated by config"),
+            pool: Pool::new(&url, config.max_in_flight, tls)?,
+            url,
             timeout: config.timeout.unwrap_or(delivery.timeout),
             aws,
             pacer,
             in_flight: Semaphore::new(config.max_in_flight),
             circuit: Circuit::new(delivery.circuit_failures, delivery.circuit_cooldown),
-        }
+        })
     }
 
     /// Waits for the endpoint's rate limit and a free in-flight slot; hold the permit while
@@ -86,7 +92,8 @@ mod tests {
             }),
             ..EndpointConfig::new("a", "http://127.0.0.1:1/")
         };
-        let endpoint = Endpoint::new(&config, &DeliveryConfig::default(), None);
+        let tls = crate::transport::platform_tls().unwrap();
+        let endpoint = Endpoint::new(&config, &DeliveryConfig::default(), None, &tls).unwrap();
         let start = Instant::now();
         let mut at = Vec::new();
         for _ in 0..12 {

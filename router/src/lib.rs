@@ -20,6 +20,7 @@
 //! - `signer`: Standard Webhooks signatures and keys.
 //! - `ring`: weighted rendezvous hashing of shard ids over endpoints.
 //! - `endpoint`: one endpoint's pacing, in-flight cap and circuit.
+//! - `transport`: delivery's HTTP/1.1 connections, a pool per endpoint.
 //! - `circuit`: the circuit breaker.
 //! - `retry`: the retry decision and backoff.
 //! - `deadletter`: the dead-letter file.
@@ -60,6 +61,7 @@ pub mod signer;
 pub mod sigv4;
 pub mod simulate;
 mod spool;
+mod transport;
 
 pub use api::{GatewayBot, SessionStartLimit};
 pub use config::Config;
