@@ -242,7 +242,7 @@ pub enum DeliveryError {
     Config(#[from] ConfigError),
     #[error("failed to build the HTTP client: {0}")]
     Client(reqwest::Error),
-    #[error("failed to set up TLS for endpoints (the platform's certificate roots): {0}")]
+    #[error("failed to set up TLS (the platform's certificate roots): {0}")]
     Tls(rustls::Error),
     #[error("endpoint `{endpoint}`: {source}")]
     Endpoint {
@@ -358,14 +358,15 @@ impl Pipeline {
         }
         // For Discord's REST API (deferring interactions, apologising for them); endpoints have
         // connections of their own (`transport`).
+        let tls = crate::transport::platform_tls().map_err(DeliveryError::Tls)?;
         let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
             .user_agent(concat!("shardhook/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(4)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(DeliveryError::Client)?;
-        let tls = crate::transport::platform_tls().map_err(DeliveryError::Tls)?;
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for e in &config.endpoints {
             let aws = match e.auth {

@@ -26,6 +26,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("failed to build the HTTP client: {0}")]
     Client(reqwest::Error),
+    #[error("failed to set up TLS (the platform's certificate roots): {0}")]
+    Tls(rustls::Error),
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error(
@@ -78,7 +80,9 @@ impl Router {
         mut sink_for: impl FnMut(u32) -> mpsc::Sender<Dispatch>,
     ) -> Result<Router, StartError> {
         let token = config.token()?.clone();
+        let tls = crate::transport::platform_tls().map_err(StartError::Tls)?;
         let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
             .user_agent(concat!("shardhook/", env!("CARGO_PKG_VERSION")))
             .timeout(config.discord.connect_timeout)
             .build()

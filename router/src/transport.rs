@@ -56,17 +56,23 @@ pub struct Answer {
 /// TLS settings shared by every endpoint's pool.
 pub type Tls = Arc<rustls::ClientConfig>;
 
-/// The TLS settings delivery uses: the platform's verifier and roots (as reqwest had), HTTP/1.1.
+/// The TLS settings every HTTPS client of the router uses (delivery, and reqwest for Discord's
+/// REST API): the platform's verifier and roots, as reqwest had by default, and HTTP/1.1.
+/// Built once per process: the verifier holds the system's roots, about a megabyte.
 pub fn platform_tls() -> Result<Tls, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = rustls_platform_verifier::Verifier::new(provider.clone())?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    static TLS: std::sync::OnceLock<Result<Tls, rustls::Error>> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = rustls_platform_verifier::Verifier::new(provider.clone())?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    })
+    .clone()
 }
 
 /// One endpoint's connections: where they go and the idle ones.
@@ -174,7 +180,10 @@ impl Pool {
         loop {
             let (mut send, kept) = match self.take() {
                 Some(send) => (send, true),
-                None => (self.connect().await?, false),
+                // Boxed: connecting (TLS especially) is a big future, rare once connections
+                // are kept, and inline it would make every shard's delivery task that much
+                // bigger, busy or idle.
+                None => (Box::pin(self.connect()).await?, false),
             };
             let sent = match send.ready().await {
                 Ok(()) => send.try_send_request(request).await,
