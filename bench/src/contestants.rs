@@ -270,9 +270,13 @@ pub async fn twilight(gateway_url: &str, sink_url: &str, secret: &str, shards: u
 }
 
 /// The sink's own ceiling: a plain load client posting `total` one-event requests (a
-/// representative signed body) with 64 in flight, starting when `go` is notified (the parent
-/// writes "go" on stdin).
+/// representative signed body) on 64 connections, one request each at a time, starting when
+/// `go` is notified (the parent writes "go" on stdin). It is hyper's connection API, the HTTP
+/// stack shardhook delivers on: on reqwest the client itself cost 22-26 CPU µs per request,
+/// more than a shardhook event in all, and the "ceiling" was below what shardhook reached
+/// (`runs/2026-11-23T0830-load-client-reqwest-hyper-raw.txt`).
 pub async fn load_client(sink_url: &str, secret: &str, total: u64, go: Arc<tokio::sync::Notify>) {
+    use http_body_util::{BodyExt, Full};
     go.notified().await;
     let signer = Arc::new(shardhook::Signer::new(
         SigningKey::parse(secret).expect("a valid secret"),
@@ -282,14 +286,31 @@ pub async fn load_client(sink_url: &str, secret: &str, total: u64, go: Arc<tokio
     let body = bytes::Bytes::from(format!(
         r#"{{"v":1,"shard_id":0,"shard_count":1,"session_id":"bench-0","events":[{{"t":"MESSAGE_CREATE","s":2,"d":{d}}}]}}"#
     ));
-    let client = reqwest::Client::new();
+    let authority = sink_url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..64 {
-        let (signer, client, next, body) =
-            (signer.clone(), client.clone(), next.clone(), body.clone());
-        let url = sink_url.to_owned();
+        let (signer, next, body, authority) = (
+            signer.clone(),
+            next.clone(),
+            body.clone(),
+            authority.clone(),
+        );
         tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(&authority)
+                .await
+                .expect("the sink accepts");
+            tcp.set_nodelay(true).expect("nodelay");
+            let (mut send, connection) = hyper::client::conn::http1::handshake::<
+                _,
+                Full<bytes::Bytes>,
+            >(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("an HTTP/1.1 connection");
+            tokio::spawn(connection);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
@@ -299,15 +320,23 @@ pub async fn load_client(sink_url: &str, secret: &str, total: u64, go: Arc<tokio
                 let id = format!("msg_0_0_{seq}_{seq}");
                 let ts = shardhook::signer::unix_now();
                 let signature = signer.sign(&id, ts, &body);
-                let _ = client
-                    .post(&url)
+                let request = hyper::Request::post("/")
+                    .header("host", &authority)
                     .header("content-type", "application/json")
                     .header("webhook-id", id)
-                    .header("webhook-timestamp", ts.to_string())
+                    .header("webhook-timestamp", ts)
                     .header("webhook-signature", signature)
-                    .body(body.clone())
-                    .send()
-                    .await;
+                    .body(Full::new(body.clone()))
+                    .expect("a valid request");
+                if send.ready().await.is_err() {
+                    return;
+                }
+                match send.send_request(request).await {
+                    Ok(response) => {
+                        let _ = response.into_body().collect().await;
+                    }
+                    Err(_) => return,
+                }
             }
         }));
     }
