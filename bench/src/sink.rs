@@ -52,6 +52,9 @@ pub struct SinkShared {
     pub done: Notify,
 }
 
+/// The biggest body the sink takes: a batch is at most `batch.max_bytes` (1 MiB by default).
+const MAX_BODY: usize = 64 << 20;
+
 /// What the sink answers to every request it takes.
 const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
 const BAD_REQUEST: &[u8] =
@@ -112,7 +115,9 @@ async fn serve(mut tcp: TcpStream, s: Arc<SinkShared>) {
                     eprintln!("sink: refused a request: {why}");
                     s.bad_request.store(true, Ordering::SeqCst);
                     s.done.notify_one();
-                    let _ = tcp.write_all(BAD_REQUEST).await;
+                    // The requests before it were taken and counted: answer them first.
+                    out.extend_from_slice(BAD_REQUEST);
+                    let _ = tcp.write_all(&out).await;
                     return;
                 }
             }
@@ -164,6 +169,9 @@ fn take(buf: &mut BytesMut, s: &SinkShared) -> Taken {
     let Some(length) = length else {
         return Taken::Refused("no content-length".into());
     };
+    if length > MAX_BODY {
+        return Taken::Refused(format!("content-length {length} is over {MAX_BODY}"));
+    }
     if buf.len() < head + length {
         return Taken::Incomplete(head + length - buf.len());
     }

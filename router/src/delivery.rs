@@ -360,7 +360,7 @@ impl Pipeline {
         // connections of their own (`transport`).
         let tls = crate::transport::platform_tls().map_err(DeliveryError::Tls)?;
         let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
+            .tls_backend_preconfigured(crate::transport::with_http2(&tls))
             .user_agent(concat!("shardhook/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(4)
@@ -1018,13 +1018,12 @@ async fn send(shared: &Shared, index: usize, request: &Request) -> Attempt {
     let signature = HeaderValue::try_from(signature).expect("a signature header is ASCII");
     headers.insert(WEBHOOK_SIGNATURE, signature);
     // The timeout covers the whole exchange: connecting, sending, and reading the answer.
-    let sent = tokio::time::timeout(
-        endpoint.timeout,
-        endpoint.pool.post(headers, request.body.clone()),
-    )
-    .await;
+    let sent = endpoint
+        .pool
+        .post(headers, request.body.clone(), endpoint.timeout)
+        .await;
     match sent {
-        Ok(Ok(answer)) => Attempt::Status {
+        Ok(answer) => Attempt::Status {
             status: answer.status,
             retry_after: answer
                 .retry_after
@@ -1032,9 +1031,9 @@ async fn send(shared: &Shared, index: usize, request: &Request) -> Attempt {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| retry::parse_retry_after(v, SystemTime::now())),
         },
-        Err(_elapsed) => Attempt::Timeout,
-        Ok(Err(Failure::Connect { .. })) => Attempt::Connect,
-        Ok(Err(Failure::Transport { .. })) => Attempt::Transport,
+        Err(Failure::Timeout { .. }) => Attempt::Timeout,
+        Err(Failure::Connect { .. }) => Attempt::Connect,
+        Err(Failure::Transport { .. }) => Attempt::Transport,
     }
 }
 

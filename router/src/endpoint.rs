@@ -92,7 +92,7 @@ mod tests {
             }),
             ..EndpointConfig::new("a", "http://127.0.0.1:1/")
         };
-        let tls = crate::transport::platform_tls().unwrap();
+        let tls = crate::transport::trusting(rustls::RootCertStore::empty());
         let endpoint = Endpoint::new(&config, &DeliveryConfig::default(), None, &tls).unwrap();
         let start = Instant::now();
         let mut at = Vec::new();

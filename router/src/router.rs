@@ -82,7 +82,7 @@ impl Router {
         let token = config.token()?.clone();
         let tls = crate::transport::platform_tls().map_err(StartError::Tls)?;
         let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(rustls::ClientConfig::clone(&tls))
+            .tls_backend_preconfigured(crate::transport::with_http2(&tls))
             .user_agent(concat!("shardhook/", env!("CARGO_PKG_VERSION")))
             .timeout(config.discord.connect_timeout)
             .build()

@@ -1,10 +1,10 @@
 //! Transport: the HTTP/1.1 connections deliveries go out on, a small pool of them per endpoint.
 //!
-//! Owns connecting (TCP, then TLS with the system's roots for `https`), keeping idle
-//! connections for the next request, and one POST's round trip: write it, read the status and
-//! `Retry-After`, and read the body to its end so the connection can be used again. It must not
-//! decide what a status means (`retry` does), sign anything (`signer`, `sigv4`), or time a
-//! request out (the caller wraps the whole round trip, connecting included, in its timeout).
+//! Owns connecting (TCP as hyper-util connects, both address families raced; then TLS with the
+//! system's roots for `https`), keeping idle connections for the next request, and one POST's
+//! round trip within the attempt's time: write it, read the status and `Retry-After`, and read
+//! the body to its end so the connection can be used again. It must not decide what a status
+//! means (`retry` does) or sign anything (`signer`, `sigv4`).
 //!
 //! It is hyper's connection API rather than reqwest, which the router keeps for Discord's REST
 //! API. Per request reqwest parses the URL twice and goes through its redirect and timeout
@@ -22,13 +22,19 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, HOST, RETRY_AFTER, USER_AGENT};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use hyper::Response;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tower_service::Service;
 
 /// How long an idle connection is kept for reuse.
 const IDLE_FOR: Duration = Duration::from_secs(60);
+/// The most of an answer's body read to keep its connection; past it the connection is closed
+/// (the status stands).
+const BODY_LIMIT: usize = 1 << 20;
 
 /// Why a round trip failed. The request may have reached the endpoint only for `Transport`.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,12 @@ pub enum Failure {
     /// No connection: the name did not resolve, the port refused, or TLS failed.
     #[error("could not connect to {authority}: {reason}")]
     Connect { authority: String, reason: String },
+    /// No answer (its status line and headers) within the attempt's time.
+    #[error("no answer from {authority} within {timeout:?}")]
+    Timeout {
+        authority: String,
+        timeout: Duration,
+    },
     /// The connection failed while the request or its answer was on its way, or the answer was
     /// not HTTP.
     #[error("the exchange with {authority} failed: {source}")]
@@ -75,15 +87,24 @@ pub fn platform_tls() -> Result<Tls, rustls::Error> {
     .clone()
 }
 
+/// `tls` for a client that speaks HTTP/2 as well: reqwest, for Discord's REST API.
+pub fn with_http2(tls: &Tls) -> rustls::ClientConfig {
+    let mut config = rustls::ClientConfig::clone(tls);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
+
 /// One endpoint's connections: where they go and the idle ones.
 pub struct Pool {
-    host: String,
-    port: u16,
     /// The `Host` header, and how errors name the endpoint.
     authority: HeaderValue,
     /// `path?query`, as the request line carries it.
     target: Uri,
     tls: Option<(Tls, rustls::pki_types::ServerName<'static>)>,
+    /// TCP connections: DNS, both address families raced, keepalive, Nagle off.
+    connector: HttpConnector,
+    /// `scheme://authority`, what `connector` is asked for.
+    origin: Uri,
     user_agent: HeaderValue,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
@@ -131,9 +152,6 @@ impl Pool {
         let host = url
             .host_str()
             .ok_or_else(|| BadUrl::NoHost(url.to_string()))?;
-        let port = url
-            .port_or_known_default()
-            .expect("http and https have known ports");
         let authority = match url.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
@@ -148,15 +166,21 @@ impl Pool {
             .trim_end_matches(']')
             .to_owned();
         let tls = if secure {
-            let name = rustls::pki_types::ServerName::try_from(bare.clone())
+            let name = rustls::pki_types::ServerName::try_from(bare)
                 .map_err(|e| invalid(format!("not a TLS server name: {e}")))?;
             Some((tls.clone(), name))
         } else {
             None
         };
+        let mut connector = HttpConnector::new();
+        connector.enforce_http(false);
+        // Requests are small and each waits for its answer: Nagle would hold them back.
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(15)));
+        let origin = format!("{}://{}", url.scheme(), authority);
         Ok(Pool {
-            host: bare,
-            port,
+            connector,
+            origin: Uri::try_from(origin).map_err(|e| invalid(e.to_string()))?,
             authority: HeaderValue::try_from(authority).map_err(|e| invalid(e.to_string()))?,
             target: Uri::try_from(target).map_err(|e| invalid(e.to_string()))?,
             tls,
@@ -167,9 +191,17 @@ impl Pool {
     }
 
     /// POSTs `body` with `headers` (the pool adds `Host`, `User-Agent` and the length) and
-    /// reads the answer to its end. A kept connection the endpoint has closed meanwhile is
-    /// replaced, and the request sent again, only when none of it was written.
-    pub async fn post(&self, headers: HeaderMap, body: Bytes) -> Result<Answer, Failure> {
+    /// reads the answer to its end, all within `timeout`. A kept connection the endpoint has
+    /// closed meanwhile is replaced, and the request sent again, only when none of it was
+    /// written. Once the status is in, it is the answer: a body that is too slow or too big
+    /// only costs the connection.
+    pub async fn post(
+        &self,
+        headers: HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Answer, Failure> {
+        let deadline = Instant::now() + timeout;
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.target.clone();
@@ -177,6 +209,28 @@ impl Pool {
         let h = request.headers_mut();
         h.insert(HOST, self.authority.clone());
         h.insert(USER_AGENT, self.user_agent.clone());
+        let (response, send) = tokio::time::timeout_at(deadline, self.exchange(request))
+            .await
+            .map_err(|_elapsed| Failure::Timeout {
+                authority: self.authority().to_owned(),
+                timeout,
+            })??;
+        let answer = Answer {
+            status: response.status().as_u16(),
+            retry_after: response.headers().get(RETRY_AFTER).cloned(),
+        };
+        let drained = tokio::time::timeout_at(deadline, drain(response.into_body())).await;
+        if drained == Ok(true) {
+            self.keep(send);
+        }
+        Ok(answer)
+    }
+
+    /// Sends `request` and waits for its answer's head, on a kept connection or a new one.
+    async fn exchange(
+        &self,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<(Response<Incoming>, SendRequest<Full<Bytes>>), Failure> {
         loop {
             let (mut send, kept) = match self.take() {
                 Some(send) => (send, true),
@@ -190,49 +244,25 @@ impl Pool {
                 Err(_) if kept => continue,
                 Err(source) => return Err(self.transport(source)),
             };
-            let response = match sent {
-                Ok(response) => response,
+            match sent {
+                Ok(response) => return Ok((response, send)),
                 Err(mut e) => match e.take_message() {
                     // Nothing was written: a kept connection closed under us. Use another.
-                    Some(unsent) if kept => {
-                        request = unsent;
-                        continue;
-                    }
+                    Some(unsent) if kept => request = unsent,
                     _ => return Err(self.transport(e.into_error())),
                 },
-            };
-            let status = response.status().as_u16();
-            let retry_after = response.headers().get(RETRY_AFTER).cloned();
-            let mut body = response.into_body();
-            // The status is the answer whatever the body does; only a body read to its end
-            // leaves the connection fit for the next request.
-            let mut whole = true;
-            while let Some(frame) = body.frame().await {
-                if frame.is_err() {
-                    whole = false;
-                    break;
-                }
             }
-            if whole {
-                self.keep(send);
-            }
-            return Ok(Answer {
-                status,
-                retry_after,
-            });
         }
     }
 
     /// The most recently used idle connection not idle too long, if any. One the endpoint has
-    /// closed is found out by `post`, which then takes the next.
+    /// closed is found out by `exchange`, which then takes the next.
     fn take(&self) -> Option<SendRequest<Full<Bytes>>> {
         let mut idle = self.idle.lock().expect("the pool's lock is never poisoned");
-        while let Some(Idle { send, since }) = idle.pop() {
-            if since.elapsed() < IDLE_FOR {
-                return Some(send);
-            }
-        }
-        None
+        // Oldest first: close those kept too long.
+        let expired = idle.partition_point(|i| i.since.elapsed() >= IDLE_FOR);
+        idle.drain(..expired);
+        idle.pop().map(|i| i.send)
     }
 
     fn keep(&self, send: SendRequest<Full<Bytes>>) {
@@ -255,11 +285,13 @@ impl Pool {
             authority: self.authority().to_owned(),
             reason,
         };
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+        let tcp = self
+            .connector
+            .clone()
+            .call(self.origin.clone())
             .await
-            .map_err(|e| failed(e.to_string()))?;
-        // Requests are small and each waits for its answer: Nagle would hold them back.
-        tcp.set_nodelay(true).map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(e.to_string()))?
+            .into_inner();
         let (send, connection) = match &self.tls {
             None => {
                 let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
@@ -301,21 +333,54 @@ impl Pool {
     }
 }
 
+/// TLS settings that trust no certificate at all: for tests, which must not depend on the
+/// machine's roots.
+#[cfg(test)]
+pub(crate) fn trusting(roots: rustls::RootCertStore) -> Tls {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// Reads `body` to its end; false if it failed or passed `BODY_LIMIT`.
+async fn drain(mut body: Incoming) -> bool {
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                read += frame.data_ref().map_or(0, |d| d.len());
+                if read > BODY_LIMIT {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Time enough for anything a test server answers at once.
+    const ENOUGH: Duration = Duration::from_secs(30);
 
     fn pool(url: &str, max_idle: usize) -> Pool {
-        let tls = platform_tls().expect("TLS settings");
+        let tls = trusting(rustls::RootCertStore::empty());
         Pool::new(&reqwest::Url::parse(url).unwrap(), max_idle, &tls).unwrap()
     }
 
     /// One POST with an empty body through a pool of its own.
     async fn post_once(url: &str) -> Result<Answer, Failure> {
-        pool(url, 4).post(headers(), Bytes::new()).await
+        pool(url, 4).post(headers(), Bytes::new(), ENOUGH).await
     }
 
     fn headers() -> HeaderMap {
@@ -386,7 +451,7 @@ mod tests {
         let pool = pool(&url, 4);
         for _ in 0..3 {
             let answer = pool
-                .post(headers(), Bytes::from_static(b"{\"a\":1}"))
+                .post(headers(), Bytes::from_static(b"{\"a\":1}"), ENOUGH)
                 .await
                 .unwrap();
             assert_eq!(answer.status, 204);
@@ -416,7 +481,7 @@ mod tests {
         .await;
         let pool = pool(&url, 4);
         for _ in 0..2 {
-            let answer = pool.post(headers(), Bytes::new()).await.unwrap();
+            let answer = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
             assert_eq!(
                 answer,
                 Answer {
@@ -465,7 +530,7 @@ mod tests {
         let (url, accepted, cue, mut closed) = serve_then_close_on_cue().await;
         let pool = pool(&url, 4);
         for round in 1..=3 {
-            let answer = pool.post(headers(), Bytes::new()).await.unwrap();
+            let answer = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
             assert_eq!(answer.status, 204, "round {round}");
             assert_eq!(pool.idle(), 1, "kept after round {round}");
             cue.send(()).unwrap();
@@ -491,7 +556,10 @@ mod tests {
     async fn garbage_instead_of_http_is_a_transport_failure_naming_the_endpoint() {
         let (url, _accepted, _seen) = serve(b"SMTP ready, not HTTP at all\r\n\r\n").await;
         let pool = pool(&url, 4);
-        let failure = pool.post(headers(), Bytes::new()).await.unwrap_err();
+        let failure = pool
+            .post(headers(), Bytes::new(), ENOUGH)
+            .await
+            .unwrap_err();
         let authority = url.trim_start_matches("http://").split('/').next().unwrap();
         assert!(
             matches!(&failure, Failure::Transport { authority: a, .. } if a == authority),
@@ -526,7 +594,7 @@ mod tests {
     async fn no_more_idle_connections_are_kept_than_the_cap() {
         let (url, accepted, _seen) = serve(b"HTTP/1.1 204 No Content\r\n\r\n").await;
         let pool = pool(&url, 2);
-        let posts = (0..5).map(|_| pool.post(headers(), Bytes::new()));
+        let posts = (0..5).map(|_| pool.post(headers(), Bytes::new(), ENOUGH));
         for answer in futures_util::future::join_all(posts).await {
             assert_eq!(answer.unwrap().status, 204);
         }
@@ -607,7 +675,7 @@ mod tests {
         let (url, tls, handshakes) = serve_tls().await;
         let pool = Pool::new(&reqwest::Url::parse(&url).unwrap(), 2, &tls).unwrap();
         for _ in 0..3 {
-            let answer = pool.post(headers(), Bytes::new()).await.unwrap();
+            let answer = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
             assert_eq!(answer.status, 204);
         }
         assert_eq!(handshakes.load(Ordering::SeqCst), 1);
@@ -616,7 +684,7 @@ mod tests {
     #[tokio::test]
     async fn an_https_endpoint_with_an_untrusted_certificate_is_a_connect_failure() {
         let (url, _trusting, handshakes) = serve_tls().await;
-        // The platform's roots do not include the test CA.
+        // The pool trusts no root, the test CA included.
         let failure = post_once(&url).await.unwrap_err();
         match &failure {
             Failure::Connect { reason, .. } => assert!(reason.starts_with("TLS: "), "{reason}"),
@@ -627,7 +695,7 @@ mod tests {
 
     #[test]
     fn urls_that_cannot_be_endpoints_are_refused_by_name() {
-        let tls = platform_tls().unwrap();
+        let tls = trusting(rustls::RootCertStore::empty());
         let url = reqwest::Url::parse("ftp://example.com/x").unwrap();
         let refused = Pool::new(&url, 1, &tls).unwrap_err();
         assert_eq!(
@@ -640,13 +708,88 @@ mod tests {
             &tls,
         );
         let ipv6 = ipv6.unwrap();
-        assert_eq!(ipv6.host, "::1");
         assert_eq!(ipv6.authority, "[::1]:8080");
-        assert_eq!(ipv6.port, 8080);
+        assert_eq!(ipv6.origin, "http://[::1]:8080");
         let default_port = pool("https://example.com/w", 1);
-        assert_eq!(
-            (default_port.authority.to_str().unwrap(), default_port.port),
-            ("example.com", 443)
-        );
+        assert_eq!(default_port.authority, "example.com");
+        assert_eq!(default_port.origin, "https://example.com");
+        assert_eq!(default_port.target, "/w");
+    }
+
+    /// A server that reads one request per connection and then writes `answer` and keeps the
+    /// connection open without another word.
+    async fn serve_then_stall(answer: Vec<u8>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    read_request(&mut tcp, &mut Vec::new()).await.unwrap();
+                    tcp.write_all(&answer).await.unwrap();
+                    // Holds the connection open until the client drops it.
+                    let _ = tcp.read(&mut [0u8; 1]).await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn no_answer_within_the_time_is_a_timeout_and_the_connection_is_dropped() {
+        let url = serve_then_stall(Vec::new()).await;
+        let pool = pool(&url, 4);
+        let failure = pool
+            .post(headers(), Bytes::new(), Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(failure, Failure::Timeout { .. }), "{failure:?}");
+        assert!(failure.to_string().contains("within 200ms"), "{failure}");
+        assert_eq!(pool.idle(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_status_stands_when_its_body_is_too_slow_but_the_connection_goes() {
+        let url =
+            serve_then_stall(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nonly".to_vec()).await;
+        let pool = pool(&url, 4);
+        let answer = pool
+            .post(headers(), Bytes::new(), Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(pool.idle(), 0, "a connection mid-body is not kept");
+    }
+
+    #[tokio::test]
+    async fn a_status_stands_when_its_body_is_too_big_but_the_connection_goes() {
+        let mut answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+            BODY_LIMIT + 1
+        )
+        .into_bytes();
+        answer.resize(answer.len() + BODY_LIMIT + 1, b'x');
+        let pool = pool(&serve_then_stall(answer).await, 4);
+        let answer = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(pool.idle(), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_idle_too_long_are_closed_oldest_first() {
+        let (url, accepted, _seen) = serve(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        let pool = pool(&url, 4);
+        let posts = (0..3).map(|_| pool.post(headers(), Bytes::new(), ENOUGH));
+        futures_util::future::join_all(posts).await;
+        assert_eq!(pool.idle(), 3);
+        let long_ago = Instant::now() - IDLE_FOR - Duration::from_secs(1);
+        {
+            let mut idle = pool.idle.lock().unwrap();
+            idle[0].since = long_ago;
+            idle[1].since = long_ago;
+        }
+        assert!(pool.take().is_some(), "the freshest is taken");
+        assert_eq!(pool.idle(), 0, "the two kept too long are closed");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 }
