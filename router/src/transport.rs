@@ -36,7 +36,8 @@ const IDLE_FOR: Duration = Duration::from_secs(60);
 /// (the status stands).
 const BODY_LIMIT: usize = 1 << 20;
 
-/// Why a round trip failed. The request may have reached the endpoint only for `Transport`.
+/// Why a round trip failed. The request may have reached the endpoint for `Timeout` and
+/// `Transport`, never for `Connect`.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
     /// No connection: the name did not resolve, the port refused, or TLS failed.
@@ -160,7 +161,7 @@ impl Pool {
             Some(query) => format!("{}?{query}", url.path()),
             None => url.path().to_owned(),
         };
-        // `host_str` keeps an IPv6 literal's brackets, which neither connecting nor TLS wants.
+        // `host_str` keeps an IPv6 literal's brackets, which a TLS server name does not have.
         let bare = host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -290,7 +291,7 @@ impl Pool {
             .clone()
             .call(self.origin.clone())
             .await
-            .map_err(|e| failed(e.to_string()))?
+            .map_err(|e| failed(with_causes(&e)))?
             .into_inner();
         let (send, connection) = match &self.tls {
             None => {
@@ -344,6 +345,19 @@ pub(crate) fn trusting(roots: rustls::RootCertStore) -> Tls {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Arc::new(config)
+}
+
+/// `error` and what caused it, down the chain: hyper-util's connect error says only "tcp
+/// connect error", its cause which address refused.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 /// Reads `body` to its end; false if it failed or passed `BODY_LIMIT`.
@@ -588,6 +602,7 @@ mod tests {
         drop(listener);
         let failure = post_once(&url).await.unwrap_err();
         assert!(matches!(failure, Failure::Connect { .. }), "{failure:?}");
+        assert!(failure.to_string().contains("refused"), "{failure}");
     }
 
     #[tokio::test]
