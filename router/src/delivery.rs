@@ -364,6 +364,8 @@ impl Pipeline {
             .user_agent(concat!("shardhook/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(4)
+            // Discord's API does not redirect these; followed, a redirect would turn a POST
+            // into a GET.
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(DeliveryError::Client)?;

@@ -4,7 +4,9 @@
 //! system's roots for `https`), keeping idle connections for the next request, and one POST's
 //! round trip within the attempt's time: write it, read the status and `Retry-After`, and read
 //! the body to its end so the connection can be used again. It must not decide what a status
-//! means (`retry` does) or sign anything (`signer`, `sigv4`).
+//! means (`retry` does) or sign anything (`signer`, `sigv4`). It follows no redirect: a 3xx is
+//! an answer like any other, which `retry` dead-letters (followed, a 301/302/303 turns the
+//! signed POST into a GET without the events, and its 2xx would count them as delivered).
 //!
 //! It is hyper's connection API rather than reqwest, which the router keeps for Discord's REST
 //! API. Per request reqwest parses the URL twice and goes through its redirect and timeout
