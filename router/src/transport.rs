@@ -711,6 +711,19 @@ mod tests {
     }
 
     #[test]
+    fn reqwest_gets_http2_offered_and_the_shared_settings_stay_http1() {
+        let mut shared = rustls::ClientConfig::clone(&trusting(rustls::RootCertStore::empty()));
+        shared.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let shared = Arc::new(shared);
+        let for_reqwest = with_http2(&shared);
+        assert_eq!(
+            for_reqwest.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert_eq!(shared.alpn_protocols, [b"http/1.1".to_vec()]);
+    }
+
+    #[test]
     fn urls_that_cannot_be_endpoints_are_refused_by_name() {
         let tls = trusting(rustls::RootCertStore::empty());
         let url = reqwest::Url::parse("ftp://example.com/x").unwrap();
