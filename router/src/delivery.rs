@@ -361,7 +361,7 @@ impl Pipeline {
         let tls = crate::transport::platform_tls().map_err(DeliveryError::Tls)?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(crate::transport::with_http2(&tls))
-            .user_agent(concat!("shardhook/", env!("CARGO_PKG_VERSION")))
+            .user_agent(crate::transport::USER_AGENT)
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(4)
             // Discord's API does not redirect these; followed, a redirect would turn a POST

@@ -83,7 +83,7 @@ impl Router {
         let tls = crate::transport::platform_tls().map_err(StartError::Tls)?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(crate::transport::with_http2(&tls))
-            .user_agent(concat!("shardhook/", env!("CARGO_PKG_VERSION")))
+            .user_agent(crate::transport::USER_AGENT)
             .timeout(config.discord.connect_timeout)
             .build()
             .map_err(StartError::Client)?;

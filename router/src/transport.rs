@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, HOST, RETRY_AFTER, USER_AGENT};
+use http::header::{self, HeaderMap, HeaderValue, HOST, RETRY_AFTER};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -68,6 +68,9 @@ pub struct Answer {
     pub retry_after: Option<HeaderValue>,
 }
 
+/// The `User-Agent` of every HTTP request the router makes.
+pub const USER_AGENT: &str = concat!("shardhook/", env!("CARGO_PKG_VERSION"));
+
 /// TLS settings shared by every endpoint's pool.
 pub type Tls = Arc<rustls::ClientConfig>;
 
@@ -108,7 +111,6 @@ pub struct Pool {
     connector: HttpConnector,
     /// `scheme://authority`, what `connector` is asked for.
     origin: Uri,
-    user_agent: HeaderValue,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
 }
@@ -187,7 +189,6 @@ impl Pool {
             authority: HeaderValue::try_from(authority).map_err(|e| invalid(e.to_string()))?,
             target: Uri::try_from(target).map_err(|e| invalid(e.to_string()))?,
             tls,
-            user_agent: HeaderValue::from_static(concat!("shardhook/", env!("CARGO_PKG_VERSION"))),
             idle: Mutex::new(Vec::new()),
             max_idle,
         })
@@ -211,7 +212,7 @@ impl Pool {
         *request.headers_mut() = headers;
         let h = request.headers_mut();
         h.insert(HOST, self.authority.clone());
-        h.insert(USER_AGENT, self.user_agent.clone());
+        h.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         let (response, send) = tokio::time::timeout_at(deadline, self.exchange(request))
             .await
             .map_err(|_elapsed| Failure::Timeout {
@@ -295,27 +296,17 @@ impl Pool {
             .await
             .map_err(|e| failed(with_causes(&e)))?
             .into_inner();
-        let (send, connection) = match &self.tls {
-            None => {
-                let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
-                (send, tokio::spawn(connection))
-            }
+        let started = match &self.tls {
+            None => start(tcp).await,
             Some((config, name)) => {
                 let tls = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| failed(format!("TLS: {e}")))?;
-                let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
-                (send, tokio::spawn(connection))
+                start(tls).await
             }
         };
-        // The task's result is the connection's end; its errors reach the request waiting on it.
-        drop(connection);
-        Ok(send)
+        started.map_err(|e| failed(e.to_string()))
     }
 
     fn authority(&self) -> &str {
@@ -347,6 +338,17 @@ pub(crate) fn trusting(roots: rustls::RootCertStore) -> Tls {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Arc::new(config)
+}
+
+/// An HTTP/1.1 connection over `io`, its reading and writing on a task of its own. The task's
+/// result is the connection's end; its errors reach the request waiting on it.
+async fn start<T>(io: T) -> hyper::Result<SendRequest<Full<Bytes>>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(connection);
+    Ok(send)
 }
 
 /// `error` and what caused it, down the chain: hyper-util's connect error says only "tcp
