@@ -25,7 +25,11 @@ pub struct DeferredInteraction {
 
 /// Events on their way to one request.
 pub struct Batch {
-    events: Vec<Dispatch>,
+    /// The first event, held inline: unbatched delivery makes a batch per event, and a `Vec`
+    /// would be one more allocation for each.
+    first: Dispatch,
+    /// The events after the first.
+    more: Vec<Dispatch>,
     bytes: usize,
     /// Deferred interactions, by index into `events`.
     deferred: Vec<(usize, DeferredInteraction)>,
@@ -53,7 +57,8 @@ impl Batch {
     pub fn new(first: Dispatch) -> Batch {
         let bytes = ENVELOPE + first.session_id.len() + event_size(&first);
         Batch {
-            events: vec![first],
+            first,
+            more: Vec::new(),
             bytes,
             deferred: Vec::new(),
         }
@@ -62,30 +67,30 @@ impl Batch {
     /// Marks the last event as an interaction the router deferred; its event object gets
     /// `"deferred":true`.
     pub fn mark_deferred(&mut self, interaction: DeferredInteraction) {
-        self.deferred.push((self.events.len() - 1, interaction));
+        self.deferred.push((self.more.len(), interaction));
     }
 
     pub fn len(&self) -> usize {
-        self.events.len()
+        1 + self.more.len()
     }
 
     /// Whether `event` may join: same session, and the body stays within `max_bytes`.
     pub fn accepts(&self, event: &Dispatch, max_bytes: usize) -> bool {
-        let first = &self.events[0].session_id;
+        let first = &self.first.session_id;
         let same_session = Arc::ptr_eq(first, &event.session_id) || *first == event.session_id;
         same_session && self.bytes + event_size(event) <= max_bytes
     }
 
     pub fn push(&mut self, event: Dispatch) {
         self.bytes += event_size(&event);
-        self.events.push(event);
+        self.more.push(event);
     }
 
     /// The request body and id. Body:
     /// `{"v":1,"shard_id":N,"shard_count":N,"session_id":"..","events":[{"t":"..","s":N,"d":..}]}`.
     pub fn finish(self) -> Request {
-        let first = &self.events[0];
-        let last = &self.events[self.events.len() - 1];
+        let first = &self.first;
+        let last = self.more.last().unwrap_or(first);
         let mut number = itoa::Buffer::new();
         let mut body = Vec::with_capacity(self.bytes);
         body.extend_from_slice(b"{\"v\":1,\"shard_id\":");
@@ -95,7 +100,7 @@ impl Batch {
         body.extend_from_slice(b",\"session_id\":");
         serde_json::to_writer(&mut body, &*first.session_id).expect("writing to a Vec cannot fail");
         body.extend_from_slice(b",\"events\":[");
-        for (i, event) in self.events.iter().enumerate() {
+        for (i, event) in std::iter::once(first).chain(&self.more).enumerate() {
             if i > 0 {
                 body.push(b',');
             }
@@ -119,7 +124,7 @@ impl Batch {
             session_id: first.session_id.clone(),
             first_seq: first.seq,
             last_seq: last.seq,
-            events: self.events.len(),
+            events: 1 + self.more.len(),
             first_received: first.received_at,
             deferred: self.deferred.into_iter().map(|(_, d)| d).collect(),
         }
@@ -214,6 +219,37 @@ mod tests {
         assert!(!request.id.contains('.'));
         assert!(request.id.starts_with("msg_3_") && request.id.ends_with("_41_42"));
         assert_eq!(request.events, 2);
+    }
+
+    #[test]
+    fn only_the_marked_events_say_deferred() {
+        let session: Arc<str> = Arc::from("s");
+        let interaction = DeferredInteraction {
+            application_id: "1".into(),
+            token: "t".into(),
+        };
+        let mut batch = Batch::new(dispatch(&session, 1, "MESSAGE_CREATE", "{}"));
+        batch.push(dispatch(&session, 2, "INTERACTION_CREATE", "{}"));
+        batch.mark_deferred(interaction.clone());
+        batch.push(dispatch(&session, 3, "MESSAGE_CREATE", "{}"));
+        let request = batch.finish();
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        let flags: Vec<_> = (0..3).map(|i| body["events"][i].get("deferred")).collect();
+        assert_eq!(flags, [None, Some(&serde_json::Value::Bool(true)), None]);
+        assert_eq!(request.deferred, [interaction]);
+    }
+
+    #[test]
+    fn a_batch_of_one_event_makes_three_allocations() {
+        let session: Arc<str> = Arc::from("abc");
+        let event = dispatch(&session, 41, "MESSAGE_CREATE", r#"{"content":"hi"}"#);
+        let (request, allocations) = crate::allocations::during(|| Batch::new(event).finish());
+        // The body, the webhook-id, and the body's shared handle (every attempt clones it).
+        assert_eq!(allocations, 3);
+        assert_eq!(
+            (request.events, request.first_seq, request.last_seq),
+            (1, 41, 41)
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@
 //! - `metrics`: Prometheus exposition of the shards' and pipeline's counters.
 //! - `simulate`: a local Discord double for tests, the demo and handler development.
 //! - `demo`: `shardhook demo`, the embedded default.
+//! - `allocations` (unit tests only): counts allocations per thread.
 
 mod api;
 mod batch;
@@ -73,3 +74,6 @@ pub use secret::Token;
 pub use session::Session;
 pub use shard::{CommandRefused, FatalClose, ShardHandle, ShardState, ShardStatus, ShardStopped};
 pub use signer::{Signer, SigningKey};
+
+#[cfg(test)]
+mod allocations;

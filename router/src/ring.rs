@@ -41,9 +41,28 @@ impl Ring {
         scored.into_iter().map(|(_, m)| m).collect()
     }
 
-    /// The first endpoint for `key` that `usable` accepts.
+    /// The endpoint `rank(key)` puts first: the highest score, the lowest index among equals.
+    fn home(&self, key: u64) -> Option<usize> {
+        let mut best: Option<(f64, usize)> = None;
+        for m in 0..self.members.len() {
+            let score = self.score(m, key);
+            if best.is_none_or(|(top, _)| score.total_cmp(&top).is_gt()) {
+                best = Some((score, m));
+            }
+        }
+        best.map(|(_, m)| m)
+    }
+
+    /// The first endpoint for `key`, in `rank` order, that `usable` accepts. `usable` is asked
+    /// in that order and not past the first yes (it may take a circuit's probe). Called for
+    /// every request: the home is found without building the ranking, which is only built to
+    /// fail over.
     pub fn pick(&self, key: u64, usable: impl Fn(usize) -> bool) -> Option<usize> {
-        self.rank(key).into_iter().find(|m| usable(*m))
+        let home = self.home(key)?;
+        if usable(home) {
+            return Some(home);
+        }
+        self.rank(key).into_iter().skip(1).find(|m| usable(*m))
     }
 }
 
@@ -160,5 +179,39 @@ mod tests {
         assert_eq!(ring.pick(42, |_| true), Some(rank[0]));
         assert_eq!(ring.pick(42, |m| m != rank[0]), Some(rank[1]));
         assert_eq!(ring.pick(42, |_| false), None);
+    }
+
+    #[test]
+    fn pick_asks_in_rank_order_and_stops_at_the_first_yes() {
+        let names = names(4);
+        let ring = ring(&names, &[1.0, 2.0, 1.0, 3.0]);
+        for key in 0..200 {
+            let rank = ring.rank(key);
+            for mask in 0u32..16 {
+                let asked = std::cell::RefCell::new(Vec::new());
+                let picked = ring.pick(key, |m| {
+                    asked.borrow_mut().push(m);
+                    mask & (1 << m) != 0
+                });
+                let expected = rank.iter().position(|m| mask & (1 << m) != 0);
+                assert_eq!(
+                    picked,
+                    expected.map(|i| rank[i]),
+                    "key {key} mask {mask:04b}"
+                );
+                let until = expected.map_or(rank.len(), |i| i + 1);
+                assert_eq!(*asked.borrow(), rank[..until], "key {key} mask {mask:04b}");
+            }
+        }
+        assert_eq!(Ring::new([]).pick(1, |_| true), None);
+    }
+
+    #[test]
+    fn picking_a_usable_home_allocates_nothing() {
+        let names = names(3);
+        let ring = ring(&names, &[1.0; 3]);
+        let (picked, allocations) = crate::allocations::during(|| ring.pick(42, |_| true));
+        assert_eq!(picked, Some(ring.rank(42)[0]));
+        assert_eq!(allocations, 0);
     }
 }
