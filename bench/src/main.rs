@@ -76,7 +76,7 @@ fn main() {
                 events: 100_000,
                 idle_shards: 1000,
                 latency: true,
-                rounds: 3,
+                rounds: 5,
                 only: None,
                 fine_pacing: false,
             };
