@@ -793,7 +793,7 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>, spool: Sh
                     None => sending.insert(ReusableBoxFuture::new(send)),
                 };
                 boxed.await;
-                if rx.is_empty() {
+                if carry.is_none() && rx.is_empty() {
                     sending = None;
                 }
             }
