@@ -31,7 +31,7 @@ pub struct Batch {
     /// The events after the first.
     more: Vec<Dispatch>,
     bytes: usize,
-    /// Deferred interactions, by index into `events`.
+    /// Deferred interactions, by position in the batch (0 is `first`, `i` is `more[i - 1]`).
     deferred: Vec<(usize, DeferredInteraction)>,
 }
 

@@ -657,6 +657,16 @@ impl Shared {
         false
     }
 
+    /// The next event for this shard already queued that passes the filters, without waiting.
+    fn queued(&self, rx: &mut mpsc::Receiver<Dispatch>) -> Option<Dispatch> {
+        while let Ok(event) = rx.try_recv() {
+            if self.keep(&event) {
+                return Some(event);
+            }
+        }
+        None
+    }
+
     /// The next event for this shard that passes the filters.
     async fn next(&self, rx: &mut mpsc::Receiver<Dispatch>) -> Option<Dispatch> {
         loop {
@@ -726,7 +736,7 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>, spool: Sh
     // Sending a batch in order (signing, the HTTP exchange, retries, dead letters) is most of
     // this loop's state. Inline, it would sit in every shard's task all its life, idle or not.
     // Boxed instead: the box is reused while events wait, so a busy shard allocates it once,
-    // and dropped when none wait, so an idle shard holds none.
+    // and dropped before the loop waits for one, so an idle shard holds none.
     let mut sending: Option<ReusableBoxFuture<'_, ()>> = None;
     loop {
         // Boxed, as the send below is, and only when something waits: most shards never
@@ -734,9 +744,11 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>, spool: Sh
         if !spool.lock().await.is_empty() {
             Box::pin(drain(&shared, &spool)).await;
         }
-        let first = match carry.take() {
+        let first = match carry.take().or_else(|| shared.queued(&mut rx)) {
             Some(event) => event,
             None => {
+                // Nothing to send: this shard waits, and holds no send while it does.
+                sending = None;
                 let spooled = !spool.lock().await.is_empty();
                 tokio::select! {
                     event = shared.next(&mut rx) => match event {
@@ -793,9 +805,6 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::Receiver<Dispatch>, spool: Sh
                     None => sending.insert(ReusableBoxFuture::new(send)),
                 };
                 boxed.await;
-                if carry.is_none() && rx.is_empty() {
-                    sending = None;
-                }
             }
             Some(senders) => senders.send(&shared, &spool, request).await,
         }
