@@ -714,6 +714,24 @@ async fn run(o: Options) {
             ),
             _ => println!("idle shards: the router did not connect them all in time"),
         }
+        // The 1-shard base is bimodal (9.2-9.6 or 10.3-10.7 MiB for the same build: one-time
+        // memory such as another malloc arena, there in some processes and not in others),
+        // which moves the slope above by ~1 KiB. Half the shards have all of it, as the full
+        // count does, so the slope between the two counts leaves it out.
+        let half_count = o.idle_shards / 2;
+        if half_count > 1 {
+            match (idle_rss(half_count, &secret, epoch).await, many) {
+                (Some(half), Some(many)) => println!(
+                    "idle shards: RSS {:.1} MiB with {} shards: {:.1} KiB per shard added between {} and {}",
+                    half as f64 / 1024.0,
+                    half_count,
+                    (many - half.min(many)) as f64 / (o.idle_shards - half_count) as f64,
+                    half_count,
+                    o.idle_shards,
+                ),
+                _ => println!("idle shards: the router did not connect them all in time"),
+            }
+        }
     }
     let secs = started
         .duration_since(std::time::UNIX_EPOCH)
