@@ -686,13 +686,15 @@ impl Shared {
         mut linger: Pin<&mut Sleep>,
     ) -> Option<Dispatch> {
         loop {
-            let event = match rx.try_recv() {
-                Ok(event) => event,
-                Err(_) if Instant::now() >= linger.deadline() => return None,
-                Err(_) => tokio::select! {
-                    event = rx.recv() => event?,
-                    _ = &mut linger => return None,
-                },
+            if let Some(event) = self.queued(rx) {
+                return Some(event);
+            }
+            if Instant::now() >= linger.deadline() {
+                return None;
+            }
+            let event = tokio::select! {
+                event = rx.recv() => event?,
+                _ = &mut linger => return None,
             };
             if self.keep(&event) {
                 return Some(event);
