@@ -649,9 +649,12 @@ impl Head {
         for header in parsed.headers.iter() {
             let value = header.value;
             if header.name.eq_ignore_ascii_case("content-length") {
-                let parsed = std::str::from_utf8(value)
+                // Digits only: `u64::from_str` would also take a sign.
+                let digits = value.trim_ascii();
+                let parsed = std::str::from_utf8(digits)
                     .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .filter(|_| !digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                    .and_then(|v| v.parse::<u64>().ok())
                     .ok_or_else(|| not_http("a content-length that is not a number".to_owned()))?;
                 if length.is_some_and(|l| l != parsed) {
                     return Err(not_http("two different content-lengths".to_owned()));
@@ -858,6 +861,19 @@ mod tests {
             assert_eq!(accepted.load(Ordering::SeqCst), 2, "{answer:?}");
             assert_eq!(pool.idle(), 0);
         }
+    }
+
+    #[tokio::test]
+    async fn a_signed_length_is_a_transport_failure() {
+        let (url, _accepted, _seen) =
+            serve(b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nab").await;
+        let failure = post_once(&url).await.unwrap_err();
+        assert!(
+            failure
+                .to_string()
+                .contains("a content-length that is not a number"),
+            "{failure}"
+        );
     }
 
     #[tokio::test]
