@@ -74,3 +74,38 @@ async fn kill_9_then_start_loses_nothing() {
         assert!(o.violations.is_empty(), "{:?}", o.violations);
     });
 }
+
+#[tokio::test]
+async fn a_checkpoint_write_that_blocks_stops_no_delivery() {
+    let (shards, events) = (1, 300);
+    let s = setup(shards, events).await;
+    // The checkpoint's temporary file is a FIFO: writing it blocks until something reads it,
+    // as a write to a stalled disk would.
+    let dir = s.state_dir.join("checkpoints");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("shard-0.json.tmp");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // One runtime worker: were the write on it, nothing else would run until it ended.
+    let mut router = s.start_router_with(&[("TOKIO_WORKER_THREADS", "1")]);
+    s.wait_all(shards, events).await;
+    // Every event arrived while the write was blocked. Now let it through: read the FIFO once
+    // (the write then fails, as a FIFO cannot be synced) and remove it, so the next write is
+    // a real file.
+    let reader = std::thread::spawn(move || {
+        let mut opened = std::fs::File::open(&fifo).unwrap();
+        std::fs::remove_file(&fifo).unwrap();
+        std::io::copy(&mut opened, &mut std::io::sink()).unwrap()
+    });
+    assert!(
+        reader.join().unwrap() > 0,
+        "the blocked write was a checkpoint"
+    );
+    terminate(&mut router).await;
+    assert_eq!(checkpoints(&s.state_dir), shards as usize);
+    let (lost, duplicated) = s.account();
+    assert_eq!((lost, duplicated), (0, 0));
+}

@@ -151,7 +151,10 @@ impl Checkpointer {
         wrote
     }
 
-    /// Writes changed checkpoints every `interval` until `stop` resolves.
+    /// Writes changed checkpoints every `interval` until `stop` resolves. The writes and their
+    /// fsyncs go on tokio's blocking pool: on a runtime worker, a slow disk would stall every
+    /// shard and delivery that worker carries, for as long as it takes (two fsyncs per busy
+    /// shard every interval).
     pub async fn run(
         mut self,
         interval: std::time::Duration,
@@ -163,7 +166,12 @@ impl Checkpointer {
             tokio::select! {
                 _ = &mut stop => return self,
                 _ = tick.tick() => {
-                    self.write_changed();
+                    self = tokio::task::spawn_blocking(move || {
+                        self.write_changed();
+                        self
+                    })
+                    .await
+                    .expect("writing checkpoints does not panic");
                 }
             }
         }

@@ -88,8 +88,14 @@ pub async fn setup_with(
 
 impl Setup {
     pub fn start_router(&self) -> Child {
+        self.start_router_with(&[])
+    }
+
+    /// `shardhook run` with `env` set as well.
+    pub fn start_router_with(&self, env: &[(&str, &str)]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_shardhook"))
             .args(["run", "--config", self.config_path.to_str().unwrap()])
+            .envs(env.iter().copied())
             .env("DISCORD_TOKEN", DEFAULT_TOKEN)
             .env("SHARDHOOK_SIGNING_SECRET", &self.secret)
             .env("RUST_LOG", "info")
