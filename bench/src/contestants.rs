@@ -11,6 +11,7 @@ use flate2::{Decompress, FlushDecompress};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use shardhook::checkpoint::Checkpointer;
 use shardhook::config::{
     BatchConfig, Compression as Transport, Config, EndpointConfig, ShardsConfig, SigningConfig,
     StateConfig,
@@ -74,6 +75,14 @@ pub async fn shardhook(
     let router = Router::start_with(&config, |id| pipeline.sink(id))
         .await
         .expect("the router starts");
+    // Resume checkpoints every second, as `shardhook run` writes them.
+    let checkpointer = Checkpointer::new(
+        &config.state.dir,
+        router.shard_count(),
+        router.shards(),
+        pipeline.handle(),
+    );
+    tokio::spawn(checkpointer.run(config.state.checkpoint_interval, std::future::pending()));
     let _ = router.run_until(std::future::pending::<()>()).await;
 }
 
