@@ -864,35 +864,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_signed_length_is_a_transport_failure() {
-        let (url, _accepted, _seen) =
-            serve(b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nab").await;
-        let failure = post_once(&url).await.unwrap_err();
-        assert!(
-            failure
-                .to_string()
-                .contains("a content-length that is not a number"),
-            "{failure}"
-        );
-    }
-
-    #[tokio::test]
-    async fn two_different_lengths_are_a_transport_failure() {
-        let (url, _accepted, _seen) =
-            serve(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab").await;
-        let failure = post_once(&url).await.unwrap_err();
-        assert!(
-            failure
-                .to_string()
-                .contains("two different content-lengths"),
-            "{failure}"
-        );
+    async fn a_signed_or_doubled_length_is_a_transport_failure_saying_so() {
+        for (answer, says) in [
+            (
+                &b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nab"[..],
+                "a content-length that is not a number",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+                "two different content-lengths",
+            ),
+        ] {
+            let (url, _accepted, _seen) = serve(answer).await;
+            let failure = post_once(&url).await.unwrap_err();
+            assert!(failure.to_string().contains(says), "{failure}");
+        }
     }
 
     /// A server that answers one request per connection and keeps the connection open until
-    /// told to close it (it says when it has). With `unanswered`, each connection after the
-    /// first reads a second request and closes without answering it: the endpoint closing a
-    /// kept connection after the pool's look at it, as the request arrives.
+    /// told to close it (it says when it has). With `unanswered`, each connection instead reads
+    /// a second request and closes without answering it: the endpoint closing a kept
+    /// connection after the pool's look at it, as the request arrives.
     async fn serve_then_close_on_cue(
         unanswered: bool,
     ) -> (
