@@ -19,19 +19,21 @@
 //! connects to endpoints directly), and HTTP/2 (a pool of HTTP/1.1 connections, one request
 //! each at a time, up to the endpoint's `max_in_flight`).
 //!
-//! No task watches an idle connection, so the endpoint closing one is found out when it is next
-//! taken: a look at the socket without reading (`MSG_PEEK`) tells a close or unasked bytes, and
-//! such a connection is dropped. The look is a system call, so it is taken only of a connection
-//! idle for a second or more (`LOOK_AFTER`). The endpoint can still close a connection after
-//! that (or without it) and before it reads the request; a kept connection that ends before any
-//! byte of an answer is then replaced once and the request sent again on a new one. The endpoint may have read it, so it can see a
-//! `webhook-id` twice, as it can after any retry.
+//! No task watches an idle connection, so what the endpoint did to one meanwhile is found out
+//! when it is next taken. First a poll of the stream that costs no system call (tokio's
+//! readiness, and whatever rustls holds): anything readable, a close included, and the
+//! connection is dropped. Then, for a connection idle a second or more (`LOOK_AFTER`), a look at
+//! the socket itself without reading (`MSG_PEEK`), for what tokio's driver has not polled yet.
+//! The endpoint can still close a kept connection just as a request goes out; one that ends
+//! before any byte of an answer is then replaced once and the request sent again on a new one.
+//! The endpoint may have read it, so it can see a `webhook-id` twice, as it can after any retry
+//! (Go's client does the same for requests with an idempotency key, which `webhook-id` is).
 
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -61,7 +63,8 @@ const MAX_HEADERS: usize = 100;
 const READ_ROOM: usize = 4 << 10;
 
 /// Why a round trip failed. The request may have reached the endpoint for `Timeout` and
-/// `Transport`, never for `Connect`.
+/// `Transport`; for `Connect` only when it went out once on a kept connection that the endpoint
+/// closed without answering, before a new connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
     /// No connection: the name did not resolve, the port refused, or TLS failed.
@@ -239,9 +242,12 @@ impl Pool {
                 authority: self.authority.clone(),
                 timeout,
             })??;
-        let skipped = tokio::time::timeout_at(deadline, conn.skip_body(head.body)).await;
-        if matches!(skipped, Ok(Ok(()))) && !head.close && conn.read.is_empty() {
-            self.keep(conn);
+        // A connection that closes after this answer is not worth reading to its end.
+        if !head.close {
+            let skipped = tokio::time::timeout_at(deadline, conn.skip_body(head.body)).await;
+            if matches!(skipped, Ok(Ok(()))) && conn.read.is_empty() {
+                self.keep(conn);
+            }
         }
         Ok(Answer {
             status: head.status,
@@ -263,8 +269,11 @@ impl Pool {
             };
             match conn.ask(&self.preamble, headers, body).await {
                 Ok(head) => return Ok((conn, head)),
-                // Closed after the look `take` had at it, before a byte of an answer.
-                Err(e) if reused && conn.read.is_empty() && closed(&e) => continue,
+                // Closed after `take` looked at it, before a byte of an answer came.
+                Err(e) if reused && !conn.heard && closed(&e) => {
+                    tracing::debug!(endpoint = %self.authority, "a kept connection closed before it answered ({e}); sending again on a new one");
+                    continue;
+                }
                 Err(source) => {
                     return Err(Failure::Transport {
                         authority: self.authority.clone(),
@@ -275,19 +284,24 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection not idle too long and not closed by the
-    /// endpoint, if any.
+    /// The most recently used idle connection not idle too long and to which the endpoint has
+    /// sent nothing since its last answer, a close included, if any. Connections are closed
+    /// outside the pool's lock.
     fn take(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().expect("the pool's lock is never poisoned");
-        // Oldest first: close those kept too long.
-        let expired = idle.partition_point(|i| i.since.elapsed() >= IDLE_FOR);
-        idle.drain(..expired);
-        while let Some(i) = idle.pop() {
-            if i.since.elapsed() < LOOK_AFTER || i.conn.untouched() {
-                return Some(i.conn);
+        loop {
+            let (expired, last) = {
+                let mut idle = self.idle.lock().expect("the pool's lock is never poisoned");
+                // Oldest first: close those kept too long.
+                let expired = idle.partition_point(|i| i.since.elapsed() >= IDLE_FOR);
+                let expired: Vec<Idle> = idle.drain(..expired).collect();
+                (expired, idle.pop())
+            };
+            drop(expired);
+            let mut last = last?;
+            if last.conn.quiet() && (last.since.elapsed() < LOOK_AFTER || last.conn.untouched()) {
+                return Some(last.conn);
             }
         }
-        None
     }
 
     fn keep(&self, conn: Conn) {
@@ -327,6 +341,7 @@ impl Pool {
             stream,
             read: BytesMut::with_capacity(READ_ROOM),
             head: Vec::new(),
+            heard: false,
         })
     }
 
@@ -451,6 +466,8 @@ struct Conn {
     read: BytesMut,
     /// The request head being written; its allocation serves every request on the connection.
     head: Vec<u8>,
+    /// Some of an answer to the request being sent has come (so it reached the endpoint).
+    heard: bool,
 }
 
 /// An answer's head, as much of it as the transport uses.
@@ -474,6 +491,19 @@ enum Framing {
 }
 
 impl Conn {
+    /// Whether the stream has nothing to read, as far as tokio's driver and rustls know: one
+    /// poll with a waker that does nothing, which makes no system call unless tokio thinks the
+    /// socket is readable. Pending is the only good answer: bytes, an end or an error all mean
+    /// the connection cannot carry another exchange.
+    fn quiet(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(&mut self.stream)
+            .poll_read(&mut cx, &mut buf)
+            .is_pending()
+    }
+
     /// Whether the endpoint has sent nothing since the last answer, a close included. Looks
     /// without reading (`MSG_PEEK`), at the socket itself: tokio's readiness knows only what
     /// its driver has polled.
@@ -486,8 +516,28 @@ impl Conn {
         }
     }
 
-    /// Writes the request and reads its answer's head.
+    /// Writes the request and reads its answer's head. An endpoint may answer before it has
+    /// read the whole request (a 413 for a body too big) and close: when the write fails, the
+    /// answer is looked for all the same.
     async fn ask(&mut self, preamble: &[u8], headers: &HeaderMap, body: &[u8]) -> io::Result<Head> {
+        self.heard = false;
+        if let Err(e) = self.send(preamble, headers, body).await {
+            if !closed(&e) {
+                return Err(context("sending the request", e));
+            }
+            return match self.read_head().await {
+                Ok(head) => Ok(Head {
+                    close: true,
+                    ..head
+                }),
+                Err(_) => Err(context("sending the request", e)),
+            };
+        }
+        self.read_head().await
+    }
+
+    /// Writes the request: its head, built in `head`, and `body`, in vectored writes.
+    async fn send(&mut self, preamble: &[u8], headers: &HeaderMap, body: &[u8]) -> io::Result<()> {
         self.head.clear();
         self.head.extend_from_slice(preamble);
         self.head.extend_from_slice(b"content-length: ");
@@ -514,8 +564,7 @@ impl Conn {
             head = &head[of_head..];
             body = &body[written - of_head..];
         }
-        self.stream.flush().await?;
-        self.read_head().await
+        self.stream.flush().await
     }
 
     /// Reads until an answer's head is in, past any 1xx interim answers.
@@ -552,12 +601,16 @@ impl Conn {
         if self.read.capacity() - self.read.len() < READ_ROOM / 4 {
             self.read.reserve(READ_ROOM);
         }
-        match self.stream.read_buf(&mut self.read).await? {
-            0 => Err(io::Error::new(
+        match self.stream.read_buf(&mut self.read).await {
+            Ok(0) => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!("the endpoint closed the connection {when}"),
             )),
-            _ => Ok(()),
+            Ok(_) => {
+                self.heard = true;
+                Ok(())
+            }
+            Err(e) => Err(context(&format!("reading {when}"), e)),
         }
     }
 
@@ -597,13 +650,19 @@ impl Conn {
                     break;
                 }
                 Ok(httparse::Status::Complete((used, size))) => {
-                    total += size;
-                    if total > BODY_LIMIT {
+                    if size > BODY_LIMIT - total {
                         return Err(too_big());
                     }
+                    total += size;
                     self.read.advance(used);
-                    // The chunk and the line end after it.
-                    self.skip(size + 2).await?;
+                    self.skip(size).await?;
+                    while self.read.len() < 2 {
+                        self.fill("in a chunked body").await?;
+                    }
+                    if self.read[..2] != *b"\r\n" {
+                        return Err(not_http("a chunk not followed by a line end".to_owned()));
+                    }
+                    self.read.advance(2);
                 }
                 Ok(httparse::Status::Partial) if self.read.len() > HEAD_LIMIT => {
                     return Err(not_http("a chunk size line too long".to_owned()))
@@ -649,17 +708,16 @@ impl Head {
         for header in parsed.headers.iter() {
             let value = header.value;
             if header.name.eq_ignore_ascii_case("content-length") {
-                // Digits only: `u64::from_str` would also take a sign.
-                let digits = value.trim_ascii();
-                let parsed = std::str::from_utf8(digits)
-                    .ok()
-                    .filter(|_| !digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or_else(|| not_http("a content-length that is not a number".to_owned()))?;
-                if length.is_some_and(|l| l != parsed) {
-                    return Err(not_http("two different content-lengths".to_owned()));
+                // A list of the same length is allowed (RFC 9110, 8.6).
+                for item in value.split(|&b| b == b',') {
+                    let parsed = decimal(item.trim_ascii()).ok_or_else(|| {
+                        not_http("a content-length that is not a number".to_owned())
+                    })?;
+                    if length.is_some_and(|l| l != parsed) {
+                        return Err(not_http("two different content-lengths".to_owned()));
+                    }
+                    length = Some(parsed);
                 }
-                length = Some(parsed);
             } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
                 encoded = true;
                 // Chunked only when it is the last coding applied.
@@ -675,6 +733,8 @@ impl Head {
                 head.retry_after = HeaderValue::from_bytes(value).ok();
             }
         }
+        // Both: framed by the encoding, but a sign of a confused intermediary (RFC 9112, 6.3).
+        head.close |= encoded && length.is_some();
         head.body = match (status, encoded, length) {
             (204 | 304, _, _) => Framing::Empty,
             (_, true, _) if chunked => Framing::Chunked,
@@ -685,6 +745,19 @@ impl Head {
         };
         Ok(Some(head))
     }
+}
+
+/// Digits only: `u64::from_str` would also take a sign.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// `e`, saying what was being done, of the same kind (which `closed` reads).
+fn context(what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
 fn not_http(what: String) -> io::Error {
@@ -881,6 +954,200 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_answer_sent_before_the_body_was_read_is_the_answer() {
+        // The endpoint answers 413 from the head alone and closes without reading the body.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let _ = tcp.read(&mut [0u8; 1024]).await.unwrap();
+            tcp.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+        });
+        let pool = pool(&url, 4);
+        let body = Bytes::from(vec![b'a'; 8 << 20]);
+        let answer = pool.post(headers(), body, ENOUGH).await.unwrap();
+        assert_eq!(answer.status, 413);
+        assert_eq!(pool.idle(), 0);
+    }
+
+    /// A server whose first connection answers its first request with 204 and its second with
+    /// `then`, then closes; later connections answer 204. Counts connections.
+    async fn serve_then_break(then: &'static [u8]) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    while read_request(&mut tcp, &mut buf).await.is_some() {
+                        tcp.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                            .await
+                            .unwrap();
+                        if first {
+                            read_request(&mut tcp, &mut buf).await.unwrap();
+                            tcp.write_all(then).await.unwrap();
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_that_closes_part_way_through_an_answer_is_not_sent_again() {
+        for then in [&b"HTTP/1.1 2"[..], b"HTTP/1.1 100 Continue\r\n\r\n"] {
+            let (url, accepted) = serve_then_break(then).await;
+            let pool = pool(&url, 4);
+            assert_eq!(
+                pool.post(headers(), Bytes::new(), ENOUGH)
+                    .await
+                    .unwrap()
+                    .status,
+                204
+            );
+            let failure = pool
+                .post(headers(), Bytes::new(), ENOUGH)
+                .await
+                .unwrap_err();
+            assert!(matches!(failure, Failure::Transport { .. }), "{failure:?}");
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                1,
+                "{then:?}: not sent again"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_endpoint_wrote_to_unasked_is_not_used() {
+        // Each connection answers, then, on cue, sends two stray bytes, as a server writing a
+        // 204's "body" on its own would.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let (cue, cued) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let cued = Arc::new(tokio::sync::Mutex::new(cued));
+        let (wrote, mut stray) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let (wrote, cued) = (wrote.clone(), cued.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    while read_request(&mut tcp, &mut buf).await.is_some() {
+                        tcp.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                            .await
+                            .unwrap();
+                        cued.lock().await.recv().await.unwrap();
+                        tcp.write_all(b"ok").await.unwrap();
+                        wrote.send(()).unwrap();
+                    }
+                });
+            }
+        });
+        let pool = pool(&url, 4);
+        for round in 1..=3 {
+            let answer = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
+            assert_eq!(answer.status, 204, "round {round}");
+            cue.send(()).unwrap();
+            stray.recv().await.unwrap();
+            // Idle long enough to be looked at: the bytes are in the socket, whatever tokio's
+            // driver has seen of them.
+            pool.idle.lock().unwrap()[0].since = Instant::now() - LOOK_AFTER;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn the_look_at_the_socket_sees_bytes_and_a_close_that_tokio_has_not_polled() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = pool(&format!("http://{}/", listener.local_addr().unwrap()), 1);
+        let conn = pool.connect().await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert!(conn.untouched());
+        // No await in between that could let tokio's driver poll the client's socket: only
+        // the socket itself knows.
+        server.try_write(b"x").unwrap();
+        assert!(!conn.untouched(), "bytes");
+        let conn = pool.connect().await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert!(conn.untouched());
+        drop(server);
+        assert!(!conn.untouched(), "a close");
+    }
+
+    #[tokio::test]
+    async fn what_rustls_holds_past_an_answer_keeps_its_connection_from_being_used() {
+        // An answer exactly as long as a read takes, then a stale one in the same TLS record:
+        // rustls holds its plaintext after the first answer has been read.
+        let head = |length: usize| format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
+        let length = READ_ROOM - head(READ_ROOM).len();
+        let mut answer = head(length).into_bytes();
+        answer.resize(READ_ROOM, b'x');
+        answer.extend_from_slice(b"HTTP/1.1 500 Stale\r\ncontent-length: 0\r\n\r\n");
+        let answer: &'static [u8] = answer.leak();
+        let (url, tls, handshakes) = serve_tls_answering(answer).await;
+        let pool = Pool::new(&reqwest::Url::parse(&url).unwrap(), 2, &tls).unwrap();
+        for _ in 0..2 {
+            let got = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
+            assert_eq!(got.status, 200);
+        }
+        assert_eq!(handshakes.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_too_big_or_unterminated_costs_the_connection_and_the_status_stands() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\nffffffffffffffff\r\nyy0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nxyz\r\n0\r\n\r\n",
+        ] {
+            let (url, _accepted, _seen) = serve(answer).await;
+            let pool = pool(&url, 4);
+            let got = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
+            assert_eq!(got.status, 200);
+            assert_eq!(pool.idle(), 0, "{answer:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn both_framings_cost_the_connection_and_a_list_of_one_length_does_not() {
+        for (answer, kept) in [
+            (
+                &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n0\r\n\r\n"[..],
+                0,
+            ),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok", 1),
+        ] {
+            let (url, _accepted, _seen) = serve(answer).await;
+            let pool = pool(&url, 4);
+            let got = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
+            assert_eq!(got.status, 200);
+            assert_eq!(pool.idle(), kept, "{answer:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_body_of_an_answer_that_closes_is_not_waited_for() {
+        let url = serve_then_stall(
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 10\r\n\r\nonly".to_vec(),
+        )
+        .await;
+        let pool = pool(&url, 4);
+        // Were the body read, the post would last until its deadline, an hour from now.
+        let post = pool.post(headers(), Bytes::new(), Duration::from_secs(3600));
+        let answer = tokio::time::timeout(ENOUGH, post).await.unwrap().unwrap();
+        assert_eq!(answer.status, 200);
+    }
+
     /// A server that answers one request per connection and keeps the connection open until
     /// told to close it (it says when it has). With `unanswered`, each connection instead reads
     /// a second request and closes without answering it: the endpoint closing a kept
@@ -1067,6 +1334,11 @@ mod tests {
     /// (`router/testdata/tls-*.pem`, valid until 2126), answering 204; and TLS settings that
     /// trust that CA alone.
     async fn serve_tls() -> (String, Tls, Arc<AtomicUsize>) {
+        serve_tls_answering(b"HTTP/1.1 204 No Content\r\n\r\n").await
+    }
+
+    /// `serve_tls`, answering every request with `answer`.
+    async fn serve_tls_answering(answer: &'static [u8]) -> (String, Tls, Arc<AtomicUsize>) {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -1116,9 +1388,7 @@ mod tests {
                         // Bodies here are empty: a request ends with its head.
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             buf.drain(..end + 4);
-                            tls.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
-                                .await
-                                .unwrap();
+                            tls.write_all(answer).await.unwrap();
                         }
                     }
                 });
