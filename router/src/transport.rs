@@ -885,13 +885,11 @@ mod tests {
 
     #[tokio::test]
     async fn status_retry_after_and_a_chunked_body_are_read_and_the_connection_kept() {
-        let (url, accepted, _seen) = serve(
+        let (answers, accepted, _kept) = two_posts_answered(
             b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\ntransfer-encoding: chunked\r\n\r\n5\r\nslow \r\n5\r\ndown!\r\n0\r\n\r\n",
         )
         .await;
-        let pool = pool(&url, 4);
-        for _ in 0..2 {
-            let answer = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
+        for answer in answers {
             assert_eq!(
                 answer,
                 Answer {
@@ -900,39 +898,48 @@ mod tests {
                 }
             );
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(accepted, 1);
+    }
+
+    /// Two posts through one pool to a server answering each with `answer`: the answers, how
+    /// many connections the server accepted, and how many the pool keeps at the end.
+    async fn two_posts_answered(answer: &'static [u8]) -> ([Answer; 2], usize, usize) {
+        let (url, accepted, _seen) = serve(answer).await;
+        let pool = pool(&url, 4);
+        let first = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
+        let second = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
+        (
+            [first, second],
+            accepted.load(Ordering::SeqCst),
+            pool.idle(),
+        )
     }
 
     #[tokio::test]
     async fn an_interim_answer_is_passed_over_and_a_sized_body_read_to_keep_the_connection() {
-        let (url, accepted, _seen) = serve(
+        let (answers, accepted, kept) = two_posts_answered(
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
         )
         .await;
-        let pool = pool(&url, 4);
-        for _ in 0..2 {
-            let answer = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
-            assert_eq!(answer.status, 200);
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
-        assert_eq!(pool.idle(), 1);
+        assert_eq!(answers.map(|a| a.status), [200, 200]);
+        assert_eq!((accepted, kept), (1, 1));
     }
 
     #[tokio::test]
-    async fn an_answer_that_says_close_or_has_no_length_costs_its_connection() {
+    async fn an_answer_that_leaves_its_connection_unfit_costs_it_and_its_status_stands() {
         for answer in [
             &b"HTTP/1.1 200 OK\r\nconnection: keep-alive, close\r\ncontent-length: 0\r\n\r\n"[..],
             b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\n\r\nto the end of the stream",
+            // A chunk size that would overflow the body's total; a chunk longer than it says.
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\nffffffffffffffff\r\nyy0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nxyz\r\n0\r\n\r\n",
+            // Both framings.
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n0\r\n\r\n",
         ] {
-            let (url, accepted, _seen) = serve(answer).await;
-            let pool = pool(&url, 4);
-            for _ in 0..2 {
-                let got = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
-                assert_eq!(got.status, 200);
-            }
-            assert_eq!(accepted.load(Ordering::SeqCst), 2, "{answer:?}");
-            assert_eq!(pool.idle(), 0);
+            let (answers, accepted, kept) = two_posts_answered(answer).await;
+            assert_eq!(answers.map(|a| a.status), [200, 200]);
+            assert_eq!((accepted, kept), (2, 0), "{answer:?}");
         }
     }
 
@@ -1096,43 +1103,16 @@ mod tests {
         answer.extend_from_slice(b"HTTP/1.1 500 Stale\r\ncontent-length: 0\r\n\r\n");
         let answer: &'static [u8] = answer.leak();
         let (url, tls, handshakes) = serve_tls_answering(answer).await;
-        let pool = Pool::new(&reqwest::Url::parse(&url).unwrap(), 2, &tls).unwrap();
-        for _ in 0..2 {
-            let got = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
-            assert_eq!(got.status, 200);
-        }
+        posts_over_tls(&url, &tls, 2, 200).await;
         assert_eq!(handshakes.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
-    async fn a_chunk_too_big_or_unterminated_costs_the_connection_and_the_status_stands() {
-        for answer in [
-            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\nffffffffffffffff\r\nyy0\r\n\r\n"[..],
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nxyz\r\n0\r\n\r\n",
-        ] {
-            let (url, _accepted, _seen) = serve(answer).await;
-            let pool = pool(&url, 4);
-            let got = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
-            assert_eq!(got.status, 200);
-            assert_eq!(pool.idle(), 0, "{answer:?}");
-        }
-    }
-
-    #[tokio::test]
-    async fn both_framings_cost_the_connection_and_a_list_of_one_length_does_not() {
-        for (answer, kept) in [
-            (
-                &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n0\r\n\r\n"[..],
-                0,
-            ),
-            (b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok", 1),
-        ] {
-            let (url, _accepted, _seen) = serve(answer).await;
-            let pool = pool(&url, 4);
-            let got = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
-            assert_eq!(got.status, 200);
-            assert_eq!(pool.idle(), kept, "{answer:?}");
-        }
+    async fn a_list_of_one_length_keeps_the_connection() {
+        let (answers, accepted, kept) =
+            two_posts_answered(b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok").await;
+        assert_eq!(answers.map(|a| a.status), [200, 200]);
+        assert_eq!((accepted, kept), (1, 1));
     }
 
     #[tokio::test]
@@ -1337,6 +1317,15 @@ mod tests {
         serve_tls_answering(b"HTTP/1.1 204 No Content\r\n\r\n").await
     }
 
+    /// `n` posts to `url` through one pool with `tls`, each answered with `status`.
+    async fn posts_over_tls(url: &str, tls: &Tls, n: usize, status: u16) {
+        let pool = Pool::new(&reqwest::Url::parse(url).unwrap(), 2, tls).unwrap();
+        for _ in 0..n {
+            let answer = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
+            assert_eq!(answer.status, status);
+        }
+    }
+
     /// `serve_tls`, answering every request with `answer`.
     async fn serve_tls_answering(answer: &'static [u8]) -> (String, Tls, Arc<AtomicUsize>) {
         use rustls::pki_types::pem::PemObject;
@@ -1400,11 +1389,7 @@ mod tests {
     #[tokio::test]
     async fn an_https_endpoint_is_reached_over_tls_on_one_kept_connection() {
         let (url, tls, handshakes) = serve_tls().await;
-        let pool = Pool::new(&reqwest::Url::parse(&url).unwrap(), 2, &tls).unwrap();
-        for _ in 0..3 {
-            let answer = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
-            assert_eq!(answer.status, 204);
-        }
+        posts_over_tls(&url, &tls, 3, 204).await;
         assert_eq!(handshakes.load(Ordering::SeqCst), 1);
     }
 
