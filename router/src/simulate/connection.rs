@@ -104,6 +104,9 @@ impl Conn {
         loop {
             let traffic_at = self.next_traffic;
             tokio::select! {
+                // What the client sent first: a heartbeat that waited while this connection
+                // was busy sending must count before the deadline is looked at.
+                biased;
                 message = self.socket.recv() => match message {
                     Some(Ok(message)) => self.on_client(message).await?,
                     _ => return Err(End),
@@ -174,21 +177,28 @@ impl Conn {
 
     async fn send(&mut self, text: &str) -> Result<(), End> {
         let Some(z) = self.compressor.as_mut() else {
-            return self
-                .socket
-                .send(Message::Text(text.into()))
-                .await
-                .map_err(|_| End);
+            return self.send_frame(Message::Text(text.into())).await;
         };
         let bytes = z.compress(text.as_bytes());
         let parts = self.split_next.take().unwrap_or(1);
         let parts = if z.splits() { parts } else { 1 }.clamp(1, bytes.len());
         let size = bytes.len().div_ceil(parts);
         for chunk in bytes.chunks(size) {
-            let frame = Message::Binary(bytes::Bytes::copy_from_slice(chunk));
-            self.socket.send(frame).await.map_err(|_| End)?;
+            self.send_frame(Message::Binary(bytes::Bytes::copy_from_slice(chunk)))
+                .await?;
         }
         Ok(())
+    }
+
+    /// Sends one frame. While a send waits (the client is not reading: its TCP window is
+    /// full), this connection reads nothing either, so the heartbeat deadline moves on by as
+    /// long: a heartbeat the client sent on time may be waiting unread, and Discord, which
+    /// reads and writes apart, would have seen it.
+    async fn send_frame(&mut self, frame: Message) -> Result<(), End> {
+        let started = Instant::now();
+        let sent = self.socket.send(frame).await.map_err(|_| End);
+        self.heartbeat_deadline += started.elapsed();
+        sent
     }
 
     async fn on_client(&mut self, message: Message) -> Result<(), End> {
@@ -571,5 +581,89 @@ fn deflate(z: &mut Compress, input: &[u8]) -> Vec<u8> {
             return out;
         }
         out.reserve(out.capacity().max(64));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Fault, SimConfig, Simulator, DEFAULT_TOKEN};
+    use futures_util::{SinkExt, StreamExt};
+    use std::time::Duration;
+    use tokio::time::{sleep_until, Instant};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_stops_reading_but_heartbeats_on_time_breaks_no_rule() {
+        let interval = Duration::from_millis(200);
+        let sim = Simulator::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            SimConfig {
+                rate: 20_000.0,
+                heartbeat_interval: interval,
+                ..SimConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        // A small receive buffer: the double's sends block soon after the client stops reading.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let tcp = socket.connect(sim.addr()).await.unwrap();
+        let url = format!("ws://{}/gateway/?v=10&encoding=json", sim.addr());
+        let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+        let hello = ws.next().await.unwrap().unwrap();
+        assert!(hello.to_text().unwrap().contains(r#""op":10"#), "{hello:?}");
+        let identify = serde_json::json!({"op": 2, "d": {
+            "token": DEFAULT_TOKEN, "intents": 513, "shard": [0, 1],
+            "properties": {"os": "linux", "browser": "test", "device": "test"}}});
+        ws.send(Ws::Text(identify.to_string().into()))
+            .await
+            .unwrap();
+        while let Some(message) = ws.next().await {
+            if message
+                .unwrap()
+                .to_text()
+                .unwrap()
+                .contains(r#""t":"READY""#)
+            {
+                break;
+            }
+        }
+        let heartbeat = || Ws::Text(r#"{"op":1,"d":null}"#.into());
+        let sent = || sim.observed(|o| o.ledger.len());
+        let mut beat = tokio::time::interval(interval);
+        'cycles: for cycle in 0..4 {
+            // Heartbeats on time and nothing read, for four intervals, while the double has
+            // more to send than the socket buffers hold.
+            for _ in 0..8 {
+                assert!(sim.inject(0, Fault::Oversize(1 << 20)));
+            }
+            for _ in 0..4 {
+                beat.tick().await;
+                ws.send(heartbeat()).await.unwrap();
+            }
+            let before = sent();
+            beat.tick().await;
+            ws.send(heartbeat()).await.unwrap();
+            assert!(
+                sent() == before,
+                "cycle {cycle}: the double's sends were not held up ({before} then {})",
+                sent()
+            );
+            // Then read everything, heartbeating on, for two intervals.
+            let until = Instant::now() + interval * 2;
+            loop {
+                tokio::select! {
+                    _ = beat.tick() => ws.send(heartbeat()).await.unwrap(),
+                    message = ws.next() => match message {
+                        Some(Ok(Ws::Close(_))) | Some(Err(_)) | None => break 'cycles,
+                        Some(Ok(_)) => {}
+                    },
+                    _ = sleep_until(until) => break,
+                }
+            }
+        }
+        let violations = sim.observed(|o| o.violations.clone());
+        assert!(violations.is_empty(), "{violations:?}");
     }
 }
