@@ -803,8 +803,8 @@ mod tests {
         creds: &Credentials,
         amz_date: &str,
     ) -> (Vec<(String, String)>, String) {
-        const INSTALL: &str = "the botocore cross-check needs python3 with botocore: \
-                               pip install -r tests/sigv4/requirements.txt (pip install botocore)";
+        const INSTALL: &str = "the botocore cross-check needs $PYTHON (or python3) with botocore: \
+                               scripts/test sets up .venv with tests/requirements.txt";
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../tests/sigv4/botocore_sign.py"

@@ -26,25 +26,27 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     }
 }
 
-/// Runs a Python script from `tests/` with `stdin`, returning its stdout; fails the test with
-/// its stderr (and a hint to install `tests/requirements.txt`) if it fails.
+/// Runs a Python script from `tests/` with `stdin` under `$PYTHON` (the project's venv, which
+/// `scripts/test` sets up) or `python3`, returning its stdout; fails the test with its stderr
+/// (and a hint to run `scripts/test`) if it fails.
 pub fn python(script: &str, stdin: &[u8]) -> String {
     use std::io::Write;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests")
         .join(script);
-    let mut child = std::process::Command::new("python3")
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let mut child = std::process::Command::new(&python)
         .arg(&path)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("python3 runs");
+        .unwrap_or_else(|e| panic!("cannot run {python} ({e}); run scripts/test, which sets up .venv"));
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "{script} failed (pip install -r tests/requirements.txt?):\n{}",
+        "{script} failed under {python} (scripts/test installs tests/requirements.txt into .venv):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
