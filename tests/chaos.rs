@@ -9,7 +9,7 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use shardhook::simulate::Fault;
+use shardhook_simulator::Fault;
 use support::process::{setup_with, terminate};
 use tokio::time::Instant;
 

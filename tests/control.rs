@@ -6,9 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use shardhook::receiver::Reply;
-use shardhook::simulate::{events, Fault, SimConfig};
 use shardhook::{ShardState, Signer, SigningKey};
+use shardhook_simulator::receiver::Reply;
+use shardhook_simulator::{events, Fault, SimConfig};
 use support::pipe::{Pipe, Target};
 
 fn sim(shards: u32, events: u64) -> SimConfig {

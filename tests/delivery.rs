@@ -6,8 +6,8 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use shardhook::receiver::Reply;
-use shardhook::simulate::{Fault, SimConfig};
+use shardhook_simulator::receiver::Reply;
+use shardhook_simulator::{Fault, SimConfig};
 use support::pipe::{Pipe, Target};
 use support::within;
 

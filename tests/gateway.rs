@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use shardhook::config::Compression;
-use shardhook::simulate::{Fault, SimConfig, IDENTIFY_INTERVAL, IDENTIFY_TOLERANCE};
 use shardhook::{Router, ShardState, StartError};
+use shardhook_simulator::{Fault, SimConfig, IDENTIFY_INTERVAL, IDENTIFY_TOLERANCE};
 use support::{config_for, simulator, within, Harness};
 use tokio::time::Instant;
 

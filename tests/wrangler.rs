@@ -13,8 +13,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use shardhook::config::{EndpointConfig, SigningConfig};
-use shardhook::simulate::{Fault, Observed, SimConfig, Simulator, DEFAULT_TOKEN};
 use shardhook::{Pipeline, Router, ShardState, SigningKey};
+use shardhook_simulator::{Fault, Observed, SimConfig, Simulator, DEFAULT_TOKEN};
 use support::pipe::{temp_dir, TempDir};
 use support::{config_for, within};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -197,7 +197,7 @@ fn traffic_and_pings(o: &Observed) -> (Vec<u64>, u64) {
     (per_shard, pings)
 }
 
-fn pongs(o: &Observed) -> Vec<&shardhook::simulate::RestCall> {
+fn pongs(o: &Observed) -> Vec<&shardhook_simulator::RestCall> {
     o.rest_calls
         .iter()
         .filter(|c| {

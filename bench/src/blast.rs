@@ -3,7 +3,7 @@
 //! as fast as the reader takes them or at a set rate, recording when each frame went out. Each
 //! connection gets `zlib-stream` or `zstd-stream` frames, as its `compress` query asks.
 //!
-//! It enforces none of Discord's rules (the real double in `shardhook::simulate` does); it only
+//! It enforces none of Discord's rules (the real double in `shardhook_simulator` does); it only
 //! answers heartbeats, between chunks, so the reader's zombie detection stays quiet.
 
 use std::net::SocketAddr;

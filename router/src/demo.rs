@@ -13,12 +13,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::config::{
-    Config, DiscordConfig, EndpointConfig, ShardsConfig, SigningConfig, StateConfig,
+use shardhook::config::{
+    Config, DiscordConfig, EndpointConfig, InteractionsConfig, ShardsConfig, SigningConfig,
+    StateConfig,
 };
-use crate::receiver::{Receiver, Reply};
-use crate::simulate::{Fault, SimConfig, Simulator, DEFAULT_TOKEN};
-use crate::{Pipeline, Router, ShardState, Signer, SigningKey, Token};
+use shardhook::{Pipeline, Router, ShardState, SigningKey, Token};
+use shardhook_simulator::receiver::{Receiver, Reply};
+use shardhook_simulator::{Fault, LedgerEntry, SimConfig, Simulator, DEFAULT_TOKEN};
 
 /// How long the whole demo may take before it reports failure.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -161,9 +162,9 @@ pub enum DemoError {
     #[error("failed to start a local server: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
-    Start(#[from] crate::StartError),
+    Start(#[from] shardhook::StartError),
     #[error(transparent)]
-    Delivery(#[from] crate::delivery::DeliveryError),
+    Delivery(#[from] shardhook::delivery::DeliveryError),
     #[error("the demo did not finish within {0:?}: {1}")]
     Timeout(Duration, &'static str),
 }
@@ -187,16 +188,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     let secret = SigningKey::generate();
     let key = SigningKey::parse(&secret).expect("a generated key parses");
     let receivers = [
-        Receiver::start(
-            loopback().await?,
-            "edge-a",
-            Signer::new(key.clone(), vec![]),
-        )?,
-        Receiver::start(
-            loopback().await?,
-            "edge-b",
-            Signer::new(key.clone(), vec![]),
-        )?,
+        Receiver::start(loopback().await?, "edge-a", &secret)?,
+        Receiver::start(loopback().await?, "edge-b", &secret)?,
     ];
     // One transient failure, so a retry shows.
     receivers[0].script([Reply::Status(503)]);
@@ -220,7 +213,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
             dir: state_dir.clone(),
             ..StateConfig::default()
         },
-        interactions: crate::config::InteractionsConfig {
+        interactions: InteractionsConfig {
             auto_defer: true,
             ..Default::default()
         },
@@ -236,7 +229,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         let _ = stopped.await;
     }));
 
-    let arrived = |e: &crate::simulate::LedgerEntry, seen: &HashMap<(u32, String, u64), u32>| {
+    let arrived = |e: &LedgerEntry, seen: &HashMap<(u32, String, u64), u32>| {
         seen.contains_key(&(e.shard, e.session.clone(), e.seq))
     };
     let tally = || {

@@ -371,7 +371,7 @@ mod tests {
     use super::*;
     use flate2::{Compress, Compression as Level, FlushCompress};
 
-    use crate::simulate::zstd_flushed;
+    use shardhook_simulator::zstd_flushed;
 
     fn stream(msgs: &[&[u8]]) -> Vec<Vec<u8>> {
         let mut z = Compress::new(Level::default(), true);

@@ -24,12 +24,9 @@
 //! - `circuit`: the circuit breaker.
 //! - `retry`: the retry decision and backoff.
 //! - `deadletter`: the dead-letter file.
-//! - `receiver`: a local verifying endpoint for the demo and tests.
 //! - `sigv4`: AWS Signature Version 4 for Lambda function URLs with IAM auth.
 //! - `control`: the control API (gateway commands, health, readiness, status, metrics).
 //! - `metrics`: Prometheus exposition of the shards' and pipeline's counters.
-//! - `simulate`: a local Discord double for tests, the demo and handler development.
-//! - `demo`: `shardhook demo`, the embedded default.
 //! - `allocations` (unit tests only): counts allocations per thread.
 
 mod api;
@@ -41,7 +38,6 @@ pub mod config;
 pub mod control;
 mod deadletter;
 pub mod delivery;
-pub mod demo;
 mod dispatch;
 mod endpoint;
 mod identify;
@@ -51,7 +47,6 @@ pub mod metrics;
 mod payload;
 mod progress;
 mod ratelimiter;
-pub mod receiver;
 mod retry;
 mod ring;
 mod router;
@@ -60,7 +55,6 @@ mod session;
 mod shard;
 pub mod signer;
 pub mod sigv4;
-pub mod simulate;
 mod spool;
 mod transport;
 

@@ -1,17 +1,19 @@
 //! The `shardhook` binary: parses arguments, sets up logging, and calls the library.
 
+mod demo;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use shardhook::simulate::{SimConfig, Simulator, DEFAULT_TOKEN};
+use shardhook_simulator::{SimConfig, Simulator, DEFAULT_TOKEN};
 use std::sync::Arc;
 
 use shardhook::checkpoint::Checkpointer;
 use shardhook::control::ControlState;
-use shardhook::{demo, Config, Pipeline, Router, SigningKey};
+use shardhook::{Config, Pipeline, Router, SigningKey};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]

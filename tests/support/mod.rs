@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shardhook::config::{Config, DiscordConfig, ShardsConfig};
-use shardhook::simulate::{Observed, SimConfig, Simulator, DEFAULT_TOKEN};
 use shardhook::{AllShardsStopped, Dispatch, Router, ShardHandle, ShardState, ShardStatus, Token};
+use shardhook_simulator::{Observed, SimConfig, Simulator, DEFAULT_TOKEN};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -41,7 +41,9 @@ pub fn python(script: &str, stdin: &[u8]) -> String {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {python} ({e}); run scripts/test, which sets up .venv"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {python} ({e}); run scripts/test, which sets up .venv")
+        });
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(

@@ -10,11 +10,9 @@ use std::time::Duration;
 use futures_util::future::select_all;
 use shardhook::config::{Config, EndpointConfig, SigningConfig};
 use shardhook::control::ControlState;
-use shardhook::receiver::{Arrival, Receiver, Reply, RequestRecord};
-use shardhook::simulate::{SimConfig, Simulator};
-use shardhook::{
-    AllShardsStopped, DeliveryStats, Pipeline, Router, ShardHandle, Signer, SigningKey,
-};
+use shardhook::{AllShardsStopped, DeliveryStats, Pipeline, Router, ShardHandle, SigningKey};
+use shardhook_simulator::receiver::{Arrival, Receiver, Reply, RequestRecord};
+use shardhook_simulator::{SimConfig, Simulator};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -123,8 +121,7 @@ impl Pipe {
             urls.push(format!("http://{addr}/"));
             match target {
                 Target::Live(replies) => {
-                    let receiver =
-                        Receiver::start(listener, name, Signer::new(key.clone(), vec![])).unwrap();
+                    let receiver = Receiver::start(listener, name, &secret).unwrap();
                     receiver.script(replies.clone());
                     receivers.push(Some(receiver));
                 }
@@ -205,9 +202,8 @@ impl Pipe {
         let listener = TcpListener::bind(addr)
             .await
             .expect("rebind the endpoint's port");
-        let key = SigningKey::parse(&self.secret).unwrap();
         self.receivers[index] =
-            Some(Receiver::start(listener, &self.names[index], Signer::new(key, vec![])).unwrap());
+            Some(Receiver::start(listener, &self.names[index], &self.secret).unwrap());
     }
 
     pub fn receiver(&self, index: usize) -> &Receiver {
@@ -397,8 +393,8 @@ impl Pipe {
     /// Waits until the double's REST calls satisfy `f`; returns them all.
     pub async fn wait_sim_rest(
         &self,
-        mut f: impl FnMut(&[shardhook::simulate::RestCall]) -> bool,
-    ) -> Vec<shardhook::simulate::RestCall> {
+        mut f: impl FnMut(&[shardhook_simulator::RestCall]) -> bool,
+    ) -> Vec<shardhook_simulator::RestCall> {
         within(
             "REST calls at the double",
             self.sim

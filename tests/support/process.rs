@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::future::select_all;
-use shardhook::receiver::Receiver;
-use shardhook::simulate::{SimConfig, Simulator, DEFAULT_TOKEN};
-use shardhook::{Signer, SigningKey};
+use shardhook::SigningKey;
+use shardhook_simulator::receiver::Receiver;
+use shardhook_simulator::{SimConfig, Simulator, DEFAULT_TOKEN};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
@@ -54,12 +54,9 @@ pub async fn setup_with(
     )
     .unwrap();
     let secret = SigningKey::generate();
-    let key = SigningKey::parse(&secret).unwrap();
     let mut receivers = Vec::new();
     for name in endpoints {
-        receivers.push(
-            Receiver::start(loopback().await, name, Signer::new(key.clone(), vec![])).unwrap(),
-        );
+        receivers.push(Receiver::start(loopback().await, name, &secret).unwrap());
     }
     let state_dir = TempDir::new("restart");
     let mut toml = format!(

@@ -2,7 +2,9 @@
 //! every event, with scripted replies for fault tests.
 //!
 //! `shardhook demo` and the tests use it as the serverless handler's stand-in. It owns only its
-//! own bookkeeping; it verifies with `signer` but shares nothing else with the delivery path.
+//! own bookkeeping, and verifies with the `standardwebhooks` crate (the Standard Webhooks
+//! project's own Rust library), not with the router's signer, so a signing mistake in the
+//! router shows up as a request that did not verify.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::signer::{unix_now, Signer};
+use standardwebhooks::Webhook;
 
 /// A scripted reply to the next request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,18 +37,26 @@ pub enum Reply {
 /// One event as it arrived.
 #[derive(Debug, Clone)]
 pub struct Arrival {
+    /// `shard_id` of the request.
     pub shard: u32,
+    /// `session_id` of the request.
     pub session: String,
+    /// The event's `s`.
     pub seq: u64,
+    /// The event's `t`.
     pub name: String,
+    /// The request's `webhook-id`.
     pub webhook_id: String,
+    /// When the request was answered.
     pub at: Instant,
 }
 
 /// One request as it arrived.
 #[derive(Debug, Clone)]
 pub struct RequestRecord {
+    /// The request's `webhook-id`.
     pub webhook_id: String,
+    /// When it arrived.
     pub at: Instant,
     /// Whether the signature verified.
     pub verified: bool,
@@ -54,11 +64,15 @@ pub struct RequestRecord {
     pub status: u16,
     /// Events in the body.
     pub events: usize,
+    /// Its `user-agent`.
     pub user_agent: String,
+    /// Its `content-type`.
     pub content_type: String,
     /// The signature headers and body as received, for independent verification.
     pub timestamp: String,
+    /// Its `webhook-signature`.
     pub signature: String,
+    /// Its body as received.
     pub body: Bytes,
     /// Every header as received, names lower-case.
     pub headers: Vec<(String, String)>,
@@ -69,12 +83,13 @@ pub struct RequestRecord {
 pub struct Seen {
     /// Events of requests answered 2xx.
     pub events: Vec<Arrival>,
+    /// Every request, verified or not, in arrival order.
     pub requests: Vec<RequestRecord>,
 }
 
 struct Inner {
     name: String,
-    signer: Signer,
+    verifier: Webhook,
     /// Share of unscripted requests answered with a fault (500, 503, 429, or too slow).
     fault_rate: Mutex<f64>,
     /// While down, every request gets 503 (an endpoint that is out for a stretch).
@@ -98,12 +113,18 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
-    /// Serves on `listener`, verifying with `signer`.
-    pub fn start(listener: TcpListener, name: &str, signer: Signer) -> std::io::Result<Receiver> {
+    /// Serves on `listener`, verifying with the Standard Webhooks `secret` (`whsec_...`).
+    pub fn start(listener: TcpListener, name: &str, secret: &str) -> std::io::Result<Receiver> {
         let addr = listener.local_addr()?;
+        let verifier = Webhook::new(secret).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("the receiver's signing secret does not decode: {e}"),
+            )
+        })?;
         let inner = Arc::new(Inner {
             name: name.to_owned(),
-            signer,
+            verifier,
             seen: Mutex::new(Seen::default()),
             script: Mutex::new(VecDeque::new()),
             fault_rate: Mutex::new(0.0),
@@ -119,6 +140,7 @@ impl Receiver {
         Ok(Receiver { inner, addr, task })
     }
 
+    /// The name it was started with.
     pub fn name(&self) -> &str {
         &self.inner.name
     }
@@ -191,16 +213,7 @@ impl Inner {
 async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
     let at = Instant::now();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let verified = inner
-        .signer
-        .verify(
-            header("webhook-id"),
-            header("webhook-timestamp"),
-            header("webhook-signature"),
-            &body,
-            unix_now(),
-        )
-        .is_ok();
+    let verified = inner.verifier.verify(&body, &headers).is_ok();
     let reply = inner
         .script
         .lock()

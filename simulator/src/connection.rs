@@ -10,18 +10,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use flate2::{Compress, Compression, FlushCompress};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
-use super::events;
-use super::{
-    Fault, IdentifyRecord, LedgerEntry, ResumeRecord, Shared, SimSession, IDENTIFY_INTERVAL,
-    IDENTIFY_TOLERANCE, MAX_CLIENT_PAYLOAD, REPLAY_BUFFER, SEND_LIMIT, SEND_WINDOW,
+use crate::compress::Compressor;
+use crate::events;
+use crate::fault::Fault;
+use crate::observed::{IdentifyRecord, LedgerEntry, ResumeRecord};
+use crate::protocol::{opcode as op, Compress as Transport};
+use crate::rules::{
+    IDENTIFY_INTERVAL, IDENTIFY_TOLERANCE, MAX_CLIENT_PAYLOAD, REPLAY_BUFFER, SEND_LIMIT,
+    SEND_WINDOW,
 };
-use crate::config::Compression as Transport;
-use crate::payload::op;
+use crate::shared::{Shared, SimSession};
 
 /// The connection is over; the socket is dropped (after a close frame, if one was sent).
 struct End;
@@ -51,7 +53,7 @@ struct Conn {
     next_traffic: Option<Instant>,
 }
 
-pub(super) async fn serve(
+pub(crate) async fn serve(
     socket: WebSocket,
     shared: Arc<Shared>,
     compress: Option<Transport>,
@@ -89,6 +91,11 @@ pub(super) async fn serve(
     conn.finish();
 }
 
+/// A payload of the gateway's own (not a dispatch): `op` and `d`, no sequence or name.
+fn control(op: u8, d: &str) -> String {
+    format!(r#"{{"op":{op},"d":{d},"s":null,"t":null}}"#)
+}
+
 /// How late a heartbeat may be before the double gives up on the client.
 fn grace(interval: Duration) -> Duration {
     interval + interval / 2
@@ -97,7 +104,8 @@ fn grace(interval: Duration) -> Duration {
 impl Conn {
     async fn run(&mut self) -> Result<(), End> {
         let hello = format!(
-            r#"{{"op":10,"d":{{"heartbeat_interval":{}}},"s":null,"t":null}}"#,
+            r#"{{"op":{},"d":{{"heartbeat_interval":{}}},"s":null,"t":null}}"#,
+            op::HELLO,
             self.shared.config.heartbeat_interval.as_millis()
         );
         self.send(&hello).await?;
@@ -237,7 +245,7 @@ impl Conn {
             op::HEARTBEAT => {
                 self.heartbeat_deadline = now + grace(self.shared.config.heartbeat_interval);
                 if self.acks {
-                    self.send(r#"{"op":11}"#).await?;
+                    self.send(&control(op::HEARTBEAT_ACK, "null")).await?;
                 }
                 Ok(())
             }
@@ -326,7 +334,7 @@ impl Conn {
             Ok(session) => session,
             Err(what) => {
                 self.violation(what);
-                return self.send(r#"{"op":9,"d":false,"s":null,"t":null}"#).await;
+                return self.send(&control(op::INVALID_SESSION, "false")).await;
             }
         };
         self.session = Some((shard, total, session.clone()));
@@ -380,7 +388,7 @@ impl Conn {
             Some((shard, total, replay))
         });
         let Some((shard, total, replay)) = replay else {
-            return self.send(r#"{"op":9,"d":false,"s":null,"t":null}"#).await;
+            return self.send(&control(op::INVALID_SESSION, "false")).await;
         };
         self.session = Some((shard, total, session));
         for payload in replay {
@@ -477,12 +485,12 @@ impl Conn {
                 self.acks = false;
                 Ok(())
             }
-            Fault::Reconnect => self.send(r#"{"op":7,"d":null,"s":null,"t":null}"#).await,
+            Fault::Reconnect => self.send(&control(op::RECONNECT, "null")).await,
             Fault::InvalidateSession { resumable } => {
                 if !resumable {
                     self.invalidate();
                 }
-                self.send(&format!(r#"{{"op":9,"d":{resumable},"s":null,"t":null}}"#))
+                self.send(&control(op::INVALID_SESSION, &resumable.to_string()))
                     .await
             }
             Fault::Close(code) => {
@@ -505,88 +513,19 @@ impl Conn {
                     .await
                     .map_err(|_| End)
             }
-            Fault::InvalidJson => self.send(r#"{"op":0,"t":"MESSAGE_CREATE","s":"#).await,
+            Fault::InvalidJson => {
+                let cut = format!(r#"{{"op":{},"t":"MESSAGE_CREATE","s":"#, op::DISPATCH);
+                self.send(&cut).await
+            }
             Fault::Oversize(size) => self.emit("OVERSIZE_TEST", events::padded(size)).await,
             Fault::Dispatch { name, d } => self.emit(&name, d).await,
         }
     }
 }
 
-/// One connection's compression context: the whole connection is one stream.
-enum Compressor {
-    Zlib(Compress),
-    Zstd(zstd::stream::raw::Encoder<'static>),
-}
-
-impl Compressor {
-    fn new(transport: Transport) -> Compressor {
-        match transport {
-            Transport::ZlibStream => Compressor::Zlib(Compress::new(Compression::fast(), true)),
-            // Level 1, the fastest, as zlib's is; the level does not change the framing.
-            Transport::ZstdStream => Compressor::Zstd(
-                zstd::stream::raw::Encoder::new(1).expect("a zstd compression context"),
-            ),
-        }
-    }
-
-    /// One gateway message's bytes, flushed so the client can decompress it at once.
-    fn compress(&mut self, input: &[u8]) -> Vec<u8> {
-        match self {
-            Compressor::Zlib(z) => deflate(z, input),
-            Compressor::Zstd(z) => zstd_flushed(z, input),
-        }
-    }
-
-    /// Whether a message may be split across WebSocket messages (`Fault::SplitNext`).
-    fn splits(&self) -> bool {
-        matches!(self, Compressor::Zlib(_))
-    }
-}
-
-/// Compresses one message and flushes (`ZSTD_e_flush`) without ending the frame, as Discord
-/// does, so the client's decoder yields exactly this message. The inflater's tests use it too.
-pub(crate) fn zstd_flushed(z: &mut zstd::stream::raw::Encoder<'static>, input: &[u8]) -> Vec<u8> {
-    use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
-    let mut out = Vec::with_capacity(input.len() / 2 + 64);
-    let mut src = InBuffer::around(input);
-    loop {
-        if out.capacity() - out.len() < 64 {
-            out.reserve(out.capacity().max(64));
-        }
-        let pos = out.len();
-        let mut dst = OutBuffer::around_pos(&mut out, pos);
-        if src.pos() < input.len() {
-            z.run(&mut src, &mut dst)
-                .expect("compressing into a growing Vec does not fail");
-        } else if z
-            .flush(&mut dst)
-            .expect("flushing into a growing Vec does not fail")
-            == 0
-        {
-            return out;
-        }
-    }
-}
-
-/// Compresses one message with a sync flush, so it ends with `00 00 ff ff`.
-fn deflate(z: &mut Compress, input: &[u8]) -> Vec<u8> {
-    let start = z.total_in();
-    let mut out = Vec::with_capacity(input.len() / 2 + 64);
-    loop {
-        let done = (z.total_in() - start) as usize;
-        z.compress_vec(&input[done..], &mut out, FlushCompress::Sync)
-            .expect("compressing into a growing Vec does not fail");
-        if (z.total_in() - start) as usize == input.len() && out.ends_with(&crate::inflater::SUFFIX)
-        {
-            return out;
-        }
-        out.reserve(out.capacity().max(64));
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::{Fault, SimConfig, Simulator, DEFAULT_TOKEN};
+    use crate::{Fault, SimConfig, Simulator, DEFAULT_TOKEN};
     use futures_util::{SinkExt, StreamExt};
     use std::time::Duration;
     use tokio::time::{sleep_until, Instant};

@@ -34,6 +34,7 @@ pub fn dispatch(name: &str, seq: u64, d: &str) -> String {
     format!(r#"{{"t":"{name}","s":{seq},"op":0,"d":{d}}}"#)
 }
 
+/// READY for a new session on `shard`, listing `guilds` as unavailable (GUILD_CREATE follows).
 pub fn ready(session_id: &str, resume_url: &str, shard: [u32; 2], guilds: &[u64]) -> String {
     let guilds: Vec<_> = guilds
         .iter()
@@ -53,6 +54,7 @@ pub fn ready(session_id: &str, resume_url: &str, shard: [u32; 2], guilds: &[u64]
     .to_string()
 }
 
+/// GUILD_CREATE for one guild with a `general` text channel.
 pub fn guild_create(guild_id: u64) -> String {
     json!({
         "id": guild_id.to_string(),
