@@ -37,7 +37,7 @@ async fn start(sim: SimConfig) -> Pipe {
 
 /// Posts a command signed as a handler would, with a fresh id.
 async fn post(p: &Pipe, body: &str) -> reqwest::Response {
-    post_signed(p, body, &next_id(), shardhook::signer::unix_now()).await
+    post_signed(p, body, &next_id(), shardhook::unix_now()).await
 }
 
 fn next_id() -> String {
@@ -108,7 +108,7 @@ async fn unsigned_stale_replayed_oversized_and_forbidden_commands_are_refused() 
     assert_eq!(unsigned.status(), 401);
     assert!(unsigned.text().await.unwrap().contains("webhook-id"));
 
-    let now = shardhook::signer::unix_now();
+    let now = shardhook::unix_now();
     let stale = post_signed(&p, good, &next_id(), now - 600).await;
     assert_eq!(stale.status(), 401);
 

@@ -11,7 +11,7 @@ use flate2::{Decompress, FlushDecompress};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use shardhook::checkpoint::Checkpointer;
+use shardhook::Checkpointer;
 use shardhook::config::{
     BatchConfig, Compression as Transport, Config, EndpointConfig, ShardsConfig, SigningConfig,
     StateConfig,
@@ -259,7 +259,7 @@ pub async fn twilight(gateway_url: &str, sink_url: &str, secret: &str, shards: u
                 let permit = in_flight.clone().acquire_owned().await.expect("open");
                 let (signer, client, url) = (signer.clone(), client.clone(), sink_url.clone());
                 tokio::spawn(async move {
-                    let ts = shardhook::signer::unix_now();
+                    let ts = shardhook::unix_now();
                     let signature = signer.sign(&webhook_id, ts, text.as_bytes());
                     let _ = client
                         .post(url)
@@ -327,7 +327,7 @@ pub async fn load_client(sink_url: &str, secret: &str, total: u64, go: Arc<tokio
                 }
                 let seq = FIRST_SEQ + i;
                 let id = format!("msg_0_0_{seq}_{seq}");
-                let ts = shardhook::signer::unix_now();
+                let ts = shardhook::unix_now();
                 let signature = signer.sign(&id, ts, &body);
                 let request = hyper::Request::post("/")
                     .header("host", &authority)

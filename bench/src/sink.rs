@@ -183,7 +183,7 @@ fn take(buf: &mut BytesMut, s: &SinkShared) -> Taken {
             Some(timestamp),
             Some(signature),
             body,
-            shardhook::signer::unix_now(),
+            shardhook::unix_now(),
         );
         if verified.is_err() {
             s.bad_signature.store(true, Ordering::SeqCst);

@@ -164,7 +164,7 @@ pub enum DemoError {
     #[error(transparent)]
     Start(#[from] shardhook::StartError),
     #[error(transparent)]
-    Delivery(#[from] shardhook::delivery::DeliveryError),
+    Delivery(#[from] shardhook::DeliveryError),
     #[error("the demo did not finish within {0:?}: {1}")]
     Timeout(Duration, &'static str),
 }

@@ -2,72 +2,66 @@
 //! signed, to the HTTP endpoint its shard hashes to.
 //!
 //! # Layout
-//! - `config`: the TOML schema, environment overrides and validation.
-//! - `secret`: the redacted token newtype.
-//! - `intents`: intent names and bits.
-//! - `api`: `GET /gateway/bot`.
-//! - `router`: start-up checks, one task per shard, shutdown.
-//! - `shard`: one shard's connection and state machine.
-//! - `session`: what a shard needs to resume.
-//! - `identify`: the per-bucket identify queue.
-//! - `ratelimiter`: the per-shard command limiter.
-//! - `close_code`: what each close code means for the shard.
-//! - `inflater`: transport decompression (zlib-stream, zstd-stream).
-//! - `payload`: gateway payloads in and out, without a JSON tree for `d`.
-//! - `dispatch`: the event handed from a shard to its consumer.
-//! - `delivery`: per-shard queues, batching, signing, sending, retries, failover, dead letters.
-//! - `batch`: a batch's body (with `d` spliced byte for byte) and `webhook-id`.
-//! - `signer`: Standard Webhooks signatures and keys.
-//! - `ring`: weighted rendezvous hashing of shard ids over endpoints.
-//! - `endpoint`: one endpoint's pacing, in-flight cap and circuit.
-//! - `transport`: delivery's HTTP/1.1 connections, a pool per endpoint.
-//! - `circuit`: the circuit breaker.
-//! - `retry`: the retry decision and backoff.
-//! - `deadletter`: the dead-letter file.
-//! - `sigv4`: AWS Signature Version 4 for Lambda function URLs with IAM auth.
-//! - `control`: the control API (gateway commands, health, readiness, status, metrics).
-//! - `metrics`: Prometheus exposition of the shards' and pipeline's counters.
-//! - `allocations` (unit tests only): counts allocations per thread.
+//! The folders follow the path of an event, and imports point one way: down this list.
+//! - `router`: the composition root: start-up checks, one task per shard, shutdown.
+//!   `checkpointer` beside it gathers progress from shards and delivery into resume
+//!   checkpoints.
+//! - `control/`: the control API (`api`: gateway commands, health, readiness, status) and
+//!   Prometheus `metrics`.
+//! - `delivery/`: from a shard's queue to an endpoint's 2xx: the `pipeline` and its per-shard
+//!   `worker`, `interactions` (defer and apologise), each `attempt` (sign, send, retry, dead
+//!   letter), `stats`, the body of a `batch`, endpoint choice (`ring`), one `endpoint`'s
+//!   `pacer` and `circuit`, the `retry` decision, the `signer`, `sigv4` for Lambda, and the
+//!   HTTP/1.1 client (`http`).
+//! - `gateway/`: from `GET /gateway/bot` (`bot_info`) to a `Dispatch` (`dispatch`): the
+//!   `shard` and its `handle`, `session`, `identify` queue, `command_limiter`, `close_code`,
+//!   `inflater`, `payload`.
+//! - `state/`: what is kept on disk: `checkpoint` records, the `spool`, `dead_letter`s, and the
+//!   durable `progress` checkpoints are made from.
+//! - `config/`: the TOML schema, environment overrides and validation, with `intents`;
+//!   `secret` (the token and signing keys) and `tls` (the HTTPS clients' settings) are leaves
+//!   every folder may use.
+//!
+//! The Discord double, the verifying receiver and `shardhook demo`'s script live outside the
+//! library: the simulator is its own crate (`shardhook-simulator`), so it cannot share a bug
+//! with the router, and `demo` is part of the binary.
 
-mod api;
-mod batch;
-pub mod checkpoint;
-mod circuit;
-mod close_code;
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(
+    clippy::dbg_macro,
+    clippy::todo,
+    clippy::unimplemented,
+    clippy::mem_forget,
+    clippy::rc_buffer,
+    clippy::lossy_float_literal
+)]
+
+mod checkpointer;
 pub mod config;
 pub mod control;
-mod deadletter;
-pub mod delivery;
-mod dispatch;
-mod endpoint;
-mod identify;
-mod inflater;
-pub mod intents;
-pub mod metrics;
-mod payload;
-mod progress;
-mod ratelimiter;
-mod retry;
-mod ring;
+mod delivery;
+mod gateway;
 mod router;
 mod secret;
-mod session;
-mod shard;
-pub mod signer;
-pub mod sigv4;
-mod spool;
-mod transport;
+mod state;
+mod tls;
 
-pub use api::{GatewayBot, SessionStartLimit};
+pub use checkpointer::Checkpointer;
 pub use config::Config;
-pub use deadletter::{read as read_dead_letters, DeadLetter};
-pub use delivery::{DeliveryStats, Pipeline, StatsSnapshot};
-pub use dispatch::Dispatch;
+pub use delivery::signer::{unix_now, Signer, VerifyError};
+pub use delivery::{DeliveryError, DeliveryHandle, DeliveryStats, Pipeline, StatsSnapshot};
+pub use gateway::dispatch::Dispatch;
+pub use gateway::shard::{
+    CommandRefused, FatalClose, ShardHandle, ShardState, ShardStatus, ShardStopped,
+};
 pub use router::{AllShardsStopped, Router, StartError};
-pub use secret::Token;
-pub use session::Session;
-pub use shard::{CommandRefused, FatalClose, ShardHandle, ShardState, ShardStatus, ShardStopped};
-pub use signer::{Signer, SigningKey};
+pub use secret::{BadSecret, SigningKey, Token};
+pub use state::dead_letter::{read as read_dead_letters, DeadLetter};
+
+/// The `User-Agent` of every HTTP request the router makes.
+pub(crate) const USER_AGENT: &str = concat!("shardhook/", env!("CARGO_PKG_VERSION"));
 
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod allocations;

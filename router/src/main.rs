@@ -11,9 +11,9 @@ use clap::{Parser, Subcommand};
 use shardhook_simulator::{SimConfig, Simulator, DEFAULT_TOKEN};
 use std::sync::Arc;
 
-use shardhook::checkpoint::Checkpointer;
 use shardhook::control::ControlState;
-use shardhook::{Config, Pipeline, Router, SigningKey};
+use shardhook::Checkpointer;
+use shardhook::{Config, Pipeline, Router, Signer, SigningKey};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -106,7 +106,7 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Run { config } => {
             let config = load(config)?;
-            let signer = config.signer().map_err(|e| e.to_string())?;
+            let signer = Signer::from_config(&config).map_err(|e| e.to_string())?;
             let mut pipeline = Pipeline::new(&config).map_err(|e| e.to_string())?;
             let control = tokio::net::TcpListener::bind(config.control.listen)
                 .await

@@ -12,11 +12,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, info_span, Instrument};
 
-use crate::api::{self, ApiError, GatewayBot};
 use crate::config::{Config, ConfigError, ShardsConfig};
-use crate::dispatch::Dispatch;
-use crate::identify::IdentifyQueue;
-use crate::shard::{FatalClose, Shard, ShardConfig, ShardHandle};
+use crate::gateway::bot_info::{self, GatewayBot, GatewayBotError};
+use crate::gateway::dispatch::Dispatch;
+use crate::gateway::identify::IdentifyQueue;
+use crate::gateway::shard::{FatalClose, Shard, ShardConfig, ShardHandle};
 
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub enum StartError {
     #[error("failed to set up TLS (the platform's certificate roots): {0}")]
     Tls(rustls::Error),
     #[error(transparent)]
-    Api(#[from] ApiError),
+    GatewayBot(#[from] GatewayBotError),
     #[error(
         "not enough identifies left today: {need} shard(s) to start, Discord reports {remaining} \
          of {total} remaining (resets in {reset_secs} s); starting anyway could get the token reset"
@@ -80,17 +80,17 @@ impl Router {
         mut sink_for: impl FnMut(u32) -> mpsc::Sender<Dispatch>,
     ) -> Result<Router, StartError> {
         let token = config.token()?.clone();
-        let tls = crate::transport::platform_tls().map_err(StartError::Tls)?;
+        let tls = crate::tls::platform_tls().map_err(StartError::Tls)?;
         let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(crate::transport::with_http2(&tls))
-            .user_agent(crate::transport::USER_AGENT)
+            .tls_backend_preconfigured(crate::tls::with_http2(&tls))
+            .user_agent(crate::USER_AGENT)
             .timeout(config.discord.connect_timeout)
             .build()
             .map_err(StartError::Client)?;
-        let gateway = api::gateway_bot(&client, &config.discord.api_url, &token).await?;
+        let gateway = bot_info::gateway_bot(&client, &config.discord.api_url, &token).await?;
         let (total, ids) = shard_plan(&config.discord.shards, &gateway);
         let limit = &gateway.session_start_limit;
-        let mut checkpoints = crate::checkpoint::load_all(&config.state.dir, total);
+        let mut checkpoints = crate::state::checkpoint::load_all(&config.state.dir, total);
         checkpoints.retain(|id, _| ids.contains(id));
         // Shards with a checkpoint RESUME; only the others spend an identify.
         let need = ids.len() as u32 - checkpoints.len() as u32;
@@ -129,7 +129,7 @@ impl Router {
             };
             let resume = checkpoints.remove(&id).map(|cp| {
                 info!(shard_id = id, session_id = %cp.session_id, seq = cp.seq, "resuming from a checkpoint");
-                crate::session::Session {
+                crate::gateway::session::Session {
                     id: std::sync::Arc::from(cp.session_id.as_str()),
                     resume_url: cp.resume_url,
                     seq: cp.seq,

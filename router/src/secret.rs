@@ -1,10 +1,18 @@
-//! Secrets the router holds: the bot token.
+//! Secrets the router holds: the bot token and the Standard Webhooks signing keys
+//! (`whsec_<base64>`), parsed and keyed once.
 //!
 //! Owns the newtype that keeps a secret out of `Debug`, `Display` and serialised config. Reading
 //! the secret's text is an explicit call (`expose`) so every use is easy to find; nothing here
 //! decides where a secret comes from (that is `config`).
 
 use std::fmt;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
 
 /// A Discord bot token. Prints as `<redacted>` everywhere.
 #[derive(Clone, PartialEq, Eq)]
@@ -39,6 +47,61 @@ impl fmt::Display for Token {
 impl serde::Serialize for Token {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str("<redacted>")
+    }
+}
+
+/// The prefix Standard Webhooks secrets carry.
+pub const SECRET_PREFIX: &str = "whsec_";
+
+/// A signing key. Prints as `<redacted>`.
+#[derive(Clone)]
+pub struct SigningKey {
+    mac: HmacSha256,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A secret that is not `whsec_` followed by base64 of at least 16 bytes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("a signing secret must be `whsec_` followed by base64 of 16 to 128 bytes ({0})")]
+pub struct BadSecret(&'static str);
+
+impl SigningKey {
+    /// Parses `whsec_<base64>`.
+    pub fn parse(secret: &str) -> Result<SigningKey, BadSecret> {
+        let b64 = secret
+            .trim()
+            .strip_prefix(SECRET_PREFIX)
+            .ok_or(BadSecret("the `whsec_` prefix is missing"))?;
+        let bytes = STANDARD
+            .decode(b64)
+            .map_err(|_| BadSecret("the part after `whsec_` is not base64"))?;
+        if !(16..=128).contains(&bytes.len()) {
+            return Err(BadSecret("the key has the wrong length"));
+        }
+        let mac = HmacSha256::new_from_slice(&bytes).map_err(|_| BadSecret("unusable key"))?;
+        Ok(SigningKey { mac })
+    }
+
+    /// A new random secret, as `shardhook keygen` prints it.
+    pub fn generate() -> String {
+        let bytes: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
+        format!("{SECRET_PREFIX}{}", STANDARD.encode(bytes))
+    }
+
+    /// The keyed HMAC state after `{id}.{timestamp}.{body}`, for signing or verifying.
+    pub(crate) fn mac_over(&self, id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        mac
     }
 }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 use futures_util::future::select_all;
 use shardhook::config::{Config, EndpointConfig, SigningConfig};
 use shardhook::control::ControlState;
-use shardhook::{AllShardsStopped, DeliveryStats, Pipeline, Router, ShardHandle, SigningKey};
+use shardhook::{
+    AllShardsStopped, DeliveryStats, Pipeline, Router, ShardHandle, Signer, SigningKey,
+};
 use shardhook_simulator::receiver::{Arrival, Receiver, Reply, RequestRecord};
 use shardhook_simulator::{SimConfig, Simulator};
 use tokio::net::TcpListener;
@@ -162,7 +164,7 @@ impl Pipe {
         let state = ControlState::new(
             &shards,
             router.shard_count(),
-            config.signer().unwrap(),
+            Signer::from_config(&config).unwrap(),
             pipeline.handle(),
         );
         tokio::spawn(shardhook::control::serve(

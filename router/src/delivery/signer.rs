@@ -1,76 +1,21 @@
 //! Standard Webhooks 1.0 signatures: HMAC-SHA256 over `{id}.{timestamp}.{body}`.
 //!
-//! Owns signing keys (`whsec_<base64>`, redacted in `Debug`), producing the
-//! `webhook-signature` header value (one `v1,<base64>` per key: the current key first, then the
-//! previous ones, for rotation) and verifying one. Keys are parsed and keyed once; each
-//! signature clones a keyed HMAC state instead of re-keying. It knows nothing about HTTP.
+//! Owns producing the `webhook-signature` header value (one `v1,<base64>` per key: the current
+//! key first, then the previous ones, for rotation) and verifying one. The keys themselves are
+//! `secret`'s, parsed and keyed once; each signature clones a keyed HMAC state instead of
+//! re-keying. It knows nothing about HTTP.
 
-use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 
-type HmacSha256 = Hmac<Sha256>;
+use crate::config::{Config, ConfigError};
+pub use crate::secret::SigningKey;
 
-/// The prefix Standard Webhooks secrets carry.
-pub const SECRET_PREFIX: &str = "whsec_";
 /// How far a verified timestamp may be from now, either way.
 pub const TOLERANCE_SECS: u64 = 5 * 60;
-
-/// A signing key. Prints as `<redacted>`.
-#[derive(Clone)]
-pub struct SigningKey {
-    mac: HmacSha256,
-}
-
-impl fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// A secret that is not `whsec_` followed by base64 of at least 16 bytes.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("a signing secret must be `whsec_` followed by base64 of 16 to 128 bytes ({0})")]
-pub struct BadSecret(&'static str);
-
-impl SigningKey {
-    /// Parses `whsec_<base64>`.
-    pub fn parse(secret: &str) -> Result<SigningKey, BadSecret> {
-        let b64 = secret
-            .trim()
-            .strip_prefix(SECRET_PREFIX)
-            .ok_or(BadSecret("the `whsec_` prefix is missing"))?;
-        let bytes = STANDARD
-            .decode(b64)
-            .map_err(|_| BadSecret("the part after `whsec_` is not base64"))?;
-        if !(16..=128).contains(&bytes.len()) {
-            return Err(BadSecret("the key has the wrong length"));
-        }
-        let mac = HmacSha256::new_from_slice(&bytes).map_err(|_| BadSecret("unusable key"))?;
-        Ok(SigningKey { mac })
-    }
-
-    /// A new random secret, as `shardhook keygen` prints it.
-    pub fn generate() -> String {
-        let bytes: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
-        format!("{SECRET_PREFIX}{}", STANDARD.encode(bytes))
-    }
-
-    /// The keyed HMAC state after `{id}.{timestamp}.{body}`, for signing or verifying.
-    fn mac_over(&self, id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
-        let mut mac = self.mac.clone();
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        mac
-    }
-}
 
 /// Signs with the current key and the previous ones.
 #[derive(Debug, Clone)]
@@ -93,6 +38,17 @@ pub enum VerifyError {
 }
 
 impl Signer {
+    /// The signer for outgoing events and incoming commands from `config`'s `[signing]`: the
+    /// current key, then the previous ones.
+    pub fn from_config(config: &Config) -> Result<Signer, ConfigError> {
+        let current = config.signing_key()?.clone();
+        Ok(Signer::new(
+            current,
+            config.signing.previous_secrets.clone(),
+        ))
+    }
+
+    /// A signer with `current` first, then `previous`.
     pub fn new(current: SigningKey, previous: Vec<SigningKey>) -> Signer {
         let mut keys = vec![current];
         keys.extend(previous);

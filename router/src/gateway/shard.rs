@@ -25,14 +25,14 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, error, info, warn};
 
-use crate::close_code::{self, CloseAction};
-use crate::dispatch::{range_within, Dispatch};
-use crate::identify::{IdentifyPermit, IdentifyQueue};
-use crate::inflater::{Inflated, Inflater};
-use crate::payload::{self, op, Hello, Incoming, Ready};
-use crate::ratelimiter::CommandLimiter;
+use crate::gateway::close_code::{self, CloseAction};
+use crate::gateway::command_limiter::CommandLimiter;
+use crate::gateway::dispatch::{range_within, Dispatch};
+use crate::gateway::identify::{IdentifyPermit, IdentifyQueue};
+use crate::gateway::inflater::{Inflated, Inflater};
+use crate::gateway::payload::{self, op, Hello, Incoming, Ready};
+use crate::gateway::session::Session;
 use crate::secret::Token;
-use crate::session::Session;
 
 /// First step of the reconnect backoff after an attempt that did not get back to Active.
 const BASE_BACKOFF: Duration = Duration::from_secs(1);

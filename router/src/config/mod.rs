@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::intents;
+pub mod intents;
+use crate::secret::SigningKey;
 use crate::secret::Token;
-use crate::signer::SigningKey;
 
 /// Where `run` and `check` look for a config file when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "shardhook.toml";
@@ -740,16 +740,6 @@ impl Config {
             return invalid("batch.max_events".into(), "must be at least 1".into());
         }
         Ok(())
-    }
-
-    /// The signer for outgoing events and incoming commands: the current key, then the
-    /// previous ones.
-    pub fn signer(&self) -> Result<crate::signer::Signer, ConfigError> {
-        let current = self.signing_key()?.clone();
-        Ok(crate::signer::Signer::new(
-            current,
-            self.signing.previous_secrets.clone(),
-        ))
     }
 
     /// The signing secret, or the error that says how to provide one.

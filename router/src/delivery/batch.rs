@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::dispatch::Dispatch;
+use crate::gateway::dispatch::Dispatch;
 
 /// Bytes a batch's envelope adds besides its events, and each event adds besides name and `d`.
 const ENVELOPE: usize = 96;

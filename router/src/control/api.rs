@@ -20,10 +20,10 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use crate::delivery::signer::{unix_now, Signer, TOLERANCE_SECS};
 use crate::delivery::DeliveryHandle;
-use crate::payload::op;
-use crate::shard::{CommandRefused, ShardHandle, ShardState};
-use crate::signer::{unix_now, Signer, TOLERANCE_SECS};
+use crate::gateway::payload::op;
+use crate::gateway::shard::{CommandRefused, ShardHandle, ShardState};
 
 /// Discord's limit on a payload a client sends.
 pub const MAX_COMMAND_BYTES: usize = 4096;
@@ -292,7 +292,7 @@ async fn shards(State(state): State<Arc<ControlState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<ControlState>>) -> Response {
     let shards: Vec<ShardHandle> = state.shards.values().cloned().collect();
-    let text = crate::metrics::render(&shards, &state.delivery);
+    let text = crate::control::metrics::render(&shards, &state.delivery);
     (
         [(
             header::CONTENT_TYPE,

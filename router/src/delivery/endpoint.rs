@@ -10,11 +10,12 @@ use std::time::Duration;
 use governor::Quota;
 use tokio::sync::Semaphore;
 
-use crate::circuit::Circuit;
 use crate::config::{DeliveryConfig, EndpointConfig};
-use crate::ratelimiter::Pacer;
-use crate::sigv4::Credentials;
-use crate::transport::{BadUrl, Pool, Tls};
+use crate::delivery::circuit::Circuit;
+use crate::delivery::http::{BadUrl, Pool};
+use crate::delivery::pacer::Pacer;
+use crate::delivery::sigv4::Credentials;
+use crate::tls::Tls;
 
 #[derive(Debug)]
 pub struct Endpoint {
@@ -92,7 +93,7 @@ mod tests {
             }),
             ..EndpointConfig::new("a", "http://127.0.0.1:1/")
         };
-        let tls = crate::transport::trusting(rustls::RootCertStore::empty());
+        let tls = crate::tls::trusting(rustls::RootCertStore::empty());
         let endpoint = Endpoint::new(&config, &DeliveryConfig::default(), None, &tls).unwrap();
         let start = Instant::now();
         let mut at = Vec::new();

@@ -30,7 +30,7 @@ pub struct SessionStartLimit {
 /// Why `GET /gateway/bot` failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ApiError {
+pub enum GatewayBotError {
     #[error("GET {url} failed: {source}")]
     Request { url: String, source: reqwest::Error },
     #[error("GET {url}: Discord refused the bot token (401 Unauthorized)")]
@@ -53,9 +53,9 @@ pub async fn gateway_bot(
     client: &reqwest::Client,
     api_url: &str,
     token: &Token,
-) -> Result<GatewayBot, ApiError> {
+) -> Result<GatewayBot, GatewayBotError> {
     let url = format!("{}/gateway/bot", api_url.trim_end_matches('/'));
-    let request_error = |source| ApiError::Request {
+    let request_error = |source| GatewayBotError::Request {
         url: url.clone(),
         source,
     };
@@ -71,11 +71,11 @@ pub async fn gateway_bot(
         .await
         .map_err(|e| request_error(e.without_url()))?;
     if status == reqwest::StatusCode::UNAUTHORIZED {
-        return Err(ApiError::Unauthorized { url });
+        return Err(GatewayBotError::Unauthorized { url });
     }
     if !status.is_success() {
         let body = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-        return Err(ApiError::Status { url, status, body });
+        return Err(GatewayBotError::Status { url, status, body });
     }
-    serde_json::from_slice(&body).map_err(|source| ApiError::Body { url, source })
+    serde_json::from_slice(&body).map_err(|source| GatewayBotError::Body { url, source })
 }

@@ -186,8 +186,9 @@ struct Spare<'a> {
     filled: usize,
 }
 
-// SAFETY: `capacity` and `as_mut_ptr` describe `buf` exactly, and `as_slice` covers only the
-// bytes zstd reported writing (`filled_until`, which zstd-safe bounds by `capacity`).
+#[allow(unsafe_code)] // zstd's WriteBuf for memory not yet initialised: see SAFETY.
+                      // SAFETY: `capacity` and `as_mut_ptr` describe `buf` exactly, and `as_slice` covers only the
+                      // bytes zstd reported writing (`filled_until`, which zstd-safe bounds by `capacity`).
 unsafe impl zstd::zstd_safe::WriteBuf for Spare<'_> {
     fn as_slice(&self) -> &[u8] {
         // SAFETY: the first `filled` bytes were written by zstd.
@@ -270,7 +271,10 @@ impl Inflater {
             let step = self.codec.step(input, chunk.spare_capacity_mut())?;
             // SAFETY: the step initialised this many bytes of the spare capacity;
             // `advance_mut` panics rather than go past it.
-            unsafe { chunk.advance_mut(step.produced) };
+            #[allow(unsafe_code)]
+            unsafe {
+                chunk.advance_mut(step.produced)
+            };
             input = &input[step.consumed..];
             if chunk.len() > self.limit {
                 self.discarded = chunk.len();
@@ -325,7 +329,10 @@ impl Inflater {
                 let room = spare.len();
                 let step = self.codec.step(input, spare)?;
                 // SAFETY: as in `inflate_in_place`.
-                unsafe { self.out.advance_mut(step.produced) };
+                #[allow(unsafe_code)]
+                unsafe {
+                    self.out.advance_mut(step.produced)
+                };
                 if self.out.len() > self.limit {
                     self.discarded = self.out.len();
                     self.out = Vec::new();

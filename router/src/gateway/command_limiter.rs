@@ -1,18 +1,11 @@
-//! Rate limiters: a governor GCRA on tokio's clock (`Pacer`, for per-second endpoint quotas,
-//! testable with paused time), and the per-shard window limiter for payloads we send, since
-//! Discord allows 120 per 60 s per connection.
+//! The per-connection limiter for payloads the shard sends, since Discord allows 120 per 60 s
+//! per connection.
 //!
 //! Owns the budget arithmetic for gateway commands (heartbeats and the IDENTIFY/RESUME are
 //! reserved out of the 120, so commands never crowd out a heartbeat); heartbeats themselves
-//! bypass it. Endpoint quotas are set by `endpoint` with a `Pacer` of their own.
+//! bypass it. It leaves when a command may be queued to `shard`'s handle.
 
 use std::time::Duration;
-
-use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
 
 /// Discord's window for sent payloads.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -21,61 +14,10 @@ pub const LIMIT: u32 = 120;
 /// Payloads kept back beyond the heartbeats: IDENTIFY or RESUME, and an on-demand heartbeat.
 const RESERVED_EXTRA: u32 = 2;
 
-/// Governor's clock, read from tokio so `time::pause` drives it in tests.
-#[derive(Clone, Debug)]
-pub struct TokioClock {
-    start: tokio::time::Instant,
-}
-
-impl Clock for TokioClock {
-    type Instant = Nanos;
-
-    fn now(&self) -> Nanos {
-        Nanos::from(self.start.elapsed())
-    }
-}
-
-/// A GCRA limiter that waits on tokio's clock.
-pub struct Pacer {
-    limiter: RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>,
-    clock: TokioClock,
-}
-
-impl std::fmt::Debug for Pacer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pacer").finish_non_exhaustive()
-    }
-}
-
-impl Pacer {
-    pub fn new(quota: Quota) -> Pacer {
-        let clock = TokioClock {
-            start: tokio::time::Instant::now(),
-        };
-        Pacer {
-            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
-            clock,
-        }
-    }
-
-    /// Takes a slot now, or says how long until one frees up.
-    pub fn try_acquire(&self) -> Result<(), Duration> {
-        self.limiter
-            .check()
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
-    }
-
-    /// Waits for a slot.
-    pub async fn acquire(&self) {
-        while let Err(wait) = self.try_acquire() {
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
 /// Paces a shard's gateway commands: at most `budget` in any 60 s window, which is exactly
 /// Discord's rule. A GCRA (governor) cannot express a fixed count per window without halving
-/// the burst, so this keeps a log of send times instead; `Pacer` serves per-second rates.
+/// the burst, so this keeps a log of send times instead; delivery's `Pacer` serves per-second
+/// rates.
 #[derive(Debug)]
 pub struct CommandLimiter {
     budget: u32,

@@ -1,0 +1,10 @@
+//! The control surface: the HTTP API handlers and operators call (`api`) and the Prometheus
+//! exposition of the shards' and pipeline's counters (`metrics`).
+//!
+//! It reads shards and delivery through their handles and sends gateway commands through a
+//! shard's handle; it owns neither.
+
+mod api;
+pub(crate) mod metrics;
+
+pub use api::{app, serve, ControlState};

@@ -1,0 +1,39 @@
+//! Delivery: every dispatch leaves as a signed POST to the endpoint its shard hashes to, paced,
+//! retried, and delivered or dead-lettered.
+//!
+//! Owns the pipeline from the per-shard queues (bounded: a full one stops that shard's reading)
+//! through filtering, batching, ordering, signing, sending, retrying, failover and dead letters,
+//! and the delivery counters. It leaves the body format to `batch`, the retry rules to `retry`,
+//! endpoint choice to `ring`, and endpoint health to `circuit`.
+
+mod attempt;
+pub(crate) mod batch;
+mod circuit;
+mod endpoint;
+pub(crate) mod http;
+mod interactions;
+mod pacer;
+mod pipeline;
+mod retry;
+mod ring;
+pub(crate) mod signer;
+mod sigv4;
+mod spooling;
+mod stats;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::state::spool::ShardSpool;
+
+pub use pipeline::{DeliveryError, DeliveryHandle, Pipeline};
+pub use stats::{DeliveryStats, StatsSnapshot};
+
+/// The event Discord gives 3 s to acknowledge: it never waits for a batch to fill.
+const INTERACTION_CREATE: &str = "INTERACTION_CREATE";
+/// How often a full or failing spool is tried again, and a spool waiting on circuits looked at.
+const SPOOL_RETRY: Duration = Duration::from_millis(250);
+
+/// A shard's spool, shared by its batches in flight.
+type SharedSpool = Arc<tokio::sync::Mutex<ShardSpool>>;

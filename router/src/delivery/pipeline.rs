@@ -1,0 +1,289 @@
+//! The delivery pipeline as a whole: built from config (endpoints, keys, limits, the ring),
+//! one worker per shard queue, a handle for status pages and metrics, and replay of dead
+//! letters.
+//!
+//! Owns construction and what the tasks share (`Shared`); the per-shard loop is `worker`'s,
+//! each batch's fate `spooling`'s and `attempt`'s, interactions `interactions`'.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{info_span, Instrument};
+
+use super::attempt::{attempt_until_done, dead_letter, Outcome};
+use super::batch::{DeferredInteraction, Request};
+use super::endpoint::Endpoint;
+use super::interactions::defer_on_arrival;
+use super::ring::Ring;
+use super::signer::Signer;
+use super::stats::DeliveryStats;
+use super::worker::worker;
+use crate::config::{Config, ConfigError};
+use crate::gateway::dispatch::Dispatch;
+use crate::state::dead_letter::{DeadLetter, DeadLetters};
+use crate::state::spool::{ShardSpool, SpoolUsage};
+
+/// Why the pipeline could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("failed to build the HTTP client: {0}")]
+    Client(reqwest::Error),
+    #[error("failed to set up TLS (the platform's certificate roots): {0}")]
+    Tls(rustls::Error),
+    #[error("endpoint `{endpoint}`: {source}")]
+    Endpoint {
+        endpoint: String,
+        source: crate::delivery::http::BadUrl,
+    },
+    #[error("endpoint `{endpoint}` has auth = \"aws-iam\": {source}")]
+    AwsCredentials {
+        endpoint: String,
+        source: crate::delivery::sigv4::MissingCredential,
+    },
+}
+
+/// What the delivery tasks share.
+pub(super) struct Shared {
+    pub(super) client: reqwest::Client,
+    pub(super) signer: Signer,
+    pub(super) endpoints: Vec<Endpoint>,
+    pub(super) ring: Ring,
+    pub(super) config: Config,
+    pub(super) include: HashSet<String>,
+    pub(super) exclude: HashSet<String>,
+    pub(super) dead: DeadLetters,
+    pub(super) stats: Arc<DeliveryStats>,
+    /// Deferrals under way, by (shard, seq), started as interactions arrive and awaited when
+    /// their batch is built.
+    pub(super) deferrals: Mutex<Deferrals>,
+    /// What is safe per shard, for resume checkpoints.
+    pub(super) progress: crate::state::progress::Progress,
+    /// Bytes spooled across shards, against `state.spool_max_bytes`.
+    pub(super) spool_usage: Arc<SpoolUsage>,
+}
+
+/// Deferrals under way, by (shard, seq).
+pub(super) type Deferrals =
+    std::collections::HashMap<(u32, u64), tokio::task::JoinHandle<Option<DeferredInteraction>>>;
+
+/// The delivery pipeline: one worker per shard.
+pub struct Pipeline {
+    pub(super) shared: Arc<Shared>,
+    workers: JoinSet<()>,
+    queues: Arc<Mutex<std::collections::BTreeMap<u32, mpsc::WeakSender<Dispatch>>>>,
+}
+
+/// A view of the pipeline for status pages and metrics.
+#[derive(Clone)]
+pub struct DeliveryHandle {
+    shared: Arc<Shared>,
+    queues: Arc<Mutex<std::collections::BTreeMap<u32, mpsc::WeakSender<Dispatch>>>>,
+}
+
+impl DeliveryHandle {
+    /// The endpoint a shard's next batch would go to now (its home unless failed over).
+    pub fn route(&self, shard_id: u32) -> Option<&str> {
+        let endpoints = &self.shared.endpoints;
+        let index = self
+            .shared
+            .ring
+            .pick(shard_id as u64, |i| endpoints[i].circuit.would_allow())?;
+        Some(&endpoints[index].name)
+    }
+
+    /// Bytes in the disk spool across shards, and its bound.
+    pub fn spool_bytes(&self) -> (u64, u64) {
+        let usage = &self.shared.spool_usage;
+        (usage.used.load(AtomicOrdering::Relaxed), usage.limit)
+    }
+
+    /// Events waiting in a shard's queue.
+    pub fn queue_depth(&self, shard_id: u32) -> usize {
+        let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues
+            .get(&shard_id)
+            .and_then(|weak| weak.upgrade())
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    }
+
+    /// Endpoint names, in config order.
+    pub fn endpoint_names(&self) -> impl Iterator<Item = &str> {
+        self.shared.endpoints.iter().map(|e| e.name.as_str())
+    }
+
+    pub fn stats(&self) -> &DeliveryStats {
+        &self.shared.stats
+    }
+
+    /// `(session, seq)`: every event of the shard's session up to `seq` is delivered,
+    /// dead-lettered or spooled.
+    pub fn durable(&self, shard_id: u32) -> Option<(Arc<str>, u64)> {
+        self.shared.progress.durable(shard_id)
+    }
+}
+
+impl Pipeline {
+    /// Builds the pipeline from config: endpoints, keys, limits. AWS credentials for
+    /// `auth = "aws-iam"` endpoints come from the process environment.
+    pub fn new(config: &Config) -> Result<Pipeline, DeliveryError> {
+        Pipeline::with_env(config, std::env::vars())
+    }
+
+    /// Like `new`, with the environment given.
+    pub fn with_env(
+        config: &Config,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Pipeline, DeliveryError> {
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .collect();
+        let signer = Signer::from_config(config)?;
+        if config.endpoints.is_empty() {
+            return Err(ConfigError::NoEndpoints.into());
+        }
+        // For Discord's REST API (deferring interactions, apologising for them); endpoints have
+        // connections of their own (`transport`).
+        let tls = crate::tls::platform_tls().map_err(DeliveryError::Tls)?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(crate::tls::with_http2(&tls))
+            .user_agent(crate::USER_AGENT)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(4)
+            // Discord's API does not redirect these; followed, a redirect would turn a POST
+            // into a GET.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(DeliveryError::Client)?;
+        let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        for e in &config.endpoints {
+            let aws = match e.auth {
+                crate::config::EndpointAuth::None => None,
+                crate::config::EndpointAuth::AwsIam => {
+                    let creds = crate::delivery::sigv4::Credentials::from_env(env.clone())
+                        .map_err(|source| DeliveryError::AwsCredentials {
+                            endpoint: e.name.clone(),
+                            source,
+                        })?;
+                    Some((e.aws_region().expect("validated by config"), creds))
+                }
+            };
+            let endpoint = Endpoint::new(e, &config.delivery, aws, &tls).map_err(|source| {
+                DeliveryError::Endpoint {
+                    endpoint: e.name.clone(),
+                    source,
+                }
+            })?;
+            endpoints.push(endpoint);
+        }
+        let ring = Ring::new(config.endpoints.iter().map(|e| (e.name.as_str(), e.weight)));
+        let stats = Arc::new(DeliveryStats::new(endpoints.len()));
+        Ok(Pipeline {
+            shared: Arc::new(Shared {
+                client,
+                signer,
+                endpoints,
+                ring,
+                include: config.events.include.iter().cloned().collect(),
+                exclude: config.events.exclude.iter().cloned().collect(),
+                dead: DeadLetters::new(&config.state.dir),
+                config: config.clone(),
+                stats,
+                deferrals: Mutex::default(),
+                progress: Default::default(),
+                spool_usage: Arc::new(SpoolUsage {
+                    used: AtomicU64::new(0),
+                    limit: config.state.spool_max_bytes,
+                }),
+            }),
+            workers: JoinSet::new(),
+            queues: Arc::default(),
+        })
+    }
+
+    /// A view for status pages and metrics.
+    pub fn handle(&self) -> DeliveryHandle {
+        DeliveryHandle {
+            shared: self.shared.clone(),
+            queues: self.queues.clone(),
+        }
+    }
+
+    /// The queue for `shard_id`'s events, with its worker started.
+    pub fn sink(&mut self, shard_id: u32) -> mpsc::Sender<Dispatch> {
+        let (tx, rx) = mpsc::channel(self.shared.config.delivery.queue);
+        self.queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(shard_id, tx.downgrade());
+        let shared = self.shared.clone();
+        let rx = if shared.config.interactions.auto_defer {
+            // Interactions are deferred as they arrive, not when their turn in the queue comes.
+            let (intake, worker_rx) = mpsc::channel(1);
+            self.workers.spawn(
+                defer_on_arrival(shared.clone(), rx, intake)
+                    .instrument(info_span!("intake", shard_id)),
+            );
+            worker_rx
+        } else {
+            rx
+        };
+        let spool = ShardSpool::open(
+            &shared.config.state.dir,
+            shard_id,
+            shared.spool_usage.clone(),
+        );
+        let spool = Arc::new(tokio::sync::Mutex::new(spool));
+        self.workers
+            .spawn(worker(shared, rx, spool).instrument(info_span!("delivery", shard_id)));
+        tx
+    }
+
+    pub fn stats(&self) -> Arc<DeliveryStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Where dead letters go.
+    pub fn dead_letter_path(&self) -> &std::path::Path {
+        self.shared.dead.path()
+    }
+
+    /// Waits until every queue is closed (the shards have stopped) and drained.
+    pub async fn finish(mut self) {
+        while self.workers.join_next().await.is_some() {}
+    }
+
+    /// Sends dead letters again, each to its shard's endpoint now, with a fresh signature and
+    /// its original `webhook-id`. Those that fail again are dead-lettered anew. Returns how
+    /// many were delivered.
+    pub async fn replay(&self, letters: Vec<DeadLetter>) -> usize {
+        let mut delivered = 0;
+        for letter in letters {
+            let body: Box<str> = letter.body.into();
+            let request = Request {
+                id: letter.webhook_id,
+                body: bytes::Bytes::from(body.into_boxed_bytes()),
+                shard_id: letter.shard_id,
+                session_id: Arc::from(""),
+                first_seq: 0,
+                last_seq: 0,
+                events: 0,
+                first_received: Instant::now(),
+                deferred: Vec::new(),
+            };
+            match attempt_until_done(&self.shared, request).await {
+                Outcome::Delivered => delivered += 1,
+                Outcome::DeadLettered => {}
+                Outcome::Unavailable(request) => dead_letter(&self.shared, request, 0, None).await,
+            }
+        }
+        delivered
+    }
+}

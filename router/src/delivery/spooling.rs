@@ -1,0 +1,124 @@
+//! A batch's way to safety: sent now, or appended to the shard's disk spool when no endpoint
+//! can take it (or older batches of the shard already wait there), and the spool drained,
+//! oldest first, once an endpoint can.
+//!
+//! Owns the choice between sending and spooling and the draining; the attempts are `attempt`'s
+//! and the file format `state::spool`'s.
+
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use tokio::time::{sleep, Instant};
+use tracing::error;
+
+use super::attempt::{attempt_until_done, Outcome};
+use super::batch::Request;
+use super::pipeline::Shared;
+use super::signer::unix_now;
+use super::{SharedSpool, SPOOL_RETRY};
+use crate::state::dead_letter::DeadLetter;
+use crate::state::spool::{Head, SpooledBatch};
+
+/// Sends one batch until it is delivered or dead-lettered, or spools it when no endpoint can
+/// take it (and while older batches of the shard wait in the spool). Any of the three makes
+/// its events safe for resume checkpoints.
+pub(super) async fn deliver(shared: &Shared, spool: &SharedSpool, request: Request) {
+    let (shard, session, first) = (
+        request.shard_id,
+        request.session_id.clone(),
+        request.first_seq,
+    );
+    let waiting = !spool.lock().await.is_empty();
+    if waiting {
+        spool_request(shared, spool, request).await;
+    } else if let Outcome::Unavailable(request) = attempt_until_done(shared, request).await {
+        spool_request(shared, spool, request).await;
+    }
+    shared.progress.finished(shard, &session, first);
+}
+
+/// Appends to the spool, waiting (backpressure) while it is full or cannot be written.
+pub(super) async fn spool_request(shared: &Shared, spool: &SharedSpool, request: Request) {
+    let batch = SpooledBatch {
+        id: request.id,
+        shard_id: request.shard_id,
+        session_id: request.session_id.to_string(),
+        first_seq: request.first_seq,
+        last_seq: request.last_seq,
+        events: request.events,
+        body: RawValue::from_string(String::from_utf8_lossy(&request.body).into_owned())
+            .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON")),
+    };
+    loop {
+        match spool.lock().await.append(&batch) {
+            Ok(()) => {
+                shared
+                    .stats
+                    .events_spooled
+                    .fetch_add(batch.events as u64, AtomicOrdering::Relaxed);
+                return;
+            }
+            Err(e) => error!(webhook_id = %batch.id, "{e}"),
+        }
+        sleep(SPOOL_RETRY).await;
+    }
+}
+
+/// Sends spooled batches, oldest first, while an endpoint can take them.
+pub(super) async fn drain(shared: &Shared, spool: &SharedSpool) {
+    loop {
+        let Some((head, size)) = spool.lock().await.peek() else {
+            return;
+        };
+        match head {
+            Head::Corrupt(raw) => {
+                error!(
+                    bytes = raw.len(),
+                    "a spool record failed its checksum; its raw bytes go to the dead-letter file"
+                );
+                let text = serde_json::to_string(&String::from_utf8_lossy(&raw))
+                    .expect("a string serialises");
+                let letter = DeadLetter {
+                    at: unix_now(),
+                    webhook_id: String::new(),
+                    shard_id: u32::MAX,
+                    endpoint: String::new(),
+                    url: String::new(),
+                    status: None,
+                    error: "corrupted spool record (checksum mismatch); body holds its raw bytes"
+                        .to_owned(),
+                    attempts: 0,
+                    body: RawValue::from_string(text).expect("a JSON string"),
+                };
+                if let Err(e) = shared.dead.append(&letter).await {
+                    error!("{e}");
+                }
+            }
+            Head::Batch(batch) => {
+                let available = shared.ring.pick(batch.shard_id as u64, |i| {
+                    shared.endpoints[i].circuit.would_allow()
+                });
+                if available.is_none() {
+                    return;
+                }
+                let body: Box<str> = batch.body.into();
+                let request = Request {
+                    id: batch.id,
+                    body: bytes::Bytes::from(body.into_boxed_bytes()),
+                    shard_id: batch.shard_id,
+                    session_id: Arc::from(batch.session_id.as_str()),
+                    first_seq: batch.first_seq,
+                    last_seq: batch.last_seq,
+                    events: batch.events,
+                    first_received: Instant::now(),
+                    deferred: Vec::new(),
+                };
+                if let Outcome::Unavailable(_) = attempt_until_done(shared, request).await {
+                    return;
+                }
+            }
+        }
+        spool.lock().await.pop(size);
+    }
+}

@@ -1,0 +1,11 @@
+//! What the router keeps on disk so that nothing is lost: resume checkpoints, the spool of
+//! batches no endpoint could take, dead letters, and the durable progress checkpoints are
+//! made from.
+//!
+//! Owns file formats and atomic writes only; it imports nothing above it. When to write is
+//! decided by delivery (spool, dead letters) and the composition root (checkpoints).
+
+pub(crate) mod checkpoint;
+pub(crate) mod dead_letter;
+pub(crate) mod progress;
+pub(crate) mod spool;
