@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::delivery::DeliveryHandle;
-use crate::gateway::shard::ShardHandle;
+use crate::gateway::handle::ShardHandle;
 use crate::state::checkpoint::{save, Checkpoint};
 
 /// Writes each shard's checkpoint whenever its durable progress moves.
@@ -22,6 +22,8 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
+    /// A checkpointer for `shards` of a bot with `shard_count` shards, reading durable
+    /// progress from `delivery` and writing under `state_dir`.
     pub fn new(
         state_dir: &Path,
         shard_count: u32,

@@ -52,7 +52,7 @@ pub use config::Config;
 pub use delivery::signer::{unix_now, Signer, VerifyError};
 pub use delivery::{DeliveryError, DeliveryHandle, DeliveryStats, Pipeline, StatsSnapshot};
 pub use gateway::dispatch::Dispatch;
-pub use gateway::shard::{
+pub use gateway::handle::{
     CommandRefused, FatalClose, ShardHandle, ShardState, ShardStatus, ShardStopped,
 };
 pub use router::{AllShardsStopped, Router, StartError};

@@ -15,29 +15,39 @@ use tracing::{info, info_span, Instrument};
 use crate::config::{Config, ConfigError, ShardsConfig};
 use crate::gateway::bot_info::{self, GatewayBot, GatewayBotError};
 use crate::gateway::dispatch::Dispatch;
+use crate::gateway::handle::{FatalClose, ShardHandle};
 use crate::gateway::identify::IdentifyQueue;
-use crate::gateway::shard::{FatalClose, Shard, ShardConfig, ShardHandle};
+use crate::gateway::shard::{Shard, ShardConfig};
 
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
+    /// The config is incomplete (no token).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The HTTP client for Discord's REST API could not be built.
     #[error("failed to build the HTTP client: {0}")]
     Client(reqwest::Error),
+    /// The platform's certificate roots could not be loaded.
     #[error("failed to set up TLS (the platform's certificate roots): {0}")]
     Tls(rustls::Error),
+    /// `GET /gateway/bot` failed.
     #[error(transparent)]
     GatewayBot(#[from] GatewayBotError),
     #[error(
         "not enough identifies left today: {need} shard(s) to start, Discord reports {remaining} \
          of {total} remaining (resets in {reset_secs} s); starting anyway could get the token reset"
     )]
+    /// Discord's daily session starts would not cover the shards that must identify.
     IdentifyBudget {
+        /// Shards that must identify (those without a checkpoint).
         need: u32,
+        /// Session starts Discord says are left.
         remaining: u32,
+        /// Session starts per day.
         total: u32,
+        /// Seconds until `remaining` resets.
         reset_secs: u64,
     },
 }

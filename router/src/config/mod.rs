@@ -9,15 +9,22 @@
 //! string), so `SHARDHOOK__DISCORD__API_URL=http://127.0.0.1:9000/api/v10` points the router at
 //! a local double.
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod delivery;
+mod discord;
 pub mod intents;
-use crate::secret::SigningKey;
-use crate::secret::Token;
+
+use crate::secret::{SigningKey, Token};
+
+pub use delivery::{
+    BatchConfig, DeliveryConfig, EndpointAuth, EndpointConfig, EventsConfig, Ordering,
+    RateLimitConfig,
+};
+pub use discord::{Compression, DiscordConfig, ShardsConfig};
 
 /// Where `run` and `check` look for a config file when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "shardhook.toml";
@@ -138,228 +145,6 @@ impl<'de> Deserialize<'de> for SigningKey {
     }
 }
 
-/// One `[[endpoints]]` table.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EndpointConfig {
-    /// A unique name; it, not the URL, decides which shards hash to this endpoint.
-    pub name: String,
-    /// Where to POST: a Worker, a Lambda function URL, any HTTP(S) URL.
-    pub url: String,
-    /// Share of shards relative to the other endpoints (default 1).
-    #[serde(default = "default_weight")]
-    pub weight: f64,
-    /// Timeout per attempt (default: `delivery.timeout`).
-    #[serde(default, with = "humantime_serde")]
-    pub timeout: Option<Duration>,
-    /// Requests in flight at once to this endpoint (default 64).
-    #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: usize,
-    /// Requests per second and burst, e.g. `{ per_second = 50, burst = 100 }`.
-    #[serde(default)]
-    pub rate_limit: Option<RateLimitConfig>,
-    /// `"none"` (default), or `"aws-iam"` for Lambda function URLs with IAM auth: requests are
-    /// also signed with AWS SigV4 (service `lambda`) using `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
-    #[serde(default)]
-    pub auth: EndpointAuth,
-    /// The AWS region for `auth = "aws-iam"`; default: read from a function URL's host
-    /// (`<id>.lambda-url.<region>.on.aws`).
-    #[serde(default)]
-    pub region: Option<String>,
-}
-
-/// How an endpoint authenticates requests besides the webhook signature.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EndpointAuth {
-    #[default]
-    None,
-    AwsIam,
-}
-
-impl EndpointConfig {
-    /// An endpoint with every optional key at its default, as `[[endpoints]]` with only
-    /// `name` and `url` would be.
-    pub fn new(name: impl Into<String>, url: impl Into<String>) -> EndpointConfig {
-        EndpointConfig {
-            name: name.into(),
-            url: url.into(),
-            weight: default_weight(),
-            timeout: None,
-            max_in_flight: default_max_in_flight(),
-            rate_limit: None,
-            auth: EndpointAuth::None,
-            region: None,
-        }
-    }
-
-    /// The region to sign for: configured, or read from a Lambda function URL's host.
-    pub fn aws_region(&self) -> Option<String> {
-        self.region.clone().or_else(|| {
-            let url = reqwest::Url::parse(&self.url).ok()?;
-            let host = url.host_str()?;
-            let rest = host.split_once(".lambda-url.")?.1;
-            Some(rest.strip_suffix(".on.aws")?.to_owned())
-        })
-    }
-}
-
-fn default_weight() -> f64 {
-    1.0
-}
-
-fn default_max_in_flight() -> usize {
-    64
-}
-
-/// An endpoint's request rate.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitConfig {
-    pub per_second: u32,
-    /// Requests allowed at once after a quiet spell (default: `per_second`).
-    #[serde(default)]
-    pub burst: Option<u32>,
-}
-
-/// Whether a shard's batches leave one at a time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Ordering {
-    /// A shard's next batch leaves after the previous one is delivered or dead-lettered.
-    #[default]
-    Shard,
-    /// Several batches of a shard may be in flight; handlers must order by `s` themselves.
-    None,
-}
-
-/// The `[delivery]` section.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeliveryConfig {
-    /// Attempts per batch before it is dead-lettered.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    /// Time per batch, from its first attempt, before it is dead-lettered.
-    #[serde(default = "default_max_elapsed", with = "humantime_serde")]
-    pub max_elapsed: Duration,
-    /// Timeout per attempt unless an endpoint sets its own.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// First retry delay; each retry doubles it, with full jitter, up to `max_backoff`.
-    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
-    pub initial_backoff: Duration,
-    #[serde(default = "default_max_backoff", with = "humantime_serde")]
-    pub max_backoff: Duration,
-    /// `"shard"` (default) or `"none"`.
-    #[serde(default)]
-    pub ordering: Ordering,
-    /// Events queued per shard before the shard stops reading (backpressure).
-    #[serde(default = "default_queue")]
-    pub queue: usize,
-    /// On shutdown, how long queued events may take to deliver before the rest is left for
-    /// Discord to replay on the next start (they are not checkpointed).
-    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
-    pub shutdown_timeout: Duration,
-    /// Consecutive failures (connect errors, timeouts, 5xx) that open an endpoint's circuit.
-    #[serde(default = "default_circuit_failures")]
-    pub circuit_failures: u32,
-    /// How long an open circuit sends the endpoint's shards elsewhere before a probe.
-    #[serde(default = "default_circuit_cooldown", with = "humantime_serde")]
-    pub circuit_cooldown: Duration,
-}
-
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        DeliveryConfig {
-            max_attempts: default_max_attempts(),
-            max_elapsed: default_max_elapsed(),
-            timeout: default_timeout(),
-            initial_backoff: default_initial_backoff(),
-            max_backoff: default_max_backoff(),
-            ordering: Ordering::default(),
-            queue: default_queue(),
-            shutdown_timeout: default_shutdown_timeout(),
-            circuit_failures: default_circuit_failures(),
-            circuit_cooldown: default_circuit_cooldown(),
-        }
-    }
-}
-
-fn default_max_attempts() -> u32 {
-    10
-}
-fn default_max_elapsed() -> Duration {
-    Duration::from_secs(600)
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_initial_backoff() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_max_backoff() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_shutdown_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_queue() -> usize {
-    1024
-}
-fn default_circuit_failures() -> u32 {
-    5
-}
-fn default_circuit_cooldown() -> Duration {
-    Duration::from_secs(5)
-}
-
-/// The `[batch]` section.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchConfig {
-    /// Events per request at most (default 1: one request per event).
-    #[serde(default = "default_max_events")]
-    pub max_events: usize,
-    /// Body bytes per request at most; one event bigger than this still goes alone.
-    #[serde(default = "default_max_bytes")]
-    pub max_bytes: usize,
-    /// How long a batch waits for more events (default 0: it takes only what is queued).
-    /// INTERACTION_CREATE never waits.
-    #[serde(default, with = "humantime_serde")]
-    pub linger: Duration,
-}
-
-impl Default for BatchConfig {
-    fn default() -> Self {
-        BatchConfig {
-            max_events: default_max_events(),
-            max_bytes: default_max_bytes(),
-            linger: Duration::ZERO,
-        }
-    }
-}
-
-fn default_max_events() -> usize {
-    1
-}
-fn default_max_bytes() -> usize {
-    1 << 20
-}
-
-/// The `[events]` section: filters by event name, applied before anything is sent.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventsConfig {
-    /// Only these events (default: all).
-    #[serde(default)]
-    pub include: Vec<String>,
-    /// Never these events.
-    #[serde(default)]
-    pub exclude: Vec<String>,
-}
-
 /// The `[state]` section.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -398,227 +183,49 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("state")
 }
 
-/// The `[discord]` section.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiscordConfig {
-    /// The bot token. Prefer the `DISCORD_TOKEN` environment variable, which wins over this key.
-    #[serde(default)]
-    pub token: Option<Token>,
-    /// Discord's REST base; the gateway URL is asked of `GET {api_url}/gateway/bot`.
-    #[serde(default = "default_api_url")]
-    pub api_url: String,
-    /// Gateway intents: a list of names (`["GUILDS", "GUILD_MESSAGES"]`) or a number.
-    #[serde(default = "default_intents", deserialize_with = "deserialize_intents")]
-    pub intents: u64,
-    /// `"auto"` (Discord's recommended count, all shards in this process) or
-    /// `{ total = 16, ids = "0..8" }` to run a slice of a bigger bot.
-    #[serde(default)]
-    pub shards: ShardsConfig,
-    /// How long to wait for a gateway connection and its HELLO (e.g. `"10s"`).
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Largest inflated gateway message accepted, in bytes. A bigger one is skipped with an
-    /// error naming its size, so one pathological event cannot exhaust memory.
-    #[serde(default = "default_max_message_size")]
-    pub max_message_size: usize,
-    /// Transport compression asked of Discord: `"zlib-stream"` or `"zstd-stream"`.
-    #[serde(default)]
-    pub compression: Compression,
-}
-
-/// How Discord compresses a gateway connection (the `compress` query parameter).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-pub enum Compression {
-    /// One zlib stream per connection, each message ending with a sync flush.
-    #[default]
-    #[serde(rename = "zlib-stream")]
-    ZlibStream,
-    /// One zstd stream per connection, flushed after each message: fewer bytes on the wire for
-    /// about the same CPU, and more memory per connection (the decoder keeps the window
-    /// Discord compresses with, up to 8 MiB, where zlib keeps 32 KiB).
-    #[serde(rename = "zstd-stream")]
-    ZstdStream,
-}
-
-impl Compression {
-    pub const ALL: [Compression; 2] = [Compression::ZlibStream, Compression::ZstdStream];
-
-    /// The compression a `compress=` value names, if any.
-    pub fn named(value: &str) -> Option<Compression> {
-        Compression::ALL.into_iter().find(|c| c.as_str() == value)
-    }
-
-    /// The value of `compress=` in the gateway URL.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Compression::ZlibStream => "zlib-stream",
-            Compression::ZstdStream => "zstd-stream",
-        }
-    }
-}
-
-impl std::fmt::Display for Compression {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Default for DiscordConfig {
-    fn default() -> Self {
-        DiscordConfig {
-            token: None,
-            api_url: default_api_url(),
-            intents: default_intents(),
-            shards: ShardsConfig::default(),
-            connect_timeout: default_connect_timeout(),
-            max_message_size: default_max_message_size(),
-            compression: Compression::default(),
-        }
-    }
-}
-
-fn default_api_url() -> String {
-    "https://discord.com/api/v10".to_owned()
-}
-
-fn default_intents() -> u64 {
-    ["GUILDS", "GUILD_MESSAGES", "DIRECT_MESSAGES"]
-        .iter()
-        .filter_map(|n| intents::bit_of(n))
-        .fold(0, |a, b| a | b)
-}
-
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn default_max_message_size() -> usize {
-    64 << 20
-}
-
-fn deserialize_intents<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    let value = toml::Value::deserialize(d)?;
-    intents::from_value(&value).map_err(serde::de::Error::custom)
-}
-
-/// Which shards this process runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum ShardsConfig {
-    /// Discord's recommended shard count; this process runs all of them.
-    #[default]
-    Auto,
-    /// A fixed shard count, of which this process runs `ids`.
-    Explicit { total: u32, ids: Range<u32> },
-}
-
-impl<'de> Deserialize<'de> for ShardsConfig {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = toml::Value::deserialize(d)?;
-        ShardsConfig::from_value(&value).map_err(serde::de::Error::custom)
-    }
-}
-
-impl ShardsConfig {
-    fn from_value(value: &toml::Value) -> Result<ShardsConfig, String> {
-        const ALLOWED: &str = "allowed: \"auto\" or { total = N, ids = \"A..B\" }";
-        let table = match value {
-            toml::Value::String(s) if s == "auto" => return Ok(ShardsConfig::Auto),
-            toml::Value::Table(t) => t,
-            other => return Err(format!("unexpected value {other}; {ALLOWED}")),
-        };
-        if let Some(key) = table.keys().find(|k| *k != "total" && *k != "ids") {
-            return Err(format!("unknown key `{key}`; {ALLOWED}"));
-        }
-        let total = match table.get("total") {
-            Some(toml::Value::Integer(n)) if (1..=u32::MAX as i64).contains(n) => *n as u32,
-            Some(other) => {
-                return Err(format!("`total` must be a positive integer, found {other}"))
-            }
-            None => return Err(format!("`total` is missing; {ALLOWED}")),
-        };
-        let ids = match table.get("ids") {
-            None => 0..total,
-            Some(toml::Value::String(s)) => parse_range(s)?,
-            Some(other) => {
-                return Err(format!(
-                    "`ids` must be a range string like \"0..8\", found {other}"
-                ))
-            }
-        };
-        if ids.is_empty() || ids.end > total {
-            return Err(format!(
-                "`ids` {}..{} must be a non-empty range within 0..{total}",
-                ids.start, ids.end
-            ));
-        }
-        Ok(ShardsConfig::Explicit { total, ids })
-    }
-}
-
-/// Parses `"A..B"` (exclusive) or `"A..=B"` (inclusive).
-fn parse_range(s: &str) -> Result<Range<u32>, String> {
-    let bad = || format!("`ids` = \"{s}\" is not a range like \"0..8\" or \"0..=7\"");
-    let (start, end, inclusive) = match s.split_once("..=") {
-        Some((a, b)) => (a, b, true),
-        None => s
-            .split_once("..")
-            .map(|(a, b)| (a, b, false))
-            .ok_or_else(bad)?,
-    };
-    let start: u32 = start.trim().parse().map_err(|_| bad())?;
-    let end: u32 = end.trim().parse().map_err(|_| bad())?;
-    Ok(start..if inclusive {
-        end.checked_add(1).ok_or_else(bad)?
-    } else {
-        end
-    })
-}
-
-impl Serialize for ShardsConfig {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        match self {
-            ShardsConfig::Auto => s.serialize_str("auto"),
-            ShardsConfig::Explicit { total, ids } => {
-                let mut map = s.serialize_map(Some(2))?;
-                map.serialize_entry("total", total)?;
-                map.serialize_entry("ids", &format!("{}..{}", ids.start, ids.end))?;
-                map.end()
-            }
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Token {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        Token::new(&raw).ok_or_else(|| serde::de::Error::custom("the token is empty"))
-    }
-}
-
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("failed to read config file {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// What reading it said.
         source: std::io::Error,
     },
+    /// The config file is not TOML.
     #[error("config file {path} is not valid TOML: {source}")]
     Syntax {
+        /// The file.
         path: PathBuf,
+        /// Where and why it does not parse.
         source: Box<toml::de::Error>,
     },
+    /// A key has a value it cannot take, or is unknown.
     #[error("config key `{key}`: {message}")]
-    Invalid { key: String, message: String },
+    Invalid {
+        /// The key's dotted path, e.g. `endpoints[0].url`.
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// An environment override does not fit the key it names.
     #[error("environment variable {var}: {message}")]
-    Env { var: String, message: String },
+    Env {
+        /// The variable's name.
+        var: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No bot token anywhere.
     #[error("no bot token: set DISCORD_TOKEN or discord.token")]
     MissingToken,
+    /// No signing secret anywhere.
     #[error("no signing secret: set SHARDHOOK_SIGNING_SECRET or signing.secret (`shardhook keygen` makes one)")]
     MissingSecret,
+    /// No endpoint to deliver to.
     #[error("no endpoints: add at least one [[endpoints]] table with a name and a url")]
     NoEndpoints,
 }

@@ -22,8 +22,8 @@ use serde_json::value::RawValue;
 
 use crate::delivery::signer::{unix_now, Signer, TOLERANCE_SECS};
 use crate::delivery::DeliveryHandle;
+use crate::gateway::handle::{CommandRefused, ShardHandle, ShardState};
 use crate::gateway::payload::op;
-use crate::gateway::shard::{CommandRefused, ShardHandle, ShardState};
 
 /// Discord's limit on a payload a client sends.
 pub const MAX_COMMAND_BYTES: usize = 4096;
@@ -48,6 +48,8 @@ pub struct ControlState {
 }
 
 impl ControlState {
+    /// What the API serves: `shards` of a bot with `shard_count`, commands verified with
+    /// `signer`, delivery's state read from `delivery`.
     pub fn new(
         shards: &[ShardHandle],
         shard_count: u32,

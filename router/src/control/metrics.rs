@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::delivery::DeliveryHandle;
-use crate::gateway::shard::ShardHandle;
+use crate::gateway::handle::ShardHandle;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ShardLabel {
@@ -69,7 +69,7 @@ pub fn render(shards: &[ShardHandle], delivery: &DeliveryHandle) -> String {
         queue
             .get_or_create(&label)
             .set(delivery.queue_depth(shard.id()) as i64);
-        let active = status.state == crate::gateway::shard::ShardState::Active;
+        let active = status.state == crate::gateway::handle::ShardState::Active;
         connected.get_or_create(&label).set(active as i64);
     }
     registry.register(

@@ -15,8 +15,8 @@ use tracing::{error, warn};
 
 use super::batch::Request;
 use super::http::Failure;
-use super::pipeline::Shared;
 use super::retry::{self, Attempt, RetryAction};
+use super::shared::Shared;
 use super::signer::unix_now;
 use crate::state::dead_letter::DeadLetter;
 

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::batch::DeferredInteraction;
-use super::pipeline::Shared;
+use super::shared::Shared;
 use super::INTERACTION_CREATE;
 use crate::gateway::dispatch::Dispatch;
 

@@ -16,6 +16,7 @@ mod pacer;
 mod pipeline;
 mod retry;
 mod ring;
+mod shared;
 pub(crate) mod signer;
 mod sigv4;
 mod spooling;

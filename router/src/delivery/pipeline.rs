@@ -2,10 +2,9 @@
 //! one worker per shard queue, a handle for status pages and metrics, and replay of dead
 //! letters.
 //!
-//! Owns construction and what the tasks share (`Shared`); the per-shard loop is `worker`'s,
+//! Owns construction; what the tasks share is `shared`'s, the per-shard loop `worker`'s,
 //! each batch's fate `spooling`'s and `attempt`'s, interactions `interactions`'.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,10 +15,11 @@ use tokio::time::Instant;
 use tracing::{info_span, Instrument};
 
 use super::attempt::{attempt_until_done, dead_letter, Outcome};
-use super::batch::{DeferredInteraction, Request};
+use super::batch::Request;
 use super::endpoint::Endpoint;
 use super::interactions::defer_on_arrival;
 use super::ring::Ring;
+use super::shared::Shared;
 use super::signer::Signer;
 use super::stats::DeliveryStats;
 use super::worker::worker;
@@ -31,47 +31,32 @@ use crate::state::spool::{ShardSpool, SpoolUsage};
 /// Why the pipeline could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
+    /// The config is incomplete (no signing secret, no endpoint).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The HTTP client for Discord's REST API could not be built.
     #[error("failed to build the HTTP client: {0}")]
     Client(reqwest::Error),
+    /// The platform's certificate roots could not be loaded.
     #[error("failed to set up TLS (the platform's certificate roots): {0}")]
     Tls(rustls::Error),
+    /// An endpoint's URL cannot be connected to.
     #[error("endpoint `{endpoint}`: {source}")]
     Endpoint {
+        /// The endpoint's name.
         endpoint: String,
+        /// What is wrong with its URL.
         source: crate::delivery::http::BadUrl,
     },
+    /// An `aws-iam` endpoint has no AWS credentials to sign with.
     #[error("endpoint `{endpoint}` has auth = \"aws-iam\": {source}")]
     AwsCredentials {
+        /// The endpoint's name.
         endpoint: String,
+        /// The credential that is missing.
         source: crate::delivery::sigv4::MissingCredential,
     },
 }
-
-/// What the delivery tasks share.
-pub(super) struct Shared {
-    pub(super) client: reqwest::Client,
-    pub(super) signer: Signer,
-    pub(super) endpoints: Vec<Endpoint>,
-    pub(super) ring: Ring,
-    pub(super) config: Config,
-    pub(super) include: HashSet<String>,
-    pub(super) exclude: HashSet<String>,
-    pub(super) dead: DeadLetters,
-    pub(super) stats: Arc<DeliveryStats>,
-    /// Deferrals under way, by (shard, seq), started as interactions arrive and awaited when
-    /// their batch is built.
-    pub(super) deferrals: Mutex<Deferrals>,
-    /// What is safe per shard, for resume checkpoints.
-    pub(super) progress: crate::state::progress::Progress,
-    /// Bytes spooled across shards, against `state.spool_max_bytes`.
-    pub(super) spool_usage: Arc<SpoolUsage>,
-}
-
-/// Deferrals under way, by (shard, seq).
-pub(super) type Deferrals =
-    std::collections::HashMap<(u32, u64), tokio::task::JoinHandle<Option<DeferredInteraction>>>;
 
 /// The delivery pipeline: one worker per shard.
 pub struct Pipeline {
@@ -118,6 +103,7 @@ impl DeliveryHandle {
         self.shared.endpoints.iter().map(|e| e.name.as_str())
     }
 
+    /// What delivery has done so far.
     pub fn stats(&self) -> &DeliveryStats {
         &self.shared.stats
     }
@@ -246,6 +232,7 @@ impl Pipeline {
         tx
     }
 
+    /// What delivery has done so far, to keep after the pipeline is finished.
     pub fn stats(&self) -> Arc<DeliveryStats> {
         self.shared.stats.clone()
     }

@@ -27,12 +27,16 @@ pub struct Signer {
 /// Why a signed request was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
+    /// A header the signature needs is missing.
     #[error("missing header {0}")]
     Missing(&'static str),
+    /// `webhook-timestamp` is not a number of seconds.
     #[error("webhook-timestamp is not a Unix time in seconds")]
     BadTimestamp,
+    /// `webhook-timestamp` is too far from now.
     #[error("webhook-timestamp is more than 5 minutes from now")]
     Stale,
+    /// No `v1,` entry matches any key.
     #[error("no signature in webhook-signature matches")]
     NoMatch,
 }

@@ -14,7 +14,7 @@ use tracing::error;
 
 use super::attempt::{attempt_until_done, Outcome};
 use super::batch::Request;
-use super::pipeline::Shared;
+use super::shared::Shared;
 use super::signer::unix_now;
 use super::{SharedSpool, SPOOL_RETRY};
 use crate::state::dead_letter::DeadLetter;

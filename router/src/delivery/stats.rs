@@ -11,11 +11,15 @@ use std::time::Duration;
 /// Counters of what delivery did. Cheap to update from every task.
 #[derive(Debug)]
 pub struct DeliveryStats {
+    /// Events answered 2xx.
     pub events_delivered: AtomicU64,
+    /// Requests (batches) answered 2xx.
     pub requests_delivered: AtomicU64,
     /// Attempts after the first, over all batches.
     pub retries: AtomicU64,
+    /// Events set aside in the dead-letter file.
     pub events_dead_lettered: AtomicU64,
+    /// Requests (batches) set aside in the dead-letter file.
     pub requests_dead_lettered: AtomicU64,
     /// Events dropped by `events.include`/`events.exclude`.
     pub events_filtered: AtomicU64,
@@ -25,7 +29,9 @@ pub struct DeliveryStats {
     pub per_endpoint: Vec<AtomicU64>,
     /// Retried attempts, dead-lettered requests and rate-limit waits per endpoint.
     pub retries_by_endpoint: Vec<AtomicU64>,
+    /// Requests dead-lettered per endpoint, in config order.
     pub dead_letters_by_endpoint: Vec<AtomicU64>,
+    /// Sends that waited for an endpoint's `rate_limit`, per endpoint, in config order.
     pub rate_limit_waits: Vec<AtomicU64>,
     /// Events delivered per (shard, endpoint index).
     pub(crate) delivered_by: Mutex<std::collections::HashMap<(u32, usize), u64>>,
@@ -107,6 +113,7 @@ impl DeliveryStats {
         counter.load(AtomicOrdering::Relaxed)
     }
 
+    /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             events_delivered: Self::get(&self.events_delivered),
@@ -124,12 +131,20 @@ impl DeliveryStats {
 /// A copy of the counters at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatsSnapshot {
+    /// See `DeliveryStats::events_delivered`.
     pub events_delivered: u64,
+    /// See `DeliveryStats::requests_delivered`.
     pub requests_delivered: u64,
+    /// See `DeliveryStats::retries`.
     pub retries: u64,
+    /// See `DeliveryStats::events_dead_lettered`.
     pub events_dead_lettered: u64,
+    /// See `DeliveryStats::requests_dead_lettered`.
     pub requests_dead_lettered: u64,
+    /// See `DeliveryStats::events_filtered`.
     pub events_filtered: u64,
+    /// See `DeliveryStats::events_spooled`.
     pub events_spooled: u64,
+    /// See `DeliveryStats::per_endpoint`.
     pub per_endpoint: Vec<u64>,
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::ReusableBoxFuture;
 use tracing::Instrument;
 
 use super::batch::{Batch, Request};
-use super::pipeline::Shared;
+use super::shared::Shared;
 use super::spooling::{deliver, drain};
 use super::{SharedSpool, INTERACTION_CREATE, SPOOL_RETRY};
 use crate::config::Ordering;

@@ -9,7 +9,9 @@
 pub(crate) mod bot_info;
 pub(crate) mod close_code;
 pub(crate) mod command_limiter;
+mod connection;
 pub(crate) mod dispatch;
+pub(crate) mod handle;
 pub(crate) mod identify;
 pub(crate) mod inflater;
 pub(crate) mod payload;

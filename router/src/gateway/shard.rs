@@ -8,27 +8,27 @@
 //! (that is the consumer of the sink) nor which shards run (that is `router`).
 
 use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, error, info, warn};
 
 use crate::gateway::close_code::{self, CloseAction};
 use crate::gateway::command_limiter::CommandLimiter;
+use crate::gateway::connection::{reconnect, Accepted, Cause, Conn, Ended, Heartbeat, Step};
 use crate::gateway::dispatch::{range_within, Dispatch};
-use crate::gateway::identify::{IdentifyPermit, IdentifyQueue};
+use crate::gateway::handle::{
+    CommandGate, FatalClose, ShardHandle, ShardState, ShardStatus, COMMAND_QUEUE,
+};
+use crate::gateway::identify::IdentifyQueue;
 use crate::gateway::inflater::{Inflated, Inflater};
 use crate::gateway::payload::{self, op, Hello, Incoming, Ready};
 use crate::gateway::session::Session;
@@ -38,183 +38,10 @@ use crate::secret::Token;
 const BASE_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// The close code we send when the session should stay resumable: Discord invalidates the
-/// session when a client closes with 1000 or 1001.
-const RESUMABLE_CLOSE: u16 = 4000;
 /// Discord asks clients to wait a random 1-5 s before identifying after op 9 `d: false`.
 const REIDENTIFY_DELAY_MS: std::ops::RangeInclusive<u64> = 1000..=5000;
 /// Bytes read from the socket at a time.
 const READ_BUFFER: usize = 8 << 10;
-/// Commands admitted but not yet sent. Kept below any connection's budget, since commands
-/// queued when a connection drops are charged to the next connection's limiter.
-const COMMAND_QUEUE: usize = 32;
-
-/// Where a shard is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShardState {
-    /// Connecting and sending IDENTIFY for a new session.
-    Identifying,
-    /// Connecting and sending RESUME for the current session.
-    Resuming,
-    /// READY or RESUMED received; events flow.
-    Active,
-    /// Between connections, waiting out a backoff.
-    Disconnected { reconnect_attempts: u32 },
-    /// Stopped for good by a close code that reconnecting cannot fix.
-    FatallyClosed { code: u16 },
-}
-
-/// A snapshot of a shard, published on every state change.
-#[derive(Debug, Clone)]
-pub struct ShardStatus {
-    pub state: ShardState,
-    /// The current session, once READY arrived.
-    pub session_id: Option<Arc<str>>,
-    /// Sessions started with IDENTIFY (READY received).
-    pub sessions: u32,
-    /// Sessions continued with RESUME (RESUMED received).
-    pub resumes: u32,
-    /// Connections that ended and were replaced.
-    pub reconnects: u32,
-    /// Gateway messages skipped for exceeding `discord.max_message_size`.
-    pub oversize_skipped: u32,
-    /// Round trip of the last acknowledged heartbeat.
-    pub latency: Option<Duration>,
-    /// Why the last connection ended, for humans.
-    pub last_disconnect: Option<String>,
-    /// Connections that ended, by cause (`zombie`, `op7`, `close_code`...).
-    pub reconnect_causes: std::collections::BTreeMap<&'static str, u64>,
-    /// When the current session started (READY).
-    pub session_started: Option<Instant>,
-    /// The current session's `resume_gateway_url`.
-    pub resume_url: Option<Arc<str>>,
-}
-
-impl ShardStatus {
-    fn new() -> ShardStatus {
-        ShardStatus {
-            state: ShardState::Disconnected {
-                reconnect_attempts: 0,
-            },
-            session_id: None,
-            sessions: 0,
-            resumes: 0,
-            reconnects: 0,
-            oversize_skipped: 0,
-            latency: None,
-            last_disconnect: None,
-            reconnect_causes: Default::default(),
-            session_started: None,
-            resume_url: None,
-        }
-    }
-}
-
-/// The current connection's command limiter, shared with the shard's handles so a caller can
-/// be told "not now" (and for how long) instead of queueing without bound.
-type CommandGate = Arc<std::sync::Mutex<Option<Arc<CommandLimiter>>>>;
-
-/// A running shard, as seen from outside: its status and a way to send it commands.
-#[derive(Debug, Clone)]
-pub struct ShardHandle {
-    id: u32,
-    status: watch::Receiver<ShardStatus>,
-    last_seq: Arc<AtomicU64>,
-    received: Arc<AtomicU64>,
-    commands: mpsc::Sender<String>,
-    gate: CommandGate,
-}
-
-/// The shard has stopped and takes no more commands.
-#[derive(Debug, thiserror::Error)]
-#[error("shard {0} has stopped")]
-pub struct ShardStopped(pub u32);
-
-/// Why a command was not queued.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CommandRefused {
-    #[error("the shard is not connected")]
-    NotConnected,
-    #[error("the shard's send budget is spent; retry in {0:?}")]
-    RateLimited(Duration),
-    #[error("the shard has stopped")]
-    Stopped,
-}
-
-impl ShardHandle {
-    pub fn id(&self) -> u32 {
-        self.id
-    }
-
-    /// A receiver of the shard's status; `wait_for` on it awaits a state.
-    pub fn status(&self) -> watch::Receiver<ShardStatus> {
-        self.status.clone()
-    }
-
-    /// The last sequence number received on the current session.
-    pub fn last_seq(&self) -> u64 {
-        self.last_seq.load(Ordering::Relaxed)
-    }
-
-    /// Dispatch events received since start.
-    pub fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-
-    /// The connection's command budget per 60 s, while connected.
-    pub fn command_budget(&self) -> Option<u32> {
-        self.limiter().map(|l| l.budget())
-    }
-
-    fn limiter(&self) -> Option<Arc<CommandLimiter>> {
-        self.gate.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Queues a gateway command (a whole payload, `{"op":..,"d":..}`) now if the shard is
-    /// active and its send budget allows, or says why not. Validating the command is the
-    /// caller's job.
-    pub fn try_send(&self, payload: String) -> Result<(), CommandRefused> {
-        if self.status.borrow().state != ShardState::Active {
-            return Err(CommandRefused::NotConnected);
-        }
-        let limiter = self.limiter().ok_or(CommandRefused::NotConnected)?;
-        limiter.try_acquire().map_err(CommandRefused::RateLimited)?;
-        self.commands.try_send(payload).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                CommandRefused::RateLimited(Duration::from_secs(1))
-            }
-            mpsc::error::TrySendError::Closed(_) => CommandRefused::Stopped,
-        })
-    }
-
-    /// Queues a gateway command, waiting for the shard to be active and for its send budget.
-    pub async fn send(&self, payload: String) -> Result<(), ShardStopped> {
-        let mut status = self.status.clone();
-        loop {
-            status
-                .wait_for(|s| s.state == ShardState::Active)
-                .await
-                .map_err(|_| ShardStopped(self.id))?;
-            if let Some(limiter) = self.limiter() {
-                limiter.acquire().await;
-                return self
-                    .commands
-                    .send(payload)
-                    .await
-                    .map_err(|_| ShardStopped(self.id));
-            }
-            status.changed().await.map_err(|_| ShardStopped(self.id))?;
-        }
-    }
-}
-
-/// A shard stopped for good.
-#[derive(Debug, thiserror::Error)]
-#[error("shard {shard}: the gateway closed with {code} ({meaning}); the shard is stopped", meaning = close_code::meaning(*code))]
-pub struct FatalClose {
-    pub shard: u32,
-    pub code: u16,
-}
 
 /// What a shard needs to know to run.
 pub(crate) struct ShardConfig {
@@ -242,139 +69,6 @@ pub(crate) struct Shard {
     session: Option<Session>,
     /// A dispatch read but not yet taken by the sink; it survives a reconnect.
     pending: Option<Dispatch>,
-}
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Why a connection ended, for logs and status.
-#[derive(Debug)]
-enum Cause {
-    ConnectFailed(String),
-    ConnectTimeout,
-    HelloTimeout,
-    Dropped,
-    Transport(String),
-    Zombie,
-    Reconnect,
-    InvalidSession { resumable: bool },
-    Closed(u16),
-    Inflate(String),
-    InvalidJson(String),
-    Protocol(String),
-}
-
-impl Cause {
-    /// A short label for metrics.
-    fn label(&self) -> &'static str {
-        match self {
-            Cause::ConnectFailed(_) => "connect_failed",
-            Cause::ConnectTimeout | Cause::HelloTimeout => "timeout",
-            Cause::Dropped | Cause::Transport(_) => "dropped",
-            Cause::Zombie => "zombie",
-            Cause::Reconnect => "op7",
-            Cause::InvalidSession { .. } => "invalid_session",
-            Cause::Closed(_) => "close_code",
-            Cause::Inflate(_) => "inflate",
-            Cause::InvalidJson(_) => "invalid_json",
-            Cause::Protocol(_) => "protocol",
-        }
-    }
-}
-
-impl std::fmt::Display for Cause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Cause::ConnectFailed(e) => write!(f, "failed to connect: {e}"),
-            Cause::ConnectTimeout => f.write_str("connecting timed out"),
-            Cause::HelloTimeout => f.write_str("no HELLO in time"),
-            Cause::Dropped => f.write_str("the connection dropped"),
-            Cause::Transport(e) => write!(f, "websocket error: {e}"),
-            Cause::Zombie => f.write_str("no heartbeat ACK before the next beat (zombie)"),
-            Cause::Reconnect => f.write_str("Discord asked to reconnect (op 7)"),
-            Cause::InvalidSession { resumable } => {
-                write!(f, "invalid session (op 9, resumable: {resumable})")
-            }
-            Cause::Closed(code) => {
-                write!(f, "closed with {code} ({})", close_code::meaning(*code))
-            }
-            Cause::Inflate(e) => e.fmt(f),
-            Cause::InvalidJson(e) => write!(f, "a gateway message is not valid JSON: {e}"),
-            Cause::Protocol(e) => write!(f, "protocol error: {e}"),
-        }
-    }
-}
-
-/// How a connection ended.
-enum Ended {
-    Shutdown,
-    Fatal {
-        code: u16,
-    },
-    Reconnect {
-        cause: Cause,
-        resume: bool,
-        /// Overrides the backoff (op 9 asks for 1-5 s).
-        delay: Option<Duration>,
-    },
-}
-
-fn reconnect(cause: Cause, resume: bool) -> Ended {
-    Ended::Reconnect {
-        cause,
-        resume,
-        delay: None,
-    }
-}
-
-/// What the connection's event loop woke up for, when handling it needs the whole shard.
-enum Step {
-    Continue,
-    Beat,
-    Message(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
-}
-
-/// A dispatch to forward: its seq and where its `t` and `d` lie in the message.
-struct Accepted {
-    seq: u64,
-    name: std::ops::Range<usize>,
-    data: std::ops::Range<usize>,
-}
-
-/// Heartbeat bookkeeping for one connection.
-struct Heartbeat {
-    interval: Duration,
-    next: Instant,
-    acked: bool,
-    sent_at: Option<Instant>,
-}
-
-/// One WebSocket connection's state.
-struct Conn {
-    tx: SplitSink<Ws, Message>,
-    rx: SplitStream<Ws>,
-    inflater: Inflater,
-    heartbeat: Option<Heartbeat>,
-    identify_wait: Option<Pin<Box<dyn Future<Output = IdentifyPermit> + Send>>>,
-    hello_deadline: Instant,
-    active: bool,
-}
-
-impl Conn {
-    async fn send(&mut self, text: String) -> Result<(), Ended> {
-        self.tx
-            .send(Message::text(text))
-            .await
-            .map_err(|e| reconnect(Cause::Transport(e.to_string()), true))
-    }
-
-    /// Closes with a code that keeps the session resumable. Errors are moot: we are leaving.
-    async fn close(&mut self) {
-        let frame = CloseFrame {
-            code: CloseCode::from(RESUMABLE_CLOSE),
-            reason: "".into(),
-        };
-        let _ = self.tx.send(Message::Close(Some(frame))).await;
-    }
 }
 
 /// Resolves a future that may not exist; a missing one never resolves.

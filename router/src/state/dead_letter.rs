@@ -20,15 +20,19 @@ pub const FILE_NAME: &str = "dead-letters.jsonl";
 pub struct DeadLetter {
     /// Unix seconds when it was set aside.
     pub at: u64,
+    /// The batch's `webhook-id`, stable across its attempts and a replay.
     pub webhook_id: String,
+    /// The shard whose events it holds.
     pub shard_id: u32,
     /// The endpoint's name, and its URL then.
     pub endpoint: String,
+    /// The endpoint's URL when it was given up.
     pub url: String,
     /// The last HTTP status, if the endpoint answered at all.
     pub status: Option<u16>,
     /// Why it was given up, in words.
     pub error: String,
+    /// Attempts made.
     pub attempts: u32,
     /// The request body, as sent.
     pub body: Box<RawValue>,
