@@ -16,7 +16,7 @@ use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use axum::routing::get;
 use futures_util::SinkExt;
-use shardhook::config::Compression as Transport;
+use shardhook::config::Compression;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
@@ -171,10 +171,10 @@ async fn upgrade(
     RawQuery(query): RawQuery,
     State(shared): State<Arc<Shared>>,
 ) -> Response {
-    let transport = frames::transport_of(query.as_deref().unwrap_or(""));
+    let compression = frames::compression_of(query.as_deref().unwrap_or(""));
     ws.max_message_size(1 << 20)
         .on_upgrade(move |socket| async move {
-            let task = tokio::spawn(serve(socket, shared.clone(), transport));
+            let task = tokio::spawn(serve(socket, shared.clone(), compression));
             shared.tasks.lock().unwrap().push(task);
         })
 }
@@ -187,16 +187,16 @@ fn client_op(text: &str) -> (u64, Option<u32>) {
     (op, shard)
 }
 
-async fn serve(mut socket: WebSocket, shared: Arc<Shared>, transport: Transport) {
+async fn serve(mut socket: WebSocket, shared: Arc<Shared>, compression: Compression) {
     let hello = r#"{"op":10,"d":{"heartbeat_interval":41250},"s":null,"t":null}"#;
     if socket
-        .send(Message::Binary(frames::piece(transport, hello, true)))
+        .send(Message::Binary(frames::piece(compression, hello, true)))
         .await
         .is_err()
     {
         return;
     }
-    let ack = frames::piece(transport, r#"{"op":11}"#, false);
+    let ack = frames::piece(compression, r#"{"op":11}"#, false);
     // Until IDENTIFY.
     let shard = loop {
         match socket.recv().await {
@@ -219,7 +219,7 @@ async fn serve(mut socket: WebSocket, shared: Arc<Shared>, transport: Transport)
     });
     let ready = frames::dispatch("READY", 1, &ready.to_string());
     if socket
-        .send(Message::Binary(frames::piece(transport, &ready, false)))
+        .send(Message::Binary(frames::piece(compression, &ready, false)))
         .await
         .is_err()
     {
@@ -249,7 +249,7 @@ async fn serve(mut socket: WebSocket, shared: Arc<Shared>, transport: Transport)
     let start = Instant::now();
     let sent_at = &shared.sent_at[shard as usize % shared.sent_at.len()];
     let mut n = 0usize;
-    for chunk in &shared.load.encoded(transport).chunks {
+    for chunk in &shared.load.encoded(compression).chunks {
         // Heartbeats that arrived meanwhile are answered between chunks, never inside one.
         while let Some(Some(Ok(message))) = futures_util::FutureExt::now_or_never(socket.recv()) {
             if let Message::Text(text) = message {

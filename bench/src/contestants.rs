@@ -1,7 +1,7 @@
 //! The contestants, each run as a child process so its CPU and memory are its own:
 //! shardhook through its library (`Pipeline` + `Router::start_with`), and the limit, a reader
 //! that only inflates the frames and scans each message's envelope (name, seq, `d`'s extent).
-//! shardhook and the limit take the transport compression (`zlib-stream` or `zstd-stream`).
+//! shardhook and the limit take the compression compression (`zlib-stream` or `zstd-stream`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,11 +11,10 @@ use flate2::{Decompress, FlushDecompress};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use shardhook::Checkpointer;
 use shardhook::config::{
-    BatchConfig, Compression as Transport, Config, EndpointConfig, ShardsConfig, SigningConfig,
-    StateConfig,
+    BatchConfig, Compression, Config, EndpointConfig, ShardsConfig, SigningConfig, StateConfig,
 };
+use shardhook::Checkpointer;
 use shardhook::{Pipeline, Router, SigningKey, Token};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -46,13 +45,13 @@ pub async fn shardhook(
     sink_url: &str,
     secret: &str,
     batching: Batching,
-    transport: Transport,
+    compression: Compression,
 ) {
     let key = SigningKey::parse(secret).expect("a valid secret");
     let mut config = Config::default();
     config.discord.token = Token::new("bench-token");
     config.discord.api_url = api_url.to_owned();
-    config.discord.compression = transport;
+    config.discord.compression = compression;
     config.discord.shards = ShardsConfig::Auto;
     config.signing = SigningConfig {
         secret: Some(key),
@@ -99,18 +98,18 @@ struct Envelope<'a> {
 
 /// Reads `shards` connections, inflating and scanning every message; prints `done` once
 /// `events` traffic events per shard were scanned, then keeps reading until killed.
-pub async fn limit(gateway_url: &str, shards: u32, events: u64, transport: Transport) {
+pub async fn limit(gateway_url: &str, shards: u32, events: u64, compression: Compression) {
     let scanned = Arc::new(AtomicU64::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
     let target = events * shards as u64;
     for shard in 0..shards {
-        let url = format!("{gateway_url}/?v=10&encoding=json&compress={transport}");
+        let url = format!("{gateway_url}/?v=10&encoding=json&compress={compression}");
         let (scanned, done) = (scanned.clone(), done.clone());
         tokio::spawn(async move {
             let (mut ws, _) = tokio_tungstenite::connect_async(url)
                 .await
                 .expect("connect");
-            let mut decoder = Decoder::new(transport);
+            let mut decoder = Decoder::new(compression);
             let mut text: Vec<u8> = Vec::with_capacity(1 << 16);
             let mut bytes_of_d = 0usize;
             while let Some(Ok(message)) = ws.next().await {
@@ -157,13 +156,13 @@ enum Decoder {
 }
 
 impl Decoder {
-    fn new(transport: Transport) -> Decoder {
-        match transport {
-            Transport::ZlibStream => Decoder::Zlib {
+    fn new(compression: Compression) -> Decoder {
+        match compression {
+            Compression::ZlibStream => Decoder::Zlib {
                 z: Decompress::new(true),
                 compressed: Vec::new(),
             },
-            Transport::ZstdStream => {
+            Compression::ZstdStream => {
                 Decoder::Zstd(zstd::stream::raw::Decoder::new().expect("a zstd context"))
             }
         }

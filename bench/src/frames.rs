@@ -14,8 +14,8 @@
 //! whole frame of its own.
 
 use bytes::Bytes;
-use flate2::{Compress, Compression, FlushCompress};
-use shardhook::config::Compression as Transport;
+use flate2::{Compress, Compression as Level, FlushCompress};
+use shardhook::config::Compression;
 use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 
 /// Events per chunk: frames in a chunk share a compression context; between chunks the source
@@ -51,17 +51,17 @@ pub struct Encoded {
     pub wire_bytes: usize,
 }
 
-/// The transport named `zstd-stream`, or else `zlib-stream`.
-pub fn transport_named(name: &str) -> Transport {
-    Transport::named(name).unwrap_or(Transport::ZlibStream)
+/// The compression named `zstd-stream`, or else `zlib-stream`.
+pub fn compression_named(name: &str) -> Compression {
+    Compression::named(name).unwrap_or(Compression::ZlibStream)
 }
 
-/// The transport a gateway URL's query asks for with `compress=`.
-pub fn transport_of(query: &str) -> Transport {
+/// The compression a gateway URL's query asks for with `compress=`.
+pub fn compression_of(query: &str) -> Compression {
     query
         .split('&')
         .find_map(|p| p.strip_prefix("compress="))
-        .map_or(Transport::ZlibStream, transport_named)
+        .map_or(Compression::ZlibStream, compression_named)
 }
 
 pub const KINDS: [&str; 4] = [
@@ -247,24 +247,24 @@ fn zstd_encoder() -> zstd::stream::raw::Encoder<'static> {
 
 /// One message as a self-contained piece. zlib: with the zlib header (`first`) or raw deflate;
 /// zstd: a whole frame.
-pub fn piece(transport: Transport, text: &str, first: bool) -> Bytes {
+pub fn piece(compression: Compression, text: &str, first: bool) -> Bytes {
     let mut out = Vec::new();
-    match transport {
-        Transport::ZlibStream => {
-            let mut z = Compress::new(Compression::fast(), first);
+    match compression {
+        Compression::ZlibStream => {
+            let mut z = Compress::new(Level::fast(), first);
             deflate_into(&mut z, text.as_bytes(), &mut out);
         }
-        Transport::ZstdStream => zstd_into(&mut zstd_encoder(), text.as_bytes(), &mut out, true),
+        Compression::ZstdStream => zstd_into(&mut zstd_encoder(), text.as_bytes(), &mut out, true),
     }
     Bytes::from(out)
 }
 
 impl Load {
-    /// The load as `transport` frames.
-    pub fn encoded(&self, transport: Transport) -> &Encoded {
-        match transport {
-            Transport::ZlibStream => &self.zlib,
-            Transport::ZstdStream => &self.zstd,
+    /// The load as `compression` frames.
+    pub fn encoded(&self, compression: Compression) -> &Encoded {
+        match compression {
+            Compression::ZlibStream => &self.zlib,
+            Compression::ZstdStream => &self.zstd,
         }
     }
 
@@ -275,7 +275,7 @@ impl Load {
         let (mut raw_bytes, mut mix) = (0, [0usize; 4]);
         let mut guild_create_cache: Option<String> = None;
         for start in (0..events).step_by(CHUNK) {
-            let mut z = Compress::new(Compression::fast(), false);
+            let mut z = Compress::new(Level::fast(), false);
             let mut zs = zstd_encoder();
             let mut frames = Vec::with_capacity(CHUNK);
             let mut zstd_frames = Vec::with_capacity(CHUNK);
@@ -336,7 +336,7 @@ mod tests {
     /// A connection's HELLO and READY pieces, then every chunk with an ACK piece after the
     /// first, decode through one context (`decode`) into the load's events in seq order.
     fn pieces_and_chunks_make_one_valid_stream(
-        t: Transport,
+        t: Compression,
         mut decode: impl FnMut(&[u8]) -> String,
     ) {
         let load = Load::build(600, 1);
@@ -361,7 +361,7 @@ mod tests {
     #[test]
     fn zlib_pieces_and_chunks_make_one_valid_stream() {
         let mut d = Decompress::new(true);
-        pieces_and_chunks_make_one_valid_stream(Transport::ZlibStream, |f| inflate(&mut d, f));
+        pieces_and_chunks_make_one_valid_stream(Compression::ZlibStream, |f| inflate(&mut d, f));
     }
 
     /// Decompresses one WebSocket message of a zstd stream, as a reader does.
@@ -375,17 +375,20 @@ mod tests {
     }
 
     #[test]
-    fn transports_are_read_from_names_and_queries() {
-        for t in [Transport::ZlibStream, Transport::ZstdStream] {
-            assert_eq!(transport_named(&t.to_string()), t);
-            assert_eq!(transport_of(&format!("v=10&encoding=json&compress={t}")), t);
+    fn compressions_are_read_from_names_and_queries() {
+        for t in [Compression::ZlibStream, Compression::ZstdStream] {
+            assert_eq!(compression_named(&t.to_string()), t);
+            assert_eq!(
+                compression_of(&format!("v=10&encoding=json&compress={t}")),
+                t
+            );
         }
-        assert_eq!(transport_of("v=10"), Transport::ZlibStream);
+        assert_eq!(compression_of("v=10"), Compression::ZlibStream);
     }
 
     #[test]
     fn zstd_pieces_and_chunks_make_one_valid_stream() {
         let mut d = zstd::stream::raw::Decoder::new().unwrap();
-        pieces_and_chunks_make_one_valid_stream(Transport::ZstdStream, |f| unzstd(&mut d, f));
+        pieces_and_chunks_make_one_valid_stream(Compression::ZstdStream, |f| unzstd(&mut d, f));
     }
 }

@@ -25,8 +25,8 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use blast::Blaster;
-use frames::{transport_named, Load, KINDS};
-use shardhook::config::Compression as Transport;
+use frames::{compression_named, Load, KINDS};
+use shardhook::config::Compression;
 use sink::Sink;
 
 /// Serves `app` on `listener` (the source and the sink) with Nagle off, as a real gateway and
@@ -126,13 +126,13 @@ async fn child(args: &[String]) {
     match arg(0) {
         "shardhook" => {
             let (max_events, linger) = (arg(4).parse().unwrap(), arg(5).parse().unwrap());
-            let (transport, ordered) = (transport_named(arg(6)), arg(7) == "ordered");
+            let (compression, ordered) = (compression_named(arg(6)), arg(7) == "ordered");
             let batch = contestants::Batching {
                 max_events,
                 linger_ms: linger,
                 ordered,
             };
-            contestants::shardhook(arg(1), arg(2), arg(3), batch, transport).await
+            contestants::shardhook(arg(1), arg(2), arg(3), batch, compression).await
         }
         "twilight" => contestants::twilight(arg(1), arg(2), arg(3), arg(4).parse().unwrap()).await,
         "sink-ceiling" => {
@@ -140,7 +140,7 @@ async fn child(args: &[String]) {
         }
         "limit" => {
             let (shards, events) = (arg(2).parse().unwrap(), arg(3).parse().unwrap());
-            contestants::limit(arg(1), shards, events, transport_named(arg(4))).await
+            contestants::limit(arg(1), shards, events, compression_named(arg(4))).await
         }
         _ => usage(),
     }
@@ -152,12 +152,12 @@ enum Kind {
     Shardhook {
         max_events: usize,
         linger_ms: u64,
-        transport: Transport,
+        compression: Compression,
         /// `delivery.ordering = "shard"` (the default) rather than `"none"`.
         ordered: bool,
     },
     Twilight,
-    Limit(Transport),
+    Limit(Compression),
     SinkCeiling,
     /// A shardhook contestant run from the build named by `BENCH_BASELINE` (an older
     /// `shardhook-bench`), beside the current one in the same run: an A/B of a change.
@@ -183,11 +183,13 @@ impl Kind {
             Kind::Shardhook {
                 max_events,
                 linger_ms,
-                transport,
+                compression,
                 ..
-            } => format!("shardhook batched, {transport} ({max_events} events / {linger_ms} ms)"),
+            } => format!("shardhook batched, {compression} ({max_events} events / {linger_ms} ms)"),
             Kind::Twilight => "twilight-gateway 0.18 peer forwarder".into(),
-            Kind::Limit(transport) => format!("limit: {transport} inflate + scan only (no HTTP)"),
+            Kind::Limit(compression) => {
+                format!("limit: {compression} inflate + scan only (no HTTP)")
+            }
             Kind::SinkCeiling => {
                 "sink ceiling: plain load client (1 event per request, 64 in flight)".into()
             }
@@ -239,7 +241,7 @@ impl Ctx {
             Kind::Shardhook {
                 max_events,
                 linger_ms,
-                transport,
+                compression,
                 ordered,
             } => cmd.args([
                 "shardhook".to_owned(),
@@ -248,7 +250,7 @@ impl Ctx {
                 self.secret.clone(),
                 max_events.to_string(),
                 linger_ms.to_string(),
-                transport.to_string(),
+                compression.to_string(),
                 if *ordered { "ordered" } else { "unordered" }.to_owned(),
             ]),
             Kind::Twilight => cmd.args([
@@ -264,12 +266,12 @@ impl Ctx {
                 self.secret.clone(),
                 (self.events as u64 * self.shards as u64).to_string(),
             ]),
-            Kind::Limit(transport) => cmd.args([
+            Kind::Limit(compression) => cmd.args([
                 "limit".to_owned(),
                 self.blaster.gateway_url(),
                 self.shards.to_string(),
                 self.events.to_string(),
-                transport.to_string(),
+                compression.to_string(),
             ]),
             Kind::Baseline(_) => unreachable!("a baseline's kind was unwrapped above"),
         };
@@ -468,7 +470,7 @@ async fn idle_rss(shards: u32, secret: &str, epoch: Instant) -> Option<u64> {
     let mut child = ctx.spawn(&Kind::Shardhook {
         max_events: 1,
         linger_ms: 0,
-        transport: Transport::ZlibStream,
+        compression: Compression::ZlibStream,
         ordered: true,
     });
     let pid = child.id()?;
@@ -516,22 +518,22 @@ async fn run(o: Options) {
         events: o.events,
         fine_pacing: o.fine_pacing,
     };
-    let shardhook = |max_events, linger_ms, transport, ordered| Kind::Shardhook {
+    let shardhook = |max_events, linger_ms, compression, ordered| Kind::Shardhook {
         max_events,
         linger_ms,
-        transport,
+        compression,
         ordered,
     };
     let kinds = [
-        Kind::Limit(Transport::ZlibStream),
-        Kind::Limit(Transport::ZstdStream),
+        Kind::Limit(Compression::ZlibStream),
+        Kind::Limit(Compression::ZstdStream),
         Kind::Twilight,
-        shardhook(1, 0, Transport::ZlibStream, false),
-        shardhook(1, 0, Transport::ZlibStream, true),
-        shardhook(100, 5, Transport::ZlibStream, true),
-        shardhook(100, 5, Transport::ZstdStream, true),
+        shardhook(1, 0, Compression::ZlibStream, false),
+        shardhook(1, 0, Compression::ZlibStream, true),
+        shardhook(100, 5, Compression::ZlibStream, true),
+        shardhook(100, 5, Compression::ZstdStream, true),
         // No linger: a batch takes only what is already queued, so it grows with the backlog.
-        shardhook(100, 0, Transport::ZlibStream, true),
+        shardhook(100, 0, Compression::ZlibStream, true),
         Kind::SinkCeiling,
     ];
     // BENCH_BASELINE=path/to/an/older/shardhook-bench: each shardhook contestant also runs
@@ -597,7 +599,7 @@ async fn run(o: Options) {
     }
 
     let find = |want: &dyn Fn(&Kind) -> bool| chosen.iter().position(|k| want(k));
-    let limit = find(&|k| matches!(k, Kind::Limit(Transport::ZlibStream)));
+    let limit = find(&|k| matches!(k, Kind::Limit(Compression::ZlibStream)));
     let limit_rate = limit.map_or(f64::NAN, |i| median(peaks[i].iter().map(rate_of)));
     println!();
     println!(
@@ -657,14 +659,14 @@ async fn run(o: Options) {
             }
         )
     });
-    let batched = |t: Transport| {
+    let batched = |t: Compression| {
         find(
-            &|k| matches!(k, Kind::Shardhook { max_events: 100, transport, .. } if *transport == t),
+            &|k| matches!(k, Kind::Shardhook { max_events: 100, compression, .. } if *compression == t),
         )
     };
     let (zlib_batched, zstd_batched) = (
-        batched(Transport::ZlibStream),
-        batched(Transport::ZstdStream),
+        batched(Compression::ZlibStream),
+        batched(Compression::ZstdStream),
     );
     let ratio =
         |a: Option<usize>, b: Option<usize>, r: usize, f: &dyn Fn(&Outcome) -> f64| match (a, b) {

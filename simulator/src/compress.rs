@@ -4,25 +4,25 @@
 //! Owns its own compression code (flate2 and zstd used directly, not the router's inflater), so
 //! a framing mistake in the router cannot agree with itself here.
 
-use flate2::{Compress, Compression, FlushCompress};
+use flate2::{Compress as Deflater, Compression as Level, FlushCompress};
 
-use crate::protocol::Compress as Transport;
+use crate::protocol::Compress;
 
 /// The four bytes that end each `zlib-stream` message (an empty stored block of a sync flush).
 pub const ZLIB_SUFFIX: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// One connection's compression context: the whole connection is one stream.
 pub(crate) enum Compressor {
-    Zlib(Compress),
+    Zlib(Deflater),
     Zstd(zstd::stream::raw::Encoder<'static>),
 }
 
 impl Compressor {
-    pub(crate) fn new(transport: Transport) -> Compressor {
-        match transport {
-            Transport::ZlibStream => Compressor::Zlib(Compress::new(Compression::fast(), true)),
+    pub(crate) fn new(compress: Compress) -> Compressor {
+        match compress {
+            Compress::ZlibStream => Compressor::Zlib(Deflater::new(Level::fast(), true)),
             // Level 1, the fastest, as zlib's is; the level does not change the framing.
-            Transport::ZstdStream => Compressor::Zstd(
+            Compress::ZstdStream => Compressor::Zstd(
                 zstd::stream::raw::Encoder::new(1).expect("a zstd compression context"),
             ),
         }
@@ -69,7 +69,7 @@ pub fn zstd_flushed(z: &mut zstd::stream::raw::Encoder<'static>, input: &[u8]) -
 }
 
 /// Compresses one message with a sync flush, so it ends with `00 00 ff ff`.
-fn deflate(z: &mut Compress, input: &[u8]) -> Vec<u8> {
+fn deflate(z: &mut Deflater, input: &[u8]) -> Vec<u8> {
     let start = z.total_in();
     let mut out = Vec::with_capacity(input.len() / 2 + 64);
     loop {

@@ -18,7 +18,7 @@ use crate::compress::Compressor;
 use crate::events;
 use crate::fault::Fault;
 use crate::observed::{IdentifyRecord, LedgerEntry, ResumeRecord};
-use crate::protocol::{opcode as op, Compress as Transport};
+use crate::protocol::{opcode as op, Compress};
 use crate::rules::{
     IDENTIFY_INTERVAL, IDENTIFY_TOLERANCE, MAX_CLIENT_PAYLOAD, REPLAY_BUFFER, SEND_LIMIT,
     SEND_WINDOW,
@@ -56,7 +56,7 @@ struct Conn {
 pub(crate) async fn serve(
     socket: WebSocket,
     shared: Arc<Shared>,
-    compress: Option<Transport>,
+    compress: Option<Compress>,
     via_resume_url: bool,
 ) {
     let nth = shared.observe(|i| {

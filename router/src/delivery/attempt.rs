@@ -151,7 +151,7 @@ pub(super) async fn send(shared: &Shared, index: usize, request: &Request) -> At
         },
         Err(Failure::Timeout { .. }) => Attempt::Timeout,
         Err(Failure::Connect { .. }) => Attempt::Connect,
-        Err(Failure::Transport { .. }) => Attempt::Transport,
+        Err(Failure::Exchange { .. }) => Attempt::Exchange,
     }
 }
 
@@ -221,6 +221,6 @@ pub(super) fn describe(attempt: &Attempt) -> String {
         Attempt::Status { status, .. } => format!("the endpoint answered {status}"),
         Attempt::Connect => "the endpoint refused or could not be reached".to_owned(),
         Attempt::Timeout => "the attempt timed out".to_owned(),
-        Attempt::Transport => "the connection failed mid-request".to_owned(),
+        Attempt::Exchange => "the connection failed mid-request".to_owned(),
     }
 }

@@ -136,7 +136,7 @@ impl Pipeline {
             return Err(ConfigError::NoEndpoints.into());
         }
         // For Discord's REST API (deferring interactions, apologising for them); endpoints have
-        // connections of their own (`transport`).
+        // connections of their own (`http`).
         let tls = crate::tls::platform_tls().map_err(DeliveryError::Tls)?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(crate::tls::with_http2(&tls))

@@ -20,7 +20,7 @@ pub enum Attempt {
     /// The attempt took longer than its timeout.
     Timeout,
     /// Anything else on the way (a reset mid-response, a TLS error...).
-    Transport,
+    Exchange,
 }
 
 /// What to do about it.
@@ -40,7 +40,7 @@ impl Attempt {
     pub fn is_endpoint_failure(&self) -> bool {
         match self {
             Attempt::Status { status, .. } => *status >= 500,
-            Attempt::Connect | Attempt::Timeout | Attempt::Transport => true,
+            Attempt::Connect | Attempt::Timeout | Attempt::Exchange => true,
         }
     }
 }
@@ -63,7 +63,7 @@ pub fn decide(attempt: &Attempt) -> RetryAction {
             after: *retry_after,
         },
         Attempt::Status { .. } => RetryAction::DontRetry,
-        Attempt::Connect | Attempt::Timeout | Attempt::Transport => {
+        Attempt::Connect | Attempt::Timeout | Attempt::Exchange => {
             RetryAction::Retry { after: None }
         }
     }
@@ -108,7 +108,7 @@ mod tests {
                 "{s}"
             );
         }
-        for a in [Attempt::Connect, Attempt::Timeout, Attempt::Transport] {
+        for a in [Attempt::Connect, Attempt::Timeout, Attempt::Exchange] {
             assert_eq!(decide(&a), RetryAction::Retry { after: None });
         }
     }

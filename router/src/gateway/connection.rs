@@ -34,7 +34,7 @@ pub(super) enum Cause {
     ConnectTimeout,
     HelloTimeout,
     Dropped,
-    Transport(String),
+    WebSocket(String),
     Zombie,
     Reconnect,
     InvalidSession { resumable: bool },
@@ -50,7 +50,7 @@ impl Cause {
         match self {
             Cause::ConnectFailed(_) => "connect_failed",
             Cause::ConnectTimeout | Cause::HelloTimeout => "timeout",
-            Cause::Dropped | Cause::Transport(_) => "dropped",
+            Cause::Dropped | Cause::WebSocket(_) => "dropped",
             Cause::Zombie => "zombie",
             Cause::Reconnect => "op7",
             Cause::InvalidSession { .. } => "invalid_session",
@@ -69,7 +69,7 @@ impl std::fmt::Display for Cause {
             Cause::ConnectTimeout => f.write_str("connecting timed out"),
             Cause::HelloTimeout => f.write_str("no HELLO in time"),
             Cause::Dropped => f.write_str("the connection dropped"),
-            Cause::Transport(e) => write!(f, "websocket error: {e}"),
+            Cause::WebSocket(e) => write!(f, "websocket error: {e}"),
             Cause::Zombie => f.write_str("no heartbeat ACK before the next beat (zombie)"),
             Cause::Reconnect => f.write_str("Discord asked to reconnect (op 7)"),
             Cause::InvalidSession { resumable } => {
@@ -145,7 +145,7 @@ impl Conn {
         self.tx
             .send(Message::text(text))
             .await
-            .map_err(|e| reconnect(Cause::Transport(e.to_string()), true))
+            .map_err(|e| reconnect(Cause::WebSocket(e.to_string()), true))
     }
 
     /// Closes with a code that keeps the session resumable. Errors are moot: we are leaving.

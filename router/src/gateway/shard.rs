@@ -367,7 +367,7 @@ impl Shard {
     ) -> Option<Ended> {
         let message = match message {
             None => return Some(reconnect(Cause::Dropped, true)),
-            Some(Err(e)) => return Some(reconnect(Cause::Transport(e.to_string()), true)),
+            Some(Err(e)) => return Some(reconnect(Cause::WebSocket(e.to_string()), true)),
             Some(Ok(message)) => message,
         };
         let buf = match message {

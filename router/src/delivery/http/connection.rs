@@ -41,7 +41,7 @@ pub(super) struct Conn {
     pub(super) heard: bool,
 }
 
-/// An answer's head, as much of it as the transport uses.
+/// An answer's head, as much of it as the client uses.
 #[derive(Debug)]
 pub(super) struct Head {
     pub(super) status: u16,

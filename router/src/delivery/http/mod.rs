@@ -1,4 +1,5 @@
-//! Transport: the HTTP/1.1 connections deliveries go out on, a small pool of them per endpoint.
+//! Delivery's HTTP/1.1 client: the connections deliveries go out on, a small pool of them per
+//! endpoint.
 //!
 //! Owns connecting (TCP as hyper-util connects, both address families raced; then TLS with the
 //! system's roots for `https`), keeping idle connections for the next request, and one POST's
@@ -67,7 +68,7 @@ const MAX_HEADERS: usize = 100;
 const READ_ROOM: usize = 4 << 10;
 
 /// Why a round trip failed. The request may have reached the endpoint for `Timeout` and
-/// `Transport`; for `Connect` only when it went out once on a kept connection that the endpoint
+/// `Exchange`; for `Connect` only when it went out once on a kept connection that the endpoint
 /// closed without answering, before a new connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
@@ -83,7 +84,7 @@ pub enum Failure {
     /// The connection failed while the request or its answer was on its way, or the answer was
     /// not HTTP.
     #[error("the exchange with {authority} failed: {source}")]
-    Transport {
+    Exchange {
         authority: String,
         #[source]
         source: io::Error,
@@ -247,7 +248,7 @@ impl Pool {
                     continue;
                 }
                 Err(source) => {
-                    return Err(Failure::Transport {
+                    return Err(Failure::Exchange {
                         authority: self.authority.clone(),
                         source,
                     })

@@ -256,7 +256,7 @@ async fn a_kept_connection_that_closes_part_way_through_an_answer_is_not_sent_ag
             .post(headers(), Bytes::new(), ENOUGH)
             .await
             .unwrap_err();
-        assert!(matches!(failure, Failure::Transport { .. }), "{failure:?}");
+        assert!(matches!(failure, Failure::Exchange { .. }), "{failure:?}");
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             1,
@@ -462,7 +462,7 @@ async fn a_kept_connection_is_replaced_once_only() {
         .post(headers(), Bytes::new(), ENOUGH)
         .await
         .unwrap_err();
-    assert!(matches!(failure, Failure::Transport { .. }), "{failure:?}");
+    assert!(matches!(failure, Failure::Exchange { .. }), "{failure:?}");
     assert!(
         failure
             .to_string()
@@ -486,7 +486,7 @@ async fn garbage_instead_of_http_is_a_transport_failure_naming_the_endpoint() {
         .unwrap_err();
     let authority = url.trim_start_matches("http://").split('/').next().unwrap();
     assert!(
-        matches!(&failure, Failure::Transport { authority: a, .. } if a == authority),
+        matches!(&failure, Failure::Exchange { authority: a, .. } if a == authority),
         "{failure:?}"
     );
     assert!(failure.to_string().contains(authority), "{failure}");
@@ -501,7 +501,7 @@ async fn a_connection_closed_before_the_answer_is_a_transport_failure() {
         read_request(&mut tcp, &mut Vec::new()).await.unwrap();
     });
     let failure = post_once(&url).await.unwrap_err();
-    assert!(matches!(failure, Failure::Transport { .. }), "{failure:?}");
+    assert!(matches!(failure, Failure::Exchange { .. }), "{failure:?}");
 }
 
 #[tokio::test]
