@@ -414,50 +414,148 @@ async fn a_partial_batch_waits_out_its_linger_then_goes() {
     p.stop().await;
 }
 
+const INTERACTION: &str = r#"{"id":"1","type":2,"token":"t","application_id":"1"}"#;
+
+fn interaction() -> Fault {
+    Fault::Dispatch {
+        name: "INTERACTION_CREATE".into(),
+        d: INTERACTION.into(),
+    }
+}
+
+/// The requests that carried an INTERACTION_CREATE, with the endpoint each went to.
+fn interaction_requests(p: &Pipe) -> Vec<(usize, shardhook_simulator::receiver::RequestRecord)> {
+    p.requests()
+        .into_iter()
+        .filter(|(_, q)| String::from_utf8_lossy(&q.body).contains("INTERACTION_CREATE"))
+        .collect()
+}
+
 #[tokio::test]
-async fn batches_hold_one_session_in_order_and_interactions_do_not_wait() {
+async fn batches_hold_one_session_in_order_and_an_interaction_goes_alone_at_once() {
+    let linger = Duration::from_secs(3);
     let p = Pipe::start(sim(1, 0), vec![("a", 1.0, live(vec![]))], |c| {
         c.batch.max_events = 50;
-        c.batch.linger = Duration::from_secs(20);
+        c.batch.linger = linger;
     })
     .await;
     p.wait_until("the guild creates", |p| {
         p.sim.observed(|o| o.ledger.len() >= 3)
     })
     .await;
-    let shard = &p.shards[0];
-    let _ = shard
+    let _ = p.shards[0]
         .status()
         .wait_for(|s| s.state == shardhook::ShardState::Active)
         .await;
-    assert!(p.sim.inject(
-        0,
-        Fault::Dispatch {
-            name: "INTERACTION_CREATE".into(),
-            d: r#"{"id":"1","type":2,"token":"t","application_id":"1"}"#.into(),
-        }
-    ));
-    // The interaction flushes the batch at once, far sooner than the 20 s linger.
+    assert!(p.sim.inject(0, interaction()));
     p.wait_delivered(&[]).await;
     let requests = p.requests();
     assert_eq!(
         requests.len(),
-        1,
-        "READY, GUILD_CREATEs and the interaction in one batch"
+        2,
+        "the interaction alone, then READY and the GUILD_CREATEs in one batch"
     );
-    let body: serde_json::Value = serde_json::from_slice(&requests[0].1.body).unwrap();
-    let seqs: Vec<u64> = body["events"]
+    let bodies: Vec<serde_json::Value> = requests
+        .iter()
+        .map(|(_, q)| serde_json::from_slice(&q.body).unwrap())
+        .collect();
+    // The interaction did not wait for the batch's linger: it went first, alone.
+    assert_eq!(bodies[0]["events"].as_array().unwrap().len(), 1);
+    assert_eq!(bodies[0]["events"][0]["t"], "INTERACTION_CREATE");
+    let identified = p.sim.observed(|o| o.identifies[0].at);
+    assert!(
+        requests[0].1.at < identified + linger,
+        "the interaction waited for the batch's linger"
+    );
+    let seqs: Vec<u64> = bodies[1]["events"]
         .as_array()
         .unwrap()
         .iter()
         .map(|e| e["s"].as_u64().unwrap())
         .collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
-    assert_eq!(
-        body["events"].as_array().unwrap().last().unwrap()["t"],
-        "INTERACTION_CREATE"
-    );
     p.assert_exactly_once_in_order(&[]);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn an_interaction_reaches_the_endpoint_while_its_shards_batch_is_held() {
+    // The shard's first batch (READY, GUILD_CREATEs) is held 2 s; in order, the shard's next
+    // batch waits for it. The interaction does not.
+    let hold = Duration::from_secs(2);
+    let p = Pipe::start(
+        sim(1, 0),
+        vec![("a", 1.0, live(vec![Reply::Delay(hold)]))],
+        |c| c.batch.max_events = 100,
+    )
+    .await;
+    p.wait_until("the first batch to be held", |p| !p.requests().is_empty())
+        .await;
+    let injected = tokio::time::Instant::now();
+    assert!(p.sim.inject(0, interaction()));
+    p.wait_until("the interaction", |p| !interaction_requests(p).is_empty())
+        .await;
+    let took = interaction_requests(&p)[0].1.at - injected;
+    assert!(
+        p.arrivals()
+            .iter()
+            .all(|(_, a)| a.name == "INTERACTION_CREATE"),
+        "the held batch was answered before the interaction arrived"
+    );
+    assert!(
+        took < Duration::from_millis(100),
+        "the interaction reached the endpoint {took:?} after Discord sent it"
+    );
+    p.wait_delivered(&[]).await;
+    p.assert_exactly_once_in_order(&[]);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn interactions_of_a_failing_endpoints_shards_reach_the_other_within_a_second() {
+    // `a` answers 503 to everything; its circuit never opens, so the batches of its shards go
+    // on retrying there. Their interactions move to `b` after one attempt.
+    let shards = 4;
+    let p = Pipe::start(
+        sim(shards, 0),
+        vec![("a", 1.0, live(vec![])), ("b", 1.0, live(vec![]))],
+        |c| c.delivery.circuit_failures = 1_000_000,
+    )
+    .await;
+    p.receivers[0].as_ref().unwrap().set_down(true);
+    for shard in &p.shards {
+        let _ = shard
+            .status()
+            .wait_for(|s| s.state == shardhook::ShardState::Active)
+            .await;
+    }
+    for shard in 0..shards {
+        let injected = tokio::time::Instant::now();
+        assert!(p.sim.inject(shard, interaction()));
+        let arrived = |p: &Pipe| {
+            p.arrivals()
+                .into_iter()
+                .find(|(i, a)| *i == 1 && a.shard == shard && a.name == "INTERACTION_CREATE")
+        };
+        p.wait_until("the interaction at b", |p| arrived(p).is_some())
+            .await;
+        let took = arrived(&p).unwrap().1.at - injected;
+        assert!(
+            took < Duration::from_secs(1),
+            "shard {shard}'s interaction reached b {took:?} after Discord sent it"
+        );
+    }
+    let tried_at_a = interaction_requests(&p)
+        .iter()
+        .filter(|(i, _)| *i == 0)
+        .count();
+    assert!(
+        tried_at_a >= 1,
+        "no shard of the four is homed on a, so nothing failed over"
+    );
+    p.receivers[0].as_ref().unwrap().set_down(false);
+    p.wait_delivered(&[]).await;
+    p.assert_exactly_once(&[]);
     p.stop().await;
 }
 

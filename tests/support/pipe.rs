@@ -338,6 +338,10 @@ impl Pipe {
             *times
                 .entry((a.shard, a.session.clone(), a.seq))
                 .or_default() += 1;
+            // Interactions go in a lane of their own, out of their shard's order.
+            if a.name == "INTERACTION_CREATE" {
+                continue;
+            }
             let prev = last
                 .insert((a.shard, a.session.clone()), a.seq)
                 .unwrap_or(0);

@@ -128,7 +128,9 @@ pub struct DeliveryConfig {
     /// `"shard"` (default) or `"none"`.
     #[serde(default)]
     pub ordering: Ordering,
-    /// Events queued per shard before the shard stops reading (backpressure).
+    /// Events waiting per shard before the shard stops reading (backpressure): half in the
+    /// shard's queue, half read ahead by its delivery worker while a batch is on its way (so it
+    /// sees an interaction at once).
     #[serde(default = "default_queue")]
     pub queue: usize,
     /// On shutdown, how long queued events may take to deliver before the rest is left for

@@ -1,12 +1,14 @@
-//! One batch's attempts: pick its endpoint (failing over while circuits are open), sign with a
-//! fresh timestamp (and SigV4 for Lambda), POST, classify the answer, wait out the backoff, and
-//! dead-letter it when the attempts or the time run out.
+//! One request's attempts: pick its endpoint (failing over while circuits are open), sign with
+//! a fresh timestamp (and SigV4 for Lambda), POST, classify the answer, wait out the backoff,
+//! and dead-letter it when the attempts or the time run out. A batch is retried on
+//! `[delivery]`'s schedule; an interaction, in a lane of its own, until Discord would no longer
+//! take its response, moving to the shard's next endpoint after each failure.
 //!
-//! Owns the retry loop and the dead letter's contents; the retry decision is `retry`'s, the
+//! Owns the retry loops and the dead letter's contents; the retry decision is `retry`'s, the
 //! connection `http`'s, endpoint choice `ring`'s.
 
 use std::sync::atomic::Ordering as AtomicOrdering;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde_json::value::RawValue;
@@ -44,28 +46,11 @@ pub(super) async fn attempt_until_done(shared: &Shared, request: Request) -> Out
             shared.stats.retries.fetch_add(1, AtomicOrdering::Relaxed);
             shared.stats.retries_by_endpoint[index].fetch_add(1, AtomicOrdering::Relaxed);
         }
-        let attempt = send(shared, index, &request).await;
-        let opened = endpoint.circuit.record(attempt.is_endpoint_failure());
-        if opened {
-            warn!(endpoint = %endpoint.name, "endpoint keeps failing; its shards fail over until it recovers");
-        }
+        let attempt = send(shared, index, &request, None).await;
+        record_health(shared, index, &attempt);
         match retry::decide(&attempt) {
             RetryAction::Successful => {
-                let stats = &shared.stats;
-                stats
-                    .requests_delivered
-                    .fetch_add(1, AtomicOrdering::Relaxed);
-                stats
-                    .events_delivered
-                    .fetch_add(request.events as u64, AtomicOrdering::Relaxed);
-                stats.per_endpoint[index].fetch_add(request.events as u64, AtomicOrdering::Relaxed);
-                *stats
-                    .delivered_by
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry((request.shard_id, index))
-                    .or_default() += request.events as u64;
-                stats.record_latency(request.first_received.elapsed());
+                record_delivered(shared, index, &request);
                 return Outcome::Delivered;
             }
             RetryAction::DontRetry => break (index, attempt),
@@ -88,19 +73,123 @@ pub(super) async fn attempt_until_done(shared: &Shared, request: Request) -> Out
     Outcome::DeadLettered
 }
 
-pub(super) const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
-pub(super) const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
-pub(super) const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+/// Attempts an interaction until `deadline`. Each failure of an endpoint moves it to the
+/// shard's next endpoint by rank (skipping open circuits) at once, so a failing endpoint costs
+/// one attempt, not the deadline; after a round of every endpoint it backs off, up to
+/// `max_backoff`. Past the deadline it is dead-lettered.
+pub(super) async fn attempt_interaction(
+    shared: &Shared,
+    request: Request,
+    deadline: Instant,
+    max_backoff: Duration,
+) {
+    let ranked = shared.ring.rank(request.shard_id as u64);
+    let mut turn = 0;
+    let mut attempts = 0u32;
+    let last = loop {
+        // The first endpoint from `turn` on whose circuit lets a request through; when none
+        // does, `turn`'s own: an interaction is worth an attempt against an open circuit.
+        let position = (0..ranked.len())
+            .map(|k| (turn + k) % ranked.len())
+            .find(|p| shared.endpoints[ranked[*p]].circuit.allows())
+            .unwrap_or(turn % ranked.len());
+        let index = ranked[position];
+        attempts += 1;
+        if attempts > 1 {
+            shared.stats.retries.fetch_add(1, AtomicOrdering::Relaxed);
+            shared.stats.retries_by_endpoint[index].fetch_add(1, AtomicOrdering::Relaxed);
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let attempt = send(shared, index, &request, Some(remaining)).await;
+        record_health(shared, index, &attempt);
+        match retry::decide(&attempt) {
+            RetryAction::Successful => {
+                record_delivered(shared, index, &request);
+                return;
+            }
+            RetryAction::DontRetry => break (index, attempt),
+            RetryAction::Retry { after } => {
+                let endpoint = &shared.endpoints[index].name;
+                warn!(%endpoint, webhook_id = %request.id, attempts, ?attempt, "an interaction's delivery attempt failed; will retry");
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break (index, attempt);
+                }
+                turn = if attempt.is_endpoint_failure() {
+                    position + 1
+                } else {
+                    position
+                };
+                let round_done = (attempts as usize).is_multiple_of(ranked.len());
+                let wait = match after {
+                    Some(after) => after,
+                    None if turn != position && !round_done => Duration::ZERO,
+                    None => retry::backoff(attempts, INTERACTION_BACKOFF, max_backoff),
+                };
+                sleep(wait.min(remaining)).await;
+            }
+        }
+    };
+    dead_letter(shared, request, attempts, Some(last)).await;
+}
+
+/// An interaction's first wait after a round of failed attempts.
+const INTERACTION_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Counts an attempt for or against its endpoint's circuit.
+fn record_health(shared: &Shared, index: usize, attempt: &Attempt) {
+    let endpoint = &shared.endpoints[index];
+    if endpoint.circuit.record(attempt.is_endpoint_failure()) {
+        warn!(endpoint = %endpoint.name, "endpoint keeps failing; its shards fail over until it recovers");
+    }
+}
+
+/// Counts a request the endpoint at `index` took.
+fn record_delivered(shared: &Shared, index: usize, request: &Request) {
+    let stats = &shared.stats;
+    let events = request.events as u64;
+    stats
+        .requests_delivered
+        .fetch_add(1, AtomicOrdering::Relaxed);
+    stats
+        .events_delivered
+        .fetch_add(events, AtomicOrdering::Relaxed);
+    stats.per_endpoint[index].fetch_add(events, AtomicOrdering::Relaxed);
+    *stats
+        .delivered_by
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((request.shard_id, index))
+        .or_default() += events;
+    stats.record_latency(request.first_received.elapsed());
+}
+
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
 /// A header value from text the router made itself (ids, timestamps, AWS signatures).
-pub(super) fn ascii(value: &str) -> HeaderValue {
+fn ascii(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).expect("the router's own header values are visible ASCII")
 }
 
-/// One attempt: sign with a fresh timestamp, POST, and classify what came back.
-pub(super) async fn send(shared: &Shared, index: usize, request: &Request) -> Attempt {
+/// One attempt: sign with a fresh timestamp, POST, and classify what came back. An interaction
+/// (`within` its time left) takes no in-flight slot, so a full endpoint does not hold it up, and
+/// its attempt ends with its time.
+async fn send(
+    shared: &Shared,
+    index: usize,
+    request: &Request,
+    within: Option<Duration>,
+) -> Attempt {
     let endpoint = &shared.endpoints[index];
-    let (_permit, waited) = endpoint.ready().await;
+    let (_permit, waited) = match within {
+        None => {
+            let (permit, waited) = endpoint.ready().await;
+            (Some(permit), waited)
+        }
+        Some(_) => (None, endpoint.paced().await),
+    };
     if waited {
         shared.stats.rate_limit_waits[index].fetch_add(1, AtomicOrdering::Relaxed);
     }
@@ -136,9 +225,10 @@ pub(super) async fn send(shared: &Shared, index: usize, request: &Request) -> At
     let signature = HeaderValue::try_from(signature).expect("a signature header is ASCII");
     headers.insert(WEBHOOK_SIGNATURE, signature);
     // The timeout covers the whole exchange: connecting, sending, and reading the answer.
+    let timeout = within.map_or(endpoint.timeout, |left| left.min(endpoint.timeout));
     let sent = endpoint
         .pool
-        .post(headers, request.body.clone(), endpoint.timeout)
+        .post(headers, request.body.clone(), timeout)
         .await;
     match sent {
         Ok(answer) => Attempt::Status {
@@ -216,7 +306,7 @@ pub(super) async fn dead_letter(
     }
 }
 
-pub(super) fn describe(attempt: &Attempt) -> String {
+fn describe(attempt: &Attempt) -> String {
     match attempt {
         Attempt::Status { status, .. } => format!("the endpoint answered {status}"),
         Attempt::Connect => "the endpoint refused or could not be reached".to_owned(),

@@ -58,16 +58,22 @@ impl Endpoint {
         })
     }
 
+    /// Waits for the endpoint's rate limit only; says whether it had to.
+    pub async fn paced(&self) -> bool {
+        let Some(pacer) = &self.pacer else {
+            return false;
+        };
+        let waited = pacer.try_acquire().is_err();
+        if waited {
+            pacer.acquire().await;
+        }
+        waited
+    }
+
     /// Waits for the endpoint's rate limit and a free in-flight slot; hold the permit while
     /// the request is out. Also says whether the rate limit made it wait.
     pub async fn ready(&self) -> (tokio::sync::SemaphorePermit<'_>, bool) {
-        let mut waited = false;
-        if let Some(pacer) = &self.pacer {
-            waited = pacer.try_acquire().is_err();
-            if waited {
-                pacer.acquire().await;
-            }
-        }
+        let waited = self.paced().await;
         let permit = self
             .in_flight
             .acquire()

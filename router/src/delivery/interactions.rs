@@ -1,20 +1,20 @@
-//! Interactions: with `interactions.auto_defer`, each INTERACTION_CREATE is acknowledged with
-//! a deferred response as it arrives (Discord gives 3 s), before its handler sees it; when its
-//! batch is finally dead-lettered, the user is told with the configured error message.
+//! Interactions: each INTERACTION_CREATE goes in a lane of its own, never behind its shard's
+//! batches, since Discord gives its handler 3 s to answer. With `interactions.auto_defer` it is
+//! first acknowledged with a deferred response, before its handler sees it; when it is finally
+//! dead-lettered, the user is told with the configured error message.
 //!
-//! Owns those two calls to Discord's REST API and the deferrals under way; it leaves sending
-//! the interaction to its endpoint to `worker` and `attempt`.
+//! Owns the lane's schedule and those two calls to Discord's REST API; `worker` diverts
+//! interactions here as it reads them, and `attempt` sends.
 
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::batch::DeferredInteraction;
+use super::attempt::attempt_interaction;
+use super::batch::{Batch, DeferredInteraction};
 use super::shared::Shared;
-use super::INTERACTION_CREATE;
 use crate::gateway::dispatch::Dispatch;
 
 /// The fields of an interaction that deferring and editing need.
@@ -31,21 +31,12 @@ struct InteractionRef<'a> {
 const MESSAGE_COMPONENT: u8 = 3;
 /// How long deferring may hold up forwarding the interaction.
 const DEFER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long Discord waits for an interaction's first response.
+const RESPONSE_WINDOW: Duration = Duration::from_secs(3);
+/// How long a deferred interaction's token stays valid for its handler's follow-ups.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
 impl Shared {
-    /// The deferral started for `event` when it arrived, once it is done.
-    pub(super) async fn deferred(&self, event: &Dispatch) -> Option<DeferredInteraction> {
-        if !event.is_named(INTERACTION_CREATE) {
-            return None;
-        }
-        let started = self
-            .deferrals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(event.shard_id, event.seq))?;
-        started.await.ok().flatten()
-    }
-
     /// Acknowledges an INTERACTION_CREATE with a deferred response and says so; `None` if
     /// Discord refused.
     pub(super) async fn defer(&self, event: &Dispatch) -> Option<DeferredInteraction> {
@@ -144,26 +135,26 @@ impl Shared {
     }
 }
 
-/// With `interactions.auto_defer`: starts deferring each interaction as it arrives, then
-/// passes every event on to the delivery loop.
-pub(super) async fn defer_on_arrival(
-    shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Dispatch>,
-    tx: mpsc::Sender<Dispatch>,
-) {
-    while let Some(event) = rx.recv().await {
-        if event.is_named(INTERACTION_CREATE) && shared.wanted(&event) {
-            let (deferring, key) = (shared.clone(), (event.shard_id, event.seq));
-            let interaction = event.clone();
-            let started = tokio::spawn(async move { deferring.defer(&interaction).await });
-            shared
-                .deferrals
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key, started);
-        }
-        if tx.send(event).await.is_err() {
-            return;
-        }
+/// Delivers one interaction in a lane of its own, whatever its shard's batches are doing:
+/// deferred first with `interactions.auto_defer`, then sent as a request of its own and retried
+/// until Discord would no longer take its response (3 s from its arrival, or the 15 minutes of
+/// a deferred token), then dead-lettered. Its seq must have been started in `progress`; it is
+/// finished here.
+pub(super) async fn deliver_interaction(shared: Arc<Shared>, event: Dispatch) {
+    let (shard, session, seq) = (event.shard_id, event.session_id.clone(), event.seq);
+    let deferred = match shared.config.interactions.auto_defer {
+        true => shared.defer(&event).await,
+        false => None,
+    };
+    let (window, max_backoff) = match deferred {
+        Some(_) => (TOKEN_LIFETIME, shared.config.delivery.max_backoff),
+        None => (RESPONSE_WINDOW, RESPONSE_WINDOW / 4),
+    };
+    let deadline = event.received_at + window;
+    let mut batch = Batch::new(event);
+    if let Some(interaction) = deferred {
+        batch.mark_deferred(interaction);
     }
+    attempt_interaction(&shared, batch.finish(), deadline, max_backoff).await;
+    shared.progress.finished(shard, &session, seq);
 }

@@ -5,7 +5,7 @@
 //! Owns construction; what the tasks share is `shared`'s, the per-shard loop `worker`'s,
 //! each batch's fate `spooling`'s and `attempt`'s, interactions `interactions`'.
 
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,12 +17,11 @@ use tracing::{info_span, Instrument};
 use super::attempt::{attempt_until_done, dead_letter, Outcome};
 use super::batch::Request;
 use super::endpoint::Endpoint;
-use super::interactions::defer_on_arrival;
 use super::ring::Ring;
 use super::shared::Shared;
 use super::signer::Signer;
 use super::stats::DeliveryStats;
-use super::worker::worker;
+use super::worker::{worker, Intake};
 use crate::config::{Config, ConfigError};
 use crate::gateway::dispatch::Dispatch;
 use crate::state::dead_letter::{DeadLetter, DeadLetters};
@@ -62,14 +61,17 @@ pub enum DeliveryError {
 pub struct Pipeline {
     pub(super) shared: Arc<Shared>,
     workers: JoinSet<()>,
-    queues: Arc<Mutex<std::collections::BTreeMap<u32, mpsc::WeakSender<Dispatch>>>>,
+    queues: Arc<Mutex<Queues>>,
 }
+
+/// Each shard's queue and the events its worker read ahead of it, for queue depths.
+type Queues = std::collections::BTreeMap<u32, (mpsc::WeakSender<Dispatch>, Arc<AtomicUsize>)>;
 
 /// A view of the pipeline for status pages and metrics.
 #[derive(Clone)]
 pub struct DeliveryHandle {
     shared: Arc<Shared>,
-    queues: Arc<Mutex<std::collections::BTreeMap<u32, mpsc::WeakSender<Dispatch>>>>,
+    queues: Arc<Mutex<Queues>>,
 }
 
 impl DeliveryHandle {
@@ -89,13 +91,16 @@ impl DeliveryHandle {
         (usage.used.load(AtomicOrdering::Relaxed), usage.limit)
     }
 
-    /// Events waiting in a shard's queue.
+    /// Events of a shard waiting for a batch: in its queue, or read ahead by its worker.
     pub fn queue_depth(&self, shard_id: u32) -> usize {
         let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
-        queues
-            .get(&shard_id)
-            .and_then(|weak| weak.upgrade())
-            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+        let Some((queue, held)) = queues.get(&shard_id) else {
+            return 0;
+        };
+        let queued = queue
+            .upgrade()
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity());
+        queued + held.load(AtomicOrdering::Relaxed)
     }
 
     /// Endpoint names, in config order.
@@ -182,7 +187,6 @@ impl Pipeline {
                 dead: DeadLetters::new(&config.state.dir),
                 config: config.clone(),
                 stats,
-                deferrals: Mutex::default(),
                 progress: Default::default(),
                 spool_usage: Arc::new(SpoolUsage {
                     used: AtomicU64::new(0),
@@ -204,23 +208,18 @@ impl Pipeline {
 
     /// The queue for `shard_id`'s events, with its worker started.
     pub fn sink(&mut self, shard_id: u32) -> mpsc::Sender<Dispatch> {
-        let (tx, rx) = mpsc::channel(self.shared.config.delivery.queue);
+        // `delivery.queue` bounds the events of a shard waiting for a batch: half in the queue,
+        // half read ahead by its worker.
+        let queue = self.shared.config.delivery.queue;
+        let queued = (queue / 2).max(1);
+        let (tx, rx) = mpsc::channel(queued);
+        let held = Arc::new(AtomicUsize::new(0));
         self.queues
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(shard_id, tx.downgrade());
+            .insert(shard_id, (tx.downgrade(), held.clone()));
         let shared = self.shared.clone();
-        let rx = if shared.config.interactions.auto_defer {
-            // Interactions are deferred as they arrive, not when their turn in the queue comes.
-            let (intake, worker_rx) = mpsc::channel(1);
-            self.workers.spawn(
-                defer_on_arrival(shared.clone(), rx, intake)
-                    .instrument(info_span!("intake", shard_id)),
-            );
-            worker_rx
-        } else {
-            rx
-        };
+        let intake = Intake::new(rx, queue.saturating_sub(queued).max(1), held);
         let spool = ShardSpool::open(
             &shared.config.state.dir,
             shard_id,
@@ -228,7 +227,7 @@ impl Pipeline {
         );
         let spool = Arc::new(tokio::sync::Mutex::new(spool));
         self.workers
-            .spawn(worker(shared, rx, spool).instrument(info_span!("delivery", shard_id)));
+            .spawn(worker(shared, intake, spool).instrument(info_span!("delivery", shard_id)));
         tx
     }
 

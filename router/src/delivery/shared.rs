@@ -1,15 +1,14 @@
 //! What every delivery task of the process shares (`Shared`): the endpoints and the ring that
 //! picks among them, the signer, the config, the filters, the dead-letter file, the counters,
-//! the deferrals under way and durable progress.
+//! and durable progress.
 //!
 //! Owns only the record; `pipeline` builds it, and the tasks' behaviour on it lives with them
 //! (`worker` reads a shard's queue through it, `interactions` defers and apologises, `attempt`
 //! sends).
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use super::batch::DeferredInteraction;
 use super::endpoint::Endpoint;
 use super::ring::Ring;
 use super::signer::Signer;
@@ -29,15 +28,8 @@ pub(super) struct Shared {
     pub(super) exclude: HashSet<String>,
     pub(super) dead: DeadLetters,
     pub(super) stats: Arc<DeliveryStats>,
-    /// Deferrals under way, by (shard, seq), started as interactions arrive and awaited when
-    /// their batch is built.
-    pub(super) deferrals: Mutex<Deferrals>,
     /// What is safe per shard, for resume checkpoints.
     pub(super) progress: crate::state::progress::Progress,
     /// Bytes spooled across shards, against `state.spool_max_bytes`.
     pub(super) spool_usage: Arc<SpoolUsage>,
 }
-
-/// Deferrals under way, by (shard, seq).
-pub(super) type Deferrals =
-    std::collections::HashMap<(u32, u64), tokio::task::JoinHandle<Option<DeferredInteraction>>>;

@@ -1,11 +1,15 @@
 //! One shard's delivery loop: take events from the shard's queue (filtered), batch them, and
-//! send the batches in order, or several at once with `ordering = "none"`.
+//! send the batches in order, or several at once with `ordering = "none"`; interactions are
+//! taken out as they are read and go in a lane of their own (`interactions`).
 //!
-//! Owns batching decisions (size, bytes, linger, an interaction closes its batch) and the
-//! unordered senders; what happens to each batch is `spooling`'s and `attempt`'s.
+//! Owns reading the queue (ahead, while a batch is out), batching decisions (size, bytes,
+//! linger) and the unordered senders; what happens to each batch is `spooling`'s and
+//! `attempt`'s.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::{pin, Pin};
-use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +20,7 @@ use tokio_util::sync::ReusableBoxFuture;
 use tracing::Instrument;
 
 use super::batch::{Batch, Request};
+use super::interactions::deliver_interaction;
 use super::shared::Shared;
 use super::spooling::{deliver, drain};
 use super::{SharedSpool, INTERACTION_CREATE, SPOOL_RETRY};
@@ -106,7 +111,7 @@ impl Shared {
 
     /// Whether `event` passes `events.include` and `exclude`. Without filters (the common
     /// case) its name is not read at all: this runs for every event.
-    pub(super) fn wanted(&self, event: &Dispatch) -> bool {
+    fn wanted(&self, event: &Dispatch) -> bool {
         if self.include.is_empty() && self.exclude.is_empty() {
             return true;
         }
@@ -115,7 +120,7 @@ impl Shared {
     }
 
     /// Whether `event` is forwarded; one that is filtered out counts as done for checkpoints.
-    pub(super) fn keep(&self, event: &Dispatch) -> bool {
+    fn keep(&self, event: &Dispatch) -> bool {
         if self.wanted(event) {
             return true;
         }
@@ -126,65 +131,193 @@ impl Shared {
             .fetch_add(1, AtomicOrdering::Relaxed);
         false
     }
+}
 
-    /// The next event for this shard already queued that passes the filters, without waiting.
-    pub(super) fn queued(&self, rx: &mut mpsc::Receiver<Dispatch>) -> Option<Dispatch> {
-        while let Ok(event) = rx.try_recv() {
-            if self.keep(&event) {
+/// One shard's queue as its worker reads it. The worker goes on reading while a batch is on
+/// its way, so an interaction is seen, and sent in its lane, at once; the other events it reads
+/// meanwhile are held for the next batches.
+///
+/// Checkpoints stay true with events read out of their turn: the oldest held event is always
+/// registered in `progress` as under way (the batch it goes into then replaces that record), so
+/// an interaction that finishes first cannot make the events held before it look safe.
+pub(super) struct Intake {
+    rx: mpsc::Receiver<Dispatch>,
+    /// Events read ahead, oldest first.
+    held: VecDeque<Dispatch>,
+    /// How many `held` may hold: past it the worker stops reading, the shard's queue fills and
+    /// the shard stops reading its gateway connection (backpressure), as without read-ahead.
+    limit: usize,
+    /// `held.len()`, for the queue depth that status pages and metrics show.
+    depth: Arc<AtomicUsize>,
+    /// Interactions on their way, a task each.
+    lanes: JoinSet<()>,
+    /// The shard's queue is closed: the shard has stopped.
+    closed: bool,
+}
+
+impl Intake {
+    pub(super) fn new(
+        rx: mpsc::Receiver<Dispatch>,
+        limit: usize,
+        depth: Arc<AtomicUsize>,
+    ) -> Intake {
+        Intake {
+            rx,
+            held: VecDeque::new(),
+            limit,
+            depth,
+            lanes: JoinSet::new(),
+            closed: false,
+        }
+    }
+
+    /// Sorts an event just read: filtered out (done), an interaction (off to its lane), or one
+    /// to batch.
+    fn sort(&mut self, shared: &Arc<Shared>, event: Dispatch) -> Option<Dispatch> {
+        if !shared.keep(&event) {
+            return None;
+        }
+        if !event.is_named(INTERACTION_CREATE) {
+            return Some(event);
+        }
+        shared
+            .progress
+            .started(event.shard_id, &event.session_id, event.seq, event.seq);
+        self.lanes
+            .spawn(deliver_interaction(shared.clone(), event).in_current_span());
+        // Lanes that ended are reaped here, where they begin, so the set stays small.
+        while self.lanes.try_join_next().is_some() {}
+        None
+    }
+
+    /// The next event to batch without waiting: the oldest held, else one already queued.
+    fn now(&mut self, shared: &Arc<Shared>) -> Option<Dispatch> {
+        if let Some(event) = self.held.pop_front() {
+            self.depth.store(self.held.len(), AtomicOrdering::Relaxed);
+            return Some(event);
+        }
+        while let Ok(event) = self.rx.try_recv() {
+            if let Some(event) = self.sort(shared, event) {
                 return Some(event);
             }
         }
         None
     }
 
-    /// The next event for this shard that passes the filters.
-    pub(super) async fn next(&self, rx: &mut mpsc::Receiver<Dispatch>) -> Option<Dispatch> {
+    /// Waits for the next event to batch; `None` once the queue is closed and nothing is held.
+    async fn next(&mut self, shared: &Arc<Shared>) -> Option<Dispatch> {
+        if let Some(event) = self.now(shared) {
+            return Some(event);
+        }
         loop {
-            let event = rx.recv().await?;
-            if self.keep(&event) {
+            let Some(event) = self.rx.recv().await else {
+                self.closed = true;
+                return None;
+            };
+            if let Some(event) = self.sort(shared, event) {
                 return Some(event);
             }
         }
     }
 
-    /// An event already queued (or, with linger, arriving before `linger` ends), if any. The
-    /// batch's one timer is passed in: a timer per wait would be registered and removed for
-    /// nearly every event of a busy shard.
-    pub(super) async fn more(
-        &self,
-        rx: &mut mpsc::Receiver<Dispatch>,
+    /// An event to batch already there (or, with linger, arriving before `linger` ends), if
+    /// any. The batch's one timer is passed in: a timer per wait would be registered and
+    /// removed for nearly every event of a busy shard.
+    async fn more(
+        &mut self,
+        shared: &Arc<Shared>,
         mut linger: Pin<&mut Sleep>,
     ) -> Option<Dispatch> {
         loop {
-            if let Some(event) = self.queued(rx) {
+            if let Some(event) = self.now(shared) {
                 return Some(event);
             }
-            if Instant::now() >= linger.deadline() {
+            if self.closed || Instant::now() >= linger.deadline() {
                 return None;
             }
             let event = tokio::select! {
-                event = rx.recv() => event?,
+                event = self.rx.recv() => match event {
+                    Some(event) => event,
+                    None => {
+                        self.closed = true;
+                        return None;
+                    }
+                },
                 _ = &mut linger => return None,
             };
-            if self.keep(&event) {
+            if let Some(event) = self.sort(shared, event) {
                 return Some(event);
             }
         }
     }
+
+    /// Puts back an event taken for a batch it did not fit; it is the next batch's first.
+    fn put_back(&mut self, event: Dispatch) {
+        self.held.push_front(event);
+        self.depth.store(self.held.len(), AtomicOrdering::Relaxed);
+    }
+
+    /// Registers the oldest held event as under way (see the type's doc). Called as a batch
+    /// starts, since the batch may have taken the one registered before.
+    fn mark_oldest(&self, shared: &Shared) {
+        if let Some(oldest) = self.held.front() {
+            shared
+                .progress
+                .started(oldest.shard_id, &oldest.session_id, oldest.seq, oldest.seq);
+        }
+    }
+
+    /// Whether to read ahead now: the queue is open and `held` has room.
+    fn reading(&self) -> bool {
+        !self.closed && self.held.len() < self.limit
+    }
+
+    /// Reads one event ahead, while a batch is on its way: held, or off to its lane.
+    async fn read_ahead(&mut self, shared: &Arc<Shared>) {
+        let Some(event) = self.rx.recv().await else {
+            self.closed = true;
+            return;
+        };
+        if let Some(event) = self.sort(shared, event) {
+            if self.held.is_empty() {
+                shared
+                    .progress
+                    .started(event.shard_id, &event.session_id, event.seq, event.seq);
+            }
+            self.held.push_back(event);
+            self.depth.store(self.held.len(), AtomicOrdering::Relaxed);
+        }
+    }
+
+    /// Waits for `sending` to finish, reading ahead meanwhile.
+    async fn while_sending<F: Future<Output = T> + Unpin, T>(
+        &mut self,
+        shared: &Arc<Shared>,
+        mut sending: F,
+    ) -> T {
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut sending => return done,
+                _ = self.read_ahead(shared), if self.reading() => {}
+            }
+        }
+    }
+
+    /// Waits until every interaction on its way is delivered or dead-lettered.
+    async fn finish(mut self) {
+        while self.lanes.join_next().await.is_some() {}
+    }
 }
 
-/// One shard's delivery loop: batch, then send in order (or several at once).
-pub(super) async fn worker(
-    shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Dispatch>,
-    spool: SharedSpool,
-) {
+/// One shard's delivery loop: batch, then send in order (or several at once), reading on
+/// while a batch is out so interactions go at once in their lane.
+pub(super) async fn worker(shared: Arc<Shared>, mut intake: Intake, spool: SharedSpool) {
     let batching = &shared.config.batch;
     let mut senders = match shared.config.delivery.ordering {
         Ordering::Shard => None,
         Ordering::None => Some(Senders::new()),
     };
-    let mut carry: Option<Dispatch> = None;
     // Sending a batch in order (signing, the HTTP exchange, retries, dead letters) is most of
     // this loop's state. Inline, it would sit in every shard's task all its life, idle or not.
     // Boxed instead: the box is reused while events wait, so a busy shard allocates it once,
@@ -194,16 +327,17 @@ pub(super) async fn worker(
         // Boxed, as the send below is, and only when something waits: most shards never
         // spool anything.
         if !spool.lock().await.is_empty() {
-            Box::pin(drain(&shared, &spool)).await;
+            let draining = Box::pin(drain(&shared, &spool));
+            intake.while_sending(&shared, draining).await;
         }
-        let first = match carry.take().or_else(|| shared.queued(&mut rx)) {
+        let first = match intake.now(&shared) {
             Some(event) => event,
             None => {
                 // Nothing to send: this shard waits, and holds no send while it does.
                 sending = None;
                 let spooled = !spool.lock().await.is_empty();
                 tokio::select! {
-                    event = shared.next(&mut rx) => match event {
+                    event = intake.next(&shared) => match event {
                         Some(event) => event,
                         None => break,
                     },
@@ -212,31 +346,18 @@ pub(super) async fn worker(
                 }
             }
         };
-        let urgent = first.is_named(INTERACTION_CREATE);
-        let deferred = shared.deferred(&first).await;
         let mut batch = Batch::new(first);
-        if let Some(interaction) = deferred {
-            batch.mark_deferred(interaction);
-        }
-        if !urgent && batching.max_events > 1 {
+        if batching.max_events > 1 {
             let mut linger = pin!(sleep_until(Instant::now() + batching.linger));
             while batch.len() < batching.max_events {
-                let Some(event) = shared.more(&mut rx, linger.as_mut()).await else {
+                let Some(event) = intake.more(&shared, linger.as_mut()).await else {
                     break;
                 };
                 if !batch.accepts(&event, batching.max_bytes) {
-                    carry = Some(event);
+                    intake.put_back(event);
                     break;
                 }
-                let urgent = event.is_named(INTERACTION_CREATE);
-                let deferred = shared.deferred(&event).await;
                 batch.push(event);
-                if let Some(interaction) = deferred {
-                    batch.mark_deferred(interaction);
-                }
-                if urgent {
-                    break;
-                }
             }
         }
         let request = batch.finish();
@@ -246,6 +367,7 @@ pub(super) async fn worker(
             request.first_seq,
             request.last_seq,
         );
+        intake.mark_oldest(&shared);
         match senders.as_mut() {
             None => {
                 let send = deliver(&shared, &spool, request);
@@ -256,14 +378,18 @@ pub(super) async fn worker(
                     }
                     None => sending.insert(ReusableBoxFuture::new(send)),
                 };
-                boxed.await;
+                intake.while_sending(&shared, boxed).await;
             }
-            Some(senders) => senders.send(&shared, &spool, request).await,
+            Some(senders) => {
+                let queued = Box::pin(senders.send(&shared, &spool, request));
+                intake.while_sending(&shared, queued).await;
+            }
         }
     }
     if let Some(senders) = senders {
         senders.finish().await;
     }
+    intake.finish().await;
 }
 
 /// A sender of `ordering = "none"`: delivers waiting batches of its shard, one at a time,
@@ -317,7 +443,7 @@ mod tests {
         let spool = ShardSpool::open(&state, 0, pipeline.shared.spool_usage.clone());
         let looping = worker(
             pipeline.shared.clone(),
-            rx,
+            Intake::new(rx, 1, Arc::default()),
             Arc::new(tokio::sync::Mutex::new(spool)),
         );
         let size = std::mem::size_of_val(&looping);
