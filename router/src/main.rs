@@ -50,9 +50,21 @@ enum Command {
         /// Guilds in all.
         #[arg(long, default_value_t = 2)]
         guilds: u32,
-        /// Traffic events per second per connected shard.
+        /// Traffic events per second per connected shard (below 1 too: 0.2 is one every 5 s).
         #[arg(long, default_value_t = 1.0)]
         rate: f64,
+        /// Shards 0..N carry --hot-rate instead (busy guilds crowd on a few shards).
+        #[arg(long, default_value_t = 0)]
+        hot_shards: u32,
+        /// Traffic events per second on each of the --hot-shards.
+        #[arg(long, default_value_t = 0.0)]
+        hot_rate: f64,
+        /// Traffic at random (exponential gaps of the rate's mean) instead of on a beat.
+        #[arg(long)]
+        poisson: bool,
+        /// Session starts a day (`session_start_limit.total`); big bots have more than 1000.
+        #[arg(long, default_value_t = 1000)]
+        session_start_limit: u32,
         /// The bot token the double accepts.
         #[arg(long, env = "SHARDHOOK_SIMULATE_TOKEN", default_value = DEFAULT_TOKEN, hide_env_values = true)]
         token: String,
@@ -229,6 +241,10 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
             shards,
             guilds,
             rate,
+            hot_shards,
+            hot_rate,
+            poisson,
+            session_start_limit,
             token,
             max_concurrency,
             heartbeat_interval_ms,
@@ -238,6 +254,10 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 shards,
                 guilds,
                 rate,
+                hot_shards,
+                hot_rate,
+                poisson,
+                session_start_limit,
                 max_concurrency,
                 heartbeat_interval: Duration::from_millis(heartbeat_interval_ms),
                 ..SimConfig::default()

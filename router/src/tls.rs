@@ -28,6 +28,26 @@ pub fn platform_tls() -> Result<Tls, rustls::Error> {
     .clone()
 }
 
+/// TLS settings that trust only the CA certificate(s) in `pem` (an endpoint's `ca_file`), with
+/// HTTP/1.1 as the platform's settings have it.
+pub fn private_ca(pem: &[u8]) -> Result<Tls, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("holds no PEM certificate".to_owned());
+    }
+    let mut config = (*trusting(roots)).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// `tls` for a client that speaks HTTP/2 as well: reqwest, for Discord's REST API.
 pub fn with_http2(tls: &Tls) -> rustls::ClientConfig {
     let mut config = rustls::ClientConfig::clone(tls);
@@ -35,9 +55,8 @@ pub fn with_http2(tls: &Tls) -> rustls::ClientConfig {
     config
 }
 
-/// TLS settings that trust no certificate at all: for tests, which must not depend on the
-/// machine's roots.
-#[cfg(test)]
+/// TLS settings that trust `roots` only (tests give an empty store, or their own CA, so as not
+/// to depend on the machine's roots).
 pub(crate) fn trusting(roots: rustls::RootCertStore) -> Tls {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)

@@ -422,6 +422,7 @@ impl Conn {
                 session: session.clone(),
                 seq: s.seq,
                 event: name.to_owned(),
+                at: Instant::now(),
             });
             Some(payload)
         });
@@ -431,10 +432,28 @@ impl Conn {
         }
     }
 
+    /// This connection's traffic rate: its shard's share of `SimConfig`'s.
+    fn rate(&self) -> f64 {
+        let config = &self.shared.config;
+        match &self.session {
+            Some((shard, ..)) if *shard < config.hot_shards => config.hot_rate,
+            _ => config.rate,
+        }
+    }
+
+    /// The wait before the next traffic event: the rate's period, or with `poisson` an
+    /// exponential wait of that mean (events of real guilds come at random, not on a beat).
+    fn gap(&self) -> Duration {
+        let mean = 1.0 / self.rate();
+        if !self.shared.config.poisson {
+            return Duration::from_secs_f64(mean);
+        }
+        // 1 - u is in (0, 1], so its logarithm is finite.
+        Duration::from_secs_f64(-mean * (1.0 - fastrand::f64()).ln())
+    }
+
     fn schedule_traffic(&mut self) {
-        let rate = self.shared.config.rate;
-        self.next_traffic =
-            (rate > 0.0).then(|| Instant::now() + Duration::from_secs_f64(1.0 / rate));
+        self.next_traffic = (self.rate() > 0.0).then(|| Instant::now() + self.gap());
     }
 
     async fn traffic(&mut self) -> Result<(), End> {
@@ -466,10 +485,12 @@ impl Conn {
         } else {
             format!("hello from the simulator, message {nth}")
         };
-        let period = Duration::from_secs_f64(1.0 / self.shared.config.rate);
+        // Late events are made up for, but never more than eight periods' worth at once.
+        let (gap, period) = (self.gap(), Duration::from_secs_f64(1.0 / self.rate()));
+        let floor = Instant::now().checked_sub(period * 8);
         self.next_traffic = self
             .next_traffic
-            .map(|at| (at + period).max(Instant::now() - period * 8));
+            .map(|at| floor.map_or(at + gap, |floor| (at + gap).max(floor)));
         self.emit(
             "MESSAGE_CREATE",
             events::message_create(counter, guild, &content),
@@ -604,5 +625,78 @@ mod tests {
         }
         let violations = sim.observed(|o| o.violations.clone());
         assert!(violations.is_empty(), "{violations:?}");
+    }
+
+    /// A client connected to `sim` and identified as `shard` of `total`.
+    async fn identified(
+        sim: &Simulator,
+        shard: u32,
+        total: u32,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
+    {
+        let url = format!("ws://{}/gateway/?v=10&encoding=json", sim.addr());
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let identify = serde_json::json!({"op": 2, "d": {
+            "token": DEFAULT_TOKEN, "intents": 513, "shard": [shard, total],
+            "properties": {"os": "linux", "browser": "test", "device": "test"}}});
+        ws.send(Ws::Text(identify.to_string().into()))
+            .await
+            .unwrap();
+        ws
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hot_shards_carry_their_own_rate_and_poisson_traffic_is_not_on_a_beat() {
+        let sim = Simulator::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            SimConfig {
+                shards: 2,
+                guilds: 2,
+                rate: 2.0,
+                hot_shards: 1,
+                hot_rate: 200.0,
+                poisson: true,
+                max_concurrency: 2,
+                ..SimConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let (mut hot, mut cold) = (identified(&sim, 0, 2).await, identified(&sim, 1, 2).await);
+        // Keep both connections read, so the double's sends never wait.
+        let reading = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(Ok(_)) = hot.next() => {}
+                    Some(Ok(_)) = cold.next() => {}
+                    else => return,
+                }
+            }
+        });
+        let traffic = |o: &crate::Observed, shard: u32| {
+            o.ledger
+                .iter()
+                .filter(|e| e.shard == shard && e.event == "MESSAGE_CREATE")
+                .map(|e| e.at)
+                .collect::<Vec<_>>()
+        };
+        let hot_times = sim
+            .wait_for(|o| {
+                let times = traffic(o, 0);
+                (times.len() >= 100).then_some(times)
+            })
+            .await;
+        let cold_count = sim.observed(|o| traffic(o, 1).len());
+        assert!(
+            cold_count < 20,
+            "the cold shard sent {cold_count} while the hot one sent 100"
+        );
+        let gaps: Vec<Duration> = hot_times.windows(2).map(|w| w[1] - w[0]).collect();
+        let (least, most) = (gaps.iter().min().unwrap(), gaps.iter().max().unwrap());
+        assert!(
+            *most > *least * 4,
+            "gaps from {least:?} to {most:?}: on a beat, not at random"
+        );
+        reading.abort();
     }
 }

@@ -19,6 +19,8 @@ pub struct LedgerEntry {
     pub seq: u64,
     /// Its name (`t`).
     pub event: String,
+    /// When it was created, just before it was sent (latency is measured from here).
+    pub at: Instant,
 }
 
 /// An IDENTIFY the double received.

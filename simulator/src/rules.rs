@@ -14,8 +14,17 @@ pub struct SimConfig {
     pub shards: u32,
     /// Guilds in all, spread over shards by Discord's rule `(guild_id >> 22) % total`.
     pub guilds: u32,
-    /// Traffic dispatches per second on each identified connection (0 for none).
+    /// Traffic dispatches per second on each identified connection (0 for none), below one
+    /// too (0.2 is one every 5 s).
     pub rate: f64,
+    /// Shards `0..hot_shards` carry `hot_rate` instead of `rate`: busy guilds crowd on a few
+    /// shards of a real bot.
+    pub hot_shards: u32,
+    /// The traffic rate of the hot shards.
+    pub hot_rate: f64,
+    /// Traffic at random (exponential gaps of the rate's mean), as real guilds send it, instead
+    /// of on a beat.
+    pub poisson: bool,
     /// Stop traffic on a shard after this many traffic events across its sessions.
     pub events_per_shard: Option<u64>,
     /// `session_start_limit.max_concurrency`.
@@ -42,6 +51,9 @@ impl Default for SimConfig {
             shards: 1,
             guilds: 2,
             rate: 10.0,
+            hot_shards: 0,
+            hot_rate: 0.0,
+            poisson: false,
             events_per_shard: None,
             max_concurrency: 1,
             session_start_limit: 1000,

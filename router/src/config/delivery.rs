@@ -3,6 +3,7 @@
 //!
 //! Owns their schema and defaults; checks across sections are `Config::validate`'s.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,10 @@ pub struct EndpointConfig {
     /// (`<id>.lambda-url.<region>.on.aws`).
     #[serde(default)]
     pub region: Option<String>,
+    /// For an `https` endpoint behind an internal PKI: a PEM file of the CA certificate(s) that
+    /// sign its certificate. Only these are then trusted for it (default: the platform's roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// How an endpoint authenticates requests besides the webhook signature.
@@ -62,6 +67,7 @@ impl EndpointConfig {
             rate_limit: None,
             auth: EndpointAuth::None,
             region: None,
+            ca_file: None,
         }
     }
 

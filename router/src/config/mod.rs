@@ -292,6 +292,12 @@ impl Config {
         for (i, endpoint) in self.endpoints.iter().enumerate() {
             let key = |field: &str| format!("endpoints[{i}].{field}");
             match reqwest::Url::parse(&endpoint.url) {
+                Ok(url) if url.scheme() == "http" && endpoint.ca_file.is_some() => {
+                    return invalid(
+                        key("ca_file"),
+                        "is for https endpoints; this one's url is http".into(),
+                    )
+                }
                 Ok(url) if matches!(url.scheme(), "http" | "https") => {}
                 Ok(url) => {
                     return invalid(
@@ -561,6 +567,23 @@ mod tests {
             .to_string();
         assert!(
             err.contains("delivery.ordering") && err.contains("shard"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_is_for_https_endpoints_only() {
+        let https = "[[endpoints]]\nname = \"a\"\nurl = \"https://x\"\nca_file = \"/etc/ca.pem\"";
+        let config = parse(https).unwrap();
+        assert_eq!(
+            config.endpoints[0].ca_file.as_deref(),
+            Some(Path::new("/etc/ca.pem"))
+        );
+        let err = parse(&https.replace("https://", "http://"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("endpoints[0].ca_file") && err.contains("https"),
             "{err}"
         );
     }

@@ -146,6 +146,25 @@ pub fn render(shards: &[ShardHandle], delivery: &DeliveryHandle) -> String {
         &stats.rate_limit_waits,
         &mut registry,
     );
+    let opened = Family::<EndpointLabel, Counter>::default();
+    let resumed = Family::<EndpointLabel, Counter>::default();
+    for (name, (all, resuming)) in endpoints.iter().zip(delivery.connections()) {
+        let key = EndpointLabel {
+            endpoint: name.clone(),
+        };
+        opened.get_or_create(&key).inc_by(all);
+        resumed.get_or_create(&key).inc_by(resuming);
+    }
+    registry.register(
+        "endpoint_connections",
+        "Connections opened to an endpoint (TCP, and TLS for https)",
+        opened,
+    );
+    registry.register(
+        "endpoint_tls_resumed",
+        "Connections whose TLS handshake resumed an earlier session",
+        resumed,
+    );
     registry.register(
         "delivery_latency_seconds",
         "From the gateway read of a batch's first event to its 2xx",

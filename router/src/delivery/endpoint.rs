@@ -32,7 +32,8 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Builds an endpoint from validated config; `aws` is set for `auth = "aws-iam"`.
+    /// Builds an endpoint from validated config; `aws` is set for `auth = "aws-iam"`. `tls` is
+    /// the platform's settings, used unless the endpoint has a `ca_file`.
     pub fn new(
         config: &EndpointConfig,
         delivery: &DeliveryConfig,
@@ -46,6 +47,21 @@ impl Endpoint {
             Pacer::new(Quota::per_second(per_second).allow_burst(burst))
         });
         let url = reqwest::Url::parse(&config.url).expect("validated by config");
+        let own;
+        let tls = match &config.ca_file {
+            None => tls,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| BadUrl::CaFile {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                own = crate::tls::private_ca(&pem).map_err(|reason| BadUrl::CaFile {
+                    path: path.clone(),
+                    reason,
+                })?;
+                &own
+            }
+        };
         Ok(Endpoint {
             name: config.name.clone(),
             pool: Pool::new(&url, config.max_in_flight, tls)?,
@@ -86,6 +102,52 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::http::tests::serve_tls;
+
+    /// An endpoint at `url` with `ca_file`, on TLS settings that trust nothing else.
+    fn endpoint_trusting(url: &str, ca_file: Option<&str>) -> Result<Endpoint, BadUrl> {
+        let config = EndpointConfig {
+            ca_file: ca_file
+                .map(|f| concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/").to_owned() + f)
+                .map(Into::into),
+            ..EndpointConfig::new("internal", url)
+        };
+        let nothing = crate::tls::trusting(rustls::RootCertStore::empty());
+        Endpoint::new(&config, &DeliveryConfig::default(), None, &nothing)
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_with_a_ca_file_trusts_that_ca() {
+        let (url, _, _) = serve_tls().await;
+        let post = |endpoint: Endpoint| async move {
+            let headers = http::HeaderMap::new();
+            endpoint
+                .pool
+                .post(headers, bytes::Bytes::new(), Duration::from_secs(10))
+                .await
+        };
+        let trusted = endpoint_trusting(&url, Some("tls-ca.pem")).unwrap();
+        assert_eq!(post(trusted).await.unwrap().status, 204);
+        let untrusted = endpoint_trusting(&url, None).unwrap();
+        let refused = post(untrusted).await.unwrap_err().to_string();
+        assert!(refused.contains("TLS"), "{refused}");
+    }
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_not_pem_is_refused_by_name() {
+        let url = "https://localhost:9/";
+        let missing = endpoint_trusting(url, Some("no-such.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("no-such.pem"), "{missing}");
+        let key = endpoint_trusting(url, Some("tls-localhost.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            key.contains("tls-localhost.key") && key.contains("no PEM certificate"),
+            "{key}"
+        );
+    }
     use crate::config::RateLimitConfig;
     use tokio::time::Instant;
 

@@ -62,7 +62,13 @@ pub struct Pipeline {
     pub(super) shared: Arc<Shared>,
     workers: JoinSet<()>,
     queues: Arc<Mutex<Queues>>,
+    /// Connections opened ahead of the first request, per endpoint.
+    warmed: Vec<usize>,
 }
+
+/// Connections each endpoint opens ahead of its first request: enough for its shards' first
+/// batches (READY, the GUILD_CREATEs) not to wait for handshakes; more are opened as needed.
+const WARM_CONNECTIONS: usize = 8;
 
 /// Each shard's queue and the events its worker read ahead of it, for queue depths.
 type Queues = std::collections::BTreeMap<u32, (mpsc::WeakSender<Dispatch>, Arc<AtomicUsize>)>;
@@ -101,6 +107,12 @@ impl DeliveryHandle {
             .upgrade()
             .map_or(0, |tx| tx.max_capacity() - tx.capacity());
         queued + held.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Connections each endpoint has opened, and how many of them resumed a TLS session, in
+    /// config order.
+    pub fn connections(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.shared.endpoints.iter().map(|e| e.pool.connections())
     }
 
     /// Endpoint names, in config order.
@@ -195,6 +207,7 @@ impl Pipeline {
             }),
             workers: JoinSet::new(),
             queues: Arc::default(),
+            warmed: vec![0; config.endpoints.len()],
         })
     }
 
@@ -219,6 +232,16 @@ impl Pipeline {
             .unwrap_or_else(|p| p.into_inner())
             .insert(shard_id, (tx.downgrade(), held.clone()));
         let shared = self.shared.clone();
+        // The shard's endpoint gets a connection ready (TCP, TLS) before the shard has an event:
+        // one per shard routed to it, up to `WARM_CONNECTIONS` and its in-flight cap.
+        if let Some(home) = shared.ring.pick(shard_id as u64, |_| true) {
+            let cap = WARM_CONNECTIONS.min(shared.config.endpoints[home].max_in_flight);
+            if self.warmed[home] < cap {
+                self.warmed[home] += 1;
+                let warming = shared.clone();
+                tokio::spawn(async move { warming.endpoints[home].pool.warm().await });
+            }
+        }
         let intake = Intake::new(rx, queue.saturating_sub(queued).max(1), held);
         let spool = ShardSpool::open(
             &shared.config.state.dir,
@@ -271,5 +294,39 @@ impl Pipeline {
             }
         }
         delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EndpointConfig, SigningConfig, StateConfig};
+    use crate::secret::SigningKey;
+
+    #[tokio::test]
+    async fn routing_a_shard_opens_its_endpoints_connection_before_any_event() {
+        let endpoint = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", endpoint.local_addr().unwrap());
+        let state = std::env::temp_dir().join(format!("shardhook-warm-{}", std::process::id()));
+        let config = Config {
+            signing: SigningConfig {
+                secret: Some(SigningKey::parse(&SigningKey::generate()).unwrap()),
+                previous_secrets: vec![],
+            },
+            endpoints: vec![EndpointConfig::new("a", url)],
+            state: StateConfig {
+                dir: state.clone(),
+                ..StateConfig::default()
+            },
+            ..Config::default()
+        };
+        let mut pipeline = Pipeline::new(&config).unwrap();
+        let _queue = pipeline.sink(0);
+        let accepted = tokio::time::timeout(Duration::from_secs(30), endpoint.accept()).await;
+        assert!(
+            matches!(accepted, Ok(Ok(_))),
+            "no connection was opened ahead of the shard's first event"
+        );
+        let _ = std::fs::remove_dir_all(&state);
     }
 }

@@ -31,6 +31,7 @@
 //! (Go's client does the same for requests with an idempotency key, which `webhook-id` is).
 
 use std::io::{self};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -48,7 +49,7 @@ use connection::{Conn, Head};
 
 mod connection;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// How long an idle connection is kept for reuse.
 const IDLE_FOR: Duration = Duration::from_secs(60);
@@ -113,6 +114,10 @@ pub struct Pool {
     origin: Uri,
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
+    /// Connections opened, and of those over TLS, how many resumed an earlier TLS session (a
+    /// handshake without certificates, a round trip shorter).
+    opened: AtomicU64,
+    resumed: AtomicU64,
 }
 
 struct Idle {
@@ -139,6 +144,11 @@ pub enum BadUrl {
     NoHost(String),
     #[error("{url}: {reason}")]
     Invalid { url: String, reason: String },
+    #[error("ca_file {}: {reason}", path.display())]
+    CaFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl Pool {
@@ -195,7 +205,27 @@ impl Pool {
             tls,
             idle: Mutex::new(Vec::new()),
             max_idle,
+            opened: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
         })
+    }
+
+    /// Connections opened so far, and how many of them resumed a TLS session.
+    pub fn connections(&self) -> (u64, u64) {
+        (
+            self.opened.load(Ordering::Relaxed),
+            self.resumed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Opens a connection (TCP, and TLS for `https`) and keeps it idle for the next request, so
+    /// that request pays no handshake. A failure is only logged: the first request will try
+    /// again and say why it failed.
+    pub async fn warm(&self) {
+        match self.connect().await {
+            Ok(conn) => self.keep(conn),
+            Err(e) => tracing::warn!("could not open a connection ahead of the first request: {e}"),
+        }
     }
 
     /// POSTs `body` with `headers` (the pool adds `Host`, `User-Agent` and the length) and
@@ -308,9 +338,13 @@ impl Pool {
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| failed(format!("TLS: {e}")))?;
+                if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    self.resumed.fetch_add(1, Ordering::Relaxed);
+                }
                 Either::Right(Box::new(tls))
             }
         };
+        self.opened.fetch_add(1, Ordering::Relaxed);
         Ok(Conn {
             stream,
             read: BytesMut::with_capacity(READ_ROOM),

@@ -532,7 +532,7 @@ async fn no_more_idle_connections_are_kept_than_the_cap() {
 /// An https endpoint with a certificate for `localhost` from a test CA
 /// (`router/testdata/tls-*.pem`, valid until 2126), answering 204; and TLS settings that
 /// trust that CA alone.
-async fn serve_tls() -> (String, Tls, Arc<AtomicUsize>) {
+pub(crate) async fn serve_tls() -> (String, Tls, Arc<AtomicUsize>) {
     serve_tls_answering(b"HTTP/1.1 204 No Content\r\n\r\n").await
 }
 
@@ -606,6 +606,35 @@ async fn serve_tls_answering(answer: &'static [u8]) -> (String, Tls, Arc<AtomicU
         }
     });
     (url, Arc::new(client), handshakes)
+}
+
+#[tokio::test]
+async fn a_warmed_connection_carries_the_first_request_without_a_handshake() {
+    let (url, tls, handshakes) = serve_tls().await;
+    let pool = Pool::new(&reqwest::Url::parse(&url).unwrap(), 2, &tls).unwrap();
+    pool.warm().await;
+    assert_eq!(pool.connections(), (1, 0), "opened before any request");
+    let answer = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
+    assert_eq!(answer.status, 204);
+    assert_eq!(pool.connections(), (1, 0), "the request opened none");
+    assert_eq!(handshakes.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_new_connection_resumes_the_tls_session_of_an_earlier_one() {
+    let (url, tls, handshakes) = serve_tls().await;
+    // No idle connection is kept, so every request opens one.
+    let pool = Pool::new(&reqwest::Url::parse(&url).unwrap(), 0, &tls).unwrap();
+    for _ in 0..3 {
+        let answer = pool.post(headers(), Bytes::new(), ENOUGH).await.unwrap();
+        assert_eq!(answer.status, 204);
+    }
+    assert_eq!(handshakes.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        pool.connections(),
+        (3, 2),
+        "(opened, resumed): the first handshake is full, the others resume it"
+    );
 }
 
 #[tokio::test]
