@@ -12,6 +12,7 @@
 
 mod blast;
 mod contestants;
+mod distant;
 mod frames;
 mod sink;
 
@@ -57,7 +58,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--fine-pacing] [--only NAME[,NAME..]]"
+        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--fine-pacing] [--only NAME[,NAME..]]\n       shardhook-bench distant [--shards N] [--rate EVENTS_PER_S] [--delay-ms MS] [--warmup S] [--seconds S] [--contestants default|N|twilight,...]"
     );
     std::process::exit(2)
 }
@@ -70,6 +71,49 @@ fn main() {
         .expect("a runtime");
     match args.first().map(String::as_str) {
         Some("contestant") => runtime.block_on(child(&args[1..])),
+        Some("distant") => {
+            let mut o = distant::Options {
+                shards: 1000,
+                rate: 3000.0,
+                hot_fraction: 0.01,
+                hot_share: 0.2,
+                delay: Duration::from_millis(50),
+                warmup: Duration::from_secs(10),
+                window: Duration::from_secs(60),
+                contestants: vec![
+                    distant::Contestant::Shardhook { max_events: None },
+                    distant::Contestant::Twilight,
+                ],
+            };
+            let mut it = args[1..].iter();
+            while let Some(flag) = it.next() {
+                let mut value = || it.next().cloned().unwrap_or_else(|| usage());
+                let number = |v: String| v.parse::<f64>().unwrap_or_else(|_| usage());
+                match flag.as_str() {
+                    "--shards" => o.shards = number(value()) as u32,
+                    "--rate" => o.rate = number(value()),
+                    "--delay-ms" => o.delay = Duration::from_millis(number(value()) as u64),
+                    "--warmup" => o.warmup = Duration::from_secs_f64(number(value())),
+                    "--seconds" => o.window = Duration::from_secs_f64(number(value())),
+                    // Contestants in order: `default`, a max_events number, or `twilight`.
+                    "--contestants" => {
+                        o.contestants = value()
+                            .split(',')
+                            .map(|c| match c {
+                                "twilight" => distant::Contestant::Twilight,
+                                "default" => distant::Contestant::Shardhook { max_events: None },
+                                n => distant::Contestant::Shardhook {
+                                    max_events: Some(n.parse().unwrap_or_else(|_| usage())),
+                                },
+                            })
+                            .collect()
+                    }
+                    _ => usage(),
+                }
+            }
+            let secret = shardhook::SigningKey::generate();
+            runtime.block_on(distant::run(o, &secret))
+        }
         Some("run") => {
             let mut o = Options {
                 shards: 4,
@@ -135,6 +179,14 @@ async fn child(args: &[String]) {
             contestants::shardhook(arg(1), arg(2), arg(3), batch, compression).await
         }
         "twilight" => contestants::twilight(arg(1), arg(2), arg(3), arg(4).parse().unwrap()).await,
+        "distant-shardhook" => {
+            let max_events = arg(5).parse().ok();
+            distant::shardhook_child(arg(1), arg(2), arg(3), arg(4), max_events).await
+        }
+        "distant-twilight" => {
+            let shards = arg(5).parse().unwrap_or_else(|_| usage());
+            distant::twilight_child(arg(1), arg(2), arg(3), arg(4), shards).await
+        }
         "sink-ceiling" => {
             contestants::load_client(arg(1), arg(2), arg(3).parse().unwrap(), go).await
         }
