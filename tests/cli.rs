@@ -180,6 +180,40 @@ fn run_exits_nonzero_when_every_shard_is_fatally_closed_and_never_prints_the_tok
     );
 }
 
+/// The token as text and as the hex of its bytes (how tungstenite prints a frame's payload).
+fn token_forms(token: &str) -> [String; 2] {
+    let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+    [token.to_owned(), hex]
+}
+
+#[test]
+fn a_more_specific_rust_log_for_a_frame_printing_library_cannot_show_the_token() {
+    // `tungstenite::protocol=trace` is more specific than any cap on `tungstenite`: before the
+    // cap was a filter of its own, it won, and IDENTIFY was logged as text and as hex.
+    let (mut sim, api_url) = simulate(&["--shards", "2", "--heartbeat-interval-ms", "1000"]);
+    let dir = TempDir::new("cli");
+    let path = dir.join("shardhook.toml");
+    std::fs::write(
+        &path,
+        format!("[discord]\napi_url = \"{api_url}\"\nshards = {{ total = 1 }}\n{ENDPOINT}"),
+    )
+    .unwrap();
+    let out = shardhook(&["run", "--config", path.to_str().unwrap()])
+        .current_dir(&*dir)
+        .env("DISCORD_TOKEN", SECRET)
+        .env("SHARDHOOK_SIGNING_SECRET", SIGNING)
+        .env("RUST_LOG", "info,tungstenite::protocol=trace")
+        .output()
+        .unwrap();
+    sim.kill().unwrap();
+    let text = output_text(&out);
+    // IDENTIFY went out: the double closed with 4011 in answer to it.
+    assert!(text.contains("4011"), "{text}");
+    for form in token_forms(SECRET) {
+        assert!(!text.contains(&form), "the token leaked as {form}:\n{text}");
+    }
+}
+
 #[test]
 fn run_refuses_a_wrong_token_clearly_and_never_prints_it() {
     let (mut sim, api_url) = simulate(&[]);

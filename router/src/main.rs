@@ -14,7 +14,11 @@ use std::sync::Arc;
 use shardhook::control::ControlState;
 use shardhook::Checkpointer;
 use shardhook::{Config, Pipeline, Router, Signer, SigningKey};
-use tracing_subscriber::EnvFilter;
+use tracing::Level;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 #[derive(Parser)]
 #[command(
@@ -82,9 +86,13 @@ fn main() -> ExitCode {
         Command::Demo => "error",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(log_filter(default))
-        .with_writer(std::io::stderr)
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(log_filter(default))
+                .with_filter(capped()),
+        )
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -271,21 +279,39 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
     }
 }
 
-/// `RUST_LOG` (or `default`), with the libraries that would print raw frames or headers (and so
-/// the token in IDENTIFY, RESUME or `Authorization`) capped at info whatever `RUST_LOG` says.
+/// Libraries that print raw frames or headers (and so the token in IDENTIFY, RESUME or
+/// `Authorization`) below info.
+const CAPPED: [&str; 9] = [
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "hyper_util",
+    "reqwest",
+    "h2",
+    "axum",
+    "rustls",
+    "tokio_rustls",
+];
+
+/// `RUST_LOG`, or `default` when it is unset or unreadable.
 fn log_filter(default: &str) -> EnvFilter {
-    const CAPPED: [&str; 7] = [
-        "tungstenite",
-        "tokio_tungstenite",
-        "hyper",
-        "hyper_util",
-        "reqwest",
-        "h2",
-        "axum",
-    ];
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    CAPPED.iter().fold(filter, |filter, target| {
-        filter.add_directive(format!("{target}=info").parse().expect("a valid directive"))
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
+}
+
+/// Drops events below info from the `CAPPED` libraries and their modules, whatever `RUST_LOG`
+/// says. A directive added to the `EnvFilter` would not do: a more specific one in `RUST_LOG`
+/// (`tungstenite::protocol=trace`) wins over it. This filter is applied beside it, so both must
+/// let an event through.
+fn capped<S>() -> impl tracing_subscriber::layer::Filter<S> {
+    filter_fn(|meta| *meta.level() <= Level::INFO || !is_capped(meta.target()))
+}
+
+/// Whether `target` is one of the `CAPPED` libraries or a module of one.
+fn is_capped(target: &str) -> bool {
+    CAPPED.iter().any(|name| {
+        target
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
     })
 }
 
@@ -312,5 +338,19 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_capped;
+
+    #[test]
+    fn capped_libraries_include_their_modules_but_not_lookalikes() {
+        assert!(is_capped("tungstenite"));
+        assert!(is_capped("tungstenite::protocol"));
+        assert!(is_capped("hyper_util::client::legacy"));
+        assert!(!is_capped("tungstenite_extra"));
+        assert!(!is_capped("shardhook::gateway::shard"));
     }
 }
