@@ -149,6 +149,49 @@ fn check_names_a_bad_key_and_what_is_allowed() {
 }
 
 #[test]
+fn check_takes_previous_secrets_as_a_string_and_never_prints_a_secret_in_an_error() {
+    let dir = TempDir::new("cli");
+    let path = dir.join("shardhook.toml");
+    let check = |env: &[(&str, &str)]| {
+        let mut cmd = shardhook(&["check", "--config", path.to_str().unwrap()]);
+        cmd.env("SHARDHOOK_SIGNING_SECRET", SIGNING);
+        cmd.envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        (out.status.success(), output_text(&out))
+    };
+    std::fs::write(
+        &path,
+        format!("[discord]\ntoken = \"{SECRET}\"\n{ENDPOINT}"),
+    )
+    .unwrap();
+    // The environment can only give a string; it is read as the list of one key.
+    let previous = "whsec_cHJldmlvdXMta2V5LW9mLTMyLWJ5dGVzLi4uLi4=";
+    let (ok, text) = check(&[("SHARDHOOK__SIGNING__PREVIOUS_SECRETS", previous)]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("previous_secrets = [\"<redacted>\"]"),
+        "{text}"
+    );
+    assert!(!text.contains(&previous[6..]), "{text}");
+    // A key that is not one is refused by name, without its value.
+    let bad = format!("{previous}!");
+    let (ok, text) = check(&[("SHARDHOOK__SIGNING__PREVIOUS_SECRETS", &bad)]);
+    assert!(!ok);
+    assert!(text.contains("signing.previous_secrets"), "{text}");
+    assert!(!text.contains(&previous[6..]), "{text}");
+    // A syntax error on the token's line names the line, and does not quote it.
+    std::fs::write(
+        &path,
+        format!("[discord]\ntoken = \"{SECRET}\" oops\n{ENDPOINT}"),
+    )
+    .unwrap();
+    let (ok, text) = check(&[]);
+    assert!(!ok);
+    assert!(text.contains("line 2"), "{text}");
+    assert!(!text.contains(SECRET), "the token leaked:\n{text}");
+}
+
+#[test]
 fn run_exits_nonzero_when_every_shard_is_fatally_closed_and_never_prints_the_token() {
     // The double wants 2 shards; running 1 of 1 gets close 4011 (sharding required).
     let (mut sim, api_url) = simulate(&["--shards", "2", "--heartbeat-interval-ms", "1000"]);
