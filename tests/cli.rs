@@ -192,6 +192,32 @@ fn check_takes_previous_secrets_as_a_string_and_never_prints_a_secret_in_an_erro
 }
 
 #[test]
+fn check_shows_endpoint_urls_without_userinfo_or_query() {
+    let dir = TempDir::new("cli");
+    let path = dir.join("shardhook.toml");
+    std::fs::write(
+        &path,
+        "[[endpoints]]\nname = \"fn\"\nurl = \"https://bot:pa55word@example.com/hook?code=s3cret\"\n",
+    )
+    .unwrap();
+    let out = shardhook(&["check", "--config", path.to_str().unwrap()])
+        .env("DISCORD_TOKEN", SECRET)
+        .env("SHARDHOOK_SIGNING_SECRET", SIGNING)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("url = \"https://<redacted>@example.com/hook?<redacted>\""),
+        "{text}"
+    );
+    assert!(
+        !text.contains("pa55word") && !text.contains("s3cret"),
+        "{text}"
+    );
+}
+
+#[test]
 fn run_exits_nonzero_when_every_shard_is_fatally_closed_and_never_prints_the_token() {
     // The double wants 2 shards; running 1 of 1 gets close 4011 (sharding required).
     let (mut sim, api_url) = simulate(&["--shards", "2", "--heartbeat-interval-ms", "1000"]);

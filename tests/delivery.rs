@@ -243,6 +243,40 @@ async fn a_400_is_dead_lettered_and_shardhook_replay_delivers_it() {
 }
 
 #[tokio::test]
+async fn a_dead_letter_names_its_endpoint_and_shows_the_url_without_credentials() {
+    let p = Pipe::start(
+        sim(1, 3),
+        vec![("a", 1.0, live(vec![Reply::Status(400)]))],
+        |c| {
+            let url = c.endpoints[0]
+                .url
+                .replace("http://", "http://user:pa55word@");
+            c.endpoints[0].url = format!("{url}?key=s3cret-key");
+        },
+    )
+    .await;
+    p.wait_until("a dead letter", |p| {
+        p.stats.snapshot().requests_dead_lettered == 1
+    })
+    .await;
+    // Counted before it is written: once delivery has drained, it is on disk.
+    let p = p.stop().await;
+    let path = p.state_dir.join("dead-letters.jsonl");
+    let letters = shardhook::read_dead_letters(&path).unwrap();
+    assert_eq!(letters[0].endpoint, "a");
+    let port = p.urls[0].trim_end_matches('/').rsplit(':').next().unwrap();
+    assert_eq!(
+        letters[0].url,
+        format!("http://<redacted>@127.0.0.1:{port}/?<redacted>")
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains("pa55word") && !text.contains("s3cret-key"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn a_redirect_is_dead_lettered_not_followed() {
     // Where the redirect points: answers anything 2xx, and counts what reached it. A client
     // that follows a 302 would GET it without the events and count them as delivered.

@@ -258,7 +258,12 @@ pub(super) async fn dead_letter(
                 Attempt::Status { status, .. } => Some(*status),
                 _ => None,
             };
-            (e.name.clone(), e.url.to_string(), status, describe(attempt))
+            (
+                e.name.clone(),
+                crate::secret::redact_url(e.url.as_str()),
+                status,
+                describe(attempt),
+            )
         }
         None => (
             String::new(),

@@ -24,9 +24,10 @@ pub struct DeadLetter {
     pub webhook_id: String,
     /// The shard whose events it holds.
     pub shard_id: u32,
-    /// The endpoint's name, and its URL then.
+    /// The endpoint's name: what `replay` and a person go by.
     pub endpoint: String,
-    /// The endpoint's URL when it was given up.
+    /// The endpoint's URL when it was given up, without userinfo or query (they may hold
+    /// credentials).
     pub url: String,
     /// The last HTTP status, if the endpoint answered at all.
     pub status: Option<u16>,
