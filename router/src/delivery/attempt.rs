@@ -300,6 +300,11 @@ pub(super) async fn dead_letter(
         .stats
         .requests_dead_lettered
         .fetch_add(1, AtomicOrdering::Relaxed);
+    let by = match &last {
+        Some((i, _)) => &shared.stats.dead_letters_by_endpoint[*i],
+        None => &shared.stats.dead_letters_unattributed,
+    };
+    by.fetch_add(1, AtomicOrdering::Relaxed);
     shared
         .stats
         .events_dead_lettered
