@@ -50,7 +50,9 @@ mod tls;
 pub use checkpointer::Checkpointer;
 pub use config::Config;
 pub use delivery::signer::{unix_now, Signer, VerifyError};
-pub use delivery::{DeliveryError, DeliveryHandle, DeliveryStats, Pipeline, StatsSnapshot};
+pub use delivery::{
+    DeliveryError, DeliveryHandle, DeliveryStats, Pipeline, RefusedLetter, Replayed, StatsSnapshot,
+};
 pub use gateway::dispatch::Dispatch;
 pub use gateway::handle::{
     CommandRefused, FatalClose, ShardHandle, ShardState, ShardStatus, ShardStopped,

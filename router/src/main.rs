@@ -209,14 +209,33 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 )
             })?;
             let total = letters.len();
-            let delivered = pipeline.replay(letters).await;
+            let replayed = pipeline.replay(letters).await;
+            let kept = pipeline.dead_letter_path().display();
+            for refused in &replayed.refused {
+                match &refused.not_kept {
+                    None => eprintln!(
+                        "error: {} record {}: not replayed: {}; kept as it was in {kept}",
+                        file.display(),
+                        refused.record,
+                        refused.reason
+                    ),
+                    Some(e) => eprintln!(
+                        "error: {} record {}: not replayed: {}; it is still in {} ({e})",
+                        file.display(),
+                        refused.record,
+                        refused.reason,
+                        moved.to_string_lossy()
+                    ),
+                }
+            }
             println!(
-                "replayed {delivered} of {total} batch(es) from {}; {} failed again and went to {}",
+                "replayed {} of {total} batch(es) from {}; {} failed again and {} were refused, all kept in {kept}",
+                replayed.delivered,
                 file.display(),
-                total - delivered,
-                pipeline.dead_letter_path().display()
+                replayed.failed,
+                replayed.refused.len(),
             );
-            Ok(if delivered == total {
+            Ok(if replayed.delivered == total {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -247,11 +247,21 @@ impl Pipeline {
     }
 
     /// Sends dead letters again, each to its shard's endpoint now, with a fresh signature and
-    /// its original `webhook-id`. Those that fail again are dead-lettered anew. Returns how
-    /// many were delivered.
-    pub async fn replay(&self, letters: Vec<DeadLetter>) -> usize {
-        let mut delivered = 0;
-        for letter in letters {
+    /// its original `webhook-id`. Those that fail again are dead-lettered anew. A record that
+    /// cannot be sent as it is (its `webhook-id` is no header value) is refused, written back
+    /// to the dead-letter file unchanged, and the rest go on.
+    pub async fn replay(&self, letters: Vec<DeadLetter>) -> Replayed {
+        let mut replayed = Replayed::default();
+        for (index, letter) in letters.into_iter().enumerate() {
+            if let Err(reason) = super::batch::check_id(&letter.webhook_id) {
+                let kept = self.shared.dead.append(&letter).await.err();
+                replayed.refused.push(RefusedLetter {
+                    record: index + 1,
+                    reason,
+                    not_kept: kept.map(|e| e.to_string()),
+                });
+                continue;
+            }
             let body: Box<str> = letter.body.into();
             let request = Request {
                 id: letter.webhook_id,
@@ -265,11 +275,36 @@ impl Pipeline {
                 deferred: Vec::new(),
             };
             match attempt_until_done(&self.shared, request).await {
-                Outcome::Delivered => delivered += 1,
-                Outcome::DeadLettered => {}
-                Outcome::Unavailable(request) => dead_letter(&self.shared, request, 0, None).await,
+                Outcome::Delivered => replayed.delivered += 1,
+                Outcome::DeadLettered => replayed.failed += 1,
+                Outcome::Unavailable(request) => {
+                    dead_letter(&self.shared, request, 0, None).await;
+                    replayed.failed += 1;
+                }
             }
         }
-        delivered
+        replayed
     }
+}
+
+/// What `Pipeline::replay` did with a file's records.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Records an endpoint took.
+    pub delivered: usize,
+    /// Records that failed again and were dead-lettered anew.
+    pub failed: usize,
+    /// Records that could not be sent as they are.
+    pub refused: Vec<RefusedLetter>,
+}
+
+/// A dead letter `replay` would not send.
+#[derive(Debug)]
+pub struct RefusedLetter {
+    /// Its place among the file's records, from 1.
+    pub record: usize,
+    /// What is wrong with it.
+    pub reason: &'static str,
+    /// Why it could not be written back to the dead-letter file, if it could not.
+    pub not_kept: Option<String>,
 }
