@@ -47,6 +47,14 @@ pub enum DeliveryError {
         /// What is wrong with its URL.
         source: crate::delivery::http::BadUrl,
     },
+    /// The state directory could not be made, or made private.
+    #[error("state directory {}: {source}", path.display())]
+    State {
+        /// The directory, or the file in it, that could not be made or changed.
+        path: std::path::PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
     /// An `aws-iam` endpoint has no AWS credentials to sign with.
     #[error("endpoint `{endpoint}` has auth = \"aws-iam\": {source}")]
     AwsCredentials {
@@ -120,6 +128,23 @@ impl DeliveryHandle {
     }
 }
 
+/// Makes the state directory private (dead letters hold message content and interaction
+/// tokens), saying which paths were readable by others before.
+fn secure_state_dir(dir: &std::path::Path) -> Result<(), DeliveryError> {
+    let tightened = crate::state::files::secure(dir).map_err(|source| DeliveryError::State {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for t in tightened {
+        tracing::warn!(
+            path = %t.path.display(),
+            was = format_args!("{:o}", t.was),
+            "a state path was open to other users; only its owner may use it now"
+        );
+    }
+    Ok(())
+}
+
 impl Pipeline {
     /// Builds the pipeline from config: endpoints, keys, limits. AWS credentials for
     /// `auth = "aws-iam"` endpoints come from the process environment.
@@ -140,6 +165,7 @@ impl Pipeline {
         if config.endpoints.is_empty() {
             return Err(ConfigError::NoEndpoints.into());
         }
+        secure_state_dir(&config.state.dir)?;
         // For Discord's REST API (deferring interactions, apologising for them); endpoints have
         // connections of their own (`http`).
         let tls = crate::tls::platform_tls().map_err(DeliveryError::Tls)?;
