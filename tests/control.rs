@@ -45,7 +45,18 @@ fn next_id() -> String {
 }
 
 async fn post_signed(p: &Pipe, body: &str, id: &str, timestamp: u64) -> reqwest::Response {
-    let signer = Signer::new(SigningKey::parse(&p.secret).unwrap(), vec![]);
+    post_signed_with(p, &p.secret, body, id, timestamp).await
+}
+
+/// Like `post_signed`, with the key `secret`.
+async fn post_signed_with(
+    p: &Pipe,
+    secret: &str,
+    body: &str,
+    id: &str,
+    timestamp: u64,
+) -> reqwest::Response {
+    let signer = Signer::new(SigningKey::parse(secret).unwrap(), vec![]);
     reqwest::Client::new()
         .post(format!("{}/v1/gateway/commands", p.control_url))
         .header("webhook-id", id)
@@ -168,6 +179,44 @@ async fn unsigned_stale_replayed_oversized_and_forbidden_commands_are_refused() 
     );
     // Only the one good command reached the gateway.
     assert_eq!(p.wait_sim_commands(1).await.len(), 1);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_command_accepted_before_a_restart_is_refused_after_it() {
+    let p = start(sim(1, 0)).await;
+    let good =
+        r#"{"shard_id":0,"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}}"#;
+    let (id, now) = (next_id(), shardhook::unix_now());
+    assert_eq!(post_signed(&p, good, &id, now).await.status(), 202);
+    let dir = p.state_dir.to_path_buf();
+    let secret = p.secret.clone();
+    // The first router stops; its state directory stays (the Pipe is kept until the end).
+    let first = p.stop().await;
+    let p = Pipe::start(sim(1, 0), vec![("a", 1.0, Target::Live(vec![]))], |c| {
+        c.state.dir = dir.clone();
+        c.signing.secret = Some(SigningKey::parse(&secret).unwrap());
+    })
+    .await;
+    // The very request the first router accepted, byte for byte.
+    let replayed = post_signed_with(&p, &secret, good, &id, now).await;
+    assert_eq!(replayed.status(), 401);
+    assert!(replayed.text().await.unwrap().contains("already used"));
+    drop(first);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_command_does_not_spend_its_id() {
+    let p = start(sim(1, 0)).await;
+    let (id, now) = (next_id(), shardhook::unix_now());
+    // No shard 9 here: 404, and the id is still free.
+    let elsewhere = r#"{"shard_id":9,"op":3,"d":{"status":"online"}}"#;
+    assert_eq!(post_signed(&p, elsewhere, &id, now).await.status(), 404);
+    let good =
+        r#"{"shard_id":0,"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}}"#;
+    assert_eq!(post_signed(&p, good, &id, now).await.status(), 202);
+    assert_eq!(post_signed(&p, good, &id, now).await.status(), 401);
     p.stop().await;
 }
 

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use shardhook_simulator::{SimConfig, Simulator, DEFAULT_TOKEN};
 use std::sync::Arc;
 
-use shardhook::control::ControlState;
+use shardhook::control::{ControlState, LocalIds};
 use shardhook::Checkpointer;
 use shardhook::{Config, Pipeline, Router, Signer, SigningKey};
 use tracing::Level;
@@ -140,10 +140,17 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
             let router = Router::start_with(&config, |id| pipeline.sink(id))
                 .await
                 .map_err(|e| e.to_string())?;
+            let ids = LocalIds::open(&config.state.dir, shardhook::unix_now()).map_err(|e| {
+                format!(
+                    "failed to read spent command ids in {}: {e}",
+                    config.state.dir.display()
+                )
+            })?;
             let state = ControlState::new(
                 router.shards(),
                 router.shard_count(),
                 signer,
+                Arc::new(ids),
                 pipeline.handle(),
             );
             tracing::info!(addr = %control.local_addr().map_err(|e| e.to_string())?, "control API listening");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::future::select_all;
 use shardhook::config::{Config, EndpointConfig, SigningConfig};
-use shardhook::control::ControlState;
+use shardhook::control::{ControlState, LocalIds};
 use shardhook::{
     AllShardsStopped, DeliveryStats, Pipeline, Router, ShardHandle, Signer, SigningKey,
 };
@@ -161,10 +161,12 @@ impl Pipe {
         let shards = router.shards().to_vec();
         let control = loopback().await;
         let control_url = format!("http://{}", control.local_addr().unwrap());
+        let ids = LocalIds::open(&config.state.dir, shardhook::unix_now()).unwrap();
         let state = ControlState::new(
             &shards,
             router.shard_count(),
             Signer::from_config(&config).unwrap(),
+            Arc::new(ids),
             pipeline.handle(),
         );
         tokio::spawn(shardhook::control::serve(
