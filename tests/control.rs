@@ -207,6 +207,38 @@ async fn a_command_accepted_before_a_restart_is_refused_after_it() {
 }
 
 #[tokio::test]
+async fn with_a_control_secret_commands_need_it_and_the_event_key_no_longer_sends_them() {
+    let control = SigningKey::generate();
+    let p = Pipe::start(sim(1, 0), vec![("a", 1.0, Target::Live(vec![]))], |c| {
+        c.signing.control_secret = Some(SigningKey::parse(&control).unwrap());
+    })
+    .await;
+    let _ = support::within(
+        "active",
+        p.shards[0]
+            .status()
+            .wait_for(|s| s.state == ShardState::Active),
+    )
+    .await;
+    let good =
+        r#"{"shard_id":0,"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}}"#;
+    let now = shardhook::unix_now();
+    let by_event_key = post_signed(&p, good, &next_id(), now).await;
+    assert_eq!(by_event_key.status(), 401);
+    assert!(by_event_key.text().await.unwrap().contains("no signature"));
+    let by_control_key = post_signed_with(&p, &control, good, &next_id(), now).await;
+    assert_eq!(by_control_key.status(), 202);
+    assert_eq!(p.wait_sim_commands(1).await.len(), 1);
+    // Events are still signed with the event key: the receiver verifies them with it.
+    p.wait_until("READY and the guilds delivered", |p| {
+        p.arrivals().len() >= 3
+    })
+    .await;
+    assert!(p.requests().iter().all(|(_, q)| q.verified));
+    p.stop().await;
+}
+
+#[tokio::test]
 async fn a_refused_command_does_not_spend_its_id() {
     let p = start(sim(1, 0)).await;
     let (id, now) = (next_id(), shardhook::unix_now());

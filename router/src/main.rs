@@ -114,7 +114,7 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Run { config } => {
             let config = load(config)?;
-            let signer = Signer::from_config(&config).map_err(|e| e.to_string())?;
+            let signer = Signer::for_commands(&config).map_err(|e| e.to_string())?;
             let mut pipeline = Pipeline::new(&config).map_err(|e| e.to_string())?;
             let control = tokio::net::TcpListener::bind(config.control.listen)
                 .await

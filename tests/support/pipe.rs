@@ -137,6 +137,7 @@ impl Pipe {
         config.signing = SigningConfig {
             secret: Some(key),
             previous_secrets: vec![],
+            control_secret: None,
         };
         config.endpoints = endpoints
             .iter()
@@ -165,7 +166,7 @@ impl Pipe {
         let state = ControlState::new(
             &shards,
             router.shard_count(),
-            Signer::from_config(&config).unwrap(),
+            Signer::for_commands(&config).unwrap(),
             Arc::new(ids),
             pipeline.handle(),
         );

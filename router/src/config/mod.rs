@@ -237,6 +237,7 @@ impl Config {
             let secret_key = match var.as_str() {
                 "DISCORD_TOKEN" => Some(("discord", "token")),
                 "SHARDHOOK_SIGNING_SECRET" => Some(("signing", "secret")),
+                "SHARDHOOK_CONTROL_SECRET" => Some(("signing", "control_secret")),
                 _ => None,
             };
             if let Some((section, key)) = secret_key {
@@ -609,6 +610,20 @@ mod tests {
         assert_eq!(listed.signing.previous_secrets.len(), 2);
         let in_file = parse(&format!("[signing]\nprevious_secrets = \"{OLD}\"")).unwrap();
         assert_eq!(in_file.signing.previous_secrets.len(), 1);
+    }
+
+    #[test]
+    fn the_control_secret_comes_from_its_variable_and_is_never_shown() {
+        let control = SigningKey::generate();
+        let config = with_env("", "SHARDHOOK_CONTROL_SECRET", &control).unwrap();
+        assert!(config.signing.control_secret.is_some());
+        let shown = config.to_redacted_toml();
+        assert!(shown.contains("control_secret = \"<redacted>\""), "{shown}");
+        assert!(!shown.contains(&control[6..]), "{shown}");
+        let err = with_env("", "SHARDHOOK_CONTROL_SECRET", "whsec_!!!")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("signing.control_secret"), "{err}");
     }
 
     #[test]

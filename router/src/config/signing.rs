@@ -26,6 +26,12 @@ pub struct SigningConfig {
         deserialize_with = "key_list"
     )]
     pub previous_secrets: Vec<SigningKey>,
+    /// The key gateway commands from handlers are signed with, if not `secret`: a handler
+    /// that can send commands then holds no key that signs events, and one that only
+    /// receives events holds none that sends commands. Better: `SHARDHOOK_CONTROL_SECRET`
+    /// (wins). Unset, commands are verified with `secret` and `previous_secrets`.
+    #[serde(default, serialize_with = "redacted")]
+    pub control_secret: Option<SigningKey>,
 }
 
 fn redacted<S: serde::Serializer, T>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
@@ -101,9 +107,10 @@ fn key_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SigningKey>, D::Error
 }
 
 /// Config keys that hold a secret, as error paths name them.
-const SECRET_KEYS: [&str; 3] = [
+const SECRET_KEYS: [&str; 4] = [
     "discord.token",
     "signing.secret",
+    "signing.control_secret",
     "signing.previous_secrets",
 ];
 
