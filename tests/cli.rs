@@ -283,6 +283,71 @@ fn a_more_specific_rust_log_for_a_frame_printing_library_cannot_show_the_token()
     }
 }
 
+/// `Max open files` of a running process: (soft, hard), as /proc reports them.
+#[cfg(target_os = "linux")]
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    let mut numbers = line["Max open files".len()..].split_whitespace();
+    let soft = numbers.next().unwrap().to_owned();
+    (soft, numbers.next().unwrap().to_owned())
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn run_raises_the_open_file_soft_limit_to_the_hard_one() {
+    let (mut sim, api_url) = simulate(&["--heartbeat-interval-ms", "1000"]);
+    let dir = TempDir::new("cli");
+    let path = dir.join("shardhook.toml");
+    std::fs::write(
+        &path,
+        format!("[discord]\napi_url = \"{api_url}\"\n{ENDPOINT}"),
+    )
+    .unwrap();
+    // A soft limit far under the hard one, as many systems set it (1024).
+    let mut run = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -Sn 128 && exec \"$0\" \"$@\"",
+            BIN,
+            "run",
+            "--config",
+        ])
+        .arg(&path)
+        .current_dir(&*dir)
+        .env_remove("RUST_LOG")
+        .env("DISCORD_TOKEN", SECRET)
+        .env("SHARDHOOK_SIGNING_SECRET", SIGNING)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(run.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("control API listening") {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "exited early:\n{seen}"
+        );
+        seen.push_str(&line);
+    }
+    let (soft, hard) = open_file_limits(run.id());
+    run.kill().unwrap();
+    run.wait().unwrap();
+    sim.kill().unwrap();
+    assert_ne!(
+        hard, "128",
+        "the hard limit is too low for this test to say anything"
+    );
+    assert_eq!(soft, hard, "the soft limit was raised to the hard one");
+}
+
 #[test]
 fn run_refuses_a_wrong_token_clearly_and_never_prints_it() {
     let (mut sim, api_url) = simulate(&[]);

@@ -6,6 +6,9 @@ mod support;
 
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 use shardhook::{ShardState, Signer, SigningKey};
 use shardhook_simulator::receiver::Reply;
 use shardhook_simulator::{events, Fault, SimConfig};
@@ -416,5 +419,122 @@ async fn an_interaction_is_deferred_at_once_and_a_failed_delivery_edits_the_resp
     assert_eq!(body["events"][0]["deferred"], true);
     assert_eq!(p.stats.snapshot().requests_dead_lettered, 1);
     assert!(p.stats.defer_quantile(1.0).is_some());
+    p.stop().await;
+}
+
+/// A pipe whose control API has these limits.
+async fn start_with_limits(tweak: impl FnOnce(&mut shardhook::config::ControlConfig)) -> Pipe {
+    Pipe::start(sim(1, 0), vec![("a", 1.0, Target::Live(vec![]))], |c| {
+        tweak(&mut c.control)
+    })
+    .await
+}
+
+async fn connect(p: &Pipe) -> TcpStream {
+    TcpStream::connect(p.control_url.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection.
+async fn until_closed(what: &str, stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    // A reset is a close too.
+    let _ = support::within(what, stream.read_to_end(&mut seen)).await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Reads one answer to `GET /healthz` (whose body is `ok\n`).
+async fn healthz_answer(stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    support::within("the /healthz answer", async {
+        while !seen.ends_with(b"ok\n") {
+            let mut chunk = [0u8; 1024];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: router\r\n\r\n";
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_headers_is_closed() {
+    let p = start_with_limits(|c| c.header_read_timeout = Duration::from_millis(200)).await;
+    let mut half = connect(&p).await;
+    half.write_all(b"GET /healthz HTTP/1.1\r\nhost: rou")
+        .await
+        .unwrap();
+    let answer = until_closed("the half-sent request's connection to close", &mut half).await;
+    assert!(!answer.contains("200"), "{answer}");
+    // One that sends nothing at all is closed the same way.
+    let mut silent = connect(&p).await;
+    until_closed("a silent connection to close", &mut silent).await;
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_stalls_in_its_body_is_closed_when_idle() {
+    // The headers arrive in time; the body never does.
+    let p = start_with_limits(|c| c.idle_timeout = Duration::from_millis(300)).await;
+    let mut stalled = connect(&p).await;
+    stalled
+        .write_all(
+            b"POST /v1/gateway/commands HTTP/1.1\r\nhost: router\r\ncontent-length: 100\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let answer = until_closed("the stalled connection to close", &mut stalled).await;
+    assert!(!answer.contains("202"), "{answer}");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_a_connection_waits_until_one_closes() {
+    let p = start_with_limits(|c| c.max_connections = 1).await;
+    let mut first = connect(&p).await;
+    first.write_all(HEALTHZ).await.unwrap();
+    assert!(healthz_answer(&mut first).await.starts_with("HTTP/1.1 200"));
+    // The second connection's request is sent before the first's next one...
+    let mut second = connect(&p).await;
+    second.write_all(HEALTHZ).await.unwrap();
+    first.write_all(HEALTHZ).await.unwrap();
+    assert!(healthz_answer(&mut first).await.starts_with("HTTP/1.1 200"));
+    // ...yet only the first, which holds the one slot, was answered.
+    let mut nothing = [0u8; 64];
+    let waiting = second.try_read(&mut nothing);
+    assert!(
+        matches!(waiting, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "{waiting:?}"
+    );
+    drop(first);
+    assert!(healthz_answer(&mut second)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_before_its_signature_is_checked() {
+    let p = start(sim(1, 0)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/gateway/commands", p.control_url);
+    // Unsigned: refused for its size, not its signature.
+    let unsigned = client
+        .post(&url)
+        .body(vec![b'x'; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 413);
+    // Signed, just over the limit.
+    let big = format!(
+        r#"{{"shard_id":0,"op":3,"d":{{"status":"online","pad":"{}"}}}}"#,
+        "x".repeat(shardhook::control::MAX_BODY_BYTES)
+    );
+    assert_eq!(post(&p, &big).await.status(), 413);
     p.stop().await;
 }

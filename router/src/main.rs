@@ -114,6 +114,7 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Run { config } => {
             let config = load(config)?;
+            raise_open_file_limit();
             let signer = Signer::for_commands(&config).map_err(|e| e.to_string())?;
             let mut pipeline = Pipeline::new(&config).map_err(|e| e.to_string())?;
             let control = tokio::net::TcpListener::bind(config.control.listen)
@@ -154,11 +155,10 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 pipeline.handle(),
             );
             tracing::info!(addr = %control.local_addr().map_err(|e| e.to_string())?, "control API listening");
-            let server = tokio::spawn(shardhook::control::serve(
-                control,
-                Arc::new(state),
-                until_stopped(),
-            ));
+            let (limits, stopping) = (config.control.clone(), until_stopped());
+            let server = tokio::spawn(async move {
+                shardhook::control::serve(control, Arc::new(state), &limits, stopping).await
+            });
             let checkpointer = Checkpointer::new(
                 &config.state.dir,
                 router.shard_count(),
@@ -339,6 +339,16 @@ fn is_capped(target: &str) -> bool {
             .strip_prefix(name)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
     })
+}
+
+/// Raises the soft limit on open files to the hard limit: shards, endpoint connections, the
+/// spool, checkpoints and the control API all hold descriptors, and a low default soft limit
+/// (1024 on many systems) runs out long before the hard one.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!("could not raise the open file limit: {e}"),
+    }
 }
 
 fn load(path: Option<PathBuf>) -> Result<Config, String> {

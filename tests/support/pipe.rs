@@ -170,11 +170,11 @@ impl Pipe {
             Arc::new(ids),
             pipeline.handle(),
         );
-        tokio::spawn(shardhook::control::serve(
-            control,
-            Arc::new(state),
-            std::future::pending(),
-        ));
+        let limits = config.control.clone();
+        tokio::spawn(async move {
+            shardhook::control::serve(control, Arc::new(state), &limits, std::future::pending())
+                .await
+        });
         let (stop, stopped) = oneshot::channel::<()>();
         let running = tokio::spawn(router.run_until(async {
             let _ = stopped.await;

@@ -75,14 +75,40 @@ pub struct ControlConfig {
     /// `/v1/shards`, `/metrics`). Keep it on loopback or a private network.
     #[serde(default = "default_control_listen")]
     pub listen: std::net::SocketAddr,
+    /// How long a connection has to send a request's headers, counted from when it is ready
+    /// for a request: a new connection, or a kept one after its last answer.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection that completes no request for this long is closed, whatever it is doing
+    /// (a body sent a byte at a time, an answer nobody reads).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait to be accepted until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
             listen: default_control_listen(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
         }
     }
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_connections() -> usize {
+    128
 }
 
 fn default_control_listen() -> std::net::SocketAddr {
@@ -322,6 +348,19 @@ impl Config {
             return invalid(
                 "delivery.circuit_failures".into(),
                 "must be at least 1".into(),
+            );
+        }
+        let c = &self.control;
+        if c.max_connections == 0 {
+            return invalid(
+                "control.max_connections".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if c.header_read_timeout.is_zero() || c.idle_timeout.is_zero() {
+            return invalid(
+                "control".into(),
+                "header_read_timeout and idle_timeout must be more than 0".into(),
             );
         }
         if self.batch.max_events == 0 {
@@ -676,6 +715,22 @@ mod tests {
             err.contains("line 2") && !err.contains("whsec_abc"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn control_limits_have_defaults_and_refuse_zero() {
+        let config = parse("").unwrap();
+        assert_eq!(config.control.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(config.control.idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.control.max_connections, 128);
+        let err = parse("[control]\nmax_connections = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("control.max_connections"), "{err}");
+        let err = parse("[control]\nidle_timeout = \"0s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("idle_timeout"), "{err}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,6 +28,10 @@ use crate::gateway::payload::op;
 
 /// Discord's limit on a payload a client sends.
 pub const MAX_COMMAND_BYTES: usize = 4096;
+
+/// The largest command body: Discord's payload limit, with room for the envelope's `guild_id`
+/// or `shard_id` and whitespace. Larger bodies get 413 before their signature is checked.
+pub const MAX_BODY_BYTES: usize = 8 * 1024;
 
 /// The longest `webhook-id` a command may carry (the router's own are about 30 bytes).
 const MAX_ID_BYTES: usize = 256;
@@ -74,23 +78,16 @@ impl ControlState {
 /// The control API's routes.
 pub fn app(state: Arc<ControlState>) -> axum::Router {
     axum::Router::new()
-        .route("/v1/gateway/commands", post(command))
+        // The limit is checked as the body is read, before the handler (and so any HMAC) runs.
+        .route(
+            "/v1/gateway/commands",
+            post(command).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
         .route("/v1/shards", get(shards))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state)
-}
-
-/// Serves the control API on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Arc<ControlState>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 fn refuse(status: StatusCode, error: impl Into<String>) -> Response {

@@ -1,5 +1,5 @@
-//! The control surface: the HTTP API handlers and operators call (`api`), the command ids it
-//! has spent (`replay`), and the Prometheus exposition of the shards' and pipeline's counters
+//! The control surface: the HTTP API handlers and operators call (`api`), served within bounds
+//! by `server`, the command ids it has spent (`replay`), and the Prometheus exposition of the shards' and pipeline's counters
 //! (`metrics`).
 //!
 //! It reads shards and delivery through their handles and sends gateway commands through a
@@ -8,6 +8,8 @@
 mod api;
 pub(crate) mod metrics;
 mod replay;
+mod server;
 
-pub use api::{app, serve, ControlState};
+pub use api::{app, ControlState, MAX_BODY_BYTES};
 pub use replay::{Claim, LocalIds, SpentIds};
+pub use server::serve;
