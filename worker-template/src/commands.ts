@@ -187,7 +187,7 @@ const keyCache = new Map<string, Promise<SigningKey>>();
 function cachedSigningKey(secret: string): Promise<SigningKey> {
   let key = keyCache.get(secret);
   if (!key) {
-    key = importSecret(secret, "sign");
+    key = importSecret(secret);
     keyCache.set(secret, key);
     key.catch(() => keyCache.delete(secret));
   }
