@@ -21,8 +21,8 @@
 //!   `spent_ids` of commands, the durable `progress` checkpoints are made from, and `files`,
 //!   which keeps all of it private to the router's user.
 //! - `config/`: the TOML schema, environment overrides and validation, with `intents`;
-//!   `secret` (the token and signing keys, and how a URL is shown) and `tls` (the HTTPS clients' settings) are leaves
-//!   every folder may use.
+//!   `secret` (the token and signing keys, and how a URL is shown) and `tls` (the HTTPS
+//!   clients' settings) are leaves every folder may use.
 //!
 //! The Discord double, the verifying receiver and `shardhook demo`'s script live outside the
 //! library: the simulator is its own crate (`shardhook-simulator`), so it cannot share a bug
