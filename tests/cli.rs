@@ -149,6 +149,75 @@ fn check_names_a_bad_key_and_what_is_allowed() {
 }
 
 #[test]
+fn check_takes_previous_secrets_as_a_string_and_never_prints_a_secret_in_an_error() {
+    let dir = TempDir::new("cli");
+    let path = dir.join("shardhook.toml");
+    let check = |env: &[(&str, &str)]| {
+        let mut cmd = shardhook(&["check", "--config", path.to_str().unwrap()]);
+        cmd.env("SHARDHOOK_SIGNING_SECRET", SIGNING);
+        cmd.envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        (out.status.success(), output_text(&out))
+    };
+    std::fs::write(
+        &path,
+        format!("[discord]\ntoken = \"{SECRET}\"\n{ENDPOINT}"),
+    )
+    .unwrap();
+    // The environment can only give a string; it is read as the list of one key.
+    let previous = "whsec_cHJldmlvdXMta2V5LW9mLTMyLWJ5dGVzLi4uLi4=";
+    let (ok, text) = check(&[("SHARDHOOK__SIGNING__PREVIOUS_SECRETS", previous)]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("previous_secrets = [\"<redacted>\"]"),
+        "{text}"
+    );
+    assert!(!text.contains(&previous[6..]), "{text}");
+    // A key that is not one is refused by name, without its value.
+    let bad = format!("{previous}!");
+    let (ok, text) = check(&[("SHARDHOOK__SIGNING__PREVIOUS_SECRETS", &bad)]);
+    assert!(!ok);
+    assert!(text.contains("signing.previous_secrets"), "{text}");
+    assert!(!text.contains(&previous[6..]), "{text}");
+    // A syntax error on the token's line names the line, and does not quote it.
+    std::fs::write(
+        &path,
+        format!("[discord]\ntoken = \"{SECRET}\" oops\n{ENDPOINT}"),
+    )
+    .unwrap();
+    let (ok, text) = check(&[]);
+    assert!(!ok);
+    assert!(text.contains("line 2"), "{text}");
+    assert!(!text.contains(SECRET), "the token leaked:\n{text}");
+}
+
+#[test]
+fn check_shows_endpoint_urls_without_userinfo_or_query() {
+    let dir = TempDir::new("cli");
+    let path = dir.join("shardhook.toml");
+    std::fs::write(
+        &path,
+        "[[endpoints]]\nname = \"fn\"\nurl = \"https://bot:pa55word@example.com/hook?code=s3cret\"\n",
+    )
+    .unwrap();
+    let out = shardhook(&["check", "--config", path.to_str().unwrap()])
+        .env("DISCORD_TOKEN", SECRET)
+        .env("SHARDHOOK_SIGNING_SECRET", SIGNING)
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("url = \"https://<redacted>@example.com/hook?<redacted>\""),
+        "{text}"
+    );
+    assert!(
+        !text.contains("pa55word") && !text.contains("s3cret"),
+        "{text}"
+    );
+}
+
+#[test]
 fn run_exits_nonzero_when_every_shard_is_fatally_closed_and_never_prints_the_token() {
     // The double wants 2 shards; running 1 of 1 gets close 4011 (sharding required).
     let (mut sim, api_url) = simulate(&["--shards", "2", "--heartbeat-interval-ms", "1000"]);
@@ -178,6 +247,105 @@ fn run_exits_nonzero_when_every_shard_is_fatally_closed_and_never_prints_the_tok
         !text.contains(&SIGNING[6..]),
         "the signing secret leaked:\n{text}"
     );
+}
+
+/// The token as text and as the hex of its bytes (how tungstenite prints a frame's payload).
+fn token_forms(token: &str) -> [String; 2] {
+    let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+    [token.to_owned(), hex]
+}
+
+#[test]
+fn a_more_specific_rust_log_for_a_frame_printing_library_cannot_show_the_token() {
+    // `tungstenite::protocol=trace` is more specific than any cap on `tungstenite`: before the
+    // cap was a filter of its own, it won, and IDENTIFY was logged as text and as hex.
+    let (mut sim, api_url) = simulate(&["--shards", "2", "--heartbeat-interval-ms", "1000"]);
+    let dir = TempDir::new("cli");
+    let path = dir.join("shardhook.toml");
+    std::fs::write(
+        &path,
+        format!("[discord]\napi_url = \"{api_url}\"\nshards = {{ total = 1 }}\n{ENDPOINT}"),
+    )
+    .unwrap();
+    let out = shardhook(&["run", "--config", path.to_str().unwrap()])
+        .current_dir(&*dir)
+        .env("DISCORD_TOKEN", SECRET)
+        .env("SHARDHOOK_SIGNING_SECRET", SIGNING)
+        .env("RUST_LOG", "info,tungstenite::protocol=trace")
+        .output()
+        .unwrap();
+    sim.kill().unwrap();
+    let text = output_text(&out);
+    // IDENTIFY went out: the double closed with 4011 in answer to it.
+    assert!(text.contains("4011"), "{text}");
+    for form in token_forms(SECRET) {
+        assert!(!text.contains(&form), "the token leaked as {form}:\n{text}");
+    }
+}
+
+/// `Max open files` of a running process: (soft, hard), as /proc reports them.
+#[cfg(target_os = "linux")]
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    let mut numbers = line["Max open files".len()..].split_whitespace();
+    let soft = numbers.next().unwrap().to_owned();
+    (soft, numbers.next().unwrap().to_owned())
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn run_raises_the_open_file_soft_limit_to_the_hard_one() {
+    let (mut sim, api_url) = simulate(&["--heartbeat-interval-ms", "1000"]);
+    let dir = TempDir::new("cli");
+    let path = dir.join("shardhook.toml");
+    std::fs::write(
+        &path,
+        format!("[discord]\napi_url = \"{api_url}\"\n{ENDPOINT}"),
+    )
+    .unwrap();
+    // A soft limit far under the hard one, as many systems set it (1024).
+    let mut run = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -Sn 128 && exec \"$0\" \"$@\"",
+            BIN,
+            "run",
+            "--config",
+        ])
+        .arg(&path)
+        .current_dir(&*dir)
+        .env_remove("RUST_LOG")
+        .env("DISCORD_TOKEN", SECRET)
+        .env("SHARDHOOK_SIGNING_SECRET", SIGNING)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(run.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("control API listening") {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "exited early:\n{seen}"
+        );
+        seen.push_str(&line);
+    }
+    let (soft, hard) = open_file_limits(run.id());
+    run.kill().unwrap();
+    run.wait().unwrap();
+    sim.kill().unwrap();
+    assert_ne!(
+        hard, "128",
+        "the hard limit is too low for this test to say anything"
+    );
+    assert_eq!(soft, hard, "the soft limit was raised to the hard one");
 }
 
 #[test]

@@ -6,6 +6,9 @@ mod support;
 
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 use shardhook::{ShardState, Signer, SigningKey};
 use shardhook_simulator::receiver::Reply;
 use shardhook_simulator::{events, Fault, SimConfig};
@@ -45,7 +48,18 @@ fn next_id() -> String {
 }
 
 async fn post_signed(p: &Pipe, body: &str, id: &str, timestamp: u64) -> reqwest::Response {
-    let signer = Signer::new(SigningKey::parse(&p.secret).unwrap(), vec![]);
+    post_signed_with(p, &p.secret, body, id, timestamp).await
+}
+
+/// Like `post_signed`, with the key `secret`.
+async fn post_signed_with(
+    p: &Pipe,
+    secret: &str,
+    body: &str,
+    id: &str,
+    timestamp: u64,
+) -> reqwest::Response {
+    let signer = Signer::new(SigningKey::parse(secret).unwrap(), vec![]);
     reqwest::Client::new()
         .post(format!("{}/v1/gateway/commands", p.control_url))
         .header("webhook-id", id)
@@ -168,6 +182,76 @@ async fn unsigned_stale_replayed_oversized_and_forbidden_commands_are_refused() 
     );
     // Only the one good command reached the gateway.
     assert_eq!(p.wait_sim_commands(1).await.len(), 1);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_command_accepted_before_a_restart_is_refused_after_it() {
+    let p = start(sim(1, 0)).await;
+    let good =
+        r#"{"shard_id":0,"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}}"#;
+    let (id, now) = (next_id(), shardhook::unix_now());
+    assert_eq!(post_signed(&p, good, &id, now).await.status(), 202);
+    let dir = p.state_dir.to_path_buf();
+    let secret = p.secret.clone();
+    // The first router stops; its state directory stays (the Pipe is kept until the end).
+    let first = p.stop().await;
+    let p = Pipe::start(sim(1, 0), vec![("a", 1.0, Target::Live(vec![]))], |c| {
+        c.state.dir = dir.clone();
+        c.signing.secret = Some(SigningKey::parse(&secret).unwrap());
+    })
+    .await;
+    // The very request the first router accepted, byte for byte.
+    let replayed = post_signed_with(&p, &secret, good, &id, now).await;
+    assert_eq!(replayed.status(), 401);
+    assert!(replayed.text().await.unwrap().contains("already used"));
+    drop(first);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn with_a_control_secret_commands_need_it_and_the_event_key_no_longer_sends_them() {
+    let control = SigningKey::generate();
+    let p = Pipe::start(sim(1, 0), vec![("a", 1.0, Target::Live(vec![]))], |c| {
+        c.signing.control_secret = Some(SigningKey::parse(&control).unwrap());
+    })
+    .await;
+    let _ = support::within(
+        "active",
+        p.shards[0]
+            .status()
+            .wait_for(|s| s.state == ShardState::Active),
+    )
+    .await;
+    let good =
+        r#"{"shard_id":0,"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}}"#;
+    let now = shardhook::unix_now();
+    let by_event_key = post_signed(&p, good, &next_id(), now).await;
+    assert_eq!(by_event_key.status(), 401);
+    assert!(by_event_key.text().await.unwrap().contains("no signature"));
+    let by_control_key = post_signed_with(&p, &control, good, &next_id(), now).await;
+    assert_eq!(by_control_key.status(), 202);
+    assert_eq!(p.wait_sim_commands(1).await.len(), 1);
+    // Events are still signed with the event key: the receiver verifies them with it.
+    p.wait_until("READY and the guilds delivered", |p| {
+        p.arrivals().len() >= 3
+    })
+    .await;
+    assert!(p.requests().iter().all(|(_, q)| q.verified));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_command_does_not_spend_its_id() {
+    let p = start(sim(1, 0)).await;
+    let (id, now) = (next_id(), shardhook::unix_now());
+    // No shard 9 here: 404, and the id is still free.
+    let elsewhere = r#"{"shard_id":9,"op":3,"d":{"status":"online"}}"#;
+    assert_eq!(post_signed(&p, elsewhere, &id, now).await.status(), 404);
+    let good =
+        r#"{"shard_id":0,"op":3,"d":{"since":null,"activities":[],"status":"online","afk":false}}"#;
+    assert_eq!(post_signed(&p, good, &id, now).await.status(), 202);
+    assert_eq!(post_signed(&p, good, &id, now).await.status(), 401);
     p.stop().await;
 }
 
@@ -335,5 +419,122 @@ async fn an_interaction_is_deferred_at_once_and_a_failed_delivery_edits_the_resp
     assert_eq!(body["events"][0]["deferred"], true);
     assert_eq!(p.stats.snapshot().requests_dead_lettered, 1);
     assert!(p.stats.defer_quantile(1.0).is_some());
+    p.stop().await;
+}
+
+/// A pipe whose control API has these limits.
+async fn start_with_limits(tweak: impl FnOnce(&mut shardhook::config::ControlConfig)) -> Pipe {
+    Pipe::start(sim(1, 0), vec![("a", 1.0, Target::Live(vec![]))], |c| {
+        tweak(&mut c.control)
+    })
+    .await
+}
+
+async fn connect(p: &Pipe) -> TcpStream {
+    TcpStream::connect(p.control_url.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection.
+async fn until_closed(what: &str, stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    // A reset is a close too.
+    let _ = support::within(what, stream.read_to_end(&mut seen)).await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Reads one answer to `GET /healthz` (whose body is `ok\n`).
+async fn healthz_answer(stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    support::within("the /healthz answer", async {
+        while !seen.ends_with(b"ok\n") {
+            let mut chunk = [0u8; 1024];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: router\r\n\r\n";
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_headers_is_closed() {
+    let p = start_with_limits(|c| c.header_read_timeout = Duration::from_millis(200)).await;
+    let mut half = connect(&p).await;
+    half.write_all(b"GET /healthz HTTP/1.1\r\nhost: rou")
+        .await
+        .unwrap();
+    let answer = until_closed("the half-sent request's connection to close", &mut half).await;
+    assert!(!answer.contains("200"), "{answer}");
+    // One that sends nothing at all is closed the same way.
+    let mut silent = connect(&p).await;
+    until_closed("a silent connection to close", &mut silent).await;
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_stalls_in_its_body_is_closed_when_idle() {
+    // The headers arrive in time; the body never does.
+    let p = start_with_limits(|c| c.idle_timeout = Duration::from_millis(300)).await;
+    let mut stalled = connect(&p).await;
+    stalled
+        .write_all(
+            b"POST /v1/gateway/commands HTTP/1.1\r\nhost: router\r\ncontent-length: 100\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let answer = until_closed("the stalled connection to close", &mut stalled).await;
+    assert!(!answer.contains("202"), "{answer}");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_a_connection_waits_until_one_closes() {
+    let p = start_with_limits(|c| c.max_connections = 1).await;
+    let mut first = connect(&p).await;
+    first.write_all(HEALTHZ).await.unwrap();
+    assert!(healthz_answer(&mut first).await.starts_with("HTTP/1.1 200"));
+    // The second connection's request is sent before the first's next one...
+    let mut second = connect(&p).await;
+    second.write_all(HEALTHZ).await.unwrap();
+    first.write_all(HEALTHZ).await.unwrap();
+    assert!(healthz_answer(&mut first).await.starts_with("HTTP/1.1 200"));
+    // ...yet only the first, which holds the one slot, was answered.
+    let mut nothing = [0u8; 64];
+    let waiting = second.try_read(&mut nothing);
+    assert!(
+        matches!(waiting, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "{waiting:?}"
+    );
+    drop(first);
+    assert!(healthz_answer(&mut second)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_before_its_signature_is_checked() {
+    let p = start(sim(1, 0)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/gateway/commands", p.control_url);
+    // Unsigned: refused for its size, not its signature.
+    let unsigned = client
+        .post(&url)
+        .body(vec![b'x'; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 413);
+    // Signed, just over the limit.
+    let big = format!(
+        r#"{{"shard_id":0,"op":3,"d":{{"status":"online","pad":"{}"}}}}"#,
+        "x".repeat(shardhook::control::MAX_BODY_BYTES)
+    );
+    assert_eq!(post(&p, &big).await.status(), 413);
     p.stop().await;
 }

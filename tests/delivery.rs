@@ -243,6 +243,104 @@ async fn a_400_is_dead_lettered_and_shardhook_replay_delivers_it() {
 }
 
 #[tokio::test]
+async fn replay_refuses_a_malformed_record_keeps_it_and_sends_the_rest() {
+    let (p, letters) = first_request_answered(Reply::Status(400)).await;
+    let kept_in = p.state_dir.join("dead-letters.jsonl");
+    let original: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&kept_in).unwrap().trim()).unwrap();
+    let with_id = |id: &str| {
+        let mut record = original.clone();
+        record["webhook_id"] = id.into();
+        record.to_string()
+    };
+    // A newline in webhook_id is no header value: it used to panic after the rename.
+    let file = p.state_dir.join("to-replay.jsonl");
+    let records = [
+        with_id(&letters[0].webhook_id),
+        with_id("msg_bad\nid"),
+        with_id("msg_second"),
+    ];
+    std::fs::write(&file, records.join("\n") + "\n").unwrap();
+    let config_path = p.state_dir.join("replay.toml");
+    let toml = format!(
+        "[signing]\nsecret = \"{}\"\n[[endpoints]]\nname = \"a\"\nurl = \"{}\"\n[state]\ndir = \"{}\"\n",
+        p.secret,
+        p.urls[0],
+        p.state_dir.display()
+    );
+    std::fs::write(&config_path, toml).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardhook"))
+        .args(["replay", file.to_str().unwrap(), "--config"])
+        .arg(&config_path)
+        .env_remove("SHARDHOOK_SIGNING_SECRET")
+        .output();
+    let out = within("replay", out).await.unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    assert!(
+        text.contains("record 2") && text.contains("webhook_id"),
+        "{text}"
+    );
+    assert!(text.contains("replayed 2 of 3"), "{text}");
+    // The refused record is back in the dead-letter file as it was; the others went out.
+    let kept = shardhook::read_dead_letters(&kept_in).unwrap();
+    assert_eq!(kept.last().unwrap().webhook_id, "msg_bad\nid");
+    let ids: Vec<String> = p
+        .requests()
+        .into_iter()
+        .map(|(_, q)| q.webhook_id)
+        .collect();
+    assert!(ids.contains(&"msg_second".to_owned()), "{ids:?}");
+    assert_eq!(
+        ids.iter()
+            .filter(|id| **id == letters[0].webhook_id)
+            .count(),
+        2,
+        "the first record was sent again"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_names_its_endpoint_and_shows_the_url_without_credentials() {
+    let p = Pipe::start(
+        sim(1, 3),
+        vec![("a", 1.0, live(vec![Reply::Status(400)]))],
+        |c| {
+            let url = c.endpoints[0]
+                .url
+                .replace("http://", "http://user:pa55word@");
+            c.endpoints[0].url = format!("{url}?key=s3cret-key");
+        },
+    )
+    .await;
+    p.wait_until("a dead letter", |p| {
+        p.stats.snapshot().requests_dead_lettered == 1
+    })
+    .await;
+    // Counted before it is written: once delivery has drained, it is on disk.
+    let p = p.stop().await;
+    let path = p.state_dir.join("dead-letters.jsonl");
+    let letters = shardhook::read_dead_letters(&path).unwrap();
+    assert_eq!(letters[0].endpoint, "a");
+    let port = p.urls[0].trim_end_matches('/').rsplit(':').next().unwrap();
+    assert_eq!(
+        letters[0].url,
+        format!("http://<redacted>@127.0.0.1:{port}/?<redacted>")
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains("pa55word") && !text.contains("s3cret-key"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn a_redirect_is_dead_lettered_not_followed() {
     // Where the redirect points: answers anything 2xx, and counts what reached it. A client
     // that follows a 302 would GET it without the events and count them as delivered.

@@ -4,6 +4,7 @@
 
 mod support;
 
+use shardhook_simulator::receiver::Reply;
 use support::process::{checkpoints, setup_with, terminate, Setup};
 
 async fn setup(shards: u32, events: u64) -> Setup {
@@ -108,4 +109,60 @@ async fn a_checkpoint_write_that_blocks_stops_no_delivery() {
     assert_eq!(checkpoints(&s.state_dir), shards as usize);
     let (lost, duplicated) = s.account();
     assert_eq!((lost, duplicated), (0, 0));
+}
+
+/// Every directory and file under `dir`, with its permission bits.
+#[cfg(unix)]
+fn modes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut all = vec![(
+        dir.to_owned(),
+        std::fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+    )];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            all.extend(modes(&path));
+        } else {
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            all.push((path, mode));
+        }
+    }
+    all
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn state_is_private_whatever_the_umask_and_an_open_state_dir_is_closed_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let (shards, events) = (1, 20);
+    let s = setup_with(shards, events, 200.0, &["a"], "").await;
+    // Left open by an earlier run: the directory and the config file in it.
+    std::fs::set_permissions(&*s.state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = s.state_dir.join("shardhook.toml");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // READY is refused for good: a dead letter.
+    s.receivers[0].script([Reply::Status(400)]);
+    let mut router = s.start_router_with_umask("022");
+    s.wait_arrivals("all but the dead letter", |seen| {
+        seen.len() + 1 == s.sim.observed(|o| o.ledger.len()) && seen.len() as u64 >= events
+    })
+    .await;
+    terminate(&mut router).await;
+    let modes = modes(&s.state_dir);
+    let names: Vec<String> = modes
+        .iter()
+        .map(|(p, _)| p.strip_prefix(&*s.state_dir).unwrap().display().to_string())
+        .collect();
+    for wanted in [
+        "dead-letters.jsonl",
+        "checkpoints/shard-0.json",
+        "identify/bucket-0",
+    ] {
+        assert!(names.iter().any(|n| n == wanted), "{wanted} in {names:?}");
+    }
+    for (path, mode) in &modes {
+        let wanted = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(*mode, wanted, "{} is {mode:o}", path.display());
+    }
 }

@@ -56,6 +56,7 @@ pub async fn shardhook(
     config.signing = SigningConfig {
         secret: Some(key),
         previous_secrets: vec![],
+        control_secret: None,
     };
     config.endpoints = vec![EndpointConfig::new("sink", sink_url)];
     config.state = StateConfig {

@@ -412,6 +412,7 @@ pub async fn shardhook_child(
     config.signing = SigningConfig {
         secret: Some(shardhook::SigningKey::parse(secret).expect("a valid secret")),
         previous_secrets: vec![],
+        control_secret: None,
     };
     config.endpoints = vec![EndpointConfig {
         ca_file: Some(ca_file.into()),

@@ -4,8 +4,9 @@
 // into lambda-template/dist/index.mjs; the handler is `index.handler`).
 //
 // Environment: SHARDHOOK_SIGNING_SECRET, optionally SHARDHOOK_PREVIOUS_SIGNING_SECRETS
-// (space-separated), DISCORD_TOKEN, DISCORD_API_URL and SHARDHOOK_CONTROL_URL (the router's
-// control API, for gateway commands such as `!members`' op 8).
+// (space-separated), DISCORD_TOKEN, DISCORD_API_URL, SHARDHOOK_CONTROL_URL (the router's
+// control API, for gateway commands such as `!members`' op 8) and, when the router has a
+// signing.control_secret, SHARDHOOK_CONTROL_SECRET (then only it signs commands).
 
 import type { ControlEnv } from "../../worker-template/src/commands";
 import { deliver, signingKeys, type Handlers } from "../../worker-template/src/delivery";

@@ -122,6 +122,20 @@ describe("refusals", () => {
     expect((await handler(urlEvent(fixture.body, headers))).statusCode).toBe(401);
   });
 
+  it("a header of many signature entries, with no HMAC computed over the body", async () => {
+    atFixtureTime();
+    const sign = vi.spyOn(crypto.subtle, "sign");
+    const check = vi.spyOn(crypto.subtle, "verify");
+    const forged = Array.from({ length: 2500 }, (_, n) => `v1,${Buffer.from(String(n).padStart(32, "0")).toString("base64")}`);
+    const headers = { ...fixture.headers, "webhook-signature": [fixture.headers["webhook-signature"], ...forged].join(" ") };
+    const result = await handler(urlEvent(fixture.body, headers));
+    expect(result).toMatchObject({ statusCode: 401, body: "too many entries in webhook-signature header" });
+    expect(sign).not.toHaveBeenCalled();
+    expect(check).not.toHaveBeenCalled();
+    sign.mockRestore();
+    check.mockRestore();
+  });
+
   it("GET", async () => {
     const result = await handler({ requestContext: { http: { method: "GET" } }, headers: {} });
     expect(result.statusCode).toBe(405);

@@ -204,6 +204,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         signing: SigningConfig {
             secret: Some(key),
             previous_secrets: vec![],
+            control_secret: None,
         },
         endpoints: receivers
             .iter()

@@ -6,8 +6,9 @@
 //! - `router`: the composition root: start-up checks, one task per shard, shutdown.
 //!   `checkpointer` beside it gathers progress from shards and delivery into resume
 //!   checkpoints.
-//! - `control/`: the control API (`api`: gateway commands, health, readiness, status) and
-//!   Prometheus `metrics`.
+//! - `control/`: the control API (`api`: gateway commands, health, readiness, status), the
+//!   `server` loop that bounds its connections, the spent command ids that stop replays
+//!   (`replay`), and Prometheus `metrics`.
 //! - `delivery/`: from a shard's queue to an endpoint's 2xx: the `pipeline` and its per-shard
 //!   `worker`, `interactions` (defer and apologise), each `attempt` (sign, send, retry, dead
 //!   letter), `stats`, the body of a `batch`, endpoint choice (`ring`), one `endpoint`'s
@@ -16,11 +17,12 @@
 //! - `gateway/`: from `GET /gateway/bot` (`bot_info`) to a `Dispatch` (`dispatch`): the
 //!   `shard` and its `handle`, `session`, `identify` queue, `command_limiter`, `close_code`,
 //!   `inflater`, `payload`.
-//! - `state/`: what is kept on disk: `checkpoint` records, the `spool`, `dead_letter`s, and the
-//!   durable `progress` checkpoints are made from.
+//! - `state/`: what is kept on disk: `checkpoint` records, the `spool`, `dead_letter`s,
+//!   `spent_ids` of commands, the durable `progress` checkpoints are made from, and `files`,
+//!   which keeps all of it private to the router's user.
 //! - `config/`: the TOML schema, environment overrides and validation, with `intents`;
-//!   `secret` (the token and signing keys) and `tls` (the HTTPS clients' settings) are leaves
-//!   every folder may use.
+//!   `secret` (the token and signing keys, and how a URL is shown) and `tls` (the HTTPS
+//!   clients' settings) are leaves every folder may use.
 //!
 //! The Discord double, the verifying receiver and `shardhook demo`'s script live outside the
 //! library: the simulator is its own crate (`shardhook-simulator`), so it cannot share a bug
@@ -50,7 +52,9 @@ mod tls;
 pub use checkpointer::Checkpointer;
 pub use config::Config;
 pub use delivery::signer::{unix_now, Signer, VerifyError};
-pub use delivery::{DeliveryError, DeliveryHandle, DeliveryStats, Pipeline, StatsSnapshot};
+pub use delivery::{
+    DeliveryError, DeliveryHandle, DeliveryStats, Pipeline, RefusedLetter, Replayed, StatsSnapshot,
+};
 pub use gateway::dispatch::Dispatch;
 pub use gateway::handle::{
     CommandRefused, FatalClose, ShardHandle, ShardState, ShardStatus, ShardStopped,

@@ -11,10 +11,14 @@ use clap::{Parser, Subcommand};
 use shardhook_simulator::{SimConfig, Simulator, DEFAULT_TOKEN};
 use std::sync::Arc;
 
-use shardhook::control::ControlState;
+use shardhook::control::{ControlState, LocalIds};
 use shardhook::Checkpointer;
 use shardhook::{Config, Pipeline, Router, Signer, SigningKey};
-use tracing_subscriber::EnvFilter;
+use tracing::Level;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 #[derive(Parser)]
 #[command(
@@ -94,9 +98,13 @@ fn main() -> ExitCode {
         Command::Demo => "error",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(log_filter(default))
-        .with_writer(std::io::stderr)
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(log_filter(default))
+                .with_filter(capped()),
+        )
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -118,7 +126,8 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Run { config } => {
             let config = load(config)?;
-            let signer = Signer::from_config(&config).map_err(|e| e.to_string())?;
+            raise_open_file_limit();
+            let signer = Signer::for_commands(&config).map_err(|e| e.to_string())?;
             let mut pipeline = Pipeline::new(&config).map_err(|e| e.to_string())?;
             let control = tokio::net::TcpListener::bind(config.control.listen)
                 .await
@@ -144,18 +153,24 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
             let router = Router::start_with(&config, |id| pipeline.sink(id))
                 .await
                 .map_err(|e| e.to_string())?;
+            let ids = LocalIds::open(&config.state.dir, shardhook::unix_now()).map_err(|e| {
+                format!(
+                    "failed to read spent command ids in {}: {e}",
+                    config.state.dir.display()
+                )
+            })?;
             let state = ControlState::new(
                 router.shards(),
                 router.shard_count(),
                 signer,
+                Arc::new(ids),
                 pipeline.handle(),
             );
             tracing::info!(addr = %control.local_addr().map_err(|e| e.to_string())?, "control API listening");
-            let server = tokio::spawn(shardhook::control::serve(
-                control,
-                Arc::new(state),
-                until_stopped(),
-            ));
+            let (limits, stopping) = (config.control.clone(), until_stopped());
+            let server = tokio::spawn(async move {
+                shardhook::control::serve(control, Arc::new(state), &limits, stopping).await
+            });
             let checkpointer = Checkpointer::new(
                 &config.state.dir,
                 router.shard_count(),
@@ -213,14 +228,33 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 )
             })?;
             let total = letters.len();
-            let delivered = pipeline.replay(letters).await;
+            let replayed = pipeline.replay(letters).await;
+            let kept = pipeline.dead_letter_path().display();
+            for refused in &replayed.refused {
+                match &refused.not_kept {
+                    None => eprintln!(
+                        "error: {} record {}: not replayed: {}; kept as it was in {kept}",
+                        file.display(),
+                        refused.record,
+                        refused.reason
+                    ),
+                    Some(e) => eprintln!(
+                        "error: {} record {}: not replayed: {}; it is still in {} ({e})",
+                        file.display(),
+                        refused.record,
+                        refused.reason,
+                        moved.to_string_lossy()
+                    ),
+                }
+            }
             println!(
-                "replayed {delivered} of {total} batch(es) from {}; {} failed again and went to {}",
+                "replayed {} of {total} batch(es) from {}; {} failed again and {} were refused, all kept in {kept}",
+                replayed.delivered,
                 file.display(),
-                total - delivered,
-                pipeline.dead_letter_path().display()
+                replayed.failed,
+                replayed.refused.len(),
             );
-            Ok(if delivered == total {
+            Ok(if replayed.delivered == total {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -291,22 +325,50 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
     }
 }
 
-/// `RUST_LOG` (or `default`), with the libraries that would print raw frames or headers (and so
-/// the token in IDENTIFY, RESUME or `Authorization`) capped at info whatever `RUST_LOG` says.
+/// Libraries that print raw frames or headers (and so the token in IDENTIFY, RESUME or
+/// `Authorization`) below info.
+const CAPPED: [&str; 9] = [
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "hyper_util",
+    "reqwest",
+    "h2",
+    "axum",
+    "rustls",
+    "tokio_rustls",
+];
+
+/// `RUST_LOG`, or `default` when it is unset or unreadable.
 fn log_filter(default: &str) -> EnvFilter {
-    const CAPPED: [&str; 7] = [
-        "tungstenite",
-        "tokio_tungstenite",
-        "hyper",
-        "hyper_util",
-        "reqwest",
-        "h2",
-        "axum",
-    ];
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    CAPPED.iter().fold(filter, |filter, target| {
-        filter.add_directive(format!("{target}=info").parse().expect("a valid directive"))
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
+}
+
+/// Drops events below info from the `CAPPED` libraries and their modules, whatever `RUST_LOG`
+/// says. A directive added to the `EnvFilter` would not do: a more specific one in `RUST_LOG`
+/// (`tungstenite::protocol=trace`) wins over it. This filter is applied beside it, so both must
+/// let an event through.
+fn capped<S>() -> impl tracing_subscriber::layer::Filter<S> {
+    filter_fn(|meta| *meta.level() <= Level::INFO || !is_capped(meta.target()))
+}
+
+/// Whether `target` is one of the `CAPPED` libraries or a module of one.
+fn is_capped(target: &str) -> bool {
+    CAPPED.iter().any(|name| {
+        target
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
     })
+}
+
+/// Raises the soft limit on open files to the hard limit: shards, endpoint connections, the
+/// spool, checkpoints and the control API all hold descriptors, and a low default soft limit
+/// (1024 on many systems) runs out long before the hard one.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!("could not raise the open file limit: {e}"),
+    }
 }
 
 fn load(path: Option<PathBuf>) -> Result<Config, String> {
@@ -332,5 +394,19 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_capped;
+
+    #[test]
+    fn capped_libraries_include_their_modules_but_not_lookalikes() {
+        assert!(is_capped("tungstenite"));
+        assert!(is_capped("tungstenite::protocol"));
+        assert!(is_capped("hyper_util::client::legacy"));
+        assert!(!is_capped("tungstenite_extra"));
+        assert!(!is_capped("shardhook::gateway::shard"));
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Owns the newtype that keeps a secret out of `Debug`, `Display` and serialised config. Reading
 //! the secret's text is an explicit call (`expose`) so every use is easy to find; nothing here
-//! decides where a secret comes from (that is `config`).
+//! decides where a secret comes from (that is `config`). Also owns how a URL is shown
+//! (`redact_url`): its userinfo and query can hold credentials.
 
 use std::fmt;
 
@@ -105,9 +106,51 @@ impl SigningKey {
     }
 }
 
+/// `url` as output and logs may show it: userinfo (`user:password@`) and the query (`?key=...`)
+/// replaced by `<redacted>`, the fragment dropped. Text that is not a URL is not shown at all.
+pub fn redact_url(url: &str) -> String {
+    use std::fmt::Write;
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return "<not a URL>".to_owned();
+    };
+    let mut shown = format!("{}:", parsed.scheme());
+    if let Some(host) = parsed.host_str() {
+        shown.push_str("//");
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            shown.push_str("<redacted>@");
+        }
+        shown.push_str(host);
+        if let Some(port) = parsed.port() {
+            let _ = write!(shown, ":{port}");
+        }
+    }
+    shown.push_str(parsed.path());
+    if parsed.query().is_some() {
+        shown.push_str("?<redacted>");
+    }
+    shown
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_is_shown_without_its_userinfo_or_query() {
+        assert_eq!(
+            redact_url("https://user:pa55@example.com:8443/hook/?key=abc#frag"),
+            "https://<redacted>@example.com:8443/hook/?<redacted>"
+        );
+        assert_eq!(
+            redact_url("http://token@[::1]/x"),
+            "http://<redacted>@[::1]/x"
+        );
+        assert_eq!(
+            redact_url("https://example.workers.dev/"),
+            "https://example.workers.dev/"
+        );
+        assert_eq!(redact_url("not a url user:pw"), "<not a URL>");
+    }
 
     #[test]
     fn token_never_prints_its_text() {

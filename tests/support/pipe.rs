@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::future::select_all;
 use shardhook::config::{Config, EndpointConfig, SigningConfig};
-use shardhook::control::ControlState;
+use shardhook::control::{ControlState, LocalIds};
 use shardhook::{
     AllShardsStopped, DeliveryStats, Pipeline, Router, ShardHandle, Signer, SigningKey,
 };
@@ -137,6 +137,7 @@ impl Pipe {
         config.signing = SigningConfig {
             secret: Some(key),
             previous_secrets: vec![],
+            control_secret: None,
         };
         config.endpoints = endpoints
             .iter()
@@ -161,17 +162,19 @@ impl Pipe {
         let shards = router.shards().to_vec();
         let control = loopback().await;
         let control_url = format!("http://{}", control.local_addr().unwrap());
+        let ids = LocalIds::open(&config.state.dir, shardhook::unix_now()).unwrap();
         let state = ControlState::new(
             &shards,
             router.shard_count(),
-            Signer::from_config(&config).unwrap(),
+            Signer::for_commands(&config).unwrap(),
+            Arc::new(ids),
             pipeline.handle(),
         );
-        tokio::spawn(shardhook::control::serve(
-            control,
-            Arc::new(state),
-            std::future::pending(),
-        ));
+        let limits = config.control.clone();
+        tokio::spawn(async move {
+            shardhook::control::serve(control, Arc::new(state), &limits, std::future::pending())
+                .await
+        });
         let (stop, stopped) = oneshot::channel::<()>();
         let running = tokio::spawn(router.run_until(async {
             let _ = stopped.await;

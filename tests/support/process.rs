@@ -90,7 +90,22 @@ impl Setup {
 
     /// `shardhook run` with `env` set as well.
     pub fn start_router_with(&self, env: &[(&str, &str)]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_shardhook"))
+        self.spawn(Command::new(env!("CARGO_BIN_EXE_shardhook")), env)
+    }
+
+    /// `shardhook run` started by a shell that sets `umask` first.
+    pub fn start_router_with_umask(&self, umask: &str) -> Child {
+        let mut shell = Command::new("sh");
+        shell.args([
+            "-c",
+            &format!("umask {umask} && exec \"$0\" \"$@\""),
+            env!("CARGO_BIN_EXE_shardhook"),
+        ]);
+        self.spawn(shell, &[])
+    }
+
+    fn spawn(&self, mut command: Command, env: &[(&str, &str)]) -> Child {
+        command
             .args(["run", "--config", self.config_path.to_str().unwrap()])
             .envs(env.iter().copied())
             .env("DISCORD_TOKEN", DEFAULT_TOKEN)

@@ -28,6 +28,11 @@ export interface ControlEnv {
   SHARDHOOK_SIGNING_SECRET?: string;
   /** ...and with each of these (space-separated), so a rotation works in either order. */
   SHARDHOOK_PREVIOUS_SIGNING_SECRETS?: string;
+  /**
+   * The router's `signing.control_secret`, when commands have a key of their own: then only
+   * this key signs them, and a handler that sends commands needs no key that signs events.
+   */
+  SHARDHOOK_CONTROL_SECRET?: string;
 }
 
 /** The shard a command goes to: the one holding a guild, or a shard by id. */
@@ -164,8 +169,13 @@ export async function signature(
   return entries.join(" ");
 }
 
-/** The current signing key first, then the previous ones; each imported once per isolate. */
+/**
+ * `SHARDHOOK_CONTROL_SECRET` alone when set; else the current signing key first, then the
+ * previous ones. Each is imported once per isolate.
+ */
 export async function commandKeys(env: ControlEnv): Promise<SigningKey[]> {
+  const control = env.SHARDHOOK_CONTROL_SECRET?.trim();
+  if (control) return [await cachedSigningKey(control)];
   const current = env.SHARDHOOK_SIGNING_SECRET?.trim();
   if (!current) throw new Error("SHARDHOOK_SIGNING_SECRET is not set");
   const previous = (env.SHARDHOOK_PREVIOUS_SIGNING_SECRETS ?? "").split(/\s+/).filter((s) => s.length > 0);
@@ -177,7 +187,7 @@ const keyCache = new Map<string, Promise<SigningKey>>();
 function cachedSigningKey(secret: string): Promise<SigningKey> {
   let key = keyCache.get(secret);
   if (!key) {
-    key = importSecret(secret, "sign");
+    key = importSecret(secret);
     keyCache.set(secret, key);
     key.catch(() => keyCache.delete(secret));
   }

@@ -92,6 +92,18 @@ describe("the signed request", () => {
     expect((await verify(headers, bytes(body.replace('"limit":0', '"limit":1')), [await importSecret(fixture.secret)], nowSeconds())).ok).toBe(false);
   });
 
+  it("is signed with SHARDHOOK_CONTROL_SECRET alone when it is set", async () => {
+    const control = "whsec_" + btoa("the control key, 32 bytes long!!");
+    mockRouter(202, { queued: [1] });
+    await requestGuildMembers({ ...env, SHARDHOOK_CONTROL_SECRET: control }, members);
+    const { headers, body } = commands[0];
+    expect(headers["webhook-signature"]).toMatch(/^v1,[A-Za-z0-9+/]{43}=$/);
+    expect(new Webhook(control).verify(body, headers)).toEqual({ guild_id: GUILD, op: 8, d: members });
+    for (const eventKey of [fixture.secret, fixture.previous_secret]) {
+      expect(() => new Webhook(eventKey).verify(body, headers), eventKey).toThrow();
+    }
+  });
+
   it("verifies with the standardwebhooks package", async () => {
     mockRouter(202, { queued: [1] });
     await requestGuildMembers(env, members);

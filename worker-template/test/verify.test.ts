@@ -1,7 +1,7 @@
 // The verify module on its own: the router's real request at its own timestamp, signatures by
 // the npm standardwebhooks package, and every kind of refusal.
-import { describe, expect, it } from "vitest";
-import { importSecret, TOLERANCE_SECONDS, verify } from "../src/verify";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { importSecret, MAX_SIGNATURES, TOLERANCE_SECONDS, verify } from "../src/verify";
 import { batchBody, FIXTURE_NOW, fixture, message, nowSeconds, signedHeaders } from "./helpers";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
@@ -134,5 +134,56 @@ describe("malformed headers", () => {
   it("a secret that is not base64 is a configuration error", async () => {
     await expect(importSecret("whsec_not base64")).rejects.toThrow(/not whsec_/);
     await expect(importSecret("whsec_")).rejects.toThrow(/not whsec_/);
+  });
+});
+
+describe("the cost of a check without the key", () => {
+  afterEach(() => {
+    vi.restoreAllMocks();
+  });
+
+  const body = batchBody([{ t: "MESSAGE_CREATE", s: 7, d: message("x".repeat(64 * 1024)) }]);
+  /** A well-formed entry that matches no key: 32 bytes of base64. */
+  const forged = (n: number) => `v1,${btoa(String(n).padStart(32, "0"))}`;
+
+  it("is one HMAC per key, however many entries the header holds", async () => {
+    const sign = vi.spyOn(crypto.subtle, "sign");
+    const check = vi.spyOn(crypto.subtle, "verify");
+    const good = signedHeaders(body, [fixture.secret]);
+    const entries = Array.from({ length: MAX_SIGNATURES - 1 }, (_, n) => forged(n));
+    const headers = { ...good, "webhook-signature": [...entries, good["webhook-signature"]].join(" ") };
+    const keys = [await previous(), await current()];
+    expect((await verify(headers, bytes(body), keys, nowSeconds())).ok).toBe(true);
+    expect(sign).toHaveBeenCalledTimes(keys.length);
+    expect(check).not.toHaveBeenCalled();
+    sign.mockClear();
+    const none = { ...good, "webhook-signature": entries.join(" ") };
+    expect(await verify(none, bytes(body), keys, nowSeconds())).toEqual({ ok: false, reason: "no signature matches" });
+    expect(sign).toHaveBeenCalledTimes(keys.length);
+  });
+
+  it("is nothing for a header with too many entries", async () => {
+    const sign = vi.spyOn(crypto.subtle, "sign");
+    const good = signedHeaders(body, [fixture.secret]);
+    const entries = Array.from({ length: 2500 }, (_, n) => forged(n));
+    const headers = { ...good, "webhook-signature": [good["webhook-signature"], ...entries].join(" ") };
+    expect(await verify(headers, bytes(body), [await current()], nowSeconds())).toEqual({
+      ok: false,
+      reason: "too many entries in webhook-signature header",
+    });
+    expect(sign).not.toHaveBeenCalled();
+  });
+
+  it("ignores entries that are not 32 bytes", async () => {
+    const good = signedHeaders(body, [fixture.secret]);
+    const short = `v1,${btoa("sixteen bytes!!!")}`;
+    const long = `v1,${btoa("x".repeat(48))}`;
+    const withGood = { ...good, "webhook-signature": `${short} ${long} ${good["webhook-signature"]}` };
+    expect((await verify(withGood, bytes(body), [await current()], nowSeconds())).ok).toBe(true);
+    const without = { ...good, "webhook-signature": `${short} ${long}` };
+    expect(await verify(without, bytes(body), [await current()], nowSeconds())).toEqual({
+      ok: false,
+      reason: "malformed webhook-signature header",
+    });
   });
 });

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 pub struct EndpointConfig {
     /// A unique name; it, not the URL, decides which shards hash to this endpoint.
     pub name: String,
-    /// Where to POST: a Worker, a Lambda function URL, any HTTP(S) URL.
+    /// Where to POST: a Worker, a Lambda function URL, any HTTP(S) URL. Shown (by `check`, in
+    /// dead letters and logs) without its userinfo and query, which may hold credentials.
+    #[serde(serialize_with = "redacted_url")]
     pub url: String,
     /// Share of shards relative to the other endpoints (default 1).
     #[serde(default = "default_weight")]
@@ -41,6 +43,10 @@ pub struct EndpointConfig {
     /// sign its certificate. Only these are then trusted for it (default: the platform's roots).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+}
+
+fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::secret::redact_url(url))
 }
 
 /// How an endpoint authenticates requests besides the webhook signature.

@@ -209,10 +209,3 @@ impl Serialize for ShardsConfig {
         }
     }
 }
-
-impl<'de> Deserialize<'de> for Token {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        Token::new(&raw).ok_or_else(|| serde::de::Error::custom("the token is empty"))
-    }
-}

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 mod delivery;
 mod discord;
 pub mod intents;
+mod signing;
 
 use crate::secret::{SigningKey, Token};
 
@@ -25,6 +26,7 @@ pub use delivery::{
     RateLimitConfig,
 };
 pub use discord::{Compression, DiscordConfig, ShardsConfig};
+pub use signing::SigningConfig;
 
 /// Where `run` and `check` look for a config file when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "shardhook.toml";
@@ -73,14 +75,40 @@ pub struct ControlConfig {
     /// `/v1/shards`, `/metrics`). Keep it on loopback or a private network.
     #[serde(default = "default_control_listen")]
     pub listen: std::net::SocketAddr,
+    /// How long a connection has to send a request's headers, counted from when it is ready
+    /// for a request: a new connection, or a kept one after its last answer.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection that completes no request for this long is closed, whatever it is doing
+    /// (a body sent a byte at a time, an answer nobody reads).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait to be accepted until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
             listen: default_control_listen(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
         }
     }
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_connections() -> usize {
+    128
 }
 
 fn default_control_listen() -> std::net::SocketAddr {
@@ -112,37 +140,6 @@ impl Default for InteractionsConfig {
 
 fn default_error_message() -> String {
     "Sorry, something went wrong handling this. Please try again.".to_owned()
-}
-
-/// The `[signing]` section.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SigningConfig {
-    /// The current key, `whsec_<base64>`; better: the `SHARDHOOK_SIGNING_SECRET` environment
-    /// variable (wins). `shardhook keygen` prints a new one.
-    #[serde(default, serialize_with = "redacted")]
-    pub secret: Option<SigningKey>,
-    /// Keys being rotated out: requests carry a signature by each, after the current one's.
-    #[serde(default, serialize_with = "redacted_list")]
-    pub previous_secrets: Vec<SigningKey>,
-}
-
-fn redacted<S: serde::Serializer, T>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
-    match value {
-        Some(_) => s.serialize_str("<redacted>"),
-        None => s.serialize_none(),
-    }
-}
-
-fn redacted_list<S: serde::Serializer, T>(value: &[T], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(value.iter().map(|_| "<redacted>"))
-}
-
-impl<'de> Deserialize<'de> for SigningKey {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        SigningKey::parse(&raw).map_err(serde::de::Error::custom)
-    }
 }
 
 /// The `[state]` section.
@@ -195,13 +192,17 @@ pub enum ConfigError {
         /// What reading it said.
         source: std::io::Error,
     },
-    /// The config file is not TOML.
-    #[error("config file {path} is not valid TOML: {source}")]
+    /// The config file is not TOML. The offending line is not quoted: it may hold a secret.
+    #[error("config file {path} is not valid TOML: line {line}, column {column}: {message}")]
     Syntax {
         /// The file.
         path: PathBuf,
-        /// Where and why it does not parse.
-        source: Box<toml::de::Error>,
+        /// The line (from 1) where parsing failed.
+        line: usize,
+        /// The column (from 1, in characters) where parsing failed.
+        column: usize,
+        /// Why it does not parse.
+        message: String,
     },
     /// A key has a value it cannot take, or is unknown.
     #[error("config key `{key}`: {message}")]
@@ -254,15 +255,15 @@ impl Config {
         origin: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e| ConfigError::Syntax {
-            path: origin.to_owned(),
-            source: Box::new(e),
-        })?;
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| syntax_error(text, origin, &e))?;
         for (var, value) in env {
             // Secrets are set as strings directly, never parsed as TOML.
             let secret_key = match var.as_str() {
                 "DISCORD_TOKEN" => Some(("discord", "token")),
                 "SHARDHOOK_SIGNING_SECRET" => Some(("signing", "secret")),
+                "SHARDHOOK_CONTROL_SECRET" => Some(("signing", "control_secret")),
                 _ => None,
             };
             if let Some((section, key)) = secret_key {
@@ -277,11 +278,18 @@ impl Config {
             }
         }
         let de = toml::Value::Table(table);
-        let config: Config =
-            serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Invalid {
-                key: e.path().to_string(),
-                message: e.into_inner().message().to_owned(),
-            })?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().message().to_owned();
+            // Secrets are read so their values never reach a message; this is the net under
+            // that, for a section (or the whole file) of the wrong type, quoted whole.
+            let message = if signing::may_hold_a_secret(&key) {
+                signing::without_quoted_values(&message)
+            } else {
+                message
+            };
+            ConfigError::Invalid { key, message }
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -305,9 +313,8 @@ impl Config {
                         format!("scheme `{}` is not http or https", url.scheme()),
                     )
                 }
-                Err(e) => {
-                    return invalid(key("url"), format!("`{}` is not a URL: {e}", endpoint.url))
-                }
+                // Not echoed: an unparsable URL cannot be redacted, and it may hold credentials.
+                Err(e) => return invalid(key("url"), format!("not a URL: {e}")),
             }
             if endpoint.name.is_empty()
                 || self.endpoints[..i].iter().any(|e| e.name == endpoint.name)
@@ -349,6 +356,19 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+        let c = &self.control;
+        if c.max_connections == 0 {
+            return invalid(
+                "control.max_connections".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if c.header_read_timeout.is_zero() || c.idle_timeout.is_zero() {
+            return invalid(
+                "control".into(),
+                "header_read_timeout and idle_timeout must be more than 0".into(),
+            );
+        }
         if self.batch.max_events == 0 {
             return invalid("batch.max_events".into(), "must be at least 1".into());
         }
@@ -371,6 +391,21 @@ impl Config {
     /// The resolved config as TOML, secrets redacted (for `shardhook check`).
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# failed to render config: {e}"))
+    }
+}
+
+/// The error for text that is not TOML: where, and why, without the line itself (toml's own
+/// message quotes it, and it may be the token's).
+fn syntax_error(text: &str, origin: &Path, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map_or(0, |span| span.start).min(text.len());
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::Syntax {
+        path: origin.to_owned(),
+        line,
+        column,
+        message: e.message().to_owned(),
     }
 }
 
@@ -614,6 +649,111 @@ mod tests {
                 && err.contains("zstd-stream"),
             "{err}"
         );
+    }
+
+    const OLD: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn with_env(text: &str, var: &str, value: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            Path::new("t"),
+            vec![(var.to_owned(), value.to_owned())],
+        )
+    }
+
+    #[test]
+    fn previous_secrets_take_a_string_as_the_environment_gives_it_or_a_list() {
+        let var = "SHARDHOOK__SIGNING__PREVIOUS_SECRETS";
+        let one = with_env("", var, OLD).unwrap();
+        assert_eq!(one.signing.previous_secrets.len(), 1);
+        let two = with_env("", var, &format!("{OLD} {}", SigningKey::generate())).unwrap();
+        assert_eq!(two.signing.previous_secrets.len(), 2);
+        let listed = with_env("", var, &format!("[\"{OLD}\", \"{OLD}\"]")).unwrap();
+        assert_eq!(listed.signing.previous_secrets.len(), 2);
+        let in_file = parse(&format!("[signing]\nprevious_secrets = \"{OLD}\"")).unwrap();
+        assert_eq!(in_file.signing.previous_secrets.len(), 1);
+    }
+
+    #[test]
+    fn the_control_secret_comes_from_its_variable_and_is_never_shown() {
+        let control = SigningKey::generate();
+        let config = with_env("", "SHARDHOOK_CONTROL_SECRET", &control).unwrap();
+        assert!(config.signing.control_secret.is_some());
+        let shown = config.to_redacted_toml();
+        assert!(shown.contains("control_secret = \"<redacted>\""), "{shown}");
+        assert!(!shown.contains(&control[6..]), "{shown}");
+        let err = with_env("", "SHARDHOOK_CONTROL_SECRET", "whsec_!!!")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("signing.control_secret"), "{err}");
+    }
+
+    #[test]
+    fn errors_about_secrets_never_show_the_value() {
+        let secret_part = &OLD[6..];
+        let cases = [
+            with_env(
+                "",
+                "SHARDHOOK__SIGNING__PREVIOUS_SECRETS",
+                &format!("{OLD}!"),
+            ),
+            with_env(
+                "",
+                "SHARDHOOK__SIGNING__PREVIOUS_SECRETS",
+                &format!("[\"{OLD}!\"]"),
+            ),
+            with_env("", "SHARDHOOK__SIGNING__SECRET", &format!("{OLD}!")),
+            with_env("", "SHARDHOOK__SIGNING", OLD),
+            with_env("", "SHARDHOOK__DISCORD", "tok.SECRET"),
+            parse(&format!("signing = \"{OLD}\"")),
+            parse(&format!("[signing]\nsecret = [\"{OLD}\"]")),
+            parse(&format!("[signing]\nprevious_secrets = [\"{OLD}\", 5]")),
+            parse("[discord]\ntoken = { text = \"tok.SECRET\" }"),
+        ];
+        for case in cases {
+            let err = case.unwrap_err().to_string();
+            assert!(
+                !err.contains(secret_part) && !err.contains("SECRET"),
+                "{err}"
+            );
+            assert!(err.contains("signing") || err.contains("discord"), "{err}");
+        }
+        let err = parse("[discord]\ntoken = 12").unwrap_err().to_string();
+        assert!(
+            err.contains("discord.token") && err.contains("expected a string, found integer"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_line_without_quoting_it() {
+        let text = "[discord]\napi_url = \"http://x\"\ntoken = \"tok.SECRET.abc\" x\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("test.toml") && err.contains("line 3"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
+        let err = parse("[signing]\nsecret = \"whsec_abc")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && !err.contains("whsec_abc"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn control_limits_have_defaults_and_refuse_zero() {
+        let config = parse("").unwrap();
+        assert_eq!(config.control.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(config.control.idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.control.max_connections, 128);
+        let err = parse("[control]\nmax_connections = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("control.max_connections"), "{err}");
+        let err = parse("[control]\nidle_timeout = \"0s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("idle_timeout"), "{err}");
     }
 
     #[test]

@@ -3,15 +3,15 @@
 //!
 //! Owns the HTTP surface (`POST /v1/gateway/commands`, `/healthz`, `/readyz`, `/v1/shards`,
 //! `/metrics`), authenticating commands with the same Standard Webhooks keys as outgoing
-//! events (stale timestamps and replayed ids refused), choosing the shard
+//! events (stale timestamps refused, and replayed ids through `replay`), choosing the shard
 //! (`(guild_id >> 22) % shard_count`), and checking a command before it is queued. Pacing is
 //! the shard's limiter's job; `app` is built apart from serving so tests can drive it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use super::replay::{Claim, SpentIds};
 use crate::delivery::signer::{unix_now, Signer, TOLERANCE_SECS};
 use crate::delivery::DeliveryHandle;
 use crate::gateway::handle::{CommandRefused, ShardHandle, ShardState};
@@ -27,6 +28,13 @@ use crate::gateway::payload::op;
 
 /// Discord's limit on a payload a client sends.
 pub const MAX_COMMAND_BYTES: usize = 4096;
+
+/// The largest command body: Discord's payload limit, with room for the envelope's `guild_id`
+/// or `shard_id` and whitespace. Larger bodies get 413 before their signature is checked.
+pub const MAX_BODY_BYTES: usize = 8 * 1024;
+
+/// The longest `webhook-id` a command may carry (the router's own are about 30 bytes).
+const MAX_ID_BYTES: usize = 256;
 
 /// Opcodes a client may send as commands, with their names for error messages. IDENTIFY,
 /// RESUME and HEARTBEAT are the router's own business.
@@ -43,17 +51,18 @@ pub struct ControlState {
     shard_count: u32,
     signer: Signer,
     delivery: DeliveryHandle,
-    /// `webhook-id`s accepted recently, with their timestamps, to refuse replays.
-    seen: Mutex<HashMap<String, u64>>,
+    /// `webhook-id`s of accepted commands, to refuse replays.
+    ids: Arc<dyn SpentIds>,
 }
 
 impl ControlState {
     /// What the API serves: `shards` of a bot with `shard_count`, commands verified with
-    /// `signer`, delivery's state read from `delivery`.
+    /// `signer` and their ids kept in `ids`, delivery's state read from `delivery`.
     pub fn new(
         shards: &[ShardHandle],
         shard_count: u32,
         signer: Signer,
+        ids: Arc<dyn SpentIds>,
         delivery: DeliveryHandle,
     ) -> ControlState {
         ControlState {
@@ -61,40 +70,24 @@ impl ControlState {
             shard_count,
             signer,
             delivery,
-            seen: Mutex::default(),
+            ids,
         }
-    }
-
-    /// Records `id`; false if it was seen within the replay window.
-    fn first_use(&self, id: &str, timestamp: u64) -> bool {
-        let now = unix_now();
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        // Ids older than the tolerance would be refused as stale anyway.
-        seen.retain(|_, ts| now.abs_diff(*ts) <= 2 * TOLERANCE_SECS);
-        seen.insert(id.to_owned(), timestamp).is_none()
     }
 }
 
 /// The control API's routes.
 pub fn app(state: Arc<ControlState>) -> axum::Router {
     axum::Router::new()
-        .route("/v1/gateway/commands", post(command))
+        // The limit is checked as the body is read, before the handler (and so any HMAC) runs.
+        .route(
+            "/v1/gateway/commands",
+            post(command).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
         .route("/v1/shards", get(shards))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state)
-}
-
-/// Serves the control API on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Arc<ControlState>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 fn refuse(status: StatusCode, error: impl Into<String>) -> Response {
@@ -145,21 +138,62 @@ async fn command(
         return refuse(StatusCode::UNAUTHORIZED, e.to_string());
     }
     let (id, timestamp) = (id.unwrap_or_default(), timestamp.unwrap_or_default());
-    if !state.first_use(id, timestamp.parse().unwrap_or_default()) {
+    if id.len() > MAX_ID_BYTES {
         return refuse(
-            StatusCode::UNAUTHORIZED,
-            format!("webhook-id {id} was already used"),
+            StatusCode::BAD_REQUEST,
+            format!("webhook-id is longer than {MAX_ID_BYTES} bytes"),
         );
     }
-    let request: CommandRequest = match serde_json::from_slice(&body) {
+    // A signature is good for TOLERANCE_SECS either side of its timestamp: after that the
+    // id need not be remembered.
+    let expires = timestamp.parse::<u64>().unwrap_or_default() + TOLERANCE_SECS;
+    match state.ids.claim(id, expires, unix_now()) {
+        Claim::Claimed => {}
+        Claim::Seen => {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                format!("webhook-id {id} was already used"),
+            )
+        }
+        Claim::Full => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many commands in the last minutes to remember their ids; try again later",
+            )
+        }
+    }
+    let (response, accepted) = execute(&state, &body);
+    if !accepted {
+        state.ids.release(id);
+        return response;
+    }
+    let (ids, spent) = (state.ids.clone(), id.to_owned());
+    let kept = tokio::task::spawn_blocking(move || ids.spend(&spent, expires)).await;
+    if let Err(e) = kept.map_err(io_error).and_then(|r| r) {
+        // The command is on its way: say so, and that its id may be taken again after a
+        // restart.
+        tracing::error!(webhook_id = %id, "failed to record a spent command id; it could be replayed after a restart: {e}");
+    }
+    response
+}
+
+fn io_error(e: tokio::task::JoinError) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+/// Checks a verified command and queues it on its shards: the answer, and whether any shard
+/// took it (then its id is spent).
+fn execute(state: &ControlState, body: &[u8]) -> (Response, bool) {
+    let refuse = |status, error: &dyn std::fmt::Display| (refuse(status, error.to_string()), false);
+    let request: CommandRequest = match serde_json::from_slice(body) {
         Ok(request) => request,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("not a command: {e}")),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("not a command: {e}")),
     };
     let Some((_, name)) = COMMANDS.iter().find(|(code, _)| *code == request.op) else {
         let allowed: Vec<String> = COMMANDS.iter().map(|(c, n)| format!("{c} ({n})")).collect();
         return refuse(
             StatusCode::BAD_REQUEST,
-            format!(
+            &format!(
                 "op {} is not a command a client may send; allowed: {}",
                 request.op,
                 allowed.join(", ")
@@ -170,7 +204,7 @@ async fn command(
     if payload.len() > MAX_COMMAND_BYTES {
         return refuse(
             StatusCode::BAD_REQUEST,
-            format!(
+            &format!(
                 "the {name} payload is {} bytes; Discord allows {MAX_COMMAND_BYTES}",
                 payload.len()
             ),
@@ -185,7 +219,7 @@ async fn command(
                     Err(_) => {
                         return refuse(
                             StatusCode::BAD_REQUEST,
-                            format!("guild_id `{t}` is not a snowflake"),
+                            &format!("guild_id `{t}` is not a snowflake"),
                         )
                     }
                 },
@@ -197,7 +231,7 @@ async fn command(
             if request.op != op::PRESENCE_UPDATE {
                 return refuse(
                     StatusCode::BAD_REQUEST,
-                    "shard_id \"all\" is only for presence updates (op 3)",
+                    &"shard_id \"all\" is only for presence updates (op 3)",
                 );
             }
             state.shards.keys().copied().collect()
@@ -205,7 +239,7 @@ async fn command(
         _ => {
             return refuse(
                 StatusCode::BAD_REQUEST,
-                "give exactly one of guild_id or shard_id (a number, or \"all\" for presence)",
+                &"give exactly one of guild_id or shard_id (a number, or \"all\" for presence)",
             )
         }
     };
@@ -215,7 +249,7 @@ async fn command(
         let Some(handle) = state.shards.get(shard) else {
             return refuse(
                 StatusCode::NOT_FOUND,
-                format!("shard {shard} is not run by this process"),
+                &format!("shard {shard} is not run by this process"),
             );
         };
         match handle.try_send(payload.clone()) {
@@ -223,7 +257,8 @@ async fn command(
             Err(e) => refused = Some((*shard, e)),
         }
     }
-    match refused {
+    let accepted = !queued.is_empty();
+    let response = match refused {
         None => (StatusCode::ACCEPTED, Json(json!({ "queued": queued }))).into_response(),
         Some((shard, CommandRefused::RateLimited(wait))) => {
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
@@ -239,7 +274,8 @@ async fn command(
             let body = json!({ "error": format!("shard {shard}: {e}"), "queued": queued });
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
-    }
+    };
+    (response, accepted)
 }
 
 async fn ready(State(state): State<Arc<ControlState>>) -> Response {

@@ -10,6 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::delivery::DeliveryHandle;
 use crate::gateway::handle::ShardHandle;
@@ -134,11 +135,24 @@ pub fn render(shards: &[ShardHandle], delivery: &DeliveryHandle) -> String {
         &stats.retries_by_endpoint,
         &mut registry,
     );
-    per_endpoint(
+    let dead_letters = Family::<EndpointLabel, Counter>::default();
+    for (i, value) in stats.dead_letters_by_endpoint.iter().enumerate() {
+        let key = EndpointLabel {
+            endpoint: endpoints[i].clone(),
+        };
+        dead_letters.get_or_create(&key).inc_by(value.load(Relaxed));
+    }
+    // An empty label is no label to Prometheus: `sum()` counts these with the rest.
+    let unattributed = EndpointLabel {
+        endpoint: String::new(),
+    };
+    dead_letters
+        .get_or_create(&unattributed)
+        .inc_by(stats.dead_letters_unattributed.load(Relaxed));
+    registry.register(
         "dead_letters",
-        "Requests dead-lettered",
-        &stats.dead_letters_by_endpoint,
-        &mut registry,
+        "Requests dead-lettered, by the endpoint that last failed them (empty: none did)",
+        dead_letters,
     );
     per_endpoint(
         "rate_limit_waits",

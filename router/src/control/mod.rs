@@ -1,10 +1,15 @@
-//! The control surface: the HTTP API handlers and operators call (`api`) and the Prometheus
-//! exposition of the shards' and pipeline's counters (`metrics`).
+//! The control surface: the HTTP API handlers and operators call (`api`), served within bounds
+//! by `server`, the command ids it has spent (`replay`), and the Prometheus exposition of the shards' and pipeline's counters
+//! (`metrics`).
 //!
 //! It reads shards and delivery through their handles and sends gateway commands through a
 //! shard's handle; it owns neither.
 
 mod api;
 pub(crate) mod metrics;
+mod replay;
+mod server;
 
-pub use api::{app, serve, ControlState};
+pub use api::{app, ControlState, MAX_BODY_BYTES};
+pub use replay::{Claim, LocalIds, SpentIds};
+pub use server::serve;

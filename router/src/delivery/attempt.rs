@@ -258,7 +258,12 @@ pub(super) async fn dead_letter(
                 Attempt::Status { status, .. } => Some(*status),
                 _ => None,
             };
-            (e.name.clone(), e.url.to_string(), status, describe(attempt))
+            (
+                e.name.clone(),
+                crate::secret::redact_url(e.url.as_str()),
+                status,
+                describe(attempt),
+            )
         }
         None => (
             String::new(),
@@ -295,6 +300,11 @@ pub(super) async fn dead_letter(
         .stats
         .requests_dead_lettered
         .fetch_add(1, AtomicOrdering::Relaxed);
+    let by = match &last {
+        Some((i, _)) => &shared.stats.dead_letters_by_endpoint[*i],
+        None => &shared.stats.dead_letters_unattributed,
+    };
+    by.fetch_add(1, AtomicOrdering::Relaxed);
     shared
         .stats
         .events_dead_lettered

@@ -35,6 +35,19 @@ pub struct Batch {
     deferred: Vec<(usize, DeferredInteraction)>,
 }
 
+/// Whether `id` can be a batch's `webhook-id`: sent as a header, signed, and written to the
+/// spool and dead letters. The router's own ids always are; one read back from a file (a
+/// dead letter, a spool record) is checked before it is sent.
+pub fn check_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() {
+        return Err("its webhook_id is empty");
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("its webhook_id holds a character a header cannot carry (a control character, a space or non-ASCII)");
+    }
+    Ok(())
+}
+
 /// A finished batch, ready to send (and re-send: the same id and body on every attempt).
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -166,6 +179,14 @@ fn session_hash(session: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_that_cannot_be_a_header_value_is_refused() {
+        assert_eq!(check_id("msg_2a9f"), Ok(()));
+        for bad in ["", "msg\nx", "msg x", "msg_é", "msg\r"] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn the_webhook_id_names_shard_session_hash_and_seq_range() {

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use crate::state::spool::ShardSpool;
 
-pub use pipeline::{DeliveryError, DeliveryHandle, Pipeline};
+pub use pipeline::{DeliveryError, DeliveryHandle, Pipeline, RefusedLetter, Replayed};
 pub use stats::{DeliveryStats, StatsSnapshot};
 
 /// The event Discord gives 3 s to acknowledge: it never waits for a batch to fill.

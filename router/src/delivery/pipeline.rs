@@ -47,6 +47,14 @@ pub enum DeliveryError {
         /// What is wrong with its URL.
         source: crate::delivery::http::BadUrl,
     },
+    /// The state directory could not be made, or made private.
+    #[error("state directory {}: {source}", path.display())]
+    State {
+        /// The directory, or the file in it, that could not be made or changed.
+        path: std::path::PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
     /// An `aws-iam` endpoint has no AWS credentials to sign with.
     #[error("endpoint `{endpoint}` has auth = \"aws-iam\": {source}")]
     AwsCredentials {
@@ -132,6 +140,23 @@ impl DeliveryHandle {
     }
 }
 
+/// Makes the state directory private (dead letters hold message content and interaction
+/// tokens), saying which paths were readable by others before.
+fn secure_state_dir(dir: &std::path::Path) -> Result<(), DeliveryError> {
+    let tightened = crate::state::files::secure(dir).map_err(|source| DeliveryError::State {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for t in tightened {
+        tracing::warn!(
+            path = %t.path.display(),
+            was = format_args!("{:o}", t.was),
+            "a state path was open to other users; only its owner may use it now"
+        );
+    }
+    Ok(())
+}
+
 impl Pipeline {
     /// Builds the pipeline from config: endpoints, keys, limits. AWS credentials for
     /// `auth = "aws-iam"` endpoints come from the process environment.
@@ -152,6 +177,7 @@ impl Pipeline {
         if config.endpoints.is_empty() {
             return Err(ConfigError::NoEndpoints.into());
         }
+        secure_state_dir(&config.state.dir)?;
         // For Discord's REST API (deferring interactions, apologising for them); endpoints have
         // connections of their own (`http`).
         let tls = crate::tls::platform_tls().map_err(DeliveryError::Tls)?;
@@ -270,11 +296,21 @@ impl Pipeline {
     }
 
     /// Sends dead letters again, each to its shard's endpoint now, with a fresh signature and
-    /// its original `webhook-id`. Those that fail again are dead-lettered anew. Returns how
-    /// many were delivered.
-    pub async fn replay(&self, letters: Vec<DeadLetter>) -> usize {
-        let mut delivered = 0;
-        for letter in letters {
+    /// its original `webhook-id`. Those that fail again are dead-lettered anew. A record that
+    /// cannot be sent as it is (its `webhook-id` is no header value) is refused, written back
+    /// to the dead-letter file unchanged, and the rest go on.
+    pub async fn replay(&self, letters: Vec<DeadLetter>) -> Replayed {
+        let mut replayed = Replayed::default();
+        for (index, letter) in letters.into_iter().enumerate() {
+            if let Err(reason) = super::batch::check_id(&letter.webhook_id) {
+                let kept = self.shared.dead.append(&letter).await.err();
+                replayed.refused.push(RefusedLetter {
+                    record: index + 1,
+                    reason,
+                    not_kept: kept.map(|e| e.to_string()),
+                });
+                continue;
+            }
             let body: Box<str> = letter.body.into();
             let request = Request {
                 id: letter.webhook_id,
@@ -288,13 +324,38 @@ impl Pipeline {
                 deferred: Vec::new(),
             };
             match attempt_until_done(&self.shared, request).await {
-                Outcome::Delivered => delivered += 1,
-                Outcome::DeadLettered => {}
-                Outcome::Unavailable(request) => dead_letter(&self.shared, request, 0, None).await,
+                Outcome::Delivered => replayed.delivered += 1,
+                Outcome::DeadLettered => replayed.failed += 1,
+                Outcome::Unavailable(request) => {
+                    dead_letter(&self.shared, request, 0, None).await;
+                    replayed.failed += 1;
+                }
             }
         }
-        delivered
+        replayed
     }
+}
+
+/// What `Pipeline::replay` did with a file's records.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// Records an endpoint took.
+    pub delivered: usize,
+    /// Records that failed again and were dead-lettered anew.
+    pub failed: usize,
+    /// Records that could not be sent as they are.
+    pub refused: Vec<RefusedLetter>,
+}
+
+/// A dead letter `replay` would not send.
+#[derive(Debug)]
+pub struct RefusedLetter {
+    /// Its place among the file's records, from 1.
+    pub record: usize,
+    /// What is wrong with it.
+    pub reason: &'static str,
+    /// Why it could not be written back to the dead-letter file, if it could not.
+    pub not_kept: Option<String>,
 }
 
 #[cfg(test)]
@@ -312,6 +373,7 @@ mod tests {
             signing: SigningConfig {
                 secret: Some(SigningKey::parse(&SigningKey::generate()).unwrap()),
                 previous_secrets: vec![],
+                control_secret: None,
             },
             endpoints: vec![EndpointConfig::new("a", url)],
             state: StateConfig {

@@ -52,6 +52,15 @@ impl Signer {
         ))
     }
 
+    /// The verifier for gateway commands from handlers: `signing.control_secret` alone when it
+    /// is set, else the keys events are signed with.
+    pub fn for_commands(config: &Config) -> Result<Signer, ConfigError> {
+        match &config.signing.control_secret {
+            Some(key) => Ok(Signer::new(key.clone(), Vec::new())),
+            None => Signer::from_config(config),
+        }
+    }
+
     /// A signer with `current` first, then `previous`.
     pub fn new(current: SigningKey, previous: Vec<SigningKey>) -> Signer {
         let mut keys = vec![current];

@@ -91,6 +91,13 @@ pub(super) async fn drain(shared: &Shared, spool: &SharedSpool) {
                     attempts: 0,
                     body: RawValue::from_string(text).expect("a JSON string"),
                 };
+                let stats = &shared.stats;
+                stats
+                    .requests_dead_lettered
+                    .fetch_add(1, AtomicOrdering::Relaxed);
+                stats
+                    .dead_letters_unattributed
+                    .fetch_add(1, AtomicOrdering::Relaxed);
                 if let Err(e) = shared.dead.append(&letter).await {
                     error!("{e}");
                 }

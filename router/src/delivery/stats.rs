@@ -31,6 +31,9 @@ pub struct DeliveryStats {
     pub retries_by_endpoint: Vec<AtomicU64>,
     /// Requests dead-lettered per endpoint, in config order.
     pub dead_letters_by_endpoint: Vec<AtomicU64>,
+    /// Requests dead-lettered with no endpoint to blame: a corrupted spool record, a replay no
+    /// endpoint could take.
+    pub dead_letters_unattributed: AtomicU64,
     /// Sends that waited for an endpoint's `rate_limit`, per endpoint, in config order.
     pub rate_limit_waits: Vec<AtomicU64>,
     /// Events delivered per (shard, endpoint index).
@@ -80,6 +83,7 @@ impl DeliveryStats {
             per_endpoint: counters(endpoints),
             retries_by_endpoint: counters(endpoints),
             dead_letters_by_endpoint: counters(endpoints),
+            dead_letters_unattributed: AtomicU64::new(0),
             rate_limit_waits: counters(endpoints),
             delivered_by: Mutex::default(),
             latency: prometheus_client::metrics::histogram::Histogram::new(

@@ -430,6 +430,7 @@ mod tests {
             signing: SigningConfig {
                 secret: Some(SigningKey::parse(&SigningKey::generate()).unwrap()),
                 previous_secrets: vec![],
+                control_secret: None,
             },
             endpoints: vec![EndpointConfig::new("a", "http://127.0.0.1:9/")],
             state: StateConfig {

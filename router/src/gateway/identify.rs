@@ -8,12 +8,15 @@
 //! the 5 s its previous run started. It does not coordinate between processes running at the
 //! same time (each runs its own slice of buckets).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio::time::Instant;
+
+use crate::state::files;
 
 /// Discord's spacing between IDENTIFYs of one bucket.
 pub const IDENTIFY_INTERVAL: Duration = Duration::from_secs(5);
@@ -42,8 +45,9 @@ impl Drop for IdentifyPermit {
             let millis = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis());
-            let written = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
-                .and_then(|()| std::fs::write(path, millis.to_string()));
+            let written = files::create_dir(path.parent().unwrap_or(Path::new(".")))
+                .and_then(|()| files::create(path))
+                .and_then(|mut file| file.write_all(millis.to_string().as_bytes()));
             if let Err(e) = written {
                 tracing::warn!(path = %path.display(), "could not record the IDENTIFY time; a restart within 5 s may identify early: {e}");
             }

@@ -38,10 +38,10 @@ fn path_of(state_dir: &Path, shard: u32) -> PathBuf {
 /// Writes one checkpoint atomically and durably.
 pub fn save(state_dir: &Path, checkpoint: &Checkpoint) -> std::io::Result<()> {
     let dir = dir_of(state_dir);
-    std::fs::create_dir_all(&dir)?;
+    super::files::create_dir(&dir)?;
     let path = path_of(state_dir, checkpoint.shard_id);
     let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut file = super::files::create(&tmp)?;
     file.write_all(&serde_json::to_vec(checkpoint).expect("checkpoints serialise"))?;
     file.sync_all()?;
     std::fs::rename(&tmp, &path)?;
@@ -106,6 +106,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(load_all(&dir, 4).get(&3).map(|c| c.seq), Some(43));
+        #[cfg(unix)]
+        {
+            use crate::state::files::mode_of;
+            assert_eq!(mode_of(&dir_of(&dir)).unwrap(), 0o700);
+            assert_eq!(mode_of(&path_of(&dir, 3)).unwrap(), 0o600);
+        }
         assert!(load_all(&dir, 8).is_empty());
         std::fs::write(path_of(&dir, 1), "{not json").unwrap();
         assert_eq!(load_all(&dir, 4).len(), 1);

@@ -24,9 +24,10 @@ pub struct DeadLetter {
     pub webhook_id: String,
     /// The shard whose events it holds.
     pub shard_id: u32,
-    /// The endpoint's name, and its URL then.
+    /// The endpoint's name: what `replay` and a person go by.
     pub endpoint: String,
-    /// The endpoint's URL when it was given up.
+    /// The endpoint's URL when it was given up, without userinfo or query (they may hold
+    /// credentials).
     pub url: String,
     /// The last HTTP status, if the endpoint answered at all.
     pub status: Option<u16>,
@@ -89,15 +90,14 @@ impl DeadLetters {
         let mut file = self.file.lock().await;
         if file.is_none() {
             if let Some(dir) = self.path.parent() {
-                tokio::fs::create_dir_all(dir).await.map_err(write_error)?;
+                super::files::create_dir(dir).map_err(write_error)?;
             }
-            let opened = tokio::fs::OpenOptions::new()
+            let opened = super::files::options()
                 .create(true)
                 .append(true)
                 .open(&self.path)
-                .await
                 .map_err(write_error)?;
-            *file = Some(opened);
+            *file = Some(tokio::fs::File::from_std(opened));
         }
         let f = file.as_mut().expect("opened above");
         f.write_all(&line).await.map_err(write_error)?;
@@ -146,6 +146,12 @@ mod tests {
         };
         letters.append(&letter).await.unwrap();
         letters.append(&letter).await.unwrap();
+        #[cfg(unix)]
+        {
+            use crate::state::files::mode_of;
+            assert_eq!(mode_of(&dir).unwrap(), 0o700);
+            assert_eq!(mode_of(letters.path()).unwrap(), 0o600);
+        }
         let back = read(letters.path()).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back[1].body.get(), r#"{"v":1,"events":[]}"#);

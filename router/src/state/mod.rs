@@ -7,5 +7,7 @@
 
 pub(crate) mod checkpoint;
 pub(crate) mod dead_letter;
+pub(crate) mod files;
 pub(crate) mod progress;
+pub(crate) mod spent_ids;
 pub(crate) mod spool;

@@ -14,7 +14,7 @@
 //! raw bytes for the dead-letter file; a length that cannot be right ends the file there.
 //! Whether to spool and when to drain is `delivery`'s business.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,13 +117,13 @@ impl ShardSpool {
             });
         }
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
+            super::files::create_dir(dir).map_err(|e| self.io(e))?;
         }
         let mut record = Vec::with_capacity(size as usize);
         record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         record.extend_from_slice(&payload);
-        let mut file = OpenOptions::new()
+        let mut file = super::files::options()
             .create(true)
             .append(true)
             .open(&self.path)
@@ -230,6 +230,12 @@ mod tests {
         let mut spool = ShardSpool::open(&dir, 0, usage(1 << 20));
         for first in 1..=3 {
             spool.append(&batch(first)).unwrap();
+        }
+        #[cfg(unix)]
+        {
+            use crate::state::files::mode_of;
+            assert_eq!(mode_of(&dir.join("spool")).unwrap(), 0o700);
+            assert_eq!(mode_of(&dir.join("spool/shard-0.log")).unwrap(), 0o600);
         }
         let (head, size) = spool.peek().unwrap();
         assert_eq!(first_seq(head), 1);

@@ -155,18 +155,17 @@ impl Pool {
     /// A pool for `url`, keeping at most `max_idle` idle connections (the endpoint's in-flight
     /// cap: more could never be busy at once).
     pub fn new(url: &reqwest::Url, max_idle: usize, tls: &Tls) -> Result<Pool, BadUrl> {
+        let shown = || crate::secret::redact_url(url.as_str());
         let invalid = |reason: String| BadUrl::Invalid {
-            url: url.to_string(),
+            url: shown(),
             reason,
         };
         let secure = match url.scheme() {
             "http" => false,
             "https" => true,
-            _ => return Err(BadUrl::Scheme(url.to_string())),
+            _ => return Err(BadUrl::Scheme(shown())),
         };
-        let host = url
-            .host_str()
-            .ok_or_else(|| BadUrl::NoHost(url.to_string()))?;
+        let host = url.host_str().ok_or_else(|| BadUrl::NoHost(shown()))?;
         let authority = match url.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),

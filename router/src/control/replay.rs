@@ -1,0 +1,223 @@
+//! Replay protection for gateway commands: a `webhook-id` is spent once its command is
+//! accepted, and a spent id is refused until its timestamp is out of the signature's window.
+//!
+//! Owns the decision (claim an id while its command is checked, spend it if the command was
+//! accepted, release it otherwise) behind a small interface, `SpentIds`, so that where ids are
+//! kept can change: `LocalIds` keeps them in memory, bounded and expiring, and in the state
+//! directory, so they outlive a restart; several routers sharing one bot would need a shared
+//! store (Redis) behind the same interface. The file format is `state::spent_ids`'.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::path::Path;
+use std::sync::Mutex;
+
+use crate::state::spent_ids::SpentIdsLog;
+
+/// Ids kept at most: past this, new commands are refused until ids expire. Only holders of the
+/// key can add ids, and a bot sends at most 120 commands a minute a shard, so this is far above
+/// any real rate over the 10 minutes an id lives.
+pub const CAPACITY: usize = 100_000;
+
+/// What `SpentIds::claim` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The id is new; it is held for this command until spent or released.
+    Claimed,
+    /// The id was spent, or is held by a command being checked now.
+    Seen,
+    /// No room for another id until some expire.
+    Full,
+}
+
+/// Where the ids of accepted commands are kept.
+pub trait SpentIds: Send + Sync {
+    /// Holds `id` (until Unix second `expires`) for a command being checked, unless it is
+    /// spent or held already. `now` is Unix seconds.
+    fn claim(&self, id: &str, expires: u64, now: u64) -> Claim;
+    /// The command was not accepted: its id may come again.
+    fn release(&self, id: &str);
+    /// The command was accepted: its id stays spent until it expires, across restarts.
+    fn spend(&self, id: &str, expires: u64) -> io::Result<()>;
+}
+
+/// Ids in memory, bounded and expiring, spent ones also in the state directory.
+pub struct LocalIds {
+    cache: Mutex<Cache>,
+    log: Mutex<SpentIdsLog>,
+}
+
+#[derive(Default)]
+struct Cache {
+    /// Id to (expires, spent).
+    ids: HashMap<Box<str>, (u64, bool)>,
+    /// The same ids by expiry, to drop the expired ones first.
+    by_expiry: BTreeSet<(u64, Box<str>)>,
+    capacity: usize,
+}
+
+impl Cache {
+    fn expire(&mut self, now: u64) {
+        while let Some((expires, _)) = self.by_expiry.first() {
+            if *expires >= now {
+                break;
+            }
+            if let Some((_, id)) = self.by_expiry.pop_first() {
+                self.ids.remove(&id);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some((expires, _)) = self.ids.remove(id) {
+            self.by_expiry.remove(&(expires, Box::from(id)));
+        }
+    }
+
+    fn spent(&self) -> Vec<(String, u64)> {
+        self.ids
+            .iter()
+            .filter(|(_, (_, spent))| *spent)
+            .map(|(id, (expires, _))| (id.to_string(), *expires))
+            .collect()
+    }
+}
+
+impl LocalIds {
+    /// Reads the ids spent in earlier runs from `state_dir`, keeping those still live at `now`.
+    pub fn open(state_dir: &Path, now: u64) -> io::Result<LocalIds> {
+        LocalIds::with_capacity(state_dir, now, CAPACITY)
+    }
+
+    /// Like `open`, holding at most `capacity` ids.
+    pub fn with_capacity(state_dir: &Path, now: u64, capacity: usize) -> io::Result<LocalIds> {
+        let (log, live) = SpentIdsLog::open(state_dir, now)?;
+        let mut cache = Cache {
+            capacity,
+            ..Cache::default()
+        };
+        for (id, expires) in live {
+            let id: Box<str> = id.into();
+            cache.by_expiry.insert((expires, id.clone()));
+            cache.ids.insert(id, (expires, true));
+        }
+        Ok(LocalIds {
+            cache: Mutex::new(cache),
+            log: Mutex::new(log),
+        })
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl SpentIds for LocalIds {
+    fn claim(&self, id: &str, expires: u64, now: u64) -> Claim {
+        let mut cache = self.cache();
+        cache.expire(now);
+        if cache.ids.contains_key(id) {
+            return Claim::Seen;
+        }
+        if cache.ids.len() >= cache.capacity {
+            return Claim::Full;
+        }
+        cache.by_expiry.insert((expires, id.into()));
+        cache.ids.insert(id.into(), (expires, false));
+        Claim::Claimed
+    }
+
+    fn release(&self, id: &str) {
+        let mut cache = self.cache();
+        if cache.ids.get(id).is_some_and(|(_, spent)| !spent) {
+            cache.remove(id);
+        }
+    }
+
+    fn spend(&self, id: &str, expires: u64) -> io::Result<()> {
+        let live = {
+            let mut cache = self.cache();
+            if let Some(entry) = cache.ids.get_mut(id) {
+                entry.1 = true;
+            }
+            cache.spent()
+        };
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.append(id, expires)?;
+        // Expired ids only leave the file when it is rewritten: now and then, not per command.
+        if log.lines() > 2 * live.len() + 1024 {
+            log.compact(&live)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("shardhook-replay-{tag}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn an_id_is_spent_only_by_an_accepted_command_and_stays_spent_across_a_restart() {
+        let dir = dir("restart");
+        let ids = LocalIds::open(&dir, 1000).unwrap();
+        assert_eq!(ids.claim("a", 1300, 1000), Claim::Claimed);
+        assert_eq!(
+            ids.claim("a", 1300, 1000),
+            Claim::Seen,
+            "held while checked"
+        );
+        ids.release("a");
+        assert_eq!(
+            ids.claim("a", 1300, 1001),
+            Claim::Claimed,
+            "a refused command spends nothing"
+        );
+        ids.spend("a", 1300).unwrap();
+        ids.release("a");
+        assert_eq!(ids.claim("a", 1300, 1002), Claim::Seen, "spent stays spent");
+        assert_eq!(ids.claim("b", 1300, 1002), Claim::Claimed);
+        drop(ids);
+        // A restart: "a" was spent, "b" only claimed.
+        let ids = LocalIds::open(&dir, 1010).unwrap();
+        assert_eq!(ids.claim("a", 1300, 1010), Claim::Seen);
+        assert_eq!(ids.claim("b", 1300, 1010), Claim::Claimed);
+        drop(ids);
+        // Past its expiry the id is dropped, on reopening and in memory.
+        let ids = LocalIds::open(&dir, 1301).unwrap();
+        assert_eq!(ids.claim("a", 1600, 1301), Claim::Claimed);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_expired_ids_make_room() {
+        let dir = dir("bounded");
+        let ids = LocalIds::with_capacity(&dir, 0, 2).unwrap();
+        assert_eq!(ids.claim("a", 100, 0), Claim::Claimed);
+        ids.spend("a", 100).unwrap();
+        assert_eq!(ids.claim("b", 200, 0), Claim::Claimed);
+        assert_eq!(ids.claim("c", 200, 50), Claim::Full);
+        assert_eq!(ids.claim("c", 200, 101), Claim::Claimed, "a expired");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_file_is_rewritten_once_expired_lines_pile_up() {
+        let dir = dir("compact");
+        let ids = LocalIds::open(&dir, 0).unwrap();
+        for n in 0..1100u64 {
+            let id = format!("cmd_{n}");
+            assert_eq!(ids.claim(&id, n, n), Claim::Claimed);
+            ids.spend(&id, n).unwrap();
+        }
+        let lines = std::fs::read_to_string(dir.join(crate::state::spent_ids::FILE_NAME))
+            .unwrap()
+            .lines()
+            .count();
+        assert!(lines < 1100, "{lines} lines");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
