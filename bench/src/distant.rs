@@ -496,8 +496,13 @@ pub async fn twilight_child(
         let sink_url = sink_url.to_owned();
         tokio::spawn(async move {
             while let Some(item) = shard.next().await {
-                let Ok(TwMessage::Text(text)) = item else {
-                    continue;
+                let text = match item {
+                    Ok(TwMessage::Text(text)) => text,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        eprintln!("twilight shard {id}: {e}");
+                        continue;
+                    }
                 };
                 let Some(event) = GatewayEventDeserializer::from_json(&text) else {
                     continue;

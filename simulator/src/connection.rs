@@ -263,12 +263,19 @@ impl Conn {
         }
     }
 
+    /// Whether IDENTIFY's or RESUME's `token` is the bot's, bare or with the `Bot ` prefix
+    /// (Discord takes both; twilight-gateway sends the prefix).
+    fn token_accepted(&self, d: &Value) -> bool {
+        let given = d["token"].as_str().unwrap_or_default();
+        given.strip_prefix("Bot ").unwrap_or(given) == self.shared.config.token
+    }
+
     async fn identify(&mut self, d: &Value) -> Result<(), End> {
         let config = self.shared.config.clone();
         if self.session.is_some() {
             return self.close(4005).await;
         }
-        if d["token"].as_str() != Some(config.token.as_str()) {
+        if !self.token_accepted(d) {
             return self.close(4004).await;
         }
         let (shard, total) = match (d["shard"][0].as_u64(), d["shard"][1].as_u64()) {
@@ -353,7 +360,7 @@ impl Conn {
     }
 
     async fn resume(&mut self, d: &Value) -> Result<(), End> {
-        if d["token"].as_str() != Some(self.shared.config.token.as_str()) {
+        if !self.token_accepted(d) {
             return self.close(4004).await;
         }
         let session = d["session_id"].as_str().unwrap_or_default().to_owned();
@@ -627,17 +634,21 @@ mod tests {
         assert!(violations.is_empty(), "{violations:?}");
     }
 
+    type Client = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
     /// A client connected to `sim` and identified as `shard` of `total`.
-    async fn identified(
-        sim: &Simulator,
-        shard: u32,
-        total: u32,
-    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
-    {
+    async fn identified(sim: &Simulator, shard: u32, total: u32) -> Client {
+        identified_with(sim, shard, total, DEFAULT_TOKEN).await
+    }
+
+    /// Like `identified`, with `token` in IDENTIFY.
+    async fn identified_with(sim: &Simulator, shard: u32, total: u32, token: &str) -> Client {
         let url = format!("ws://{}/gateway/?v=10&encoding=json", sim.addr());
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         let identify = serde_json::json!({"op": 2, "d": {
-            "token": DEFAULT_TOKEN, "intents": 513, "shard": [shard, total],
+            "token": token, "intents": 513, "shard": [shard, total],
             "properties": {"os": "linux", "browser": "test", "device": "test"}}});
         ws.send(Ws::Text(identify.to_string().into()))
             .await
@@ -698,5 +709,34 @@ mod tests {
             "gaps from {least:?} to {most:?}: on a beat, not at random"
         );
         reading.abort();
+    }
+
+    #[tokio::test]
+    async fn identify_takes_the_token_bare_or_with_the_bot_prefix_and_refuses_another() {
+        let sim = Simulator::bind("127.0.0.1:0".parse().unwrap(), SimConfig::default())
+            .await
+            .unwrap();
+        // What ends a connection: READY, or a close frame's code.
+        async fn outcome(ws: &mut Client) -> String {
+            while let Some(Ok(message)) = ws.next().await {
+                match message {
+                    Ws::Close(frame) => {
+                        return format!("close {}", frame.map_or(0, |f| u16::from(f.code)))
+                    }
+                    Ws::Text(text) if text.contains(r#""t":"READY""#) => return "READY".to_owned(),
+                    _ => {}
+                }
+            }
+            "ended".to_owned()
+        }
+        let prefixed = format!("Bot {DEFAULT_TOKEN}");
+        assert_eq!(
+            outcome(&mut identified_with(&sim, 0, 1, &prefixed).await).await,
+            "READY"
+        );
+        assert_eq!(
+            outcome(&mut identified_with(&sim, 0, 1, "Bot wrong").await).await,
+            "close 4004"
+        );
     }
 }
