@@ -73,6 +73,8 @@ async fn signatures_verify_with_the_standardwebhooks_crate_under_key_rotation() 
     let old_key = shardhook::SigningKey::parse(&old).unwrap();
     let p = Pipe::start(sim(1, 10), vec![("a", 1.0, live(vec![]))], |c| {
         c.signing.previous_secrets = vec![old_key];
+        // A request per event, so there are many signatures to check.
+        c.batch.max_events = 1;
     })
     .await;
     p.wait_delivered(&[]).await;
@@ -463,6 +465,8 @@ async fn unordered_delivery_keeps_sixteen_requests_of_a_shard_in_flight_and_lose
 #[tokio::test]
 async fn an_endpoint_rate_limit_spaces_requests() {
     let p = Pipe::start(sim(1, 30), vec![("a", 1.0, live(vec![]))], |c| {
+        // A request per event: the limit spaces requests.
+        c.batch.max_events = 1;
         c.endpoints[0].rate_limit = Some(shardhook::config::RateLimitConfig {
             per_second: 20,
             burst: Some(1),
@@ -654,6 +658,25 @@ async fn interactions_of_a_failing_endpoints_shards_reach_the_other_within_a_sec
     p.receivers[0].as_ref().unwrap().set_down(false);
     p.wait_delivered(&[]).await;
     p.assert_exactly_once(&[]);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn at_defaults_a_busy_shard_keeps_up_with_an_endpoint_a_round_trip_away() {
+    // 200 events a second against an endpoint taking 50 ms per request: one event per request
+    // would deliver 20 a second. The defaults batch what queued during each round trip.
+    let slow = (0..400)
+        .map(|_| Reply::Delay(Duration::from_millis(50)))
+        .collect();
+    let events = 200;
+    let p = Pipe::start(sim(1, events), vec![("a", 1.0, live(slow))], |_| {}).await;
+    p.wait_delivered(&[]).await;
+    p.assert_exactly_once_in_order(&[]);
+    let requests = p.requests().len();
+    assert!(
+        requests <= events as usize / 4,
+        "{requests} requests for {events} events: the defaults did not batch"
+    );
     p.stop().await;
 }
 
@@ -933,6 +956,8 @@ async fn a_full_queue_holds_the_shard_back_without_losing_events_or_heartbeats()
         .collect();
     let p = Pipe::start(sim(1, 40), vec![("a", 1.0, live(slow))], |c| {
         c.delivery.queue = 4;
+        // A request per event, so what is held is the queue and the one or two events out.
+        c.batch.max_events = 1;
     })
     .await;
     let mut max_depth = 0;

@@ -87,6 +87,8 @@ async fn every_metric_the_readme_lists_moves_when_its_event_happens() {
 
     // One shard to one endpoint, paced to 2 requests a second so its events queue.
     let p = Pipe::start(sim(0), vec![("a", 1.0, Target::Live(vec![]))], |c| {
+        // A request per event, so the paced requests leave events queued.
+        c.batch.max_events = 1;
         c.endpoints[0].rate_limit = Some(RateLimitConfig {
             per_second: 2,
             burst: Some(1),

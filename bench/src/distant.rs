@@ -57,8 +57,9 @@ pub struct Options {
 /// Who is measured.
 #[derive(Clone, Debug)]
 pub enum Contestant {
-    /// shardhook, at its defaults but for `batch.max_events` when given.
-    Shardhook { max_events: Option<usize> },
+    /// shardhook, at its defaults but for these settings (`max_events`, `max_in_flight`,
+    /// `checkpoint_interval_ms`), written `key=value+key=value`; empty for the defaults.
+    Shardhook { settings: String },
     /// twilight-gateway, a task per event posting on reqwest.
     Twilight,
 }
@@ -66,10 +67,12 @@ pub enum Contestant {
 impl Contestant {
     fn name(&self) -> String {
         match self {
-            Contestant::Shardhook { max_events: None } => "shardhook (defaults)".to_owned(),
-            Contestant::Shardhook {
-                max_events: Some(n),
-            } => format!("shardhook, max_events {n}"),
+            Contestant::Shardhook { settings } if settings.is_empty() => {
+                "shardhook (defaults)".to_owned()
+            }
+            Contestant::Shardhook { settings } => {
+                format!("shardhook, {}", settings.replace('+', ", "))
+            }
             Contestant::Twilight => "twilight (task per event, reqwest)".to_owned(),
         }
     }
@@ -277,13 +280,17 @@ async fn round(
     let mut cmd = Command::new(std::env::current_exe().expect("own path"));
     cmd.arg("contestant");
     match contestant {
-        Contestant::Shardhook { max_events } => cmd.args([
+        Contestant::Shardhook { settings } => cmd.args([
             "distant-shardhook".to_owned(),
             sim.api_url(),
             sink_url,
             secret.to_owned(),
             ca_file,
-            max_events.map_or("default".to_owned(), |n| n.to_string()),
+            if settings.is_empty() {
+                "default".to_owned()
+            } else {
+                settings.clone()
+            },
         ]),
         Contestant::Twilight => cmd.args([
             "distant-twilight".to_owned(),
@@ -401,7 +408,7 @@ pub async fn shardhook_child(
     sink_url: &str,
     secret: &str,
     ca_file: &str,
-    max_events: Option<usize>,
+    settings: &str,
 ) {
     use shardhook::config::{Config, EndpointConfig, ShardsConfig, SigningConfig, StateConfig};
     let state_dir = std::env::temp_dir().join(format!("shardhook-distant-{}", std::process::id()));
@@ -422,8 +429,17 @@ pub async fn shardhook_child(
         dir: state_dir,
         ..StateConfig::default()
     };
-    if let Some(max_events) = max_events {
-        config.batch.max_events = max_events;
+    for setting in settings.split('+').filter(|s| *s != "default") {
+        let (key, value) = setting.split_once('=').expect("key=value");
+        let number: u64 = value.parse().expect("a number");
+        match key {
+            "max_events" => config.batch.max_events = number as usize,
+            "max_in_flight" => config.endpoints[0].max_in_flight = number as usize,
+            "checkpoint_interval_ms" => {
+                config.state.checkpoint_interval = Duration::from_millis(number)
+            }
+            other => panic!("unknown setting {other}"),
+        }
     }
     let mut pipeline = shardhook::Pipeline::new(&config).expect("the pipeline builds");
     let router = shardhook::Router::start_with(&config, |id| pipeline.sink(id))

@@ -58,7 +58,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--fine-pacing] [--only NAME[,NAME..]]\n       shardhook-bench distant [--shards N] [--rate EVENTS_PER_S] [--delay-ms MS] [--warmup S] [--seconds S] [--contestants default|N|twilight,...]"
+        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--fine-pacing] [--only NAME[,NAME..]]\n       shardhook-bench distant [--shards N] [--rate EVENTS_PER_S] [--delay-ms MS] [--warmup S] [--seconds S] [--contestants default|twilight|max_events=N+max_in_flight=N+checkpoint_interval_ms=N,...]"
     );
     std::process::exit(2)
 }
@@ -81,7 +81,9 @@ fn main() {
                 warmup: Duration::from_secs(10),
                 window: Duration::from_secs(60),
                 contestants: vec![
-                    distant::Contestant::Shardhook { max_events: None },
+                    distant::Contestant::Shardhook {
+                        settings: String::new(),
+                    },
                     distant::Contestant::Twilight,
                 ],
             };
@@ -95,15 +97,18 @@ fn main() {
                     "--delay-ms" => o.delay = Duration::from_millis(number(value()) as u64),
                     "--warmup" => o.warmup = Duration::from_secs_f64(number(value())),
                     "--seconds" => o.window = Duration::from_secs_f64(number(value())),
-                    // Contestants in order: `default`, a max_events number, or `twilight`.
+                    // Contestants in order: `default`, `twilight`, or shardhook settings
+                    // (`max_events=100+max_in_flight=512`).
                     "--contestants" => {
                         o.contestants = value()
                             .split(',')
                             .map(|c| match c {
                                 "twilight" => distant::Contestant::Twilight,
-                                "default" => distant::Contestant::Shardhook { max_events: None },
-                                n => distant::Contestant::Shardhook {
-                                    max_events: Some(n.parse().unwrap_or_else(|_| usage())),
+                                "default" => distant::Contestant::Shardhook {
+                                    settings: String::new(),
+                                },
+                                settings => distant::Contestant::Shardhook {
+                                    settings: settings.to_owned(),
                                 },
                             })
                             .collect()
@@ -180,8 +185,7 @@ async fn child(args: &[String]) {
         }
         "twilight" => contestants::twilight(arg(1), arg(2), arg(3), arg(4).parse().unwrap()).await,
         "distant-shardhook" => {
-            let max_events = arg(5).parse().ok();
-            distant::shardhook_child(arg(1), arg(2), arg(3), arg(4), max_events).await
+            distant::shardhook_child(arg(1), arg(2), arg(3), arg(4), arg(5)).await
         }
         "distant-twilight" => {
             let shards = arg(5).parse().unwrap_or_else(|_| usage());
