@@ -20,6 +20,13 @@ async fn sigterm_then_start_loses_nothing_and_duplicates_nothing() {
         .await;
     terminate(&mut router).await;
     assert_eq!(checkpoints(&s.state_dir), shards as usize);
+    let files = std::fs::read_dir(s.state_dir.join("checkpoints"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        files, 1,
+        "every shard's checkpoint in one file, one write at a time"
+    );
     let before = s.arrivals().len();
 
     let mut router = s.start_router();
@@ -84,7 +91,7 @@ async fn a_checkpoint_write_that_blocks_stops_no_delivery() {
     // as a write to a stalled disk would.
     let dir = s.state_dir.join("checkpoints");
     std::fs::create_dir_all(&dir).unwrap();
-    let fifo = dir.join("shard-0.json.tmp");
+    let fifo = dir.join("ids-0-1.json.tmp");
     let made = std::process::Command::new("mkfifo")
         .arg(&fifo)
         .status()
@@ -156,7 +163,7 @@ async fn state_is_private_whatever_the_umask_and_an_open_state_dir_is_closed_at_
         .collect();
     for wanted in [
         "dead-letters.jsonl",
-        "checkpoints/shard-0.json",
+        "checkpoints/ids-0-1.json",
         "identify/bucket-0",
     ] {
         assert!(names.iter().any(|n| n == wanted), "{wanted} in {names:?}");

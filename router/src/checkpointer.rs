@@ -5,20 +5,21 @@
 //! It sits with the composition root because it reads both shards and delivery; the record
 //! and its atomic write are `state::checkpoint`'s.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 
 use crate::delivery::DeliveryHandle;
 use crate::gateway::handle::ShardHandle;
-use crate::state::checkpoint::{save, Checkpoint};
+use crate::state::checkpoint::{Checkpoint, CheckpointStore, FileStore};
 
-/// Writes each shard's checkpoint whenever its durable progress moves.
+/// Writes the shards' checkpoints whenever durable progress moves: all of them in one write.
 pub struct Checkpointer {
-    state_dir: PathBuf,
     shard_count: u32,
     shards: Vec<ShardHandle>,
     delivery: DeliveryHandle,
-    written: HashMap<u32, Checkpoint>,
+    store: Box<dyn CheckpointStore>,
+    /// What the store holds, by shard: a shard without a session now keeps its last one.
+    written: BTreeMap<u32, Checkpoint>,
 }
 
 impl Checkpointer {
@@ -30,26 +31,34 @@ impl Checkpointer {
         shards: &[ShardHandle],
         delivery: DeliveryHandle,
     ) -> Checkpointer {
+        let first = shards.iter().map(|s| s.id()).min().unwrap_or(0);
+        let end = shards.iter().map(|s| s.id() + 1).max().unwrap_or(0);
         Checkpointer {
-            state_dir: state_dir.to_owned(),
             shard_count,
             shards: shards.to_vec(),
             delivery,
-            written: HashMap::new(),
+            store: Box::new(FileStore::new(state_dir, first..end)),
+            written: BTreeMap::new(),
         }
     }
 
-    /// The checkpoint a shard has now: its session and how far that session is safe.
-    fn current(&self, shard: &ShardHandle) -> Option<Checkpoint> {
-        let status = shard.status().borrow().clone();
-        let session = status.session_id?;
-        let resume_url = status.resume_url?;
+    /// The checkpoint a shard has now, if it differs from the one written: its session and how
+    /// far that session is safe. Nothing is copied for a shard whose checkpoint stands.
+    fn changed(&self, shard: &ShardHandle) -> Option<Checkpoint> {
+        let status = shard.status();
+        let status = status.borrow();
+        let (Some(session), Some(resume_url)) = (&status.session_id, &status.resume_url) else {
+            return None;
+        };
         // A session with nothing safe yet resumes from 0: Discord replays all of it.
         let seq = match self.delivery.durable(shard.id()) {
-            Some((durable_session, seq)) if durable_session == session => seq,
+            Some((durable_session, seq)) if durable_session == *session => seq,
             _ => 0,
         };
-        Some(Checkpoint {
+        let same = self.written.get(&shard.id()).is_some_and(|w| {
+            w.seq == seq && *w.session_id == **session && *w.resume_url == **resume_url
+        });
+        (!same).then(|| Checkpoint {
             shard_id: shard.id(),
             shard_count: self.shard_count,
             session_id: session.to_string(),
@@ -58,35 +67,39 @@ impl Checkpointer {
         })
     }
 
-    /// Writes the checkpoints that changed; returns how many.
+    /// Writes every checkpoint in one write if any changed; returns how many changed.
     pub fn write_changed(&mut self) -> usize {
-        let mut wrote = 0;
-        for shard in &self.shards {
-            let Some(cp) = self.current(shard) else {
-                continue;
-            };
-            if self.written.get(&cp.shard_id) == Some(&cp) {
-                continue;
+        let changed: Vec<Checkpoint> = self
+            .shards
+            .iter()
+            .filter_map(|shard| self.changed(shard))
+            .collect();
+        if changed.is_empty() {
+            return 0;
+        }
+        let mut next = self.written.clone();
+        for cp in &changed {
+            next.insert(cp.shard_id, cp.clone());
+        }
+        let all: Vec<Checkpoint> = next.values().cloned().collect();
+        match self.store.save(&all) {
+            Ok(()) => {
+                self.written = next;
+                changed.len()
             }
-            match save(&self.state_dir, &cp) {
-                Ok(()) => {
-                    wrote += 1;
-                    self.written.insert(cp.shard_id, cp);
-                }
-                Err(e) => tracing::error!(
-                    shard_id = cp.shard_id,
-                    dir = %self.state_dir.display(),
-                    "failed to write a resume checkpoint: {e}"
-                ),
+            Err(e) => {
+                tracing::error!(
+                    changed = changed.len(),
+                    "failed to write the resume checkpoints: {e}"
+                );
+                0
             }
         }
-        wrote
     }
 
-    /// Writes changed checkpoints every `interval` until `stop` resolves. The writes and their
+    /// Writes changed checkpoints every `interval` until `stop` resolves. The write and its
     /// fsyncs go on tokio's blocking pool: on a runtime worker, a slow disk would stall every
-    /// shard and delivery that worker carries, for as long as it takes (two fsyncs per busy
-    /// shard every interval).
+    /// shard and delivery that worker carries, for as long as it takes.
     pub async fn run(
         mut self,
         interval: std::time::Duration,

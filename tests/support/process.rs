@@ -190,9 +190,19 @@ impl Setup {
     }
 }
 
-/// How many shards have a checkpoint file.
+/// How many shards have a checkpoint: the records in the checkpoint files (one file per
+/// process, `{"checkpoints": [...]}`).
 pub fn checkpoints(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join("checkpoints")).map_or(0, |d| d.count())
+    let Ok(files) = std::fs::read_dir(dir.join("checkpoints")) else {
+        return 0;
+    };
+    files
+        .flatten()
+        .filter(|f| f.path().extension().is_some_and(|e| e == "json"))
+        .filter_map(|f| std::fs::read(f.path()).ok())
+        .filter_map(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .map(|file| file["checkpoints"].as_array().map_or(0, Vec::len))
+        .sum()
 }
 
 /// Sends SIGTERM and waits for a clean exit.
