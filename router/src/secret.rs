@@ -88,9 +88,11 @@ impl SigningKey {
         Ok(SigningKey { mac })
     }
 
-    /// A new random secret, as `shardhook keygen` prints it.
+    /// A new random secret, as `shardhook keygen` prints it: 32 bytes from the operating
+    /// system's cryptographic generator (`getrandom`), not a fast guessable one.
     pub fn generate() -> String {
-        let bytes: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("the operating system's random source is readable");
         format!("{SECRET_PREFIX}{}", STANDARD.encode(bytes))
     }
 
@@ -150,6 +152,17 @@ mod tests {
             "https://example.workers.dev/"
         );
         assert_eq!(redact_url("not a url user:pw"), "<not a URL>");
+    }
+
+    #[test]
+    fn generated_secrets_do_not_follow_a_seeded_fast_generator() {
+        // Were they drawn from fastrand, the same seed would give the same secret.
+        fastrand::seed(7);
+        let first = SigningKey::generate();
+        fastrand::seed(7);
+        let second = SigningKey::generate();
+        assert_ne!(first, second);
+        assert!(SigningKey::parse(&first).is_ok());
     }
 
     #[test]
