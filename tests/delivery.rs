@@ -948,6 +948,56 @@ async fn an_endpoint_down_for_a_stretch_spools_then_everything_arrives_in_order(
 }
 
 #[tokio::test]
+async fn a_spool_write_that_blocks_stops_no_other_shard() {
+    // One runtime thread (this test's). Shard 0's spool file is a FIFO: writing it blocks until
+    // something reads it, as a write to a stalled disk would. Were the append on the runtime's
+    // thread, nothing else would run until it ended.
+    let mut fifo = None;
+    let mut p = Pipe::start(sim(2, 100), vec![("only", 1.0, Target::Refused)], |c| {
+        c.delivery.circuit_failures = 1;
+        c.delivery.circuit_cooldown = Duration::from_millis(100);
+        let spool = c.state.dir.join("spool");
+        std::fs::create_dir_all(&spool).unwrap();
+        let path = spool.join("shard-0.log");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        fifo = Some(path);
+    })
+    .await;
+    let fifo = fifo.unwrap();
+    p.wait_until("shard 1's batches to spool", |p| {
+        p.stats.snapshot().events_spooled > 0
+    })
+    .await;
+    p.revive(0).await;
+    p.wait_until("every event of shard 1 delivered", |p| {
+        let ledger = p
+            .sim
+            .observed(|o| o.ledger.iter().filter(|e| e.shard == 1).count());
+        let arrived = p.arrivals().iter().filter(|(_, a)| a.shard == 1).count();
+        ledger >= 100 && arrived >= ledger
+    })
+    .await;
+    // Now let shard 0's write through: read the FIFO once (the append then fails, as a FIFO
+    // cannot be synced) and remove it, so the next append is a real file.
+    let reader = std::thread::spawn(move || {
+        let mut opened = std::fs::File::open(&fifo).unwrap();
+        std::fs::remove_file(&fifo).unwrap();
+        std::io::copy(&mut opened, &mut std::io::sink()).unwrap()
+    });
+    assert!(
+        reader.join().unwrap() > 0,
+        "the blocked write was a spool append"
+    );
+    p.wait_delivered(&[]).await;
+    p.assert_exactly_once_in_order(&[]);
+    p.stop().await;
+}
+
+#[tokio::test]
 async fn a_full_queue_holds_the_shard_back_without_losing_events_or_heartbeats() {
     // A queue of 4 and an endpoint taking 150 ms per request: the shard spends most of the run
     // waiting for room (not reading), across several heartbeat intervals.

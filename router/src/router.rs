@@ -63,6 +63,8 @@ pub struct Router {
     shard_count: u32,
     tasks: JoinSet<Result<(), FatalClose>>,
     shutdown: watch::Sender<bool>,
+    /// The identify queue, whose records are flushed when the router stops.
+    identify: Arc<IdentifyQueue>,
 }
 
 /// The shard count and the ids this process runs.
@@ -160,6 +162,7 @@ impl Router {
             shard_count: total,
             tasks,
             shutdown,
+            identify: queue,
         })
     }
 
@@ -189,13 +192,17 @@ impl Router {
                     Some(Ok(Err(err))) => fatal.push(err),
                     Some(Err(join)) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
                     Some(Err(_)) => {}
-                    None => return Err(AllShardsStopped(fatal)),
+                    None => {
+                        self.identify.flush().await;
+                        return Err(AllShardsStopped(fatal));
+                    }
                 },
             }
         }
         info!("shutting down: closing every shard resumably");
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        self.identify.flush().await;
         Ok(())
     }
 }

@@ -18,7 +18,20 @@ use super::shared::Shared;
 use super::signer::unix_now;
 use super::{SharedSpool, SPOOL_RETRY};
 use crate::state::dead_letter::DeadLetter;
-use crate::state::spool::{Head, SpooledBatch};
+use crate::state::spool::{Head, ShardSpool, SpooledBatch};
+
+/// Runs `f` on the shard's spool on tokio's blocking pool: appends fsync, and reads and deletes
+/// touch the disk, which on a runtime worker would stall every shard and delivery that worker
+/// carries for as long as a slow disk takes.
+async fn on_disk<T: Send + 'static>(
+    spool: &SharedSpool,
+    f: impl FnOnce(&mut ShardSpool) -> T + Send + 'static,
+) -> T {
+    let mut spool = spool.clone().lock_owned().await;
+    tokio::task::spawn_blocking(move || f(&mut spool))
+        .await
+        .expect("spool file I/O does not panic")
+}
 
 /// Sends one batch until it is delivered or dead-lettered, or spools it when no endpoint can
 /// take it (and while older batches of the shard wait in the spool). Any of the three makes
@@ -50,8 +63,16 @@ pub(super) async fn spool_request(shared: &Shared, spool: &SharedSpool, request:
         body: RawValue::from_string(String::from_utf8_lossy(&request.body).into_owned())
             .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON")),
     };
+    let mut batch = Some(batch);
     loop {
-        match spool.lock().await.append(&batch) {
+        let trying = batch.take().expect("the batch is back after every try");
+        let (appended, tried) = on_disk(spool, move |spool| {
+            let appended = spool.append(&trying);
+            (appended, trying)
+        })
+        .await;
+        let batch = batch.insert(tried);
+        match appended {
             Ok(()) => {
                 shared
                     .stats
@@ -68,7 +89,7 @@ pub(super) async fn spool_request(shared: &Shared, spool: &SharedSpool, request:
 /// Sends spooled batches, oldest first, while an endpoint can take them.
 pub(super) async fn drain(shared: &Shared, spool: &SharedSpool) {
     loop {
-        let Some((head, size)) = spool.lock().await.peek() else {
+        let Some((head, size)) = on_disk(spool, |spool| spool.peek()).await else {
             return;
         };
         match head {
@@ -126,6 +147,6 @@ pub(super) async fn drain(shared: &Shared, spool: &SharedSpool) {
                 }
             }
         }
-        spool.lock().await.pop(size);
+        on_disk(spool, move |spool| spool.pop(size)).await;
     }
 }

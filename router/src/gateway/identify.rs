@@ -29,27 +29,44 @@ pub struct IdentifyQueue {
     buckets: Vec<Arc<Mutex<Option<Instant>>>>,
     /// Where each bucket's last IDENTIFY is recorded, if anywhere.
     dir: Option<PathBuf>,
+    /// Records being written on tokio's blocking pool, for `flush`.
+    writes: Writes,
 }
+
+/// Record writes under way.
+type Writes = Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>;
 
 /// The right to send one IDENTIFY now. Dropping it stamps the bucket.
 pub struct IdentifyPermit {
     last: OwnedMutexGuard<Option<Instant>>,
     /// The bucket's record file, if the queue keeps them.
     record: Option<PathBuf>,
+    writes: Writes,
 }
 
 impl Drop for IdentifyPermit {
     fn drop(&mut self) {
         *self.last = Some(Instant::now());
-        if let Some(path) = &self.record {
+        if let Some(path) = self.record.take() {
             let millis = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis());
-            let written = files::create_dir(path.parent().unwrap_or(Path::new(".")))
-                .and_then(|()| files::create(path))
-                .and_then(|mut file| file.write_all(millis.to_string().as_bytes()));
-            if let Err(e) = written {
-                tracing::warn!(path = %path.display(), "could not record the IDENTIFY time; a restart within 5 s may identify early: {e}");
+            let write = move || {
+                let written = files::create_dir(path.parent().unwrap_or(Path::new(".")))
+                    .and_then(|()| files::create(&path))
+                    .and_then(|mut file| file.write_all(millis.to_string().as_bytes()));
+                if let Err(e) = written {
+                    tracing::warn!(path = %path.display(), "could not record the IDENTIFY time; a restart within 5 s may identify early: {e}");
+                }
+            };
+            // On tokio's blocking pool: a shard's task must not wait for the disk.
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let mut writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+                    writes.retain(|w| !w.is_finished());
+                    writes.push(runtime.spawn_blocking(write));
+                }
+                Err(_) => write(),
             }
         }
     }
@@ -67,7 +84,11 @@ impl IdentifyQueue {
         let buckets = (0..max_concurrency.max(1))
             .map(|_| Arc::new(Mutex::new(None)))
             .collect();
-        IdentifyQueue { buckets, dir: None }
+        IdentifyQueue {
+            buckets,
+            dir: None,
+            writes: Writes::default(),
+        }
     }
 
     /// A queue that records each bucket's IDENTIFY under `state_dir/identify/` and starts
@@ -93,6 +114,7 @@ impl IdentifyQueue {
         IdentifyQueue {
             buckets,
             dir: Some(dir),
+            writes: Writes::default(),
         }
     }
 
@@ -109,7 +131,19 @@ impl IdentifyQueue {
             tokio::time::sleep_until(at + IDENTIFY_INTERVAL).await;
         }
         let record = self.dir.as_ref().map(|d| record_path(d, bucket));
-        IdentifyPermit { last, record }
+        IdentifyPermit {
+            last,
+            record,
+            writes: self.writes.clone(),
+        }
+    }
+
+    /// Waits until every IDENTIFY so far is recorded, so a process started next reads them.
+    pub async fn flush(&self) {
+        let writes = std::mem::take(&mut *self.writes.lock().unwrap_or_else(|p| p.into_inner()));
+        for write in writes {
+            let _ = write.await;
+        }
     }
 }
 
@@ -149,6 +183,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("shardhook-identify-{}", fastrand::u64(..)));
         let first = IdentifyQueue::persistent(2, &dir);
         drop(first.acquire(1).await);
+        first.flush().await;
         drop(first);
         // A new process on the same state directory: bucket 1 waits, bucket 0 does not.
         let second = IdentifyQueue::persistent(2, &dir);
@@ -162,5 +197,35 @@ mod tests {
             "bucket 1 waited {waited:?}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn recording_an_identify_never_waits_for_the_disk() {
+        let dir =
+            std::env::temp_dir().join(format!("shardhook-identify-fifo-{}", std::process::id()));
+        let queue = IdentifyQueue::persistent(1, &dir);
+        // The record is a FIFO: writing it blocks until something reads it, as a write to a
+        // stalled disk would. On this test's one runtime thread, a write there would hang it.
+        let fifo = record_path(&dir.join("identify"), 0);
+        files::create_dir(fifo.parent().unwrap()).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        drop(queue.acquire(0).await);
+        // Reached: the shard went on. Now let the write through so the runtime can end.
+        let reader = std::thread::spawn(move || {
+            let mut opened = std::fs::File::open(&fifo).unwrap();
+            std::fs::remove_file(&fifo).unwrap();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut opened, &mut text).unwrap();
+            text
+        });
+        assert!(
+            reader.join().unwrap().parse::<u64>().is_ok(),
+            "the record was written"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

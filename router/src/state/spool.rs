@@ -10,9 +10,14 @@
 //!
 //! fsync policy: every append is `sync_data`ed before it returns, because a spooled batch
 //! counts as safe for resume checkpoints; an outage is when this path runs, so its cost is
-//! paid only then. A record whose checksum does not match is logged loudly and returned as
-//! raw bytes for the dead-letter file; a length that cannot be right ends the file there.
-//! Whether to spool and when to drain is `delivery`'s business.
+//! paid only then. Torn writes: an append that fails part way (a full disk) is cut back to the
+//! last whole record before it returns, and `open` cuts a file at its first record with a bad
+//! header or checksum (a crash mid-append), moving the cut bytes aside to
+//! `shard-N.log.cut-<unix seconds>` for a person to look at. Such a record was never reported
+//! appended, so its batch was never counted safe: Discord replays it after the restart. A record
+//! found corrupt later, while the spool is open, is logged loudly and returned as raw bytes for
+//! the dead-letter file. Whether to spool and when to drain is `delivery`'s business; this
+//! module does blocking file I/O, which delivery runs on tokio's blocking pool.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -74,13 +79,23 @@ pub struct ShardSpool {
     head: u64,
     /// Length of the file (where the next record goes).
     tail: u64,
+    /// A full disk, for tests: appends write this many bytes of a record, then fail.
+    #[cfg(test)]
+    fail_after: Option<usize>,
 }
 
 impl ShardSpool {
-    /// Opens (or finds empty) `shard`'s spool under `state_dir`, counting what it holds.
+    /// Opens (or finds empty) `shard`'s spool under `state_dir`, counting what it holds. A file
+    /// that ends in a torn record is cut there (see the module's doc).
     pub fn open(state_dir: &Path, shard: u32, usage: Arc<SpoolUsage>) -> ShardSpool {
         let path = state_dir.join("spool").join(format!("shard-{shard}.log"));
-        let tail = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let tail = match cut_torn(&path) {
+            Ok(tail) => tail,
+            Err(e) => {
+                tracing::error!(shard_id = shard, path = %path.display(), "could not check the spool file for torn records: {e}");
+                std::fs::metadata(&path).map_or(0, |m| m.len())
+            }
+        };
         usage.used.fetch_add(tail, Ordering::Relaxed);
         if tail > 0 {
             tracing::warn!(shard_id = shard, bytes = tail, path = %path.display(), "found spooled batches from an earlier run; they go first");
@@ -90,7 +105,22 @@ impl ShardSpool {
             usage,
             head: 0,
             tail,
+            #[cfg(test)]
+            fail_after: None,
         }
+    }
+
+    /// Writes `record` at the end of `file`.
+    fn write_record(&self, file: &mut File, record: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(n) = self.fail_after.filter(|n| *n < record.len()) {
+            file.write_all(&record[..n])?;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space left on device (injected)",
+            ));
+        }
+        file.write_all(record)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -128,8 +158,17 @@ impl ShardSpool {
             .append(true)
             .open(&self.path)
             .map_err(|e| self.io(e))?;
-        file.write_all(&record).map_err(|e| self.io(e))?;
-        file.sync_data().map_err(|e| self.io(e))?;
+        let written = self
+            .write_record(&mut file, &record)
+            .and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            // What was written of this record must not stay: the next append would follow it,
+            // and a reader would take the torn bytes for the start of a record.
+            if let Err(cut) = file.set_len(self.tail).and_then(|()| file.sync_data()) {
+                tracing::error!(path = %self.path.display(), "could not cut a failed append back to the last whole record: {cut}");
+            }
+            return Err(self.io(e));
+        }
         self.tail += size;
         let now = self.usage.used.fetch_add(size, Ordering::Relaxed) + size;
         if now * 10 >= self.usage.limit * 8 && (now - size) * 10 < self.usage.limit * 8 {
@@ -188,6 +227,59 @@ impl ShardSpool {
             self.tail = 0;
         }
     }
+}
+
+/// Cuts `path` at its first record with a bad header or checksum, moving the cut bytes to a
+/// file beside it; returns the length kept. A missing file is an empty spool.
+fn cut_torn(path: &Path) -> std::io::Result<u64> {
+    let mut file = match super::files::options().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let mut reader = std::io::BufReader::new(&mut file);
+    let mut good = 0u64;
+    let mut payload = Vec::new();
+    loop {
+        let mut header = [0u8; HEADER];
+        if len - good < HEADER as u64 || reader.read_exact(&mut header).is_err() {
+            break;
+        }
+        let size = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as u64;
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if size > len - good - HEADER as u64 {
+            break;
+        }
+        payload.resize(size as usize, 0);
+        if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
+            break;
+        }
+        good += HEADER as u64 + size;
+    }
+    drop(reader);
+    if good < len {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = path.with_extension(format!("log.cut-{now}"));
+        let mut cut = Vec::with_capacity((len - good) as usize);
+        file.seek(SeekFrom::Start(good))?;
+        file.read_to_end(&mut cut)?;
+        let mut kept = super::files::create(&aside)?;
+        kept.write_all(&cut)?;
+        kept.sync_all()?;
+        file.set_len(good)?;
+        file.sync_all()?;
+        tracing::error!(
+            path = %path.display(),
+            kept = good,
+            cut = len - good,
+            aside = %aside.display(),
+            "the spool file ended in a torn record (a crash or a full disk mid-append); cut it there: that batch was never counted safe, so Discord replays its events"
+        );
+    }
+    Ok(good)
 }
 
 #[cfg(test)]
@@ -282,6 +374,75 @@ mod tests {
         spool.append(&batch(1)).unwrap();
         let err = spool.append(&batch(2)).unwrap_err().to_string();
         assert!(err.contains("spool is full"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Every batch's first seq, reading a freshly opened spool to its end.
+    fn drained(dir: &Path) -> Vec<u64> {
+        let mut spool = ShardSpool::open(dir, 0, usage(1 << 20));
+        let mut seqs = Vec::new();
+        while let Some((head, size)) = spool.peek() {
+            seqs.push(first_seq(head));
+            spool.pop(size);
+        }
+        seqs
+    }
+
+    #[test]
+    fn a_record_torn_by_a_crash_is_cut_on_open_and_later_appends_read_whole() {
+        let dir = dir("torn");
+        let mut spool = ShardSpool::open(&dir, 0, usage(1 << 20));
+        spool.append(&batch(1)).unwrap();
+        spool.append(&batch(2)).unwrap();
+        // A crash half way through a third record: its header and part of its payload.
+        let path = dir.join("spool/shard-0.log");
+        let whole = std::fs::metadata(&path).unwrap().len();
+        let payload = serde_json::to_vec(&batch(3)).unwrap();
+        let mut torn = (payload.len() as u32).to_le_bytes().to_vec();
+        torn.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        torn.extend_from_slice(&payload[..payload.len() / 2]);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(&torn).unwrap();
+        drop(file);
+        // The restart: the torn record is cut (and kept aside), then appends go on.
+        let mut spool = ShardSpool::open(&dir, 0, usage(1 << 20));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
+        spool.append(&batch(4)).unwrap();
+        assert_eq!(
+            drained(&dir),
+            [1, 2, 4],
+            "no corrupt record, nothing after it lost"
+        );
+        let aside: Vec<_> = std::fs::read_dir(dir.join("spool"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".cut-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(std::fs::read(&aside[0]).unwrap(), torn);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_append_that_fills_the_disk_is_cut_back_and_the_next_append_reads_whole() {
+        let dir = dir("full-disk");
+        let mut spool = ShardSpool::open(&dir, 0, usage(1 << 20));
+        spool.append(&batch(1)).unwrap();
+        let path = dir.join("spool/shard-0.log");
+        let whole = std::fs::metadata(&path).unwrap().len();
+        spool.fail_after = Some(13);
+        let err = spool.append(&batch(2)).unwrap_err().to_string();
+        assert!(
+            err.contains("no space left") && err.contains("shard-0.log"),
+            "{err}"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole, "cut back");
+        spool.fail_after = None;
+        spool.append(&batch(3)).unwrap();
+        assert_eq!(drained(&dir), [1, 3]);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
