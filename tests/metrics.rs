@@ -249,6 +249,11 @@ async fn every_metric_the_readme_lists_moves_when_its_event_happens() {
             "",
             "an interaction was deferred",
         ),
+        (
+            "shardhook_interaction_defer_latency_seconds_count",
+            "",
+            "an interaction was deferred",
+        ),
     ] {
         saw(name.trim_end_matches("_count"), grew(name, labels), what);
     }

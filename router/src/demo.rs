@@ -223,6 +223,8 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
 
     let mut pipeline = Pipeline::new(&config)?;
     let stats = pipeline.stats();
+    // The report gives exact latency quantiles.
+    stats.keep_samples();
     let router = Router::start_with(&config, |id| pipeline.sink(id)).await?;
     let shards = router.shards().to_vec();
     let (stop, stopped) = oneshot::channel::<()>();

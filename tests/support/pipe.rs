@@ -153,6 +153,7 @@ impl Pipe {
         let state_dir = TempDir::adopt(config.state.dir.clone());
         let mut pipeline = Pipeline::with_env(&config, env).expect("the pipeline builds");
         let stats = pipeline.stats();
+        stats.keep_samples();
         let router = within(
             "the router to start",
             Router::start_with(&config, |id| pipeline.sink(id)),

@@ -96,18 +96,20 @@ pub fn render(shards: &[ShardHandle], delivery: &DeliveryHandle) -> String {
     );
 
     let delivered = Family::<ShardEndpoint, Counter>::default();
-    for ((shard, index), n) in stats
-        .delivered_by
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
-        let key = ShardEndpoint {
-            shard: *shard,
-            endpoint: endpoints[*index].clone(),
-        };
-        delivered.get_or_create(&key).inc_by(*n);
+    let rows = stats.delivered_by.read().unwrap_or_else(|p| p.into_inner());
+    for (shard, row) in rows.iter() {
+        for (index, n) in row.iter().enumerate() {
+            let n = n.load(std::sync::atomic::Ordering::Relaxed);
+            if n > 0 {
+                let key = ShardEndpoint {
+                    shard: *shard,
+                    endpoint: endpoints[index].clone(),
+                };
+                delivered.get_or_create(&key).inc_by(n);
+            }
+        }
     }
+    drop(rows);
     registry.register(
         "events_delivered",
         "Events delivered (2xx), by shard and endpoint",
@@ -193,6 +195,11 @@ pub fn render(shards: &[ShardHandle], delivery: &DeliveryHandle) -> String {
         "interactions_deferred",
         "Interactions the router deferred",
         counter_from(&stats.interactions_deferred),
+    );
+    registry.register(
+        "interaction_defer_latency_seconds",
+        "From the gateway read of an interaction to Discord's answer to its deferral",
+        stats.defer_latency.clone(),
     );
 
     registry.register(

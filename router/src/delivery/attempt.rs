@@ -146,22 +146,12 @@ fn record_health(shared: &Shared, index: usize, attempt: &Attempt) {
 
 /// Counts a request the endpoint at `index` took.
 fn record_delivered(shared: &Shared, index: usize, request: &Request) {
-    let stats = &shared.stats;
-    let events = request.events as u64;
-    stats
-        .requests_delivered
-        .fetch_add(1, AtomicOrdering::Relaxed);
-    stats
-        .events_delivered
-        .fetch_add(events, AtomicOrdering::Relaxed);
-    stats.per_endpoint[index].fetch_add(events, AtomicOrdering::Relaxed);
-    *stats
-        .delivered_by
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry((request.shard_id, index))
-        .or_default() += events;
-    stats.record_latency(request.first_received.elapsed());
+    shared.stats.delivered(
+        request.shard_id,
+        index,
+        request.events as u64,
+        request.first_received.elapsed(),
+    );
 }
 
 const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");

@@ -6,7 +6,6 @@
 //! Owns the lane's schedule and those two calls to Discord's REST API; `worker` diverts
 //! interactions here as it reads them, and `attempt` sends.
 
-use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,14 +68,7 @@ impl Shared {
             .await;
         match sent {
             Ok(response) if response.status().is_success() => {
-                self.stats
-                    .interactions_deferred
-                    .fetch_add(1, AtomicOrdering::Relaxed);
-                self.stats
-                    .defer_latencies
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(event.received_at.elapsed());
+                self.stats.deferred(event.received_at.elapsed());
                 Some(DeferredInteraction {
                     application_id: interaction.application_id.to_owned(),
                     token: interaction.token.to_owned(),

@@ -2,11 +2,17 @@
 //! and spooled, per endpoint and per shard, and delivery and deferral latencies.
 //!
 //! Owns the counters and their snapshot; delivery's tasks update them, `control::metrics` and
-//! `shardhook demo` read them.
+//! `shardhook demo` read them. Memory stays flat however long the router runs: counters are
+//! atomics (a row per shard, made once), latencies go to bounded histograms, and exact samples
+//! for quantiles are kept only when asked for (`keep_samples`: the demo and tests), and then
+//! only the first `SAMPLES`.
 
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
+
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 /// Counters of what delivery did. Cheap to update from every task.
 #[derive(Debug)]
@@ -36,23 +42,38 @@ pub struct DeliveryStats {
     pub dead_letters_unattributed: AtomicU64,
     /// Sends that waited for an endpoint's `rate_limit`, per endpoint, in config order.
     pub rate_limit_waits: Vec<AtomicU64>,
-    /// Events delivered per (shard, endpoint index).
-    pub(crate) delivered_by: Mutex<std::collections::HashMap<(u32, usize), u64>>,
+    /// Events delivered per shard, a counter per endpoint index: a row is made the first time a
+    /// shard delivers, then only read-locked.
+    pub(crate) delivered_by: RwLock<BTreeMap<u32, Box<[AtomicU64]>>>,
     /// Delivery latency: from the gateway read of a batch's first event to its 2xx.
-    pub(crate) latency: prometheus_client::metrics::histogram::Histogram,
-    /// The first latencies, kept exactly for quantiles (bounded).
-    pub(super) latencies: Mutex<Vec<Duration>>,
-    /// Interactions deferred by the router, and how long after the gateway read each was.
+    pub(crate) latency: Histogram,
+    /// Interactions deferred by the router.
     pub interactions_deferred: AtomicU64,
-    pub(crate) defer_latencies: Mutex<Vec<Duration>>,
+    /// From the gateway read of an interaction to its deferral's answer.
+    pub(crate) defer_latency: Histogram,
+    /// Whether exact samples are kept (`keep_samples`).
+    sampling: AtomicBool,
+    latencies: Mutex<Vec<Duration>>,
+    defer_latencies: Mutex<Vec<Duration>>,
 }
 
-/// Latencies kept exactly for quantiles; the histogram keeps counting past this.
-const LATENCY_SAMPLES: usize = 100_000;
+/// Exact samples kept of each latency, when samples are kept at all.
+const SAMPLES: usize = 100_000;
 
 impl Default for DeliveryStats {
     fn default() -> Self {
         DeliveryStats::new(0)
+    }
+}
+
+/// Keeps `value` among `samples` if samples are kept and there is room.
+fn sample(sampling: &AtomicBool, samples: &Mutex<Vec<Duration>>, value: Duration) {
+    if !sampling.load(AtomicOrdering::Relaxed) {
+        return;
+    }
+    let mut samples = samples.lock().unwrap_or_else(|p| p.into_inner());
+    if samples.len() < SAMPLES {
+        samples.push(value);
     }
 }
 
@@ -85,30 +106,63 @@ impl DeliveryStats {
             dead_letters_by_endpoint: counters(endpoints),
             dead_letters_unattributed: AtomicU64::new(0),
             rate_limit_waits: counters(endpoints),
-            delivered_by: Mutex::default(),
-            latency: prometheus_client::metrics::histogram::Histogram::new(
-                prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 16),
-            ),
-            latencies: Mutex::default(),
+            delivered_by: RwLock::default(),
+            latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             interactions_deferred: AtomicU64::new(0),
+            defer_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            sampling: AtomicBool::new(false),
+            latencies: Mutex::default(),
             defer_latencies: Mutex::default(),
         }
     }
 
-    pub(super) fn record_latency(&self, latency: Duration) {
-        self.latency.observe(latency.as_secs_f64());
-        let mut samples = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
-        if samples.len() < LATENCY_SAMPLES {
-            samples.push(latency);
-        }
+    /// Keeps exact samples of the latencies from now on (the first 100,000 of each), for
+    /// `latency_quantile` and `defer_quantile`.
+    pub fn keep_samples(&self) {
+        self.sampling.store(true, AtomicOrdering::Relaxed);
     }
 
-    /// The `q`-quantile (0..=1) of delivery latency so far.
+    /// Counts a request of `events` events of `shard` that the endpoint at `index` took,
+    /// `latency` after its first event was read.
+    pub(super) fn delivered(&self, shard: u32, index: usize, events: u64, latency: Duration) {
+        self.requests_delivered
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        self.events_delivered
+            .fetch_add(events, AtomicOrdering::Relaxed);
+        self.per_endpoint[index].fetch_add(events, AtomicOrdering::Relaxed);
+        let counted = self
+            .delivered_by
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&shard)
+            .map(|row| row[index].fetch_add(events, AtomicOrdering::Relaxed))
+            .is_some();
+        if !counted {
+            let mut rows = self.delivered_by.write().unwrap_or_else(|p| p.into_inner());
+            let row = rows
+                .entry(shard)
+                .or_insert_with(|| counters(self.per_endpoint.len()).into_boxed_slice());
+            row[index].fetch_add(events, AtomicOrdering::Relaxed);
+        }
+        self.latency.observe(latency.as_secs_f64());
+        sample(&self.sampling, &self.latencies, latency);
+    }
+
+    /// Counts an interaction the router deferred, `latency` after it was read.
+    pub(super) fn deferred(&self, latency: Duration) {
+        self.interactions_deferred
+            .fetch_add(1, AtomicOrdering::Relaxed);
+        self.defer_latency.observe(latency.as_secs_f64());
+        sample(&self.sampling, &self.defer_latencies, latency);
+    }
+
+    /// The `q`-quantile (0..=1) of delivery latency so far, if samples are kept.
     pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
         quantile(&self.latencies, q)
     }
 
-    /// The `q`-quantile of the time from the gateway read of an interaction to its deferral.
+    /// The `q`-quantile of the time from the gateway read of an interaction to its deferral, if
+    /// samples are kept.
     pub fn defer_quantile(&self, q: f64) -> Option<Duration> {
         quantile(&self.defer_latencies, q)
     }
@@ -151,4 +205,44 @@ pub struct StatsSnapshot {
     pub events_spooled: u64,
     /// See `DeliveryStats::per_endpoint`.
     pub per_endpoint: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_million_deliveries_and_a_hundred_thousand_deferrals_leave_the_heap_flat() {
+        let stats = DeliveryStats::new(2);
+        let round = |n: u64| {
+            for i in 0..n {
+                let latency = Duration::from_micros(i % 100_000);
+                stats.delivered((i % 1000) as u32, (i % 2) as usize, 3, latency);
+                if i % 10 == 0 {
+                    stats.deferred(latency);
+                }
+            }
+        };
+        // Warm-up: every shard's row is made once.
+        round(1000);
+        let ((), allocations) = crate::allocations::during(|| round(1_000_000));
+        assert_eq!(allocations, 0, "the stats grew after warm-up");
+        assert_eq!(stats.snapshot().events_delivered, 3 * 1_001_000);
+        assert_eq!(
+            stats.latency_quantile(0.5),
+            None,
+            "no samples unless asked for"
+        );
+    }
+
+    #[test]
+    fn samples_when_asked_for_are_bounded() {
+        let stats = DeliveryStats::new(1);
+        stats.keep_samples();
+        for i in 0..(SAMPLES as u64 + 10) {
+            stats.delivered(0, 0, 1, Duration::from_millis(i % 7));
+        }
+        assert_eq!(stats.latencies.lock().unwrap().len(), SAMPLES);
+        assert_eq!(stats.latency_quantile(1.0), Some(Duration::from_millis(6)));
+    }
 }
