@@ -449,3 +449,62 @@ async fn a_zstd_oversize_message_is_skipped_and_the_stream_goes_on() {
     assert_all_zstd(&h, 1);
     h.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_checkpoints_unreachable_resume_url_gives_way_to_the_gateway_url() {
+    let sim = simulator(sim(5)).await;
+    let config = config_for(&sim);
+    let _state = support::pipe::TempDir::adopt(config.state.dir.clone());
+    let run = |config: shardhook::Config| async move {
+        let (sink, mut events) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move { while events.recv().await.is_some() {} });
+        let router = Router::start(&config, sink)
+            .await
+            .expect("the router starts");
+        let shard = router.shards()[0].clone();
+        within(
+            "the shard to be active",
+            shard.status().wait_for(|s| s.state == ShardState::Active),
+        )
+        .await
+        .unwrap();
+        (router, shard)
+    };
+    // A first run makes a session, then stops resumably.
+    let (router, shard) = run(config.clone()).await;
+    let session = shard.status().borrow().session_id.clone().unwrap();
+    let seq = shard.last_seq();
+    router.run_until(async {}).await.unwrap();
+    // The checkpoint it would have left, naming a resume URL that refuses connections (a host
+    // gone away, a state directory copied from elsewhere).
+    let checkpoints = config.state.dir.join("checkpoints");
+    std::fs::create_dir_all(&checkpoints).unwrap();
+    let record = serde_json::json!({"checkpoints": [{
+        "shard_id": 0, "shard_count": 1, "session_id": &*session,
+        "resume_url": "ws://127.0.0.1:1", "seq": seq,
+        "bot": shardhook::Token::new(shardhook_simulator::DEFAULT_TOKEN).unwrap().bot(),
+        "written_at": shardhook::unix_now(),
+    }]});
+    std::fs::write(checkpoints.join("ids-0-1.json"), record.to_string()).unwrap();
+    // The second run tries the resume URL, gives up on it, and resumes through the gateway URL.
+    let (_router, shard) = run(config).await;
+    let status = shard.status().borrow().clone();
+    assert_eq!(
+        (status.sessions, status.resumes),
+        (0, 1),
+        "resumed, not identified"
+    );
+    assert_eq!(
+        status.reconnect_causes.get("connect_failed"),
+        Some(&3),
+        "three tries at the resume URL"
+    );
+    let resume = sim.observed(|o| o.resumes.last().cloned()).unwrap();
+    assert!(resume.accepted && !resume.via_resume_url, "{resume:?}");
+    assert_eq!(resume.seq, seq);
+    assert_eq!(
+        sim.observed(|o| o.identifies.len()),
+        1,
+        "only the first run identified"
+    );
+}

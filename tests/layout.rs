@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 /// The router's top-level modules, in the order imports may point: each may use those after it.
 const LAYERS: [&str; 9] = [
-    "router",
+    // The checkpointer reads the router's shards: it sits above it.
     "checkpointer",
+    "router",
     "control",
     "delivery",
     "gateway",

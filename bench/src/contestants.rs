@@ -76,12 +76,7 @@ pub async fn shardhook(
         .await
         .expect("the router starts");
     // Resume checkpoints every second, as `shardhook run` writes them.
-    let checkpointer = Checkpointer::new(
-        &config.state.dir,
-        router.shard_count(),
-        router.shards(),
-        pipeline.handle(),
-    );
+    let checkpointer = Checkpointer::new(&config.state.dir, &router, pipeline.handle());
     tokio::spawn(checkpointer.run(config.state.checkpoint_interval, std::future::pending()));
     let _ = router.run_until(std::future::pending::<()>()).await;
 }

@@ -445,12 +445,7 @@ pub async fn shardhook_child(
     let router = shardhook::Router::start_with(&config, |id| pipeline.sink(id))
         .await
         .expect("the router starts");
-    let checkpointer = shardhook::Checkpointer::new(
-        &config.state.dir,
-        router.shard_count(),
-        router.shards(),
-        pipeline.handle(),
-    );
+    let checkpointer = shardhook::Checkpointer::new(&config.state.dir, &router, pipeline.handle());
     tokio::spawn(checkpointer.run(config.state.checkpoint_interval, std::future::pending()));
     let (handle, ids): (_, Vec<u32>) = (
         pipeline.handle(),

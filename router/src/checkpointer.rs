@@ -10,35 +10,42 @@ use std::path::Path;
 
 use crate::delivery::DeliveryHandle;
 use crate::gateway::handle::ShardHandle;
+use crate::router::Router;
 use crate::state::checkpoint::{Checkpoint, CheckpointStore, FileStore};
 
 /// Writes the shards' checkpoints whenever durable progress moves: all of them in one write.
 pub struct Checkpointer {
     shard_count: u32,
+    /// The bot, recorded in each checkpoint.
+    bot: String,
     shards: Vec<ShardHandle>,
     delivery: DeliveryHandle,
     store: Box<dyn CheckpointStore>,
     /// What the store holds, by shard: a shard without a session now keeps its last one.
     written: BTreeMap<u32, Checkpoint>,
+    /// When the store was last written, in Unix seconds.
+    last_write: u64,
 }
 
+/// How often checkpoints that stand are written again anyway, so their `written_at` says the
+/// sessions were alive (a quiet bot's would otherwise look too old to resume after a restart).
+const REFRESH_SECS: u64 = 60;
+
 impl Checkpointer {
-    /// A checkpointer for `shards` of a bot with `shard_count` shards, reading durable
-    /// progress from `delivery` and writing under `state_dir`.
-    pub fn new(
-        state_dir: &Path,
-        shard_count: u32,
-        shards: &[ShardHandle],
-        delivery: DeliveryHandle,
-    ) -> Checkpointer {
+    /// A checkpointer for `router`'s shards, reading durable progress from `delivery` and
+    /// writing under `state_dir`.
+    pub fn new(state_dir: &Path, router: &Router, delivery: DeliveryHandle) -> Checkpointer {
+        let (shard_count, shards) = (router.shard_count(), router.shards());
         let first = shards.iter().map(|s| s.id()).min().unwrap_or(0);
         let end = shards.iter().map(|s| s.id() + 1).max().unwrap_or(0);
         Checkpointer {
             shard_count,
+            bot: router.bot().to_owned(),
             shards: shards.to_vec(),
             delivery,
             store: Box::new(FileStore::new(state_dir, first..end)),
             written: BTreeMap::new(),
+            last_write: 0,
         }
     }
 
@@ -64,27 +71,50 @@ impl Checkpointer {
             session_id: session.to_string(),
             resume_url: resume_url.to_string(),
             seq,
+            bot: Some(self.bot.clone()),
+            written_at: None,
         })
     }
 
-    /// Writes every checkpoint in one write if any changed; returns how many changed.
+    /// Writes every checkpoint in one write if any changed, or a minute has passed since the
+    /// last write; returns how many changed.
     pub fn write_changed(&mut self) -> usize {
+        self.write(false)
+    }
+
+    /// Writes every checkpoint now, changed or not (at shutdown: the sessions were alive until
+    /// now); returns how many changed.
+    pub fn write_final(&mut self) -> usize {
+        self.write(true)
+    }
+
+    fn write(&mut self, always: bool) -> usize {
         let changed: Vec<Checkpoint> = self
             .shards
             .iter()
             .filter_map(|shard| self.changed(shard))
             .collect();
-        if changed.is_empty() {
+        let now = crate::delivery::signer::unix_now();
+        let stale = now.saturating_sub(self.last_write) >= REFRESH_SECS;
+        if changed.is_empty() && !(always || stale)
+            || (changed.is_empty() && self.written.is_empty())
+        {
             return 0;
         }
         let mut next = self.written.clone();
-        for cp in &changed {
-            next.insert(cp.shard_id, cp.clone());
+        for mut cp in changed.iter().cloned() {
+            cp.written_at = Some(now);
+            next.insert(cp.shard_id, cp);
+        }
+        // A standing checkpoint is written again with this time too: it still holds.
+        for cp in next.values_mut() {
+            cp.written_at = Some(now);
         }
         let all: Vec<Checkpoint> = next.values().cloned().collect();
         match self.store.save(&all) {
             Ok(()) => {
                 self.written = next;
+                self.last_write = now;
                 changed.len()
             }
             Err(e) => {

@@ -171,12 +171,7 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
             let server = tokio::spawn(async move {
                 shardhook::control::serve(control, Arc::new(state), &limits, stopping).await
             });
-            let checkpointer = Checkpointer::new(
-                &config.state.dir,
-                router.shard_count(),
-                router.shards(),
-                pipeline.handle(),
-            );
+            let checkpointer = Checkpointer::new(&config.state.dir, &router, pipeline.handle());
             let checkpoints =
                 tokio::spawn(checkpointer.run(config.state.checkpoint_interval, until_stopped()));
             // Shutdown: the shards stop reading and close resumably, queued events are
@@ -198,7 +193,7 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
             }
             server.abort();
             if let Ok(mut checkpointer) = checkpoints.await {
-                let wrote = checkpointer.write_changed();
+                let wrote = checkpointer.write_final();
                 tracing::info!(wrote, "resume checkpoints written");
             }
             let s = stats.snapshot();

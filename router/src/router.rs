@@ -65,6 +65,8 @@ pub struct Router {
     shutdown: watch::Sender<bool>,
     /// The identify queue, whose records are flushed when the router stops.
     identify: Arc<IdentifyQueue>,
+    /// Which bot this is (`Token::bot`), for checkpoints.
+    bot: String,
 }
 
 /// The shard count and the ids this process runs.
@@ -102,7 +104,14 @@ impl Router {
         let gateway = bot_info::gateway_bot(&client, &config.discord.api_url, &token).await?;
         let (total, ids) = shard_plan(&config.discord.shards, &gateway);
         let limit = &gateway.session_start_limit;
-        let mut checkpoints = crate::state::checkpoint::load_all(&config.state.dir, total);
+        let bot = token.bot();
+        let wanted = crate::state::checkpoint::Wanted {
+            shard_count: total,
+            bot: &bot,
+            max_age: config.state.checkpoint_max_age,
+            now: crate::delivery::signer::unix_now(),
+        };
+        let mut checkpoints = crate::state::checkpoint::load_all(&config.state.dir, &wanted);
         checkpoints.retain(|id, _| ids.contains(id));
         // Shards with a checkpoint RESUME; only the others spend an identify.
         let need = ids.len() as u32 - checkpoints.len() as u32;
@@ -163,12 +172,19 @@ impl Router {
             tasks,
             shutdown,
             identify: queue,
+            bot,
         })
     }
 
     /// This process's shards, in id order.
     pub fn shards(&self) -> &[ShardHandle] {
         &self.shards
+    }
+
+    /// Which bot the router runs, as checkpoints record it (`Token::bot`: the bot's user id,
+    /// never the token).
+    pub fn bot(&self) -> &str {
+        &self.bot
     }
 
     /// The total shard count this process identified with.

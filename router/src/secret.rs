@@ -27,6 +27,27 @@ impl Token {
         (!raw.is_empty()).then(|| Token(raw.to_owned()))
     }
 
+    /// Which bot the token is for, without the secret: the bot's user id where the token's first
+    /// segment is its base64 (as Discord's are), else a hash of that segment. Checkpoints carry
+    /// it, so a state directory copied to another bot's router is not resumed from.
+    pub fn bot(&self) -> String {
+        use sha2::Digest;
+        let first = self.0.split('.').next().unwrap_or_default();
+        let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(first.trim_end_matches('='))
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()));
+        match decoded {
+            Some(id) => format!("id:{id}"),
+            None => {
+                let hash = sha2::Sha256::digest(first.as_bytes());
+                let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+                format!("sha256:{hex}")
+            }
+        }
+    }
+
     /// The token's text, for the IDENTIFY payload and the `Authorization` header only.
     pub fn expose(&self) -> &str {
         &self.0
@@ -163,6 +184,20 @@ mod tests {
         let second = SigningKey::generate();
         assert_ne!(first, second);
         assert!(SigningKey::parse(&first).is_ok());
+    }
+
+    #[test]
+    fn a_tokens_bot_is_its_user_id_or_a_hash_never_the_secret() {
+        // Discord's tokens start with the bot's user id in base64.
+        let token = Token::new("MTEwMDAwMDAwMDAwMDAwMDAwMQ.GhIjKl.secret-part").unwrap();
+        assert_eq!(token.bot(), "id:1100000000000000001");
+        let other = Token::new("shardhook-simulated-token").unwrap();
+        let bot = other.bot();
+        assert!(
+            bot.starts_with("sha256:") && !bot.contains("simulated"),
+            "{bot}"
+        );
+        assert_ne!(bot, Token::new("another-token").unwrap().bot());
     }
 
     #[test]

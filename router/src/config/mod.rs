@@ -146,13 +146,18 @@ fn default_error_message() -> String {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
-    /// The directory for dead letters (`dead-letters.jsonl`) and resume checkpoints
-    /// (`checkpoints/shard-N.json`).
+    /// The directory for dead letters (`dead-letters.jsonl`), resume checkpoints
+    /// (`checkpoints/ids-A-B.json`), the spool and other state.
     #[serde(default = "default_state_dir")]
     pub dir: PathBuf,
     /// How often resume checkpoints are written (and always at shutdown).
     #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// A checkpoint older than this is not resumed from (the shard identifies anew): Discord
+    /// keeps a session resumable for minutes, not hours, and a RESUME it refuses costs a round
+    /// trip and a session start anyway.
+    #[serde(default = "default_checkpoint_max_age", with = "humantime_serde")]
+    pub checkpoint_max_age: Duration,
     /// Bound on the disk spool (`spool/shard-N.log`), in bytes: past it, shards wait.
     #[serde(default = "default_spool_max_bytes")]
     pub spool_max_bytes: u64,
@@ -167,9 +172,14 @@ impl Default for StateConfig {
         StateConfig {
             dir: default_state_dir(),
             checkpoint_interval: default_checkpoint_interval(),
+            checkpoint_max_age: default_checkpoint_max_age(),
             spool_max_bytes: default_spool_max_bytes(),
         }
     }
+}
+
+fn default_checkpoint_max_age() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 fn default_checkpoint_interval() -> Duration {

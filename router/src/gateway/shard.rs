@@ -42,6 +42,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const REIDENTIFY_DELAY_MS: std::ops::RangeInclusive<u64> = 1000..=5000;
 /// Bytes read from the socket at a time.
 const READ_BUFFER: usize = 8 << 10;
+/// Failed attempts to reach a session's `resume_gateway_url` (refused, an HTTP error, a
+/// timeout) after which the shard RESUMEs through the general gateway URL instead: a host that
+/// went away, or a checkpoint from long ago, must not keep a shard down.
+const RESUME_URL_ATTEMPTS: u32 = 3;
 
 /// What a shard needs to know to run.
 pub(crate) struct ShardConfig {
@@ -67,6 +71,8 @@ pub(crate) struct Shard {
     commands: mpsc::Receiver<String>,
     gate: CommandGate,
     session: Option<Session>,
+    /// Consecutive attempts that could not reach the session's resume URL.
+    resume_url_failures: u32,
     /// A dispatch read but not yet taken by the sink; it survives a reconnect.
     pending: Option<Dispatch>,
 }
@@ -91,11 +97,15 @@ fn backoff(attempts: u32) -> Duration {
     cap.mul_f64(fastrand::f64())
 }
 
-fn with_query(base: &str, compression: crate::config::Compression) -> String {
-    format!(
-        "{}/?v=10&encoding=json&compress={compression}",
-        base.trim_end_matches('/')
-    )
+/// `base` with the gateway's query set on the parsed URL (whatever query or path it had kept
+/// as a URL has them, the query replaced), or why it is not a URL.
+fn with_query(base: &str, compression: crate::config::Compression) -> Result<String, String> {
+    let mut url = reqwest::Url::parse(base).map_err(|e| format!("`{base}` is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "ws" | "wss") {
+        return Err(format!("`{base}` is not a ws:// or wss:// URL"));
+    }
+    url.set_query(Some(&format!("v=10&encoding=json&compress={compression}")));
+    Ok(url.into())
 }
 
 impl Shard {
@@ -135,6 +145,7 @@ impl Shard {
             commands,
             gate,
             session: resume,
+            resume_url_failures: 0,
             pending: None,
         };
         (shard, handle)
@@ -148,8 +159,27 @@ impl Shard {
             if !self.wait(delay).await || !self.flush_pending().await {
                 return Ok(());
             }
+            let via_resume_url = self.via_resume_url();
             let (ended, was_active) = self.connection().await;
             attempts = if was_active { 0 } else { attempts + 1 };
+            let unreachable = matches!(
+                &ended,
+                Ended::Reconnect {
+                    cause: Cause::ConnectFailed(_) | Cause::ConnectTimeout | Cause::HelloTimeout,
+                    ..
+                }
+            );
+            if was_active {
+                self.resume_url_failures = 0;
+            } else if via_resume_url && unreachable {
+                self.resume_url_failures += 1;
+                if self.resume_url_failures == RESUME_URL_ATTEMPTS {
+                    warn!(
+                        attempts = RESUME_URL_ATTEMPTS,
+                        "the session's resume URL cannot be reached; resuming through the gateway URL instead"
+                    );
+                }
+            }
             match ended {
                 Ended::Shutdown => return Ok(()),
                 Ended::Fatal { code } => {
@@ -167,7 +197,15 @@ impl Shard {
                     delay: asked,
                 } => {
                     if !resume {
-                        self.session = None;
+                        if let Some(lost) = self.session.take() {
+                            error!(
+                                session_id = %lost.id,
+                                seq = lost.seq,
+                                "Discord would not resume the session ({cause}): the events it sent after seq {} were lost; those received up to it are still delivered. Identifying anew",
+                                lost.seq
+                            );
+                        }
+                        self.resume_url_failures = 0;
                     }
                     delay = asked.unwrap_or_else(|| backoff(attempts));
                     warn!(
@@ -188,6 +226,12 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Whether the next connection goes to the session's resume URL (rather than the gateway
+    /// URL: no session, or its resume URL failed `RESUME_URL_ATTEMPTS` times).
+    fn via_resume_url(&self) -> bool {
+        self.session.is_some() && self.resume_url_failures < RESUME_URL_ATTEMPTS
     }
 
     fn shutting_down(&self) -> bool {
@@ -232,10 +276,13 @@ impl Shard {
             ShardState::Identifying
         });
         let base = match &self.session {
-            Some(session) => session.resume_url.as_str(),
-            None => self.config.gateway_url.as_str(),
+            Some(session) if self.via_resume_url() => session.resume_url.as_str(),
+            _ => self.config.gateway_url.as_str(),
         };
-        let url = with_query(base, self.config.compression);
+        let url = match with_query(base, self.config.compression) {
+            Ok(url) => url,
+            Err(e) => return (reconnect(Cause::ConnectFailed(e), true), false),
+        };
         // Small buffers: most shards are idle most of the time, and a compressed gateway
         // message is a few hundred bytes (tungstenite's defaults are 128 KiB each).
         let ws_config = WebSocketConfig::default()
@@ -615,15 +662,27 @@ mod tests {
     }
 
     #[test]
-    fn gateway_urls_get_version_and_compression() {
+    fn gateway_urls_get_version_and_compression_set_on_the_parsed_url() {
         use crate::config::Compression;
+        let url = |base| with_query(base, Compression::ZlibStream);
         assert_eq!(
-            with_query("wss://gateway.discord.gg/", Compression::ZlibStream),
+            url("wss://gateway.discord.gg/").unwrap(),
             "wss://gateway.discord.gg/?v=10&encoding=json&compress=zlib-stream"
         );
         assert_eq!(
-            with_query("wss://gateway.discord.gg", Compression::ZstdStream),
+            with_query("wss://gateway.discord.gg", Compression::ZstdStream).unwrap(),
             "wss://gateway.discord.gg/?v=10&encoding=json&compress=zstd-stream"
         );
+        // A query the URL already had is replaced, not appended to; a path is kept.
+        assert_eq!(
+            url("wss://gateway-us-east1-b.discord.gg/?v=9&encoding=etf").unwrap(),
+            "wss://gateway-us-east1-b.discord.gg/?v=10&encoding=json&compress=zlib-stream"
+        );
+        assert_eq!(
+            url("ws://127.0.0.1:9/resume").unwrap(),
+            "ws://127.0.0.1:9/resume?v=10&encoding=json&compress=zlib-stream"
+        );
+        assert!(url("not a url").unwrap_err().contains("not a URL"));
+        assert!(url("https://x/").unwrap_err().contains("ws://"));
     }
 }

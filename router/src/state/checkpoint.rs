@@ -34,6 +34,50 @@ pub struct Checkpoint {
     pub resume_url: String,
     /// Every event of the session up to this seq is delivered, dead-lettered or spooled.
     pub seq: u64,
+    /// The bot the session is of (`Token::bot`): another bot's checkpoint is not resumed from.
+    /// Absent in an earlier version's files.
+    #[serde(default)]
+    pub bot: Option<String>,
+    /// When it was written, in Unix seconds: one older than `state.checkpoint_max_age` is not
+    /// resumed from. Absent in an earlier version's files.
+    #[serde(default)]
+    pub written_at: Option<u64>,
+}
+
+/// Which checkpoints a start may resume from.
+#[derive(Debug, Clone)]
+pub struct Wanted<'a> {
+    /// The shard count of this run.
+    pub shard_count: u32,
+    /// This run's bot (`Token::bot`).
+    pub bot: &'a str,
+    /// The oldest a checkpoint may be.
+    pub max_age: std::time::Duration,
+    /// Now, in Unix seconds.
+    pub now: u64,
+}
+
+impl Wanted<'_> {
+    /// Why `cp` must not be resumed from, if it must not.
+    fn refuses(&self, cp: &Checkpoint) -> Option<String> {
+        if cp.shard_count != self.shard_count {
+            return Some(format!(
+                "it is for {} shards; this run has {}",
+                cp.shard_count, self.shard_count
+            ));
+        }
+        if cp.bot.as_deref().is_some_and(|bot| bot != self.bot) {
+            return Some("it is another bot's (its token is not this run's)".to_owned());
+        }
+        let age = cp.written_at.map(|at| self.now.saturating_sub(at));
+        if let Some(age) = age.filter(|age| *age > self.max_age.as_secs()) {
+            return Some(format!(
+                "it is {age} s old, past state.checkpoint_max_age ({} s): Discord no longer keeps the session",
+                self.max_age.as_secs()
+            ));
+        }
+        None
+    }
 }
 
 /// Where checkpoints are kept: one write carries every shard's, so its cost does not grow with
@@ -117,11 +161,11 @@ impl CheckpointStore for FileStore {
     }
 }
 
-/// Reads every checkpoint under `state_dir` for `shard_count` shards: this process's file,
-/// those of other processes of the bot, and per-shard files of earlier versions. Where two
-/// files hold a shard, the one written last wins. A file that does not parse is reported and
-/// skipped: its shards identify anew.
-pub fn load_all(state_dir: &Path, shard_count: u32) -> HashMap<u32, Checkpoint> {
+/// Reads every checkpoint under `state_dir` that `wanted` takes: this process's file, those of
+/// other processes of the bot, and per-shard files of earlier versions. Where two files hold a
+/// shard, the one written last wins. A file that does not parse, or a checkpoint of another
+/// shard count or bot or too old, is reported and skipped: its shards identify anew.
+pub fn load_all(state_dir: &Path, wanted: &Wanted<'_>) -> HashMap<u32, Checkpoint> {
     let mut found: HashMap<u32, (SystemTime, Checkpoint)> = HashMap::new();
     let Ok(entries) = std::fs::read_dir(dir_of(state_dir)) else {
         return HashMap::new();
@@ -146,12 +190,11 @@ pub fn load_all(state_dir: &Path, shard_count: u32) -> HashMap<u32, Checkpoint> 
             }
         };
         for cp in checkpoints {
-            if cp.shard_count != shard_count {
+            if let Some(why) = wanted.refuses(&cp) {
                 tracing::warn!(
                     path = %path.display(),
                     shard_id = cp.shard_id,
-                    "ignoring a checkpoint for {} shards; this run has {shard_count}",
-                    cp.shard_count
+                    "not resuming from a checkpoint: {why}; the shard identifies anew"
                 );
                 continue;
             }
@@ -177,6 +220,8 @@ fn parse(bytes: &[u8]) -> Result<Vec<Checkpoint>, serde_json::Error> {
 mod tests {
     use super::*;
 
+    const NOW: u64 = 1_800_000_000;
+
     fn checkpoint(shard_id: u32, seq: u64) -> Checkpoint {
         Checkpoint {
             shard_id,
@@ -184,6 +229,17 @@ mod tests {
             session_id: format!("s{shard_id}"),
             resume_url: "wss://x".into(),
             seq,
+            bot: Some("id:1".into()),
+            written_at: Some(NOW - 10),
+        }
+    }
+
+    fn wanted(shard_count: u32) -> Wanted<'static> {
+        Wanted {
+            shard_count,
+            bot: "id:1",
+            max_age: std::time::Duration::from_secs(900),
+            now: NOW,
         }
     }
 
@@ -199,7 +255,7 @@ mod tests {
         store.save(&[checkpoint(0, 2), checkpoint(3, 43)]).unwrap();
         let files: Vec<_> = std::fs::read_dir(dir_of(&dir)).unwrap().collect();
         assert_eq!(files.len(), 1, "one file, its temporary renamed over it");
-        let loaded = load_all(&dir, 4);
+        let loaded = load_all(&dir, &wanted(4));
         assert_eq!(loaded.get(&3).map(|c| c.seq), Some(43));
         assert_eq!(loaded.get(&0).map(|c| c.seq), Some(2));
         #[cfg(unix)]
@@ -208,9 +264,13 @@ mod tests {
             assert_eq!(mode_of(&dir_of(&dir)).unwrap(), 0o700);
             assert_eq!(mode_of(&store.path()).unwrap(), 0o600);
         }
-        assert!(load_all(&dir, 8).is_empty());
+        assert!(load_all(&dir, &wanted(8)).is_empty());
         std::fs::write(dir_of(&dir).join("ids-9-9.json"), "{not json").unwrap();
-        assert_eq!(load_all(&dir, 4).len(), 2, "an unreadable file is skipped");
+        assert_eq!(
+            load_all(&dir, &wanted(4)).len(),
+            2,
+            "an unreadable file is skipped"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -222,7 +282,7 @@ mod tests {
             let old = dir_of(&dir).join(format!("shard-{}.json", cp.shard_id));
             std::fs::write(old, serde_json::to_vec(&cp).unwrap()).unwrap();
         }
-        let loaded = load_all(&dir, 4);
+        let loaded = load_all(&dir, &wanted(4));
         assert_eq!(loaded.get(&1).map(|c| c.seq), Some(10));
         assert_eq!(loaded.get(&2).map(|c| c.seq), Some(20));
         // Shard 2 moved on; shard 1 has no session now, so its checkpoint is carried over.
@@ -233,7 +293,7 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["ids-0-4.json"]);
-        let loaded = load_all(&dir, 4);
+        let loaded = load_all(&dir, &wanted(4));
         assert_eq!(loaded.get(&2).map(|c| c.seq), Some(21));
         assert_eq!(loaded.get(&1).map(|c| c.seq), Some(10));
         std::fs::remove_dir_all(dir).unwrap();
@@ -248,9 +308,35 @@ mod tests {
         FileStore::new(&dir, 2..4)
             .save(&[checkpoint(2, 7), checkpoint(3, 8)])
             .unwrap();
-        let loaded = load_all(&dir, 4);
+        let loaded = load_all(&dir, &wanted(4));
         let seqs: Vec<u64> = (0..4).map(|id| loaded[&id].seq).collect();
         assert_eq!(seqs, [5, 6, 7, 8]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn another_bots_and_stale_checkpoints_are_not_resumed_from() {
+        let dir = temp("foreign");
+        let mut store = FileStore::new(&dir, 0..4);
+        let other_bot = Checkpoint {
+            bot: Some("id:2".into()),
+            ..checkpoint(0, 5)
+        };
+        let stale = Checkpoint {
+            written_at: Some(NOW - 901),
+            ..checkpoint(1, 6)
+        };
+        let older_version = Checkpoint {
+            bot: None,
+            written_at: None,
+            ..checkpoint(2, 7)
+        };
+        store
+            .save(&[other_bot, stale, older_version, checkpoint(3, 8)])
+            .unwrap();
+        let mut ids: Vec<u32> = load_all(&dir, &wanted(4)).into_keys().collect();
+        ids.sort();
+        assert_eq!(ids, [2, 3], "another bot's and a stale one are refused");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
