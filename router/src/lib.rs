@@ -24,6 +24,8 @@
 //!   `secret` (the token and signing keys, and how a URL is shown) and `tls` (the HTTPS
 //!   clients' settings) are leaves every folder may use.
 //!
+//! `fuzzing` (hidden) gives the fuzz targets under `fuzz/` their entry points into the parsers.
+//!
 //! The Discord double, the verifying receiver and `shardhook demo`'s script live outside the
 //! library: the simulator is its own crate (`shardhook-simulator`), so it cannot share a bug
 //! with the router, and `demo` is part of the binary.
@@ -43,6 +45,8 @@ mod checkpointer;
 pub mod config;
 pub mod control;
 mod delivery;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway;
 mod router;
 mod secret;

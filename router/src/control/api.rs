@@ -181,67 +181,74 @@ fn io_error(e: tokio::task::JoinError) -> std::io::Error {
     std::io::Error::other(e)
 }
 
+/// What a command body asks: the payload to send, and to which shards.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Command {
+    /// `{"op":..,"d":..}`, as the shard sends it.
+    pub payload: String,
+    /// The shards it goes to; `None` for every shard this process runs (presence only).
+    pub shards: Option<Vec<u32>>,
+}
+
+/// Reads and checks a command body (op, size, target) for a bot of `shard_count` shards, or
+/// says in words what is wrong. The decision, apart from queueing it.
+pub(crate) fn parse_command(body: &[u8], shard_count: u32) -> Result<Command, String> {
+    let request: CommandRequest =
+        serde_json::from_slice(body).map_err(|e| format!("not a command: {e}"))?;
+    let Some((_, name)) = COMMANDS.iter().find(|(code, _)| *code == request.op) else {
+        let allowed: Vec<String> = COMMANDS.iter().map(|(c, n)| format!("{c} ({n})")).collect();
+        return Err(format!(
+            "op {} is not a command a client may send; allowed: {}",
+            request.op,
+            allowed.join(", ")
+        ));
+    };
+    let payload = format!(r#"{{"op":{},"d":{}}}"#, request.op, request.d.get());
+    if payload.len() > MAX_COMMAND_BYTES {
+        return Err(format!(
+            "the {name} payload is {} bytes; Discord allows {MAX_COMMAND_BYTES}",
+            payload.len()
+        ));
+    }
+    let shards = match (&request.guild_id, &request.shard_id) {
+        (Some(guild), None) => {
+            let guild = match guild {
+                Snowflake::Number(n) => *n,
+                Snowflake::Text(t) => t
+                    .parse::<u64>()
+                    .map_err(|_| format!("guild_id `{t}` is not a snowflake"))?,
+            };
+            Some(vec![((guild >> 22) % shard_count.max(1) as u64) as u32])
+        }
+        (None, Some(ShardTarget::One(shard))) => Some(vec![*shard]),
+        (None, Some(ShardTarget::All(all))) if all == "all" => {
+            if request.op != op::PRESENCE_UPDATE {
+                return Err("shard_id \"all\" is only for presence updates (op 3)".to_owned());
+            }
+            None
+        }
+        _ => {
+            return Err(
+                "give exactly one of guild_id or shard_id (a number, or \"all\" for presence)"
+                    .to_owned(),
+            )
+        }
+    };
+    Ok(Command { payload, shards })
+}
+
 /// Checks a verified command and queues it on its shards: the answer, and whether any shard
 /// took it (then its id is spent).
 fn execute(state: &ControlState, body: &[u8]) -> (Response, bool) {
     let refuse = |status, error: &dyn std::fmt::Display| (refuse(status, error.to_string()), false);
-    let request: CommandRequest = match serde_json::from_slice(body) {
-        Ok(request) => request,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("not a command: {e}")),
+    let command = match parse_command(body, state.shard_count) {
+        Ok(command) => command,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e),
     };
-    let Some((_, name)) = COMMANDS.iter().find(|(code, _)| *code == request.op) else {
-        let allowed: Vec<String> = COMMANDS.iter().map(|(c, n)| format!("{c} ({n})")).collect();
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            &format!(
-                "op {} is not a command a client may send; allowed: {}",
-                request.op,
-                allowed.join(", ")
-            ),
-        );
-    };
-    let payload = format!(r#"{{"op":{},"d":{}}}"#, request.op, request.d.get());
-    if payload.len() > MAX_COMMAND_BYTES {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            &format!(
-                "the {name} payload is {} bytes; Discord allows {MAX_COMMAND_BYTES}",
-                payload.len()
-            ),
-        );
-    }
-    let targets: Vec<u32> = match (&request.guild_id, &request.shard_id) {
-        (Some(guild), None) => {
-            let guild = match guild {
-                Snowflake::Number(n) => *n,
-                Snowflake::Text(t) => match t.parse::<u64>() {
-                    Ok(n) => n,
-                    Err(_) => {
-                        return refuse(
-                            StatusCode::BAD_REQUEST,
-                            &format!("guild_id `{t}` is not a snowflake"),
-                        )
-                    }
-                },
-            };
-            vec![((guild >> 22) % state.shard_count as u64) as u32]
-        }
-        (None, Some(ShardTarget::One(shard))) => vec![*shard],
-        (None, Some(ShardTarget::All(all))) if all == "all" => {
-            if request.op != op::PRESENCE_UPDATE {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    &"shard_id \"all\" is only for presence updates (op 3)",
-                );
-            }
-            state.shards.keys().copied().collect()
-        }
-        _ => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                &"give exactly one of guild_id or shard_id (a number, or \"all\" for presence)",
-            )
-        }
+    let payload = command.payload;
+    let targets: Vec<u32> = match command.shards {
+        Some(shards) => shards,
+        None => state.shards.keys().copied().collect(),
     };
     let mut queued = Vec::new();
     let mut refused = None;

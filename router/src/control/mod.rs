@@ -11,5 +11,6 @@ mod replay;
 mod server;
 
 pub use api::{app, ControlState, MAX_BODY_BYTES};
+pub(crate) use api::{parse_command, MAX_COMMAND_BYTES};
 pub use replay::{Claim, LocalIds, SpentIds};
 pub use server::serve;

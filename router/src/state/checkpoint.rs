@@ -209,7 +209,7 @@ pub fn load_all(state_dir: &Path, wanted: &Wanted<'_>) -> HashMap<u32, Checkpoin
 
 /// A checkpoint file's records: this version's (`{"checkpoints": [...]}`) or an earlier
 /// version's single record.
-fn parse(bytes: &[u8]) -> Result<Vec<Checkpoint>, serde_json::Error> {
+pub(crate) fn parse(bytes: &[u8]) -> Result<Vec<Checkpoint>, serde_json::Error> {
     match serde_json::from_slice::<Stored>(bytes) {
         Ok(stored) => Ok(stored.checkpoints),
         Err(_) => serde_json::from_slice::<Checkpoint>(bytes).map(|cp| vec![cp]),
