@@ -192,6 +192,58 @@ struct Figures {
     handshakes_per_minute: f64,
     handshakes_warmup: u64,
     reconnects: u64,
+    /// fsync and fdatasync calls per second, and renames per second, over `SYSCALL_WINDOW`
+    /// after the window (strace attached; `None` without strace).
+    syncs: Option<(f64, f64)>,
+}
+
+/// How long strace counts the contestant's fsyncs, after the measured window (ptrace slows the
+/// process, so not during it).
+const SYSCALL_WINDOW: Duration = Duration::from_secs(10);
+
+/// Counts `fsync`, `fdatasync` and `rename` calls of `pid`'s threads for `SYSCALL_WINDOW` with
+/// strace, per second: (syncs, renames).
+async fn count_syncs(pid: u32) -> Option<(f64, f64)> {
+    let out = std::env::temp_dir().join(format!("shardhook-distant-strace-{pid}"));
+    let mut strace = Command::new("strace")
+        .args([
+            "-f",
+            "-c",
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2",
+            "-o",
+        ])
+        .arg(&out)
+        .args(["-p", &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    tokio::time::sleep(SYSCALL_WINDOW).await;
+    let strace_pid = strace.id()?;
+    // SIGINT: strace detaches and writes its summary.
+    unsafe { libc::kill(strace_pid as i32, libc::SIGINT) };
+    let _ = strace.wait().await;
+    let summary = std::fs::read_to_string(&out).ok()?;
+    let _ = std::fs::remove_file(&out);
+    let calls = |names: &[&str]| -> f64 {
+        summary
+            .lines()
+            .filter_map(|line| {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                let name = *cols.last()?;
+                // % time, seconds, usecs/call, calls, [errors,] syscall
+                names
+                    .contains(&name)
+                    .then(|| cols.get(3)?.parse::<f64>().ok())?
+            })
+            .sum()
+    };
+    let secs = SYSCALL_WINDOW.as_secs_f64();
+    Some((
+        calls(&["fsync", "fdatasync"]) / secs,
+        calls(&["rename", "renameat", "renameat2"]) / secs,
+    ))
 }
 
 /// Runs every contestant in turn and prints the table.
@@ -228,13 +280,13 @@ pub async fn run(o: Options, secret: &str) {
     }
     println!();
     println!(
-        "| contestant | delivered ÷ received | largest queue | added latency p50 / p99 / max | CPU, % of one core | RSS | requests per event | TLS handshakes per minute after warm-up (during warm-up) |"
+        "| contestant | delivered ÷ received | largest queue | added latency p50 / p99 / max | CPU, % of one core | RSS | requests per event | TLS handshakes per minute after warm-up (during warm-up) | fsyncs / renames per second |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, f) in &rows {
         let q = |p| quantile(&f.latency_ms, p);
         println!(
-            "| {name} | {}/{} ({:.4}) | {} | {:.1} / {:.1} / {:.1} ms | {:.1} | {:.0} MiB | {:.2} | {:.1} ({}) |",
+            "| {name} | {}/{} ({:.4}) | {} | {:.1} / {:.1} / {:.1} ms | {:.1} | {:.0} MiB | {:.2} | {:.1} ({}) | {} |",
             f.delivered,
             f.received,
             f.delivered as f64 / f.received.max(1) as f64,
@@ -247,6 +299,10 @@ pub async fn run(o: Options, secret: &str) {
             f.requests_per_event,
             f.handshakes_per_minute,
             f.handshakes_warmup,
+            match f.syncs {
+                Some((syncs, renames)) => format!("{syncs:.1} / {renames:.1}"),
+                None => "n/a (no strace)".to_owned(),
+            },
         );
         if f.reconnects > 0 {
             println!(
@@ -277,7 +333,19 @@ async fn round(
     });
     let serving = tokio::spawn(sink(listener, state.clone()));
     let ca_file = format!("{TESTDATA}/tls-ca.pem");
-    let mut cmd = Command::new(std::env::current_exe().expect("own path"));
+    let exe = std::env::current_exe().expect("own path");
+    // BENCH_WRAP runs the contestant under a profiler (e.g. "heaptrack"); CPU and RSS are then
+    // the wrapper's, not comparable.
+    let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
+    let mut wrap = wrap.split_whitespace();
+    let mut cmd = match wrap.next() {
+        Some(tool) => {
+            let mut cmd = Command::new(tool);
+            cmd.args(wrap).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    };
     cmd.arg("contestant");
     match contestant {
         Contestant::Shardhook { settings } => cmd.args([
@@ -358,8 +426,9 @@ async fn round(
     let cpu = cpu_of(pid) - cpu_start;
     let handshakes = state.handshakes.load(Ordering::Relaxed) - handshakes_start;
     measuring.store(2, Ordering::Relaxed);
-    // Events created in the window get a grace period to arrive.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Events created in the window get a grace period to arrive, meanwhile the fsyncs are
+    // counted.
+    let syncs = count_syncs(pid).await;
     let created: Vec<(u32, u64, Instant)> = sim.observed(|obs| {
         obs.ledger
             .iter()
@@ -397,6 +466,7 @@ async fn round(
         handshakes_per_minute: handshakes as f64 / o.window.as_secs_f64() * 60.0,
         handshakes_warmup: handshakes_start - handshakes_ready,
         reconnects,
+        syncs,
     }
 }
 
