@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 mod delivery;
 mod discord;
 pub mod intents;
+mod rest;
 mod signing;
 
 use crate::secret::{SigningKey, Token};
@@ -26,6 +27,7 @@ pub use delivery::{
     RateLimitConfig,
 };
 pub use discord::{Compression, DiscordConfig, ShardsConfig};
+pub use rest::RestConfig;
 pub use signing::SigningConfig;
 
 /// Where `run` and `check` look for a config file when `--config` is not given.
@@ -65,6 +67,9 @@ pub struct Config {
     /// What the router does for interactions itself.
     #[serde(default)]
     pub interactions: InteractionsConfig,
+    /// The REST proxy handlers call Discord's API through.
+    #[serde(default)]
+    pub rest: RestConfig,
 }
 
 /// The `[control]` section.
@@ -381,6 +386,13 @@ impl Config {
         }
         if self.batch.max_events == 0 {
             return invalid("batch.max_events".into(), "must be at least 1".into());
+        }
+        let r = &self.rest;
+        if r.global_per_second == 0 || r.invalid_request_limit == 0 || r.max_body == 0 {
+            return invalid(
+                "rest".into(),
+                "global_per_second, invalid_request_limit and max_body must be at least 1".into(),
+            );
         }
         Ok(())
     }
