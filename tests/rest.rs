@@ -207,7 +207,12 @@ async fn a_burst_over_many_routes_is_spread_so_discord_never_answers_429() {
             rest_global_limit: 50,
             ..sim(5, Duration::from_secs(1))
         },
-        |c| c.rest.global_per_second = 45,
+        |c| {
+            c.rest.global_per_second = 45;
+            // What is proven here is the spreading; a loaded test machine must not turn it
+            // into the router's own 429s.
+            c.rest.max_wait = Duration::from_secs(60);
+        },
     )
     .await;
     let p = std::sync::Arc::new(p);
@@ -233,12 +238,12 @@ async fn a_burst_over_many_routes_is_spread_so_discord_never_answers_429() {
     while let Some(statuses) = within("the callers", callers.join_next()).await {
         answered.extend(statuses.unwrap());
     }
-    assert_eq!(answered.len(), 200);
-    assert!(answered.iter().all(|s| *s == 200), "{answered:?}");
     let calls = calls(&p);
-    assert_eq!(calls.len(), 200);
     let limited: Vec<_> = calls.iter().filter(|c| c.status == 429).collect();
     assert!(limited.is_empty(), "the double answered 429: {limited:?}");
+    assert_eq!(calls.len(), 200);
+    assert_eq!(answered.len(), 200);
+    assert!(answered.iter().all(|s| *s == 200), "{answered:?}");
     // 10 requests on a channel allowed 5 a second take a reset: the router waited.
     assert!(started.elapsed() >= Duration::from_secs(1));
     let p = std::sync::Arc::into_inner(p).unwrap();
