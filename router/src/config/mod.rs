@@ -779,6 +779,29 @@ mod tests {
     }
 
     #[test]
+    fn the_rest_proxy_is_off_by_default_with_discords_numbers_and_refuses_zero() {
+        let rest = parse("").unwrap().rest;
+        assert!(!rest.enabled);
+        assert_eq!(rest.max_wait, Duration::from_secs(10));
+        assert_eq!(rest.global_per_second, 50);
+        assert_eq!(rest.invalid_request_limit, 8000);
+        let rest = parse("[rest]\nenabled = true\nmax_wait = \"2s\"")
+            .unwrap()
+            .rest;
+        assert!(rest.enabled);
+        assert_eq!(rest.max_wait, Duration::from_secs(2));
+        let err = parse("[rest]\nglobal_per_second = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rest") && err.contains("global_per_second"),
+            "{err}"
+        );
+        let err = parse("[rest]\nmax_bodey = 1").unwrap_err().to_string();
+        assert!(err.contains("max_bodey"), "{err}");
+    }
+
+    #[test]
     fn an_override_of_an_unknown_key_is_an_error() {
         let env = vec![("SHARDHOOK__DISCORD__NOPE".to_owned(), "1".to_owned())];
         let err = Config::from_toml("", Path::new("t"), env)
