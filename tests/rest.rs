@@ -391,10 +391,17 @@ async fn a_body_over_max_body_gets_413_and_never_reaches_discord() {
     let p = start(sim(5, Duration::from_secs(5)), |c| c.rest.max_body = 1024).await;
     let target = create_message(11);
     let big = format!(r#"{{"content":"{}"}}"#, "x".repeat(2048));
-    assert_eq!(Call::new("POST", &target, &big).send(&p).await.status(), 413);
+    assert_eq!(
+        Call::new("POST", &target, &big).send(&p).await.status(),
+        413
+    );
     let small = Call::new("POST", &target, r#"{"content":"fits"}"#);
     assert_eq!(small.send(&p).await.status(), 200);
     let calls = calls(&p);
-    assert_eq!(calls.len(), 1, "only the body within the limit was sent: {calls:?}");
+    assert_eq!(
+        calls.len(),
+        1,
+        "only the body within the limit was sent: {calls:?}"
+    );
     p.stop().await;
 }
