@@ -9,13 +9,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The router's top-level modules, in the order imports may point: each may use those after it.
-const LAYERS: [&str; 10] = [
+const LAYERS: [&str; 11] = [
     // The fuzz targets' entry points reach into every parser.
     "fuzzing",
     // The checkpointer reads the router's shards: it sits above it.
     "checkpointer",
     "router",
     "control",
+    // The REST proxy: the control API authenticates its callers and hands requests down.
+    "rest",
     "delivery",
     "gateway",
     "state",

@@ -70,6 +70,32 @@ fn readme_metrics() -> BTreeSet<String> {
         .collect()
 }
 
+/// A signed request through the REST proxy with an empty JSON body; its status.
+async fn rest(p: &Pipe, method: &str, target: &str) -> u16 {
+    let signer = shardhook::Signer::new(shardhook::SigningKey::parse(&p.secret).unwrap(), vec![]);
+    let (id, now) = (format!("m_{}", fastrand::u64(..)), shardhook::unix_now());
+    let body = if method == "GET" { "" } else { "{}" };
+    let signed = format!("{method} {target}\n{body}");
+    reqwest::Client::new()
+        .request(
+            method.parse().unwrap(),
+            format!("{}{target}", p.control_url),
+        )
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", now.to_string())
+        .header(
+            "webhook-signature",
+            signer.sign(&id, now, signed.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn dispatch(name: &str, d: &str) -> Fault {
     Fault::Dispatch {
         name: name.into(),
@@ -317,6 +343,49 @@ async fn every_metric_the_readme_lists_moves_when_its_event_happens() {
         0.0,
         "the spool drained"
     );
+
+    // The REST proxy: a message sent, a 403, a global 429 and a request that waits it out.
+    let p = Pipe::start(sim(0), vec![("a", 1.0, Target::Live(vec![]))], |c| {
+        c.rest.enabled = true;
+        c.rest.invalid_request_limit = 100;
+    })
+    .await;
+    assert_eq!(rest(&p, "POST", "/api/v10/channels/1/messages").await, 200);
+    assert_eq!(rest(&p, "GET", "/api/v10/guilds/5/members/6").await, 403);
+    p.sim.rest_global_429(Duration::from_millis(300));
+    assert_eq!(rest(&p, "POST", "/api/v10/channels/2/messages").await, 429);
+    assert_eq!(rest(&p, "POST", "/api/v10/channels/3/messages").await, 200);
+    let proxied = Scrape::of(&p).await;
+    saw(
+        "shardhook_rest_requests_total",
+        proxied.sum("shardhook_rest_requests_total", "status=\"200\"") == 2.0
+            && proxied.sum("shardhook_rest_requests_total", "members/{id}") == 1.0,
+        "requests went through the proxy",
+    );
+    saw(
+        "shardhook_rest_wait_seconds",
+        // Four sent, and the last held back by the rest of the pause (how much of it is left
+        // once the 429 is back depends on the machine's speed).
+        proxied.sum("shardhook_rest_wait_seconds_count", "") == 4.0
+            && proxied.sum("shardhook_rest_wait_seconds_bucket", "le=\"0.001\"") < 4.0,
+        "a request waited out a global 429",
+    );
+    saw(
+        "shardhook_rest_rate_limited_total",
+        proxied.sum("shardhook_rest_rate_limited_total", "scope=\"global\"") == 1.0,
+        "Discord answered a global 429",
+    );
+    saw(
+        "shardhook_rest_invalid_requests",
+        proxied.sum("shardhook_rest_invalid_requests", "") == 2.0,
+        "Discord answered 403 and 429",
+    );
+    saw(
+        "shardhook_rest_invalid_request_limit",
+        proxied.sum("shardhook_rest_invalid_request_limit", "") == 100.0,
+        "rest.invalid_request_limit was set",
+    );
+    p.stop().await;
 
     // "_total" and "_count" are what a sample of a counter or histogram is called.
     let listed: BTreeSet<String> = readme_metrics();

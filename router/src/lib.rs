@@ -9,6 +9,9 @@
 //! - `control/`: the control API (`api`: gateway commands, health, readiness, status), the
 //!   `server` loop that bounds its connections, the spent command ids that stop replays
 //!   (`replay`), and Prometheus `metrics`.
+//! - `rest/`: the REST proxy handlers call Discord through: the bot token added, per-route
+//!   buckets and the global limit waited for (`limiter`), the invalid-request `guard`, route
+//!   templates and counters; the control API authenticates its callers.
 //! - `delivery/`: from a shard's queue to an endpoint's 2xx: the `pipeline` and its per-shard
 //!   `worker`, `interactions` (defer and apologise), each `attempt` (sign, send, retry, dead
 //!   letter), `stats`, the body of a `batch`, endpoint choice (`ring`), one `endpoint`'s
@@ -48,6 +51,7 @@ mod delivery;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gateway;
+pub mod rest;
 mod router;
 mod secret;
 mod state;

@@ -166,6 +166,12 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 Arc::new(ids),
                 pipeline.handle(),
             );
+            let state = if config.rest.enabled {
+                let proxy = shardhook::rest::RestProxy::new(&config).map_err(|e| e.to_string())?;
+                state.with_rest(proxy)
+            } else {
+                state
+            };
             tracing::info!(addr = %control.local_addr().map_err(|e| e.to_string())?, "control API listening");
             let (limits, stopping) = (config.control.clone(), until_stopped());
             let server = tokio::spawn(async move {

@@ -17,6 +17,7 @@
 //! - `connection`: one gateway connection: HELLO, IDENTIFY/RESUME checks, heartbeats,
 //!   traffic, replay, rules, faults.
 //! - `rest`: `GET /gateway/bot` and the REST routes the handler examples call.
+//! - `rest_limits`: Discord's REST rate limits: per-route buckets, the global limit, 429s.
 //! - `events`: READY, GUILD_CREATE and traffic payloads shaped like Discord's.
 //! - `protocol`: opcodes and `compress` values, from Discord's documentation.
 //! - `compress`: zlib-stream and zstd-stream, as Discord frames them.
@@ -35,6 +36,7 @@ mod observed;
 mod protocol;
 pub mod receiver;
 mod rest;
+mod rest_limits;
 mod rules;
 mod server;
 mod shared;

@@ -85,4 +85,14 @@ pub struct RestCall {
     pub authorized: bool,
     /// The request body as JSON (`null` when it was not JSON).
     pub body: serde_json::Value,
+    /// The request body as it came.
+    pub raw: bytes::Bytes,
+    /// Its `Content-Type`.
+    pub content_type: Option<String>,
+    /// Its `X-Audit-Log-Reason`.
+    pub audit_log_reason: Option<String>,
+    /// When it arrived.
+    pub at: Instant,
+    /// The status the double answered.
+    pub status: u16,
 }

@@ -42,6 +42,14 @@ pub struct SimConfig {
     /// The first this many connections never get HELLO: a gateway that accepts the
     /// WebSocket, then stalls.
     pub withhold_hello: u64,
+    /// Requests per `rest_route_window` each REST bucket allows, per major parameter (channel,
+    /// guild, webhook and token). Discord's create-message bucket: 5 per 5 s a channel.
+    pub rest_route_limit: u32,
+    /// The window of `rest_route_limit`, opened by a bucket's first request.
+    pub rest_route_window: Duration,
+    /// Globally limited REST requests a second (Discord: 50). Interaction callbacks and
+    /// webhook-token routes are exempt.
+    pub rest_global_limit: u32,
 }
 
 impl Default for SimConfig {
@@ -62,6 +70,9 @@ impl Default for SimConfig {
             disallowed_intents: 0,
             ping_every: 5,
             withhold_hello: 0,
+            rest_route_limit: 5,
+            rest_route_window: Duration::from_secs(5),
+            rest_global_limit: 50,
         }
     }
 }
@@ -79,5 +90,8 @@ pub const SEND_LIMIT: usize = 120;
 pub const SEND_WINDOW: Duration = Duration::from_secs(60);
 /// Largest payload a client may send.
 pub const MAX_CLIENT_PAYLOAD: usize = 4096;
+/// Largest REST request body the double reads (Discord's upload limit for boosted guilds is
+/// higher; this leaves room for the tests' uploads).
+pub(crate) const MAX_REST_BODY: usize = 32 * 1024 * 1024;
 /// Events kept per session for replay on RESUME; older ones make a resume fail like Discord's.
 pub(crate) const REPLAY_BUFFER: usize = 20_000;

@@ -23,7 +23,7 @@ use crate::connection;
 use crate::fault::Fault;
 use crate::observed::Observed;
 use crate::protocol::Compress;
-use crate::rest::{create_message, edit_original, gateway_bot, interaction_callback};
+use crate::rest::{create_message, edit_original, gateway_bot, get_member, interaction_callback};
 use crate::rules::SimConfig;
 use crate::shared::{Inner, Shared};
 
@@ -67,6 +67,7 @@ impl Simulator {
                 traffic: HashMap::new(),
                 next_session: 1,
                 next_message: 1,
+                rest_limits: Default::default(),
             }),
             config,
             addr,
@@ -86,6 +87,14 @@ impl Simulator {
                 "/api/v10/webhooks/{application_id}/{token}/messages/@original",
                 patch(edit_original),
             )
+            .route(
+                "/api/v10/guilds/{guild_id}/members/{user_id}",
+                get(get_member),
+            )
+            // Uploads are bigger than axum's default limit.
+            .layer(axum::extract::DefaultBodyLimit::max(
+                crate::rules::MAX_REST_BODY,
+            ))
             .route("/gateway", get(upgrade_gateway))
             .route("/gateway/", get(upgrade_gateway))
             .route("/resume", get(upgrade_resume))
@@ -137,6 +146,12 @@ impl Simulator {
                 std::future::pending::<()>().await;
             }
         }
+    }
+
+    /// Every globally limited REST request gets a global 429 for `retry_after` from now, as
+    /// when a bot crosses Discord's global limit.
+    pub fn rest_global_429(&self, retry_after: std::time::Duration) {
+        self.shared.lock().rest_limits.pause_globally(retry_after);
     }
 
     /// A receiver that wakes whenever what the double observed changes.

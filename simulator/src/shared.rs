@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::fault::Fault;
 use crate::observed::Observed;
+use crate::rest_limits::RestLimits;
 use crate::rules::SimConfig;
 
 /// One simulated session.
@@ -40,6 +41,8 @@ pub(crate) struct Inner {
     pub(crate) traffic: HashMap<u32, u64>,
     pub(crate) next_session: u64,
     pub(crate) next_message: u64,
+    /// REST rate-limit windows.
+    pub(crate) rest_limits: RestLimits,
 }
 
 pub(crate) struct Shared {

@@ -171,6 +171,12 @@ impl Pipe {
             Arc::new(ids),
             pipeline.handle(),
         );
+        let state = if config.rest.enabled {
+            state
+                .with_rest(shardhook::rest::RestProxy::new(&config).expect("the REST proxy builds"))
+        } else {
+            state
+        };
         let limits = config.control.clone();
         tokio::spawn(async move {
             shardhook::control::serve(control, Arc::new(state), &limits, std::future::pending())

@@ -1,7 +1,8 @@
 // The Cloudflare Worker shardhook posts to: adapts a fetch request to `deliver` and answers.
 // Configuration (wrangler.toml and secrets): SHARDHOOK_SIGNING_SECRET, optionally
 // SHARDHOOK_PREVIOUS_SIGNING_SECRETS (space-separated, during rotation), DISCORD_TOKEN,
-// DISCORD_API_URL and SHARDHOOK_CONTROL_URL (the router's control API, for gateway commands).
+// DISCORD_API_URL, SHARDHOOK_CONTROL_URL (the router's control API, for gateway commands) and
+// SHARDHOOK_REST_URL (the router's REST proxy: set, Discord is called through it, signed).
 
 import type { ControlEnv } from "./commands";
 import { deliver, signingKeys } from "./delivery";

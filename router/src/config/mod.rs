@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 mod delivery;
 mod discord;
 pub mod intents;
+mod rest;
 mod signing;
 
 use crate::secret::{SigningKey, Token};
@@ -26,6 +27,7 @@ pub use delivery::{
     RateLimitConfig,
 };
 pub use discord::{Compression, DiscordConfig, ShardsConfig};
+pub use rest::RestConfig;
 pub use signing::SigningConfig;
 
 /// Where `run` and `check` look for a config file when `--config` is not given.
@@ -65,6 +67,9 @@ pub struct Config {
     /// What the router does for interactions itself.
     #[serde(default)]
     pub interactions: InteractionsConfig,
+    /// The REST proxy handlers call Discord's API through.
+    #[serde(default)]
+    pub rest: RestConfig,
 }
 
 /// The `[control]` section.
@@ -381,6 +386,13 @@ impl Config {
         }
         if self.batch.max_events == 0 {
             return invalid("batch.max_events".into(), "must be at least 1".into());
+        }
+        let r = &self.rest;
+        if r.global_per_second == 0 || r.invalid_request_limit == 0 || r.max_body == 0 {
+            return invalid(
+                "rest".into(),
+                "global_per_second, invalid_request_limit and max_body must be at least 1".into(),
+            );
         }
         Ok(())
     }
@@ -764,6 +776,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("idle_timeout"), "{err}");
+    }
+
+    #[test]
+    fn the_rest_proxy_is_off_by_default_with_discords_numbers_and_refuses_zero() {
+        let rest = parse("").unwrap().rest;
+        assert!(!rest.enabled);
+        assert_eq!(rest.max_wait, Duration::from_secs(10));
+        assert_eq!(rest.global_per_second, 50);
+        assert_eq!(rest.invalid_request_limit, 8000);
+        let rest = parse("[rest]\nenabled = true\nmax_wait = \"2s\"")
+            .unwrap()
+            .rest;
+        assert!(rest.enabled);
+        assert_eq!(rest.max_wait, Duration::from_secs(2));
+        let err = parse("[rest]\nglobal_per_second = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rest") && err.contains("global_per_second"),
+            "{err}"
+        );
+        let err = parse("[rest]\nmax_bodey = 1").unwrap_err().to_string();
+        assert!(err.contains("max_bodey"), "{err}");
     }
 
     #[test]

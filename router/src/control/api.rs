@@ -2,7 +2,8 @@
 //! read status, health and metrics.
 //!
 //! Owns the HTTP surface (`POST /v1/gateway/commands`, `/healthz`, `/readyz`, `/v1/shards`,
-//! `/metrics`), authenticating commands with the same Standard Webhooks keys as outgoing
+//! `/metrics`, and `ANY /api/v10/{path}` when the REST proxy is on), authenticating commands
+//! and REST requests with the same Standard Webhooks keys as outgoing
 //! events (stale timestamps refused, and replayed ids through `replay`), choosing the shard
 //! (`(guild_id >> 22) % shard_count`), and checking a command before it is queued. Pacing is
 //! the shard's limiter's job; `app` is built apart from serving so tests can drive it.
@@ -12,9 +13,9 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
@@ -25,6 +26,7 @@ use crate::delivery::signer::{unix_now, Signer, TOLERANCE_SECS};
 use crate::delivery::DeliveryHandle;
 use crate::gateway::handle::{CommandRefused, ShardHandle, ShardState};
 use crate::gateway::payload::op;
+use crate::rest::{ProxyRequest, RestProxy};
 
 /// Discord's limit on a payload a client sends.
 pub const MAX_COMMAND_BYTES: usize = 4096;
@@ -51,8 +53,10 @@ pub struct ControlState {
     shard_count: u32,
     signer: Signer,
     delivery: DeliveryHandle,
-    /// `webhook-id`s of accepted commands, to refuse replays.
+    /// `webhook-id`s of accepted commands and proxied REST requests, to refuse replays.
     ids: Arc<dyn SpentIds>,
+    /// The REST proxy, when `rest.enabled`.
+    rest: Option<Arc<RestProxy>>,
 }
 
 impl ControlState {
@@ -71,13 +75,29 @@ impl ControlState {
             signer,
             delivery,
             ids,
+            rest: None,
         }
+    }
+
+    /// Also serves `ANY /api/v10/{path}` through `proxy`, verified with the same keys and
+    /// spent ids as commands.
+    pub fn with_rest(mut self, proxy: RestProxy) -> ControlState {
+        self.rest = Some(Arc::new(proxy));
+        self
     }
 }
 
 /// The control API's routes.
 pub fn app(state: Arc<ControlState>) -> axum::Router {
-    axum::Router::new()
+    let mut router = axum::Router::new();
+    if let Some(proxy) = &state.rest {
+        // The whole body is signed: it is read (within the limit) before anything is sent.
+        router = router.route(
+            "/api/v10/{*path}",
+            any(rest).layer(DefaultBodyLimit::max(proxy.max_body())),
+        );
+    }
+    router
         // The limit is checked as the body is read, before the handler (and so any HMAC) runs.
         .route(
             "/v1/gateway/commands",
@@ -126,54 +146,103 @@ async fn command(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let (id, expires) = match authenticate(&state, &headers, &[&body]) {
+        Ok(claimed) => claimed,
+        Err(refusal) => return refusal,
+    };
+    let (response, accepted) = execute(&state, &body);
+    settle(&state, &id, expires, accepted).await;
+    response
+}
+
+/// Verifies a signed request's headers over `signed` (the parts of its body, joined) and
+/// claims its `webhook-id`: the id and when it expires, or the refusal to answer.
+#[allow(clippy::result_large_err)]
+fn authenticate(
+    state: &ControlState,
+    headers: &HeaderMap,
+    signed: &[&[u8]],
+) -> Result<(String, u64), Response> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (id, timestamp) = (header("webhook-id"), header("webhook-timestamp"));
-    if let Err(e) = state.signer.verify(
+    if let Err(e) = state.signer.verify_parts(
         id,
         timestamp,
         header("webhook-signature"),
-        &body,
+        signed,
         unix_now(),
     ) {
-        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+        return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()));
     }
     let (id, timestamp) = (id.unwrap_or_default(), timestamp.unwrap_or_default());
     if id.len() > MAX_ID_BYTES {
-        return refuse(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             format!("webhook-id is longer than {MAX_ID_BYTES} bytes"),
-        );
+        ));
     }
     // A signature is good for TOLERANCE_SECS either side of its timestamp: after that the
     // id need not be remembered.
     let expires = timestamp.parse::<u64>().unwrap_or_default() + TOLERANCE_SECS;
     match state.ids.claim(id, expires, unix_now()) {
-        Claim::Claimed => {}
-        Claim::Seen => {
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                format!("webhook-id {id} was already used"),
-            )
-        }
-        Claim::Full => {
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many commands in the last minutes to remember their ids; try again later",
-            )
-        }
+        Claim::Claimed => Ok((id.to_owned(), expires)),
+        Claim::Seen => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            format!("webhook-id {id} was already used"),
+        )),
+        Claim::Full => Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in the last minutes to remember their ids; try again later",
+        )),
     }
-    let (response, accepted) = execute(&state, &body);
-    if !accepted {
+}
+
+/// Spends a claimed id if its request was acted on, else releases it for another try.
+async fn settle(state: &ControlState, id: &str, expires: u64, acted_on: bool) {
+    if !acted_on {
         state.ids.release(id);
-        return response;
+        return;
     }
     let (ids, spent) = (state.ids.clone(), id.to_owned());
     let kept = tokio::task::spawn_blocking(move || ids.spend(&spent, expires)).await;
     if let Err(e) = kept.map_err(io_error).and_then(|r| r) {
-        // The command is on its way: say so, and that its id may be taken again after a
+        // The request is on its way: say so, and that its id may be taken again after a
         // restart.
-        tracing::error!(webhook_id = %id, "failed to record a spent command id; it could be replayed after a restart: {e}");
+        tracing::error!(webhook_id = %id, "failed to record a spent request id; it could be replayed after a restart: {e}");
     }
+}
+
+/// `ANY /api/v10/{path}`: a signed request for Discord's REST API. The signature covers
+/// `{METHOD} {path and query}\n{body}` as the body of a Standard Webhooks signature.
+async fn rest(
+    State(state): State<Arc<ControlState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(proxy) = state.rest.clone() else {
+        return refuse(StatusCode::NOT_FOUND, "the REST proxy is not enabled");
+    };
+    let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let head = format!("{method} {target}\n");
+    let (id, expires) = match authenticate(&state, &headers, &[head.as_bytes(), &body]) {
+        Ok(claimed) => claimed,
+        Err(refusal) => return refusal,
+    };
+    let request = ProxyRequest {
+        method,
+        path: uri
+            .path()
+            .strip_prefix("/api/v10/")
+            .unwrap_or_default()
+            .to_owned(),
+        query: uri.query().map(str::to_owned),
+        headers,
+        body,
+    };
+    let (response, reached) = proxy.forward(request).await;
+    settle(&state, &id, expires, reached).await;
     response
 }
 
@@ -337,7 +406,7 @@ async fn shards(State(state): State<Arc<ControlState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<ControlState>>) -> Response {
     let shards: Vec<ShardHandle> = state.shards.values().cloned().collect();
-    let text = crate::control::metrics::render(&shards, &state.delivery);
+    let text = crate::control::metrics::render(&shards, &state.delivery, state.rest.as_deref());
     (
         [(
             header::CONTENT_TYPE,

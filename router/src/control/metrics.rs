@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::delivery::DeliveryHandle;
 use crate::gateway::handle::ShardHandle;
+use crate::rest::RestProxy;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ShardLabel {
@@ -44,8 +45,23 @@ fn counter_from(value: &std::sync::atomic::AtomicU64) -> Counter {
     counter
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabel {
+    scope: String,
+}
+
 /// Renders every metric in Prometheus text exposition format.
-pub fn render(shards: &[ShardHandle], delivery: &DeliveryHandle) -> String {
+pub fn render(
+    shards: &[ShardHandle],
+    delivery: &DeliveryHandle,
+    rest: Option<&RestProxy>,
+) -> String {
     let mut registry = Registry::with_prefix("shardhook");
     let stats = delivery.stats();
     let endpoints: Vec<String> = delivery.endpoint_names().map(str::to_owned).collect();
@@ -220,7 +236,60 @@ pub fn render(shards: &[ShardHandle], delivery: &DeliveryHandle) -> String {
         gauge(limit),
     );
 
+    if let Some(rest) = rest {
+        register_rest(&mut registry, rest);
+    }
+
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");
     text
+}
+
+/// The REST proxy's metrics, when it is on.
+fn register_rest(registry: &mut Registry, rest: &RestProxy) {
+    let stats = rest.stats();
+    let requests = Family::<RouteStatus, Counter>::default();
+    for ((route, status), n) in stats.requests() {
+        requests
+            .get_or_create(&RouteStatus { route, status })
+            .inc_by(n);
+    }
+    registry.register(
+        "rest_requests",
+        "REST requests through the proxy, by route template and the status answered",
+        requests,
+    );
+    registry.register(
+        "rest_wait_seconds",
+        "How long REST requests waited for their rate limits before they were sent",
+        stats.wait.clone(),
+    );
+    let limited = Family::<ScopeLabel, Counter>::default();
+    for (scope, n) in stats.rate_limited_by_scope() {
+        let key = ScopeLabel {
+            scope: scope.to_owned(),
+        };
+        limited.get_or_create(&key).inc_by(n);
+    }
+    registry.register(
+        "rest_rate_limited",
+        "429s: Discord's by scope (user, global, shared), and the router's own (router)",
+        limited,
+    );
+    let (count, limit) = rest.invalid_requests();
+    let gauge = |value: u64| {
+        let g = Gauge::<i64>::default();
+        g.set(value as i64);
+        g
+    };
+    registry.register(
+        "rest_invalid_requests",
+        "Answers of 401, 403 or 429 from Discord in the last 10 minutes",
+        gauge(count as u64),
+    );
+    registry.register(
+        "rest_invalid_request_limit",
+        "At this many invalid answers in 10 minutes the proxy answers 503 (rest.invalid_request_limit)",
+        gauge(limit.into()),
+    );
 }

@@ -1,0 +1,234 @@
+//! Waiting for Discord's rate limits: per-route buckets and the global limit, kept by
+//! twilight's limiter (`twilight-http-ratelimiting`), and a pause of every globally limited
+//! route when Discord answers a global 429, which twilight's limiter has no way to express.
+//!
+//! Owns reading Discord's `X-RateLimit-*` headers and 429 bodies into what the limiter learns,
+//! and the wait's deadline (`rest.max_wait`): past it the caller is told how long to wait
+//! instead. Sending is `proxy`'s.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use tokio::time::Instant;
+use twilight_http_ratelimiting::{Endpoint, Method, Permit, RateLimitHeaders, RateLimiter};
+
+/// The shortest `Retry-After` told to a caller: Discord's header is in whole seconds too.
+const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// What a 429 from Discord says, read from its headers and body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimited {
+    /// `user`, `global` or `shared` (`X-RateLimit-Scope`; `global` also from the body).
+    pub scope: &'static str,
+    /// How long to wait.
+    pub retry_after: Duration,
+}
+
+/// Reads a 429's scope and wait from `headers` and the JSON `body`.
+pub fn rate_limited(headers: &HeaderMap, body: &[u8]) -> RateLimited {
+    #[derive(serde::Deserialize, Default)]
+    struct Body {
+        #[serde(default)]
+        retry_after: Option<f64>,
+        #[serde(default)]
+        global: bool,
+    }
+    let parsed: Body = serde_json::from_slice(body).unwrap_or_default();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let global = parsed.global || header("x-ratelimit-global") == Some("true");
+    let scope = match header("x-ratelimit-scope") {
+        _ if global => "global",
+        Some("shared") => "shared",
+        _ => "user",
+    };
+    let seconds = parsed
+        .retry_after
+        .or_else(|| header("retry-after").and_then(|v| v.parse().ok()))
+        .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+        .unwrap_or(1.0);
+    RateLimited {
+        scope,
+        retry_after: Duration::from_secs_f64(seconds.min(3600.0)),
+    }
+}
+
+/// A bucket's state from a response's `X-RateLimit-*` headers, if it has them all.
+pub fn bucket_headers(headers: &HeaderMap) -> Option<RateLimitHeaders> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let reset_after: f64 = header(RateLimitHeaders::RESET_AFTER)?.parse().ok()?;
+    if !reset_after.is_finite() || reset_after < 0.0 {
+        return None;
+    }
+    Some(RateLimitHeaders {
+        bucket: header(RateLimitHeaders::BUCKET)?.as_bytes().to_vec(),
+        limit: header(RateLimitHeaders::LIMIT)?.parse().ok()?,
+        remaining: header(RateLimitHeaders::REMAINING)?.parse().ok()?,
+        reset_at: std::time::Instant::now() + Duration::from_secs_f64(reset_after.min(3600.0)),
+    })
+}
+
+/// The method as twilight's limiter names it; `None` for methods Discord's API has no route
+/// for.
+pub fn method(method: &axum::http::Method) -> Option<Method> {
+    Some(match method.as_str() {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        "PATCH" => Method::Patch,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        _ => return None,
+    })
+}
+
+/// The router's rate limiter for Discord's REST API.
+#[derive(Debug)]
+pub struct Limiter {
+    buckets: RateLimiter,
+    /// Until when a global 429 from Discord holds every route the global limit covers.
+    paused_until: Mutex<Option<Instant>>,
+}
+
+impl Limiter {
+    /// A limiter allowing `global_per_second` globally limited requests a second. Starts
+    /// twilight's actor task: call within a tokio runtime.
+    pub fn new(global_per_second: u16) -> Limiter {
+        Limiter {
+            buckets: RateLimiter::new(global_per_second),
+            paused_until: Mutex::new(None),
+        }
+    }
+
+    fn paused_until(&self) -> Option<Instant> {
+        let paused = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        paused.filter(|until| *until > Instant::now())
+    }
+
+    /// Holds every globally limited route for `retry_after` from now.
+    pub fn pause_all(&self, retry_after: Duration) {
+        let until = Instant::now() + retry_after;
+        let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if paused.is_none_or(|p| p < until) {
+            *paused = Some(until);
+        }
+    }
+
+    /// Waits until `endpoint` may be sent, by `deadline` at the latest; else says how long the
+    /// caller should wait before trying again. `exempt` routes ignore the global limit.
+    pub async fn acquire(
+        &self,
+        endpoint: Endpoint,
+        exempt: bool,
+        deadline: Instant,
+    ) -> Result<Permit, Duration> {
+        let retry = |until: Instant| (until - Instant::now()).max(MIN_RETRY_AFTER);
+        if !exempt {
+            self.wait_out_pause(deadline).await.map_err(retry)?;
+        }
+        let permit =
+            match tokio::time::timeout_at(deadline, self.buckets.acquire(endpoint.clone())).await {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let reset = self.buckets.bucket(endpoint).await.map(|b| {
+                        b.reset_at
+                            .saturating_duration_since(std::time::Instant::now())
+                    });
+                    return Err(reset.unwrap_or_default().max(MIN_RETRY_AFTER));
+                }
+            };
+        // A global 429 may have come while this request was queued for its bucket.
+        if !exempt {
+            self.wait_out_pause(deadline).await.map_err(retry)?;
+        }
+        Ok(permit)
+    }
+
+    /// Sleeps out a global pause that ends by `deadline`; else when it ends.
+    async fn wait_out_pause(&self, deadline: Instant) -> Result<(), Instant> {
+        while let Some(until) = self.paused_until() {
+            if until > deadline {
+                return Err(until);
+            }
+            tokio::time::sleep_until(until).await;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn a_429_is_global_by_its_body_or_header_and_waits_its_retry_after() {
+        let global = rate_limited(
+            &headers(&[("retry-after", "3")]),
+            br#"{"message":"You are being rate limited.","retry_after":2.5,"global":true}"#,
+        );
+        assert_eq!(global.scope, "global");
+        assert_eq!(global.retry_after, Duration::from_millis(2500));
+        let shared = rate_limited(
+            &headers(&[("x-ratelimit-scope", "shared"), ("retry-after", "4")]),
+            b"not json",
+        );
+        assert_eq!(shared.scope, "shared");
+        assert_eq!(shared.retry_after, Duration::from_secs(4));
+        let user = rate_limited(&headers(&[("x-ratelimit-scope", "user")]), b"{}");
+        assert_eq!(
+            (user.scope, user.retry_after),
+            ("user", Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn bucket_headers_need_all_four() {
+        let all = headers(&[
+            ("x-ratelimit-bucket", "abcd"),
+            ("x-ratelimit-limit", "5"),
+            ("x-ratelimit-remaining", "4"),
+            ("x-ratelimit-reset-after", "0.75"),
+        ]);
+        let parsed = bucket_headers(&all).unwrap();
+        assert_eq!(
+            (parsed.bucket.as_slice(), parsed.limit, parsed.remaining),
+            (&b"abcd"[..], 5, 4)
+        );
+        let mut missing = all.clone();
+        missing.remove("x-ratelimit-limit");
+        assert!(bucket_headers(&missing).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_global_pause_past_the_deadline_is_refused_with_its_length() {
+        let limiter = Limiter::new(50);
+        limiter.pause_all(Duration::from_secs(5));
+        let endpoint = Endpoint {
+            method: Method::Post,
+            path: "channels/1/messages".into(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let refused = limiter.acquire(endpoint.clone(), false, deadline).await;
+        assert_eq!(refused.unwrap_err(), Duration::from_secs(5));
+        // Exempt routes pass.
+        let exempt = Endpoint {
+            method: Method::Post,
+            path: "interactions/1/t/callback".into(),
+        };
+        let permit = limiter.acquire(exempt, true, deadline).await.unwrap();
+        permit.complete(None);
+        // Within the deadline, the request waits the pause out.
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(10);
+        let permit = limiter.acquire(endpoint, false, deadline).await.unwrap();
+        assert_eq!(Instant::now() - start, Duration::from_secs(5));
+        permit.complete(None);
+    }
+}

@@ -1,0 +1,89 @@
+//! What the proxy reads from a request's path: the route template metrics are labelled by, and
+//! whether Discord's global limit covers it.
+//!
+//! Owns these pure decisions; the buckets are `limiter`'s (twilight's, keyed by the major
+//! parameters it reads from the same path), sending is `proxy`'s.
+
+/// Distinct templates counted in metrics; past this, requests are counted under `other`.
+pub const MAX_TEMPLATES: usize = 256;
+
+/// A request's path (after `/api/v10/`, without its query) as the proxy classifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The path with ids and tokens replaced: `channels/{id}/messages`.
+    pub template: String,
+    /// Interaction callbacks and webhook-token routes: Discord's global limit does not cover
+    /// them, so neither does the router's.
+    pub exempt_from_global: bool,
+}
+
+impl Route {
+    /// Classifies `path` (no leading `/`, no query).
+    pub fn of(path: &str) -> Route {
+        let segments: Vec<&str> = path.split('/').collect();
+        let mut template = Vec::with_capacity(segments.len());
+        for (i, segment) in segments.iter().enumerate() {
+            let previous = i.checked_sub(1).map(|p| segments[p]);
+            let before_previous = i.checked_sub(2).map(|p| segments[p]);
+            let is_token = matches!(before_previous, Some("webhooks" | "interactions"))
+                && previous.is_some_and(is_snowflake);
+            let shown = if is_snowflake(segment) {
+                "{id}"
+            } else if is_token {
+                "{token}"
+            } else if previous == Some("reactions") {
+                "{emoji}"
+            } else {
+                segment
+            };
+            template.push(shown);
+        }
+        let exempt_from_global = match segments.as_slice() {
+            ["interactions", ..] => true,
+            ["webhooks", id, token, ..] => is_snowflake(id) && !token.is_empty(),
+            _ => false,
+        };
+        Route {
+            template: template.join("/"),
+            exempt_from_global,
+        }
+    }
+}
+
+fn is_snowflake(segment: &str) -> bool {
+    !segment.is_empty() && segment.len() <= 20 && segment.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_tokens_and_emoji_leave_the_template() {
+        let route = Route::of("channels/123/messages/456/reactions/%F0%9F%91%8D/@me");
+        assert_eq!(
+            route.template,
+            "channels/{id}/messages/{id}/reactions/{emoji}/@me"
+        );
+        assert!(!route.exempt_from_global);
+        let route = Route::of("webhooks/42/aW50ZXJhY3Rpb24/messages/@original");
+        assert_eq!(route.template, "webhooks/{id}/{token}/messages/@original");
+        assert!(route.exempt_from_global);
+    }
+
+    #[test]
+    fn interaction_callbacks_and_webhook_token_routes_are_exempt_from_the_global_limit() {
+        assert!(Route::of("interactions/1/abc/callback").exempt_from_global);
+        assert_eq!(
+            Route::of("interactions/1/abc/callback").template,
+            "interactions/{id}/{token}/callback"
+        );
+        assert!(Route::of("webhooks/1/abc").exempt_from_global);
+        assert!(
+            !Route::of("webhooks/1").exempt_from_global,
+            "no token: the bot's own"
+        );
+        assert!(!Route::of("guilds/1/members/2").exempt_from_global);
+        assert!(!Route::of("users/@me").exempt_from_global);
+    }
+}

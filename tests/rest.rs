@@ -1,0 +1,407 @@
+//! End-to-end tests of the REST proxy over real HTTP on loopback: handlers' signed requests go
+//! through the router's control listener to the Discord double, which enforces Discord's REST
+//! rules itself (bucket headers, per-route limits, the global limit, 429 bodies), so the
+//! router's limiter is proven against the rules, not against itself.
+
+mod support;
+
+use std::time::Duration;
+
+use shardhook::{Signer, SigningKey};
+use shardhook_simulator::{events, RestCall, SimConfig, DEFAULT_TOKEN};
+use support::pipe::{Pipe, Target};
+use support::within;
+
+fn sim(route_limit: u32, route_window: Duration) -> SimConfig {
+    SimConfig {
+        shards: 1,
+        max_concurrency: 1,
+        guilds: 2,
+        rate: 0.0,
+        events_per_shard: Some(0),
+        heartbeat_interval: Duration::from_millis(1000),
+        rest_route_limit: route_limit,
+        rest_route_window: route_window,
+        ..SimConfig::default()
+    }
+}
+
+async fn start(sim: SimConfig, tweak: impl FnOnce(&mut shardhook::Config)) -> Pipe {
+    Pipe::start(sim, vec![("a", 1.0, Target::Live(vec![]))], |c| {
+        c.rest.enabled = true;
+        tweak(c);
+    })
+    .await
+}
+
+fn next_id() -> String {
+    format!("rest_{}", fastrand::u64(..))
+}
+
+/// A request to the proxy, signed as the README says: the Standard Webhooks signature with
+/// `{METHOD} {path and query}\n{body}` as its body.
+struct Call<'a> {
+    method: &'a str,
+    target: &'a str,
+    body: Vec<u8>,
+    content_type: &'a str,
+    id: String,
+    timestamp: u64,
+    secret: Option<String>,
+    /// Signed over this target instead of `target` (a forgery).
+    signed_target: Option<&'a str>,
+}
+
+impl<'a> Call<'a> {
+    fn new(method: &'a str, target: &'a str, body: &str) -> Call<'a> {
+        Call {
+            method,
+            target,
+            body: body.as_bytes().to_vec(),
+            content_type: "application/json",
+            id: next_id(),
+            timestamp: shardhook::unix_now(),
+            secret: None,
+            signed_target: None,
+        }
+    }
+
+    async fn send(&self, p: &Pipe) -> reqwest::Response {
+        self.send_with(p, &[]).await
+    }
+
+    async fn send_with(&self, p: &Pipe, headers: &[(&str, &str)]) -> reqwest::Response {
+        let secret = self.secret.as_deref().unwrap_or(&p.secret);
+        let signer = Signer::new(SigningKey::parse(secret).unwrap(), vec![]);
+        let target = self.signed_target.unwrap_or(self.target);
+        let mut signed = format!("{} {target}\n", self.method).into_bytes();
+        signed.extend_from_slice(&self.body);
+        let method = reqwest::Method::from_bytes(self.method.as_bytes()).unwrap();
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{}", p.control_url, self.target))
+            .header("content-type", self.content_type)
+            .header("webhook-id", &self.id)
+            .header("webhook-timestamp", self.timestamp.to_string())
+            .header(
+                "webhook-signature",
+                signer.sign(&self.id, self.timestamp, &signed),
+            );
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(self.body.clone()).send().await.unwrap()
+    }
+}
+
+fn create_message(channel: u64) -> String {
+    format!("/api/v10/channels/{channel}/messages")
+}
+
+fn calls(p: &Pipe) -> Vec<RestCall> {
+    p.sim.observed(|o| o.rest_calls.clone())
+}
+
+/// Waits until the double has served `n` REST calls.
+async fn served(p: &Pipe, n: usize) -> Vec<RestCall> {
+    within(
+        "the double to serve the REST calls",
+        p.sim
+            .wait_for(|o| (o.rest_calls.len() >= n).then(|| o.rest_calls.clone())),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_proxied_message_reaches_discord_with_the_bot_token_the_caller_never_held() {
+    let p = start(sim(5, Duration::from_secs(5)), |_| {}).await;
+    let body = r#"{"content":"hello from a handler"}"#;
+    let target = format!("{}?wait=true", create_message(41));
+    let response = Call::new("POST", &target, body)
+        .send_with(&p, &[("x-audit-log-reason", "because%20tests")])
+        .await;
+    assert_eq!(response.status(), 200);
+    let bucket = response.headers().get("x-ratelimit-bucket").cloned();
+    assert_eq!(
+        bucket.as_ref().and_then(|v| v.to_str().ok()),
+        Some("create-message"),
+        "Discord's rate-limit headers come back"
+    );
+    assert_eq!(response.headers()["x-ratelimit-remaining"], "4");
+    let text = response.text().await.unwrap();
+    assert!(!text.contains(DEFAULT_TOKEN), "{text}");
+    let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(message["content"], "hello from a handler");
+    assert_eq!(message["channel_id"], "41");
+
+    let call = &served(&p, 1).await[0];
+    assert!(
+        call.authorized,
+        "the router added Authorization: Bot <token>"
+    );
+    assert_eq!(call.path, "/channels/41/messages");
+    assert_eq!(call.body["content"], "hello from a handler");
+    assert_eq!(call.content_type.as_deref(), Some("application/json"));
+    assert_eq!(call.audit_log_reason.as_deref(), Some("because%20tests"));
+
+    // An interaction callback needs no bot token and is not under the global limit.
+    let callback = "/api/v10/interactions/77/tok3n/callback";
+    let response = Call::new("POST", callback, r#"{"type":5}"#).send(&p).await;
+    assert_eq!(response.status(), 204);
+    let calls = served(&p, 2).await;
+    assert_eq!(calls[1].path, "/interactions/77/tok3n/callback");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn forged_unsigned_stale_and_replayed_requests_get_401_and_never_reach_discord() {
+    let p = start(sim(5, Duration::from_secs(5)), |_| {}).await;
+    let target = create_message(1);
+    let body = r#"{"content":"x"}"#;
+    let unsigned = reqwest::Client::new()
+        .post(format!("{}{target}", p.control_url))
+        .header("authorization", format!("Bot {DEFAULT_TOKEN}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    let forged_key = Call {
+        secret: Some(SigningKey::generate()),
+        ..Call::new("POST", &target, body)
+    };
+    assert_eq!(forged_key.send(&p).await.status(), 401);
+    let stale = Call {
+        timestamp: shardhook::unix_now() - 600,
+        ..Call::new("POST", &target, body)
+    };
+    assert_eq!(stale.send(&p).await.status(), 401);
+    // Signed for one channel, sent to another.
+    let other = create_message(2);
+    let moved = Call {
+        signed_target: Some(&other),
+        ..Call::new("POST", &target, body)
+    };
+    assert_eq!(moved.send(&p).await.status(), 401);
+    let good = Call::new("POST", &target, body);
+    assert_eq!(good.send(&p).await.status(), 200);
+    let replayed = good.send(&p).await;
+    assert_eq!(replayed.status(), 401);
+    let said = replayed.text().await.unwrap();
+    assert!(said.contains("already used"), "{said}");
+    let calls = calls(&p);
+    assert_eq!(
+        calls.len(),
+        1,
+        "only the good request reached Discord: {calls:?}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_over_many_routes_is_spread_so_discord_never_answers_429() {
+    // 20 channels, 5 requests a second each, and a global limit of 50 a second at the double;
+    // the router is told 45, a margin for loopback's jitter between its window and the
+    // double's.
+    let p = start(
+        SimConfig {
+            rest_global_limit: 50,
+            ..sim(5, Duration::from_secs(1))
+        },
+        |c| {
+            c.rest.global_per_second = 45;
+            // What is proven here is the spreading; a loaded test machine must not turn it
+            // into the router's own 429s.
+            c.rest.max_wait = Duration::from_secs(60);
+        },
+    )
+    .await;
+    let p = std::sync::Arc::new(p);
+    let started = std::time::Instant::now();
+    let mut callers = tokio::task::JoinSet::new();
+    // 50 callers at once, 4 requests each: 200 requests, 10 on each channel.
+    for caller in 0..50u64 {
+        let p = p.clone();
+        callers.spawn(async move {
+            let mut statuses = Vec::new();
+            for n in 0..4u64 {
+                let channel = 1000 + (caller * 4 + n) % 20;
+                let target = create_message(channel);
+                let response = Call::new("POST", &target, r#"{"content":"burst"}"#)
+                    .send(&p)
+                    .await;
+                statuses.push(response.status().as_u16());
+            }
+            statuses
+        });
+    }
+    let mut answered = Vec::new();
+    while let Some(statuses) = within("the callers", callers.join_next()).await {
+        answered.extend(statuses.unwrap());
+    }
+    let calls = calls(&p);
+    let limited: Vec<_> = calls.iter().filter(|c| c.status == 429).collect();
+    assert!(limited.is_empty(), "the double answered 429: {limited:?}");
+    assert_eq!(calls.len(), 200);
+    assert_eq!(answered.len(), 200);
+    assert!(answered.iter().all(|s| *s == 200), "{answered:?}");
+    // 10 requests on a channel allowed 5 a second take a reset: the router waited.
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let p = std::sync::Arc::into_inner(p).unwrap();
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_wait_past_max_wait_is_answered_429_with_retry_after_and_never_sent() {
+    let p = start(sim(1, Duration::from_secs(5)), |c| {
+        c.rest.max_wait = Duration::from_millis(300);
+    })
+    .await;
+    let target = create_message(5);
+    let first = Call::new("POST", &target, r#"{"content":"1"}"#)
+        .send(&p)
+        .await;
+    assert_eq!(first.status(), 200);
+    let second = Call::new("POST", &target, r#"{"content":"2"}"#)
+        .send(&p)
+        .await;
+    assert_eq!(second.status(), 429);
+    let retry_after: u64 = second.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((4..=5).contains(&retry_after), "Retry-After: {retry_after}");
+    assert_eq!(
+        calls(&p).len(),
+        1,
+        "the second request never reached Discord"
+    );
+    // Another channel is another bucket: it goes at once.
+    let other = Call::new("POST", &create_message(6), r#"{"content":"3"}"#)
+        .send(&p)
+        .await;
+    assert_eq!(other.status(), 200);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_global_429_pauses_every_route_for_its_retry_after() {
+    let p = start(sim(5, Duration::from_secs(5)), |_| {}).await;
+    let paused_at = tokio::time::Instant::now();
+    p.sim.rest_global_429(Duration::from_millis(1500));
+    let first = Call::new("POST", &create_message(7), r#"{"content":"a"}"#)
+        .send(&p)
+        .await;
+    assert_eq!(first.status(), 429, "Discord's answer comes back as sent");
+    let body: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(body["global"], true);
+    // Other routes, other buckets: held in the router until the pause is over.
+    let member = format!("/api/v10/guilds/{}/members/5", events::guild_id(0));
+    let channel = create_message(8);
+    let (message_call, member_call) = (
+        Call::new("POST", &channel, r#"{"content":"b"}"#),
+        Call::new("GET", &member, ""),
+    );
+    let (message, member) = tokio::join!(message_call.send(&p), member_call.send(&p));
+    assert_eq!(message.status(), 200);
+    assert_eq!(member.status(), 200);
+    let calls = calls(&p);
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert_eq!(
+        calls.iter().filter(|c| c.status == 429).count(),
+        1,
+        "only the first request met the global 429: {calls:?}"
+    );
+    // The double would have answered 429 to anything inside its pause; and they did wait.
+    for later in &calls[1..] {
+        assert!(
+            later.at - paused_at >= Duration::from_millis(1500),
+            "{} went {:?} after the global pause began",
+            later.path,
+            later.at - paused_at
+        );
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn the_invalid_request_guard_answers_503_at_its_limit() {
+    let p = start(sim(10, Duration::from_secs(5)), |c| {
+        c.rest.invalid_request_limit = 3;
+    })
+    .await;
+    // A handler bug: a guild the bot is not in, so every request is a 403.
+    let target = "/api/v10/guilds/12345/members/6";
+    for _ in 0..3 {
+        let response = Call::new("GET", target, "").send(&p).await;
+        assert_eq!(response.status(), 403);
+    }
+    let refused = Call::new("GET", target, "").send(&p).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    // Good requests are held back too: the IP is what Discord bans.
+    let good = Call::new("POST", &create_message(9), r#"{"content":"x"}"#)
+        .send(&p)
+        .await;
+    assert_eq!(good.status(), 503);
+    assert_eq!(calls(&p).len(), 3, "Discord saw only the three 403s");
+    let metrics = reqwest::get(format!("{}/metrics", p.control_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("shardhook_rest_invalid_requests 3"),
+        "{metrics}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_multipart_upload_passes_through_intact() {
+    let p = start(sim(5, Duration::from_secs(5)), |_| {}).await;
+    let boundary = "shardhook-test-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"payload_json\"\r\nContent-Type: application/json\r\n\r\n{{\"content\":\"a file\"}}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"files[0]\"; filename=\"big.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    let mut rng = fastrand::Rng::with_seed(21);
+    body.extend((0..8 * 1024 * 1024).map(|_| rng.u8(..)));
+    body.extend(format!("\r\n--{boundary}--\r\n").into_bytes());
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let target = create_message(10);
+    let upload = Call {
+        body: body.clone(),
+        content_type: &content_type,
+        ..Call::new("POST", &target, "")
+    };
+    let response = upload.send(&p).await;
+    assert_eq!(response.status(), 200);
+    let call = &served(&p, 1).await[0];
+    assert_eq!(call.content_type.as_deref(), Some(content_type.as_str()));
+    assert_eq!(call.raw.len(), body.len());
+    assert!(call.raw == body, "the upload arrived byte for byte");
+    assert!(call.authorized);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_max_body_gets_413_and_never_reaches_discord() {
+    let p = start(sim(5, Duration::from_secs(5)), |c| c.rest.max_body = 1024).await;
+    let target = create_message(11);
+    let big = format!(r#"{{"content":"{}"}}"#, "x".repeat(2048));
+    assert_eq!(
+        Call::new("POST", &target, &big).send(&p).await.status(),
+        413
+    );
+    let small = Call::new("POST", &target, r#"{"content":"fits"}"#);
+    assert_eq!(small.send(&p).await.status(), 200);
+    let calls = calls(&p);
+    assert_eq!(
+        calls.len(),
+        1,
+        "only the body within the limit was sent: {calls:?}"
+    );
+    p.stop().await;
+}
