@@ -925,7 +925,10 @@ fn aws_env(dir: &std::path::Path, imds: Option<&str>) -> Vec<(String, String)> {
         ),
     ];
     env.push(match imds {
-        Some(url) => ("AWS_EC2_METADATA_SERVICE_ENDPOINT".to_owned(), url.to_owned()),
+        Some(url) => (
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT".to_owned(),
+            url.to_owned(),
+        ),
         None => ("AWS_EC2_METADATA_DISABLED".to_owned(), "true".to_owned()),
     });
     env
@@ -944,7 +947,11 @@ fn credentials_file(key_id: &str, secret: &str, token: &str) -> String {
 async fn a_credentials_file_rewritten_mid_run_signs_the_next_attempts_with_the_new_keys() {
     let dir = support::pipe::TempDir::new("aws-file");
     let first = ["AKIDFILEFIRST", "first-secret-never-printed", "first-token"];
-    let second = ["AKIDFILESECOND", "second-secret-never-printed", "second-token"];
+    let second = [
+        "AKIDFILESECOND",
+        "second-secret-never-printed",
+        "second-token",
+    ];
     std::fs::write(
         dir.join("credentials"),
         credentials_file(first[0], first[1], first[2]),
@@ -968,7 +975,9 @@ async fn a_credentials_file_rewritten_mid_run_signs_the_next_attempts_with_the_n
     std::fs::write(&staged, credentials_file(second[0], second[1], second[2])).unwrap();
     std::fs::rename(&staged, dir.join("credentials")).unwrap();
     p.wait_until("a request signed with the rewritten keys", |p| {
-        p.requests().iter().any(|(_, q)| signed_with(q) == second[0])
+        p.requests()
+            .iter()
+            .any(|(_, q)| signed_with(q) == second[0])
     })
     .await;
     p.wait_delivered(&[]).await;
@@ -977,7 +986,8 @@ async fn a_credentials_file_rewritten_mid_run_signs_the_next_attempts_with_the_n
     let keys: Vec<String> = requests.iter().map(|(_, q)| signed_with(q)).collect();
     let switch = keys.iter().position(|k| k == second[0]).unwrap();
     assert!(
-        keys[..switch].iter().all(|k| k == first[0]) && keys[switch..].iter().all(|k| k == second[0]),
+        keys[..switch].iter().all(|k| k == first[0])
+            && keys[switch..].iter().all(|k| k == second[0]),
         "the first keys until the rewrite, the new ones after: {keys:?}"
     );
     assert_sigv4_as_botocore(&p, &requests[0].1, "eu-west-1", first);
@@ -1024,11 +1034,14 @@ async fn fake_imds(
     let token = {
         let log = log.clone();
         move |headers: HeaderMap| async move {
-            if headers.get("x-aws-ec2-metadata-token-ttl-seconds").is_none() {
-                return (StatusCode::BAD_REQUEST, String::new());
-            }
+            const TTL: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+            let Some(ttl) = headers.get(TTL).cloned() else {
+                return (StatusCode::BAD_REQUEST, HeaderMap::new(), String::new());
+            };
             log.lock().unwrap().tokens += 1;
-            (StatusCode::OK, IMDS_TOKEN.to_owned())
+            let mut answer = HeaderMap::new();
+            answer.insert(TTL, ttl);
+            (StatusCode::OK, answer, IMDS_TOKEN.to_owned())
         }
     };
     let role = {
@@ -1103,7 +1116,9 @@ async fn instance_metadata_credentials_that_expire_in_a_minute_are_refreshed() {
     )
     .await;
     p.wait_until("a request signed with the refreshed keys", |p| {
-        p.requests().iter().any(|(_, q)| signed_with(q) == second[0])
+        p.requests()
+            .iter()
+            .any(|(_, q)| signed_with(q) == second[0])
     })
     .await;
     assert!(

@@ -219,7 +219,8 @@ async fn send(
         };
         let creds = &fetched.credentials;
         let now = SystemTime::now();
-        for (name, value) in crate::delivery::sigv4::sign(&aws_request, region, "lambda", creds, now)
+        for (name, value) in
+            crate::delivery::sigv4::sign(&aws_request, region, "lambda", creds, now)
         {
             headers.insert(HeaderName::from_static(name), ascii(&value));
         }

@@ -72,11 +72,9 @@ impl Chain {
             .collect();
         let var = |name: &str| env.get(name).cloned();
         let env_keys = match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-            (Some(id), Some(secret)) => Some(Credentials::new(
-                id,
-                secret,
-                var("AWS_SESSION_TOKEN"),
-            )),
+            (Some(id), Some(secret)) => {
+                Some(Credentials::new(id, secret, var("AWS_SESSION_TOKEN")))
+            }
             (None, None) => None,
             (Some(_), None) => {
                 return Err(PartialCredentials {
@@ -114,8 +112,8 @@ impl Chain {
             }),
             _ => None,
         };
-        let disabled = var("AWS_EC2_METADATA_DISABLED")
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let disabled =
+            var("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let imds = (!disabled).then(|| {
             let builder = imds::Client::builder().configure(&provider_config);
             let builder = match var("AWS_EC2_METADATA_SERVICE_ENDPOINT") {
@@ -184,8 +182,7 @@ impl Chain {
                     .build();
                 links.push(("instance metadata (IMDSv2)", Box::new(provider)));
             }
-            None => skipped
-                .push("instance metadata: AWS_EC2_METADATA_DISABLED is true".to_owned()),
+            None => skipped.push("instance metadata: AWS_EC2_METADATA_DISABLED is true".to_owned()),
         }
         for (source, link) in links {
             match link.provide_credentials().await {
@@ -200,7 +197,7 @@ impl Chain {
                         source,
                     })
                 }
-                Err(CredentialsError::CredentialsNotLoaded(e)) => {
+                Err(e @ CredentialsError::CredentialsNotLoaded(_)) => {
                     skipped.push(format!("{source}: {}", DisplayErrorContext(&e)));
                 }
                 Err(e) => {
@@ -222,11 +219,10 @@ impl Chain {
 /// if neither exists.
 async fn profile_files(paths: &[PathBuf; 2]) -> Option<EnvConfigFiles> {
     let paths = paths.clone();
-    let contents = tokio::task::spawn_blocking(move || {
-        paths.map(|p| std::fs::read_to_string(p).ok())
-    })
-    .await
-    .ok()?;
+    let contents =
+        tokio::task::spawn_blocking(move || paths.map(|p| std::fs::read_to_string(p).ok()))
+            .await
+            .ok()?;
     let kinds = [EnvConfigFileKind::Credentials, EnvConfigFileKind::Config];
     let mut builder = EnvConfigFiles::builder()
         .include_default_credentials_file(false)
@@ -252,5 +248,59 @@ impl Source for Chain {
             return Vec::new();
         }
         self.0.files.to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_key_id_without_its_secret_is_refused_by_name() {
+        let err = Chain::from_env(env(&[("AWS_ACCESS_KEY_ID", "AKIDHALF")]), "us-east-1")
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "AWS credentials: environment variable AWS_ACCESS_KEY_ID is set but \
+             AWS_SECRET_ACCESS_KEY is not"
+        );
+        // An empty value counts as unset, as in the AWS SDKs.
+        let err = Chain::from_env(
+            env(&[
+                ("AWS_ACCESS_KEY_ID", ""),
+                ("AWS_SECRET_ACCESS_KEY", "s3cret"),
+            ]),
+            "us-east-1",
+        )
+        .err()
+        .unwrap();
+        assert!(!err.to_string().contains("s3cret"));
+        assert_eq!(err.missing, "AWS_ACCESS_KEY_ID");
+    }
+
+    #[tokio::test]
+    async fn keys_in_the_environment_come_first_and_watch_no_file() {
+        let chain = Chain::from_env(
+            env(&[
+                ("AWS_ACCESS_KEY_ID", "AKIDENV"),
+                ("AWS_SECRET_ACCESS_KEY", "s3cret"),
+                ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials"),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ]),
+            "us-east-1",
+        )
+        .unwrap();
+        assert!(chain.watched_files().is_empty());
+        let fetched = chain.fetch().await.unwrap();
+        assert_eq!(fetched.source, "environment");
+        assert_eq!(fetched.expires, None);
+        assert!(format!("{:?}", fetched.credentials).contains("\"AKIDENV\""));
     }
 }

@@ -148,7 +148,9 @@ impl AwsCredentials {
         // A timeout or a refresher gone both leave the state as it is: judged below.
         let _ = tokio::time::timeout(wait, state.wait_for(|s| s.tried)).await;
         let state = self.state.borrow();
-        state.usable(SystemTime::now()).ok_or_else(|| state.missing())
+        state
+            .usable(SystemTime::now())
+            .ok_or_else(|| state.missing())
     }
 }
 
@@ -187,7 +189,11 @@ fn next_fetch(last: Last, now: SystemTime, misses: &mut u32) -> Option<Duration>
                 _ => {
                     *misses += 1;
                     let wait = backoff(*misses);
-                    Some(if left.is_zero() { wait } else { wait.min(left / 2) })
+                    Some(if left.is_zero() {
+                        wait
+                    } else {
+                        wait.min(left / 2)
+                    })
                 }
             }
         }
@@ -201,9 +207,10 @@ fn next_fetch(last: Last, now: SystemTime, misses: &mut u32) -> Option<Duration>
 /// The refresher: fetch, publish, wait (for the schedule or a changed file), again.
 async fn refresh(source: Arc<dyn Source>, tx: watch::Sender<State>) {
     let files = source.watched_files();
-    let mut stamps = file_stamps(&files).await;
     let mut misses = 0u32;
     loop {
+        // Before the fetch, so a change while it runs is seen after it.
+        let stamps = file_stamps(&files).await;
         let last = match source.fetch().await {
             Ok(fetched) => {
                 let expires = fetched.expires;
@@ -251,15 +258,12 @@ async fn refresh(source: Arc<dyn Source>, tx: watch::Sender<State>) {
             if deadline.is_some_and(|at| Instant::now() >= at) {
                 break;
             }
-            let now = file_stamps(&files).await;
-            if now != stamps {
-                stamps = now;
+            if file_stamps(&files).await != stamps {
                 info!("an AWS credentials file changed; fetching credentials again");
                 misses = 0;
                 break;
             }
         }
-        stamps = file_stamps(&files).await;
     }
 }
 
@@ -327,11 +331,86 @@ mod tests {
         assert_eq!(gone, FIRST_RETRY);
     }
 
+    /// A source that hands out what the test queues, one per fetch, and fails when none is.
+    struct Queued(std::sync::Mutex<Vec<Result<Fetched, FetchError>>>);
+
+    impl Source for Arc<Queued> {
+        fn fetch(&self) -> Fetch {
+            let next = self.0.lock().unwrap().pop();
+            Box::pin(async move { next.unwrap_or_else(|| Err(FetchError("queue empty".into()))) })
+        }
+        fn watched_files(&self) -> Vec<PathBuf> {
+            Vec::new()
+        }
+    }
+
+    fn fetched(key: &str, expires: Option<SystemTime>) -> Result<Fetched, FetchError> {
+        Ok(Fetched {
+            credentials: Credentials::new(key.into(), "secret".into(), None),
+            expires,
+            source: "test",
+        })
+    }
+
+    fn key_of(fetched: &Fetched) -> String {
+        let printed = format!("{:?}", fetched.credentials);
+        printed.split('"').nth(1).unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn no_credentials_at_all_is_a_clear_error_that_names_the_cause() {
+        let source = Arc::new(Queued(std::sync::Mutex::new(vec![Err(FetchError(
+            "no source in the chain has credentials (environment: not set)".into(),
+        ))])));
+        let cache = AwsCredentials::start(source);
+        let err = cache
+            .get(Duration::from_secs(10))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "no AWS credentials to sign with: no source in the chain has credentials \
+             (environment: not set)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_the_credentials_until_they_expire() {
+        // Fetched in order: short-lived keys, then failures only.
+        let soon = SystemTime::now() + Duration::from_secs(2);
+        let source = Arc::new(Queued(std::sync::Mutex::new(vec![fetched(
+            "AKIDSHORT",
+            Some(soon),
+        )])));
+        let cache = AwsCredentials::start(source.clone());
+        let got = cache.get(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(key_of(&got), "AKIDSHORT");
+        // The refresh a second later fails; the keys still sign until they expire.
+        let mut state = cache.state.clone();
+        state.wait_for(|s| s.error.is_some()).await.unwrap();
+        assert_eq!(
+            key_of(&cache.get(Duration::ZERO).await.unwrap()),
+            "AKIDSHORT"
+        );
+        assert!(SystemTime::now() < soon);
+        tokio::time::sleep(soon.duration_since(SystemTime::now()).unwrap_or_default()).await;
+        let err = cache.get(Duration::ZERO).await.unwrap_err().to_string();
+        assert!(
+            err.contains("expired and refreshing failed: queue empty"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn failures_back_off_from_one_second_to_a_minute() {
         let mut misses = 0;
         let secs: Vec<u64> = (0..9)
-            .map(|_| next_fetch(Last::Failed, at(0), &mut misses).unwrap().as_secs())
+            .map(|_| {
+                next_fetch(Last::Failed, at(0), &mut misses)
+                    .unwrap()
+                    .as_secs()
+            })
             .collect();
         assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
     }

@@ -215,12 +215,13 @@ impl Pipeline {
                     Some(region)
                 }
             };
-            let endpoint = Endpoint::new(e, &config.delivery, aws_region, &tls).map_err(|source| {
-                DeliveryError::Endpoint {
-                    endpoint: e.name.clone(),
-                    source,
-                }
-            })?;
+            let endpoint =
+                Endpoint::new(e, &config.delivery, aws_region, &tls).map_err(|source| {
+                    DeliveryError::Endpoint {
+                        endpoint: e.name.clone(),
+                        source,
+                    }
+                })?;
             endpoints.push(endpoint);
         }
         let ring = Ring::new(config.endpoints.iter().map(|e| (e.name.as_str(), e.weight)));
