@@ -830,27 +830,39 @@ async fn aws_iam_endpoints_are_sigv4_signed_as_botocore_would() {
     .await;
     p.wait_delivered(&[]).await;
     let (_, request) = p.requests().into_iter().next().unwrap();
-    let header = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("no {name} header"))
-    };
-    let authorization = header("authorization");
+    assert_sigv4_as_botocore(&p, &request, "eu-west-1", [&env[0].1, &env[1].1, &env[2].1]);
+    p.stop().await;
+}
+
+/// A request's header, or a failed test.
+fn header(request: &shardhook_simulator::receiver::RequestRecord, name: &str) -> String {
+    request
+        .headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no {name} header"))
+}
+
+/// Checks that `request` carries a SigV4 signature for service `lambda` in `region` with
+/// `[key id, secret, session token]`, as botocore (an independent implementation) computes it
+/// from the request as received.
+fn assert_sigv4_as_botocore(
+    p: &Pipe,
+    request: &shardhook_simulator::receiver::RequestRecord,
+    region: &str,
+    [key_id, secret, token]: [&str; 3],
+) {
+    let authorization = header(request, "authorization");
     assert!(
-        authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIDSHARDHOOKTEST/"),
+        authorization.starts_with(&format!("AWS4-HMAC-SHA256 Credential={key_id}/")),
         "{authorization}"
     );
     assert!(
-        authorization.contains("/eu-west-1/lambda/aws4_request"),
+        authorization.contains(&format!("/{region}/lambda/aws4_request")),
         "{authorization}"
     );
-    assert_eq!(
-        header("x-amz-security-token"),
-        "session-token-never-printed"
-    );
+    assert_eq!(header(request, "x-amz-security-token"), token);
 
     use base64::Engine;
     let signed: Vec<serde_json::Value> = [
@@ -860,19 +872,19 @@ async fn aws_iam_endpoints_are_sigv4_signed_as_botocore_would() {
         "webhook-signature",
     ]
     .iter()
-    .map(|n| serde_json::json!([n, header(n)]))
+    .map(|n| serde_json::json!([n, header(request, n)]))
     .collect();
     let spec = serde_json::json!({
         "method": "POST",
         "url": p.urls[0],
         "headers": signed,
         "body_base64": base64::engine::general_purpose::STANDARD.encode(&request.body),
-        "region": "eu-west-1",
+        "region": region,
         "service": "lambda",
-        "access_key_id": env[0].1,
-        "secret_access_key": env[1].1,
-        "session_token": env[2].1,
-        "amz_date": header("x-amz-date"),
+        "access_key_id": key_id,
+        "secret_access_key": secret,
+        "session_token": token,
+        "amz_date": header(request, "x-amz-date"),
     });
     let out = support::python("sigv4/botocore_sign.py", spec.to_string().as_bytes());
     let botocore: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -886,6 +898,246 @@ async fn aws_iam_endpoints_are_sigv4_signed_as_botocore_would() {
         .unwrap()
         .to_owned();
     assert_eq!(authorization, expected);
+}
+
+/// The access key id a request was SigV4-signed with.
+fn signed_with(request: &shardhook_simulator::receiver::RequestRecord) -> String {
+    let authorization = header(request, "authorization");
+    let credential = authorization
+        .split("Credential=")
+        .nth(1)
+        .expect("a Credential in the authorization header");
+    credential.split('/').next().unwrap().to_owned()
+}
+
+/// The environment for a chain that must not reach past the loopback: no keys in it, profile
+/// files in `dir` (absent unless the test writes them), and the instance metadata service at
+/// `imds` or switched off.
+fn aws_env(dir: &std::path::Path, imds: Option<&str>) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "AWS_SHARED_CREDENTIALS_FILE".to_owned(),
+            dir.join("credentials").display().to_string(),
+        ),
+        (
+            "AWS_CONFIG_FILE".to_owned(),
+            dir.join("config").display().to_string(),
+        ),
+    ];
+    env.push(match imds {
+        Some(url) => (
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT".to_owned(),
+            url.to_owned(),
+        ),
+        None => ("AWS_EC2_METADATA_DISABLED".to_owned(), "true".to_owned()),
+    });
+    env
+}
+
+fn credentials_file(key_id: &str, secret: &str, token: &str) -> String {
+    format!(
+        "[default]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\naws_session_token = {token}\n"
+    )
+}
+
+/// An `aws-iam` endpoint whose credentials come from the shared credentials file: the file is
+/// rewritten (by a rename, as tools do) while events flow, and the next attempts are signed with
+/// the new keys, which botocore confirms; no event is lost on the way.
+#[tokio::test]
+async fn a_credentials_file_rewritten_mid_run_signs_the_next_attempts_with_the_new_keys() {
+    let dir = support::pipe::TempDir::new("aws-file");
+    let first = ["AKIDFILEFIRST", "first-secret-never-printed", "first-token"];
+    let second = [
+        "AKIDFILESECOND",
+        "second-secret-never-printed",
+        "second-token",
+    ];
+    std::fs::write(
+        dir.join("credentials"),
+        credentials_file(first[0], first[1], first[2]),
+    )
+    .unwrap();
+    let p = Pipe::start_with_env(
+        sim(1, 1500),
+        vec![("lambda", 1.0, live(vec![]))],
+        aws_env(&dir, None),
+        |c| {
+            c.endpoints[0].auth = shardhook::config::EndpointAuth::AwsIam;
+            c.endpoints[0].region = Some("eu-west-1".into());
+        },
+    )
+    .await;
+    p.wait_until("a request signed with the first keys", |p| {
+        p.requests().iter().any(|(_, q)| signed_with(q) == first[0])
+    })
+    .await;
+    let staged = dir.join("credentials.new");
+    std::fs::write(&staged, credentials_file(second[0], second[1], second[2])).unwrap();
+    std::fs::rename(&staged, dir.join("credentials")).unwrap();
+    p.wait_until("a request signed with the rewritten keys", |p| {
+        p.requests()
+            .iter()
+            .any(|(_, q)| signed_with(q) == second[0])
+    })
+    .await;
+    p.wait_delivered(&[]).await;
+    p.assert_exactly_once_in_order(&[]);
+    let requests = p.requests();
+    let keys: Vec<String> = requests.iter().map(|(_, q)| signed_with(q)).collect();
+    let switch = keys.iter().position(|k| k == second[0]).unwrap();
+    assert!(
+        keys[..switch].iter().all(|k| k == first[0])
+            && keys[switch..].iter().all(|k| k == second[0]),
+        "the first keys until the rewrite, the new ones after: {keys:?}"
+    );
+    assert_sigv4_as_botocore(&p, &requests[0].1, "eu-west-1", first);
+    assert_sigv4_as_botocore(&p, &requests.last().unwrap().1, "eu-west-1", second);
+    assert_eq!(p.stats.snapshot().requests_dead_lettered, 0);
+    p.stop().await;
+}
+
+/// What the fake instance metadata service saw.
+#[derive(Default)]
+struct ImdsLog {
+    tokens: usize,
+    credentials: usize,
+    /// Requests for metadata without a valid IMDSv2 token (refused with 401).
+    untokened: usize,
+}
+
+const IMDS_TOKEN: &str = "imdsv2-token-for-the-test";
+const IMDS_ROLE: &str = "shardhook-role";
+
+/// A fake EC2 instance metadata service on loopback, IMDSv2 only: a token by `PUT
+/// /latest/api/token`, then the role and its credentials by `GET` with the token. Its first
+/// credentials expire a minute after they are handed out (inside the router's refresh-ahead
+/// window, so the router fetches again at once); later ones in an hour.
+async fn fake_imds(
+    keys: [[&'static str; 3]; 2],
+) -> (String, std::sync::Arc<std::sync::Mutex<ImdsLog>>) {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::{get, put};
+    use std::sync::{Arc, Mutex};
+    let log = Arc::new(Mutex::new(ImdsLog::default()));
+    let tokened = {
+        let log = log.clone();
+        move |headers: &HeaderMap| {
+            let ok = headers
+                .get("x-aws-ec2-metadata-token")
+                .is_some_and(|t| t == IMDS_TOKEN);
+            if !ok {
+                log.lock().unwrap().untokened += 1;
+            }
+            ok
+        }
+    };
+    let token = {
+        let log = log.clone();
+        move |headers: HeaderMap| async move {
+            const TTL: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+            let Some(ttl) = headers.get(TTL).cloned() else {
+                return (StatusCode::BAD_REQUEST, HeaderMap::new(), String::new());
+            };
+            log.lock().unwrap().tokens += 1;
+            let mut answer = HeaderMap::new();
+            answer.insert(TTL, ttl);
+            (StatusCode::OK, answer, IMDS_TOKEN.to_owned())
+        }
+    };
+    let role = {
+        let tokened = tokened.clone();
+        move |headers: HeaderMap| async move {
+            if !tokened(&headers) {
+                return (StatusCode::UNAUTHORIZED, String::new());
+            }
+            (StatusCode::OK, IMDS_ROLE.to_owned())
+        }
+    };
+    let credentials = {
+        let log = log.clone();
+        move |headers: HeaderMap| async move {
+            if !tokened(&headers) {
+                return (StatusCode::UNAUTHORIZED, String::new());
+            }
+            let served = {
+                let mut log = log.lock().unwrap();
+                log.credentials += 1;
+                log.credentials
+            };
+            let (key, lifetime) = if served == 1 {
+                (keys[0], Duration::from_secs(60))
+            } else {
+                (keys[1], Duration::from_secs(3600))
+            };
+            let now = std::time::SystemTime::now();
+            let rfc3339 = |t| humantime_serde::re::humantime::format_rfc3339_seconds(t).to_string();
+            let body = serde_json::json!({
+                "Code": "Success",
+                "LastUpdated": rfc3339(now),
+                "Type": "AWS-HMAC",
+                "AccessKeyId": key[0],
+                "SecretAccessKey": key[1],
+                "Token": key[2],
+                "Expiration": rfc3339(now + lifetime),
+            });
+            (StatusCode::OK, body.to_string())
+        }
+    };
+    let app = axum::Router::new()
+        .route("/latest/api/token", put(token))
+        .route("/latest/meta-data/iam/security-credentials/", get(role))
+        .route(
+            &format!("/latest/meta-data/iam/security-credentials/{IMDS_ROLE}"),
+            get(credentials),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, log)
+}
+
+/// Instance-profile credentials that expire in a minute are fetched again before they expire
+/// (IMDSv2: a token, then the role's credentials), and the new keys sign the next attempts.
+#[tokio::test]
+async fn instance_metadata_credentials_that_expire_in_a_minute_are_refreshed() {
+    let dir = support::pipe::TempDir::new("aws-imds");
+    let first = ["AKIDIMDSFIRST", "imds-first-secret", "imds-first-token"];
+    let second = ["AKIDIMDSSECOND", "imds-second-secret", "imds-second-token"];
+    let (imds, log) = fake_imds([first, second]).await;
+    let started = std::time::Instant::now();
+    let p = Pipe::start_with_env(
+        sim(1, 1500),
+        vec![("lambda", 1.0, live(vec![]))],
+        aws_env(&dir, Some(&imds)),
+        |c| {
+            c.endpoints[0].auth = shardhook::config::EndpointAuth::AwsIam;
+            c.endpoints[0].region = Some("us-east-1".into());
+        },
+    )
+    .await;
+    p.wait_until("a request signed with the refreshed keys", |p| {
+        p.requests()
+            .iter()
+            .any(|(_, q)| signed_with(q) == second[0])
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "refreshed well before the first keys expired: {:?}",
+        started.elapsed()
+    );
+    {
+        let log = log.lock().unwrap();
+        assert!(log.credentials >= 2, "a second fetch: {}", log.credentials);
+        assert!(log.tokens >= 1);
+        assert_eq!(log.untokened, 0, "every metadata request carried the token");
+    }
+    p.wait_delivered(&[]).await;
+    p.assert_exactly_once_in_order(&[]);
+    let requests = p.requests();
+    let last = &requests.last().unwrap().1;
+    assert_eq!(signed_with(last), second[0]);
+    assert_sigv4_as_botocore(&p, last, "us-east-1", second);
     p.stop().await;
 }
 

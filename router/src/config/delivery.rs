@@ -33,8 +33,8 @@ pub struct EndpointConfig {
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     /// `"none"` (default), or `"aws-iam"` for Lambda function URLs with IAM auth: requests are
-    /// also signed with AWS SigV4 (service `lambda`) using `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
+    /// also signed with AWS SigV4 (service `lambda`), with credentials from the standard AWS
+    /// chain (environment, profile files, container endpoint, IMDSv2), kept fresh.
     #[serde(default)]
     pub auth: EndpointAuth,
     /// The AWS region for `auth = "aws-iam"`; default: read from a function URL's host

@@ -173,6 +173,17 @@ async fn send(
     within: Option<Duration>,
 ) -> Attempt {
     let endpoint = &shared.endpoints[index];
+    // The timeout covers the whole exchange: connecting, sending, and reading the answer.
+    let timeout = within.map_or(endpoint.timeout, |left| left.min(endpoint.timeout));
+    let aws = match (&endpoint.aws_region, &shared.aws_credentials) {
+        // Fetched already but for the process's first moments; then it waits a while at most.
+        (Some(region), Some(credentials)) => match credentials.get(timeout).await {
+            Ok(fetched) => Some((region, fetched)),
+            // The cache logs why; the retry loop logs the attempt.
+            Err(_) => return Attempt::NoCredentials,
+        },
+        _ => None,
+    };
     let (_permit, waited) = match within {
         None => {
             let (permit, waited) = endpoint.ready().await;
@@ -192,7 +203,7 @@ async fn send(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(WEBHOOK_TIMESTAMP, ascii(timestamp));
     headers.insert(WEBHOOK_ID, ascii(&request.id));
-    if let Some((region, creds)) = &endpoint.aws {
+    if let Some((region, fetched)) = &aws {
         // SigV4 per attempt: AWS refuses a signature more than 5 minutes old.
         let signed = [
             ("content-type", "application/json"),
@@ -206,16 +217,16 @@ async fn send(
             headers: &signed,
             body: &request.body,
         };
+        let creds = &fetched.credentials;
+        let now = SystemTime::now();
         for (name, value) in
-            crate::delivery::sigv4::sign(&aws_request, region, "lambda", creds, SystemTime::now())
+            crate::delivery::sigv4::sign(&aws_request, region, "lambda", creds, now)
         {
             headers.insert(HeaderName::from_static(name), ascii(&value));
         }
     }
     let signature = HeaderValue::try_from(signature).expect("a signature header is ASCII");
     headers.insert(WEBHOOK_SIGNATURE, signature);
-    // The timeout covers the whole exchange: connecting, sending, and reading the answer.
-    let timeout = within.map_or(endpoint.timeout, |left| left.min(endpoint.timeout));
     let sent = endpoint
         .pool
         .post(headers, request.body.clone(), timeout)
@@ -312,5 +323,6 @@ fn describe(attempt: &Attempt) -> String {
         Attempt::Connect => "the endpoint refused or could not be reached".to_owned(),
         Attempt::Timeout => "the attempt timed out".to_owned(),
         Attempt::Exchange => "the connection failed mid-request".to_owned(),
+        Attempt::NoCredentials => "no AWS credentials to sign it with".to_owned(),
     }
 }

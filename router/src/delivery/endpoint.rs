@@ -14,7 +14,6 @@ use crate::config::{DeliveryConfig, EndpointConfig};
 use crate::delivery::circuit::Circuit;
 use crate::delivery::http::{BadUrl, Pool};
 use crate::delivery::pacer::Pacer;
-use crate::delivery::sigv4::Credentials;
 use crate::tls::Tls;
 
 #[derive(Debug)]
@@ -22,8 +21,9 @@ pub struct Endpoint {
     pub name: String,
     pub url: reqwest::Url,
     pub timeout: Duration,
-    /// For `auth = "aws-iam"`: the region and credentials to SigV4-sign each attempt with.
-    pub aws: Option<(String, Credentials)>,
+    /// For `auth = "aws-iam"`: the region to SigV4-sign each attempt for (with the process's
+    /// AWS credentials, `Shared::aws_credentials`).
+    pub aws_region: Option<String>,
     pacer: Option<Pacer>,
     in_flight: Semaphore,
     /// Its connections, as many idle as can be in flight.
@@ -32,12 +32,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Builds an endpoint from validated config; `aws` is set for `auth = "aws-iam"`. `tls` is
+    /// Builds an endpoint from validated config; `aws_region` is set for `auth = "aws-iam"`. `tls` is
     /// the platform's settings, used unless the endpoint has a `ca_file`.
     pub fn new(
         config: &EndpointConfig,
         delivery: &DeliveryConfig,
-        aws: Option<(String, Credentials)>,
+        aws_region: Option<String>,
         tls: &Tls,
     ) -> Result<Endpoint, BadUrl> {
         let pacer = config.rate_limit.map(|r| {
@@ -67,7 +67,7 @@ impl Endpoint {
             pool: Pool::new(&url, config.max_in_flight, tls)?,
             url,
             timeout: config.timeout.unwrap_or(delivery.timeout),
-            aws,
+            aws_region,
             pacer,
             in_flight: Semaphore::new(config.max_in_flight),
             circuit: Circuit::new(delivery.circuit_failures, delivery.circuit_cooldown),

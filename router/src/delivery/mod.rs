@@ -7,6 +7,8 @@
 //! endpoint choice to `ring`, and endpoint health to `circuit`.
 
 mod attempt;
+mod aws_chain;
+mod aws_credentials;
 pub(crate) mod batch;
 mod circuit;
 mod endpoint;

@@ -15,6 +15,8 @@ use tokio::time::Instant;
 use tracing::{info_span, Instrument};
 
 use super::attempt::{attempt_until_done, dead_letter, Outcome};
+use super::aws_chain::Chain;
+use super::aws_credentials::AwsCredentials;
 use super::batch::Request;
 use super::endpoint::Endpoint;
 use super::ring::Ring;
@@ -55,13 +57,13 @@ pub enum DeliveryError {
         /// What the system said.
         source: std::io::Error,
     },
-    /// An `aws-iam` endpoint has no AWS credentials to sign with.
+    /// An `aws-iam` endpoint's credentials are half set in the environment.
     #[error("endpoint `{endpoint}` has auth = \"aws-iam\": {source}")]
     AwsCredentials {
         /// The endpoint's name.
         endpoint: String,
-        /// The credential that is missing.
-        source: crate::delivery::sigv4::MissingCredential,
+        /// The variable that is set without its partner.
+        source: crate::delivery::aws_chain::PartialCredentials,
     },
 }
 
@@ -159,12 +161,15 @@ fn secure_state_dir(dir: &std::path::Path) -> Result<(), DeliveryError> {
 
 impl Pipeline {
     /// Builds the pipeline from config: endpoints, keys, limits. AWS credentials for
-    /// `auth = "aws-iam"` endpoints come from the process environment.
+    /// `auth = "aws-iam"` endpoints come from the standard chain read from the process
+    /// environment (`aws_chain`), fetched in the background and kept fresh; call it on a tokio
+    /// runtime.
     pub fn new(config: &Config) -> Result<Pipeline, DeliveryError> {
         Pipeline::with_env(config, std::env::vars())
     }
 
-    /// Like `new`, with the environment given.
+    /// Like `new`, with the environment given (the AWS credentials chain reads it, but for the
+    /// container endpoint's variables, read from the process).
     pub fn with_env(
         config: &Config,
         env: impl IntoIterator<Item = (String, String)>,
@@ -192,24 +197,31 @@ impl Pipeline {
             .build()
             .map_err(DeliveryError::Client)?;
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        let mut aws_chain = None;
         for e in &config.endpoints {
-            let aws = match e.auth {
+            let aws_region = match e.auth {
                 crate::config::EndpointAuth::None => None,
                 crate::config::EndpointAuth::AwsIam => {
-                    let creds = crate::delivery::sigv4::Credentials::from_env(env.clone())
-                        .map_err(|source| DeliveryError::AwsCredentials {
-                            endpoint: e.name.clone(),
-                            source,
+                    let region = e.aws_region().expect("validated by config");
+                    if aws_chain.is_none() {
+                        let chain = Chain::from_env(env.clone(), &region).map_err(|source| {
+                            DeliveryError::AwsCredentials {
+                                endpoint: e.name.clone(),
+                                source,
+                            }
                         })?;
-                    Some((e.aws_region().expect("validated by config"), creds))
+                        aws_chain = Some(chain);
+                    }
+                    Some(region)
                 }
             };
-            let endpoint = Endpoint::new(e, &config.delivery, aws, &tls).map_err(|source| {
-                DeliveryError::Endpoint {
-                    endpoint: e.name.clone(),
-                    source,
-                }
-            })?;
+            let endpoint =
+                Endpoint::new(e, &config.delivery, aws_region, &tls).map_err(|source| {
+                    DeliveryError::Endpoint {
+                        endpoint: e.name.clone(),
+                        source,
+                    }
+                })?;
             endpoints.push(endpoint);
         }
         let ring = Ring::new(config.endpoints.iter().map(|e| (e.name.as_str(), e.weight)));
@@ -219,6 +231,8 @@ impl Pipeline {
                 client,
                 signer,
                 endpoints,
+                // One cache for the process: every aws-iam endpoint signs with the same keys.
+                aws_credentials: aws_chain.map(AwsCredentials::start),
                 ring,
                 include: config.events.include.iter().cloned().collect(),
                 exclude: config.events.exclude.iter().cloned().collect(),

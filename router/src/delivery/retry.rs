@@ -21,6 +21,8 @@ pub enum Attempt {
     Timeout,
     /// Anything else on the way (a reset mid-response, a TLS error...).
     Exchange,
+    /// Not sent: the endpoint needs AWS credentials and there are none (yet, or any more).
+    NoCredentials,
 }
 
 /// What to do about it.
@@ -40,7 +42,10 @@ impl Attempt {
     pub fn is_endpoint_failure(&self) -> bool {
         match self {
             Attempt::Status { status, .. } => *status >= 500,
-            Attempt::Connect | Attempt::Timeout | Attempt::Exchange => true,
+            // As good as down: its shards fail over, or spool until credentials come.
+            Attempt::Connect | Attempt::Timeout | Attempt::Exchange | Attempt::NoCredentials => {
+                true
+            }
         }
     }
 }
@@ -63,7 +68,7 @@ pub fn decide(attempt: &Attempt) -> RetryAction {
             after: *retry_after,
         },
         Attempt::Status { .. } => RetryAction::DontRetry,
-        Attempt::Connect | Attempt::Timeout | Attempt::Exchange => {
+        Attempt::Connect | Attempt::Timeout | Attempt::Exchange | Attempt::NoCredentials => {
             RetryAction::Retry { after: None }
         }
     }
@@ -108,8 +113,14 @@ mod tests {
                 "{s}"
             );
         }
-        for a in [Attempt::Connect, Attempt::Timeout, Attempt::Exchange] {
+        for a in [
+            Attempt::Connect,
+            Attempt::Timeout,
+            Attempt::Exchange,
+            Attempt::NoCredentials,
+        ] {
             assert_eq!(decide(&a), RetryAction::Retry { after: None });
+            assert!(a.is_endpoint_failure(), "{a:?}");
         }
     }
 

@@ -1,6 +1,6 @@
 //! What every delivery task of the process shares (`Shared`): the endpoints and the ring that
-//! picks among them, the signer, the config, the filters, the dead-letter file, the counters,
-//! and durable progress.
+//! picks among them, the signer, the AWS credentials, the config, the filters, the dead-letter
+//! file, the counters, and durable progress.
 //!
 //! Owns only the record; `pipeline` builds it, and the tasks' behaviour on it lives with them
 //! (`worker` reads a shard's queue through it, `interactions` defers and apologises, `attempt`
@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::aws_credentials::AwsCredentials;
 use super::endpoint::Endpoint;
 use super::ring::Ring;
 use super::signer::Signer;
@@ -22,6 +23,8 @@ pub(super) struct Shared {
     pub(super) client: reqwest::Client,
     pub(super) signer: Signer,
     pub(super) endpoints: Vec<Endpoint>,
+    /// What `auth = "aws-iam"` endpoints sign with; `None` when no endpoint has it.
+    pub(super) aws_credentials: Option<AwsCredentials>,
     pub(super) ring: Ring,
     pub(super) config: Config,
     pub(super) include: HashSet<String>,

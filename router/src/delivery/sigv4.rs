@@ -3,9 +3,9 @@
 //! Owns the signing itself: the canonical request (URI, query, headers, payload hash), the
 //! string to sign, the signing key derivation and the headers that carry the result
 //! (`x-amz-date`, `x-amz-content-sha256`, `x-amz-security-token`, `authorization`). It also owns
-//! the credentials newtype, redacted in `Debug`, and reading it from the standard `AWS_*`
-//! variables. It leaves to others when to sign (delivery signs each attempt, since the date is
-//! part of the signature) and which endpoints and region (config). It does no I/O and keeps no
+//! the credentials newtype, redacted in `Debug`. It leaves to others when to sign (delivery
+//! signs each attempt, since the date is part of the signature), which endpoints and region
+//! (config), and where the credentials come from (`aws_chain`, cached by `aws_credentials`). It does no I/O and keeps no
 //! state: the same request, credentials and instant always give the same headers.
 
 use std::fmt;
@@ -29,11 +29,6 @@ pub struct Credentials {
     session_token: Option<String>,
 }
 
-/// A credential variable that is unset or empty.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("AWS credentials: environment variable {0} is not set")]
-pub struct MissingCredential(pub &'static str);
-
 impl Credentials {
     pub fn new(
         access_key_id: String,
@@ -45,29 +40,6 @@ impl Credentials {
             secret_access_key,
             session_token,
         }
-    }
-
-    /// Reads `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and, if set, `AWS_SESSION_TOKEN` from
-    /// `env` (`std::env::vars()` in the binary). An empty value counts as unset, as in the AWS
-    /// SDKs.
-    pub fn from_env(
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Credentials, MissingCredential> {
-        let (mut key_id, mut secret, mut token) = (None, None, None);
-        for (var, value) in env {
-            let slot = match var.as_str() {
-                "AWS_ACCESS_KEY_ID" => &mut key_id,
-                "AWS_SECRET_ACCESS_KEY" => &mut secret,
-                "AWS_SESSION_TOKEN" => &mut token,
-                _ => continue,
-            };
-            *slot = Some(value).filter(|v| !v.is_empty());
-        }
-        Ok(Credentials::new(
-            key_id.ok_or(MissingCredential("AWS_ACCESS_KEY_ID"))?,
-            secret.ok_or(MissingCredential("AWS_SECRET_ACCESS_KEY"))?,
-            token,
-        ))
     }
 }
 
@@ -735,47 +707,6 @@ mod tests {
             amz_date(UNIX_EPOCH - Duration::from_secs(1)),
             "19700101T000000Z"
         );
-    }
-
-    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
-        vars.iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn credentials_from_env_name_the_missing_variable() {
-        let err =
-            Credentials::from_env(env(&[("AWS_SECRET_ACCESS_KEY", SUITE_SECRET)])).unwrap_err();
-        assert_eq!(err, MissingCredential("AWS_ACCESS_KEY_ID"));
-        assert_eq!(
-            err.to_string(),
-            "AWS credentials: environment variable AWS_ACCESS_KEY_ID is not set"
-        );
-        let err = Credentials::from_env(env(&[
-            ("AWS_ACCESS_KEY_ID", SUITE_KEY_ID),
-            ("AWS_SECRET_ACCESS_KEY", ""),
-        ]))
-        .unwrap_err();
-        assert_eq!(err, MissingCredential("AWS_SECRET_ACCESS_KEY"));
-        assert!(!err.to_string().contains(SUITE_KEY_ID));
-
-        let creds = Credentials::from_env(env(&[
-            ("HOME", "/root"),
-            ("AWS_ACCESS_KEY_ID", SUITE_KEY_ID),
-            ("AWS_SECRET_ACCESS_KEY", SUITE_SECRET),
-        ]))
-        .unwrap();
-        assert_eq!(creds.session_token, None);
-        let creds = Credentials::from_env(env(&[
-            ("AWS_ACCESS_KEY_ID", SUITE_KEY_ID),
-            ("AWS_SECRET_ACCESS_KEY", SUITE_SECRET),
-            ("AWS_SESSION_TOKEN", SUITE_TOKEN),
-        ]))
-        .unwrap();
-        assert_eq!(creds.access_key_id, SUITE_KEY_ID);
-        assert_eq!(creds.secret_access_key, SUITE_SECRET);
-        assert_eq!(creds.session_token.as_deref(), Some(SUITE_TOKEN));
     }
 
     #[test]
