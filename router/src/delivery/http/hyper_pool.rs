@@ -25,7 +25,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, CONNECTION, HOST, RETRY_AFTER, USER_AGENT};
+use http::header::{
+    HeaderMap, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, RETRY_AFTER, TRANSFER_ENCODING,
+    USER_AGENT,
+};
 use http::{Request, Response, Uri, Version};
 use http_body_util::Full;
 use hyper::body::{Body, Incoming};
@@ -546,9 +549,19 @@ fn answer_of(response: &Response<Incoming>) -> Answer {
 
 /// Whether the endpoint will close the connection after `response` (HTTP/1.0 does unless
 /// asked not to, which this client does not ask).
+/// Nor is one whose body ends only at the close (neither a length nor an encoding), or that
+/// has both, a sign of a confused intermediary (RFC 9112, 6.3).
 fn closes(response: &Response<Incoming>) -> bool {
+    let headers = response.headers();
+    let (length, encoded) = (
+        headers.contains_key(CONTENT_LENGTH),
+        headers.contains_key(TRANSFER_ENCODING),
+    );
+    let to_the_close = !length && !encoded && !response.body().is_end_stream();
     response.version() == Version::HTTP_10
-        || response.headers().get_all(CONNECTION).iter().any(|v| {
+        || to_the_close
+        || (length && encoded)
+        || headers.get_all(CONNECTION).iter().any(|v| {
             v.as_bytes()
                 .split(|&b| b == b',')
                 .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
