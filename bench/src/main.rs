@@ -552,6 +552,7 @@ async fn idle_rss(shards: u32, secret: &str, epoch: Instant) -> Option<u64> {
         linger_ms: 0,
         compression: Compression::ZlibStream,
         ordered: true,
+        transport: None,
     });
     let pid = child.id()?;
     let ok = wait_identified(&ctx.blaster, shards).await;
