@@ -58,7 +58,8 @@ pub struct Options {
 #[derive(Clone, Debug)]
 pub enum Contestant {
     /// shardhook, at its defaults but for these settings (`max_events`, `max_in_flight`,
-    /// `checkpoint_interval_ms`), written `key=value+key=value`; empty for the defaults.
+    /// `checkpoint_interval_ms`, `transport` = builtin|hyper, `http2` = auto|never|always),
+    /// written `key=value+key=value`; empty for the defaults.
     Shardhook { settings: String },
     /// twilight-gateway, a task per event posting on reqwest.
     Twilight,
@@ -501,12 +502,22 @@ pub async fn shardhook_child(
     };
     for setting in settings.split('+').filter(|s| *s != "default") {
         let (key, value) = setting.split_once('=').expect("key=value");
-        let number: u64 = value.parse().expect("a number");
+        let number = || value.parse::<u64>().expect("a number");
+        // The endpoint's own keys, as TOML would give them.
+        let named = |value: &str| serde_json::Value::String(value.to_owned());
         match key {
-            "max_events" => config.batch.max_events = number as usize,
-            "max_in_flight" => config.endpoints[0].max_in_flight = number as usize,
+            "max_events" => config.batch.max_events = number() as usize,
+            "max_in_flight" => config.endpoints[0].max_in_flight = number() as usize,
             "checkpoint_interval_ms" => {
-                config.state.checkpoint_interval = Duration::from_millis(number)
+                config.state.checkpoint_interval = Duration::from_millis(number())
+            }
+            "transport" => {
+                config.endpoints[0].transport =
+                    serde_json::from_value(named(value)).expect("builtin or hyper")
+            }
+            "http2" => {
+                config.endpoints[0].http2 =
+                    serde_json::from_value(named(value)).expect("auto, never or always")
             }
             other => panic!("unknown setting {other}"),
         }

@@ -23,8 +23,8 @@ mod signing;
 use crate::secret::{SigningKey, Token};
 
 pub use delivery::{
-    BatchConfig, DeliveryConfig, EndpointAuth, EndpointConfig, EventsConfig, Ordering,
-    RateLimitConfig,
+    BatchConfig, DeliveryConfig, EndpointAuth, EndpointConfig, EventsConfig, Http2, Ordering,
+    RateLimitConfig, Transport,
 };
 pub use discord::{Compression, DiscordConfig, ShardsConfig};
 pub use rest::RestConfig;
@@ -345,6 +345,13 @@ impl Config {
                     format!("{} must be a positive number", endpoint.weight),
                 );
             }
+            if endpoint.transport == Transport::Builtin && endpoint.http2 == Http2::Always {
+                return invalid(
+                    key("http2"),
+                    "`always` needs transport = \"hyper\": the builtin transport speaks HTTP/1.1 only"
+                        .to_owned(),
+                );
+            }
             if endpoint.max_in_flight == 0 {
                 return invalid(key("max_in_flight"), "must be at least 1".to_owned());
             }
@@ -624,6 +631,40 @@ mod tests {
             .to_string();
         assert!(
             err.contains("delivery.ordering") && err.contains("shard"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn transport_and_http2_are_read_and_checked_by_key() {
+        let endpoint = "[[endpoints]]\nname = \"a\"\nurl = \"https://x\"\n";
+        let config = parse(&format!(
+            "{endpoint}transport = \"hyper\"\nhttp2 = \"always\""
+        ))
+        .unwrap();
+        assert_eq!(config.endpoints[0].transport, Transport::Hyper);
+        assert_eq!(config.endpoints[0].http2, Http2::Always);
+        let err = parse(&format!("{endpoint}http2 = \"sometimes\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("endpoints[0].http2") && err.contains("auto") && err.contains("never"),
+            "{err}"
+        );
+        let err = parse(&format!("{endpoint}transport = \"curl\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("endpoints[0].transport") && err.contains("hyper"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{endpoint}transport = \"builtin\"\nhttp2 = \"always\""
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("endpoints[0].http2") && err.contains("HTTP/1.1 only"),
             "{err}"
         );
     }

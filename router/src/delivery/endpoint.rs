@@ -64,7 +64,13 @@ impl Endpoint {
         };
         Ok(Endpoint {
             name: config.name.clone(),
-            pool: Pool::new(&url, config.max_in_flight, tls)?,
+            pool: Pool::with(
+                &url,
+                config.max_in_flight,
+                tls,
+                config.transport,
+                config.http2,
+            )?,
             url,
             timeout: config.timeout.unwrap_or(delivery.timeout),
             aws_region,

@@ -1,24 +1,27 @@
-//! Delivery's HTTP/1.1 client: the connections deliveries go out on, a small pool of them per
-//! endpoint.
+//! Delivery's HTTP client: the connections deliveries go out on, a small pool of them per
+//! endpoint, on one of two transports (the endpoint's `transport`).
 //!
 //! Owns connecting (TCP as hyper-util connects, both address families raced; then TLS with the
-//! system's roots for `https`), keeping idle connections for the next request, and one POST's
-//! round trip within the attempt's time: write it, read the status and `Retry-After`, and read
-//! the body to its end so the connection can be used again. It must not decide what a status
-//! means (`retry` does) or sign anything (`signer`, `sigv4`). It follows no redirect: a 3xx is
-//! an answer like any other, which `retry` dead-letters (followed, a 301/302/303 turns the
-//! signed POST into a GET without the events, and its 2xx would count them as delivered).
+//! system's roots for `https`, and the ALPN offer), keeping idle connections for the next
+//! request, and one POST's round trip within the attempt's time: write it, read the status and
+//! `Retry-After`, and read the body to its end so the connection can be used again. It must not
+//! decide what a status means (`retry` does) or sign anything (`signer`, `sigv4`). It follows no
+//! redirect: a 3xx is an answer like any other, which `retry` dead-letters (followed, a
+//! 301/302/303 turns the signed POST into a GET without the events, and its 2xx would count
+//! them as delivered).
 //!
-//! The client half of HTTP/1.1 is written here, on `httparse`, and driven by the request's own
-//! task: a request is one vectored write of its head and body, then reads until its answer has
-//! been parsed and its body skipped. Unbatched, delivery sends a request per event. Side by side
+//! `transport = "builtin"`: the client half of HTTP/1.1 written here, on `httparse`
+//! (`connection`), driven by the request's own task: a request is one vectored write of its
+//! head and body, then reads until its answer has been parsed and its body skipped.
+//! `transport = "hyper"` (`hyper_pool`): hyper's client connections, HTTP/1.1 driven by the
+//! request's own task too, or HTTP/2 when the endpoint takes `h2` in ALPN. Side by side
 //! against the bench sink, a load client on reqwest took 22-26 CPU µs per request, one on
 //! hyper's connection API (a task per connection, a channel to it and back per request) 11-13,
 //! and a raw write with `httparse` 9
-//! (`bench/runs/2026-11-23T0830-load-client-reqwest-hyper-raw.txt`). reqwest stays for Discord's
-//! REST API. Not supported, unlike reqwest: proxies from `HTTPS_PROXY` and the like (delivery
-//! connects to endpoints directly), and HTTP/2 (a pool of HTTP/1.1 connections, one request
-//! each at a time, up to the endpoint's `max_in_flight`).
+//! (`bench/runs/2026-11-23T0830-load-client-reqwest-hyper-raw.txt`); the two transports inside
+//! the router are compared in `bench/RESULTS.md`, "The transport decision (issue 18)". reqwest
+//! stays for Discord's REST API. Not supported, unlike reqwest: proxies from `HTTPS_PROXY` and
+//! the like (delivery connects to endpoints directly).
 //!
 //! No task watches an idle connection, so what the endpoint did to one meanwhile is found out
 //! when it is next taken. First a poll of the stream that costs no system call (tokio's
@@ -43,11 +46,14 @@ use tokio::time::Instant;
 use tokio_util::either::Either;
 use tower_service::Service;
 
+use crate::config::{Http2, Transport};
 use crate::tls::Tls;
 use crate::USER_AGENT;
-use connection::{Conn, Head};
+use connection::{Conn, Head, Stream};
+use hyper_pool::HyperPool;
 
 mod connection;
+mod hyper_pool;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -118,6 +124,8 @@ pub struct Pool {
     /// handshake without certificates, a round trip shorter).
     opened: AtomicU64,
     resumed: AtomicU64,
+    /// For `transport = "hyper"`: its connections, HTTP/1.1 or HTTP/2. `idle` then stays empty.
+    hyper: Option<HyperPool>,
 }
 
 struct Idle {
@@ -152,9 +160,22 @@ pub enum BadUrl {
 }
 
 impl Pool {
+    /// A pool for `url` on the hand-written client, as the tests of its internals want it.
+    #[cfg(test)]
+    fn new(url: &reqwest::Url, max_idle: usize, tls: &Tls) -> Result<Pool, BadUrl> {
+        Pool::with(url, max_idle, tls, Transport::Builtin, Http2::Never)
+    }
+
     /// A pool for `url`, keeping at most `max_idle` idle connections (the endpoint's in-flight
-    /// cap: more could never be busy at once).
-    pub fn new(url: &reqwest::Url, max_idle: usize, tls: &Tls) -> Result<Pool, BadUrl> {
+    /// cap: more could never be busy at once), on `transport`; `http2` says whether hyper's
+    /// connections offer and speak HTTP/2 (the builtin transport speaks HTTP/1.1 only).
+    pub fn with(
+        url: &reqwest::Url,
+        max_idle: usize,
+        tls: &Tls,
+        transport: Transport,
+        http2: Http2,
+    ) -> Result<Pool, BadUrl> {
         let shown = || crate::secret::redact_url(url.as_str());
         let invalid = |reason: String| BadUrl::Invalid {
             url: shown(),
@@ -182,7 +203,16 @@ impl Pool {
         let tls = if secure {
             let name = rustls::pki_types::ServerName::try_from(bare)
                 .map_err(|e| invalid(format!("not a TLS server name: {e}")))?;
-            Some((tls.clone(), name))
+            let tls = match transport {
+                Transport::Builtin => tls.clone(),
+                // The same settings (and so the same TLS session cache), other ALPN offers.
+                Transport::Hyper => {
+                    let mut offers = rustls::ClientConfig::clone(tls);
+                    offers.alpn_protocols = HyperPool::alpn(http2);
+                    std::sync::Arc::new(offers)
+                }
+            };
+            Some((tls, name))
         } else {
             None
         };
@@ -195,9 +225,19 @@ impl Pool {
         // The URL parser has percent-encoded anything a request line or header cannot carry.
         let preamble =
             format!("POST {target} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: {USER_AGENT}\r\n");
+        let hyper = match transport {
+            Transport::Builtin => None,
+            Transport::Hyper => {
+                let absolute = format!("{origin}{target}");
+                let pool = HyperPool::new(http2, &target, absolute, &authority, max_idle);
+                Some(pool.map_err(invalid)?)
+            }
+        };
+        let origin = Uri::try_from(origin).map_err(|e| invalid(e.to_string()))?;
         Ok(Pool {
+            hyper,
             connector,
-            origin: Uri::try_from(origin).map_err(|e| invalid(e.to_string()))?,
+            origin,
             preamble: preamble.into_bytes().into_boxed_slice(),
             authority,
             target,
@@ -221,6 +261,9 @@ impl Pool {
     /// that request pays no handshake. A failure is only logged: the first request will try
     /// again and say why it failed.
     pub async fn warm(&self) {
+        if let Some(hyper) = &self.hyper {
+            return hyper.warm(self).await;
+        }
         match self.connect().await {
             Ok(conn) => self.keep(conn),
             Err(e) => tracing::warn!("could not open a connection ahead of the first request: {e}"),
@@ -237,6 +280,9 @@ impl Pool {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Answer, Failure> {
+        if let Some(hyper) = &self.hyper {
+            return hyper.post(self, headers, body, timeout).await;
+        }
         let deadline = Instant::now() + timeout;
         let (mut conn, head) = tokio::time::timeout_at(deadline, self.exchange(&headers, &body))
             .await
@@ -319,6 +365,17 @@ impl Pool {
 
     /// A new connection: TCP, then TLS for `https`.
     async fn connect(&self) -> Result<Conn, Failure> {
+        let (stream, _h2) = self.open().await?;
+        Ok(Conn {
+            stream,
+            read: BytesMut::with_capacity(READ_ROOM),
+            head: Vec::new(),
+            heard: false,
+        })
+    }
+
+    /// A new stream: TCP, then TLS for `https`; and whether the endpoint took `h2` in ALPN.
+    async fn open(&self) -> Result<(Stream, bool), Failure> {
         let failed = |reason: String| Failure::Connect {
             authority: self.authority.clone(),
             reason,
@@ -330,32 +387,32 @@ impl Pool {
             .await
             .map_err(|e| failed(with_causes(&e)))?
             .into_inner();
-        let stream = match &self.tls {
-            None => Either::Left(tcp),
+        let (stream, h2) = match &self.tls {
+            None => (Either::Left(tcp), false),
             Some((config, name)) => {
                 let tls = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| failed(format!("TLS: {e}")))?;
-                if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                let session = tls.get_ref().1;
+                if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                     self.resumed.fetch_add(1, Ordering::Relaxed);
                 }
-                Either::Right(Box::new(tls))
+                let h2 = session.alpn_protocol() == Some(b"h2");
+                (Either::Right(Box::new(tls)), h2)
             }
         };
         self.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(Conn {
-            stream,
-            read: BytesMut::with_capacity(READ_ROOM),
-            head: Vec::new(),
-            heard: false,
-        })
+        Ok((stream, h2))
     }
 
     /// Idle connections kept now.
     #[cfg(test)]
     fn idle(&self) -> usize {
-        self.idle.lock().unwrap().len()
+        match &self.hyper {
+            Some(hyper) => hyper.kept().0,
+            None => self.idle.lock().unwrap().len(),
+        }
     }
 }
 
