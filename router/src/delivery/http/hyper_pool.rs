@@ -96,7 +96,8 @@ struct H2Conn {
 
 /// A connection as it came out of its handshake.
 enum Opened {
-    H1(H1),
+    /// Boxed: it is moved once per connection opened, and the H2 variant is small.
+    H1(Box<H1>),
     H2(H2Sender),
 }
 
@@ -141,7 +142,7 @@ impl HyperPool {
             return;
         }
         match self.open(pool).await {
-            Ok(Opened::H1(conn)) => self.keep(conn, pool.max_idle),
+            Ok(Opened::H1(conn)) => self.keep(*conn, pool.max_idle),
             Ok(Opened::H2(sender)) => self.add_h2(sender),
             Err(e) => tracing::warn!("could not open a connection ahead of the first request: {e}"),
         }
@@ -181,7 +182,7 @@ impl HyperPool {
                     .await
                     .map_err(|_elapsed| timed_out())??
                 {
-                    Opened::H1(conn) => conn,
+                    Opened::H1(conn) => *conn,
                     // The endpoint took `h2` (its offer changed, or the first connection).
                     Opened::H2(sender) => {
                         let streams = Arc::new(AtomicUsize::new(0));
@@ -324,13 +325,13 @@ impl HyperPool {
         let (sender, connection) = http1::handshake(io)
             .await
             .map_err(|e| failed(with_causes(&e)))?;
-        Ok(Opened::H1(H1 {
+        Ok(Opened::H1(Box::new(H1 {
             sender,
             connection,
             heard,
             socket,
             over: false,
-        }))
+        })))
     }
 
     /// An HTTP/2 connection with room for a stream, counted as taken, if one is open and
@@ -363,7 +364,7 @@ impl HyperPool {
                 Ok(self.pick_h2())
             }
             Opened::H1(conn) => {
-                self.keep(conn, pool.max_idle);
+                self.keep(*conn, pool.max_idle);
                 Ok(None)
             }
         }
