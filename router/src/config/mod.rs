@@ -687,15 +687,12 @@ mod tests {
     }
 
     #[test]
-    fn compression_is_zlib_by_default_and_zstd_on_request() {
-        assert_eq!(
-            parse("").unwrap().discord.compression,
-            Compression::ZlibStream
-        );
+    fn compression_is_none_by_default_and_zlib_or_zstd_on_request() {
+        assert_eq!(parse("").unwrap().discord.compression, Compression::None);
+        let config = parse("[discord]\ncompression = \"zlib-stream\"").unwrap();
+        assert_eq!(config.discord.compression, Compression::ZlibStream);
         let config = parse("[discord]\ncompression = \"zstd-stream\"").unwrap();
         assert_eq!(config.discord.compression, Compression::ZstdStream);
-        let config = parse("[discord]\ncompression = \"none\"").unwrap();
-        assert_eq!(config.discord.compression, Compression::None);
         let env = vec![(
             "SHARDHOOK__DISCORD__COMPRESSION".to_owned(),
             "zstd-stream".to_owned(),
