@@ -90,9 +90,9 @@ impl EndpointFormat {
 pub enum Transport {
     /// hyper's client connections, driven by the request's own task (HTTP/1.1), or a task per
     /// connection (HTTP/2).
+    #[default]
     Hyper,
     /// The hand-written HTTP/1.1 client on `httparse`.
-    #[default]
     Builtin,
 }
 
