@@ -165,14 +165,21 @@ impl Ed25519Key {
     /// A new key, as `shardhook keygen --ed25519` prints it: the private key in PKCS#8 PEM and
     /// the public key in hex (as Carbon's `publicKey` takes it). The seed is 32 bytes from the
     /// operating system's cryptographic generator (`getrandom`).
+    ///
+    /// The PEM is PKCS#8 version 1, the seed alone, as `openssl genpkey -algorithm ed25519`
+    /// writes it: OpenSSL 3.0 (and so Node 20's `createPrivateKey`, which Carbon's own
+    /// forwarder reads its key with) refuses the version 2 form with the public key inside.
     pub fn generate() -> (String, String) {
-        use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey};
+        use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey, KeypairBytes};
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).expect("the operating system's random source is readable");
+        let pem = KeypairBytes {
+            secret_key: seed,
+            public_key: None,
+        }
+        .to_pkcs8_pem(LineEnding::LF)
+        .expect("an Ed25519 seed encodes as PKCS#8");
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-        let pem = key
-            .to_pkcs8_pem(LineEnding::LF)
-            .expect("an Ed25519 key encodes as PKCS#8");
         (pem.to_string(), Ed25519Key(key).public_hex())
     }
 
@@ -303,6 +310,22 @@ mod tests {
             let err = Ed25519Key::parse(bad).unwrap_err().to_string();
             assert!(err.contains("PKCS#8") && !err.contains("AAAA"), "{err}");
         }
+    }
+
+    #[test]
+    fn ed25519_keys_are_written_and_read_in_openssls_pkcs8_form() {
+        // `openssl genpkey -algorithm ed25519`, and the public half its `pkey -pubout` gave.
+        let openssl = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIBW2PvcDvCu3bQo61bQHOrdcaF2PwlePKlom7icMFqwH\n-----END PRIVATE KEY-----\n";
+        assert_eq!(
+            Ed25519Key::parse(openssl).unwrap().public_hex(),
+            "b4064319d931457f907e9a42d93bea262e6499070d5214089755c9268e6366de"
+        );
+        // Ours has the same 48-byte shape (version 1, no public key), which OpenSSL 3.0 reads.
+        let (pem, _) = Ed25519Key::generate();
+        let lines: Vec<&str> = pem.lines().collect();
+        assert_eq!(lines.len(), 3, "{pem}");
+        assert!(lines[1].starts_with("MC4CAQAwBQYDK2VwBCIEI"), "{pem}");
+        assert_eq!(lines[1].len(), 64);
     }
 
     #[test]
