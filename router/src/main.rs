@@ -283,6 +283,13 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 return Err(shardhook::config::ConfigError::NoEndpoints.to_string());
             }
             print!("{}", config.to_redacted_toml());
+            if let Some(key) = &config.signing.ed25519_private_key {
+                // Only the public half, which the Carbon app is configured with.
+                println!(
+                    "\n# signing.ed25519_private_key's public key (a Carbon app's publicKey): {}",
+                    key.public_hex()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate {

@@ -289,6 +289,112 @@ mod tests {
             .collect()
     }
 
+    /// A Carbon app's stand-in: the statuses it answers in turn (then 204), and every request's
+    /// headers and body.
+    #[derive(Default)]
+    struct StandIn {
+        statuses: std::sync::Mutex<Vec<u16>>,
+        seen: std::sync::Mutex<Vec<(http::HeaderMap, Bytes)>>,
+    }
+
+    /// Serves a stand-in answering `statuses` on 127.0.0.1; its URL.
+    async fn stand_in(statuses: Vec<u16>) -> (String, Arc<StandIn>) {
+        async fn answer(
+            axum::extract::State(app): axum::extract::State<Arc<StandIn>>,
+            headers: http::HeaderMap,
+            body: Bytes,
+        ) -> http::StatusCode {
+            app.seen.lock().unwrap().push((headers, body));
+            let mut statuses = app.statuses.lock().unwrap();
+            let status = if statuses.is_empty() {
+                204
+            } else {
+                statuses.remove(0)
+            };
+            http::StatusCode::from_u16(status).unwrap()
+        }
+        let app = Arc::new(StandIn {
+            statuses: std::sync::Mutex::new(statuses),
+            ..StandIn::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let routes = axum::Router::new()
+            .route("/", axum::routing::post(answer))
+            .with_state(app.clone());
+        tokio::spawn(async move { axum::serve(listener, routes).await });
+        (url, app)
+    }
+
+    #[tokio::test]
+    async fn every_attempt_carries_the_same_event_id_and_body_and_counts_up_from_one() {
+        use crate::config::{Config, DeliveryConfig, EndpointConfig, SigningConfig, StateConfig};
+        use crate::delivery::attempt::{attempt_until_done, Outcome};
+        use crate::delivery::Pipeline;
+        use crate::secret::SigningKey;
+        use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+
+        // A 503, then Carbon's "Event queue full, retry later", then 204.
+        let (url, app) = stand_in(vec![503, 429]).await;
+        let (pem, public) = Ed25519Key::generate();
+        let state = std::env::temp_dir().join(format!("shardhook-carbon-{}", std::process::id()));
+        let config = Config {
+            signing: SigningConfig {
+                secret: Some(SigningKey::parse(&SigningKey::generate()).unwrap()),
+                previous_secrets: vec![],
+                control_secret: None,
+                ed25519_private_key: Some(Ed25519Key::parse(&pem).unwrap()),
+            },
+            endpoints: vec![EndpointConfig {
+                format: EndpointFormat::Carbon,
+                ..EndpointConfig::new("app", url)
+            }],
+            delivery: DeliveryConfig {
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(5),
+                ..DeliveryConfig::default()
+            },
+            state: StateConfig {
+                dir: state.clone(),
+                ..StateConfig::default()
+            },
+            ..Config::default()
+        };
+        let pipeline = Pipeline::new(&config).unwrap();
+        let event = dispatch("MESSAGE_CREATE", r#"{"id":"1","content":"hi"}"#);
+        let sent = request(&event, "1100", SystemTime::now(), None);
+        let outcome = attempt_until_done(&pipeline.shared, sent.clone()).await;
+        let _ = std::fs::remove_dir_all(&state);
+        assert!(matches!(outcome, Outcome::Delivered));
+
+        let public: [u8; 32] = hex_bytes(&public).try_into().unwrap();
+        let public = VerifyingKey::from_bytes(&public).unwrap();
+        let seen = app.seen.lock().unwrap();
+        assert_eq!(seen.len(), 3, "two refusals, then the delivery");
+        for (n, (headers, body)) in seen.iter().enumerate() {
+            let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(header("x-carbon-forwarder-event-id"), Some(sent.id.clone()));
+            assert_eq!(
+                header("x-carbon-forwarder-attempt"),
+                Some((n + 1).to_string())
+            );
+            assert_eq!(header("content-type").as_deref(), Some("application/json"));
+            assert_eq!(body, &sent.body, "the same body on every attempt");
+            assert_eq!(header("webhook-id"), None, "no Standard Webhooks headers");
+            // Signed afresh for each attempt, over its own timestamp.
+            let timestamp = header("x-signature-timestamp").unwrap();
+            let signature = hex_bytes(&header("x-signature-ed25519").unwrap());
+            let mut message = timestamp.into_bytes();
+            message.extend_from_slice(body);
+            let signature = Signature::from_slice(&signature).unwrap();
+            assert!(
+                public.verify(&message, &signature).is_ok(),
+                "attempt {}",
+                n + 1
+            );
+        }
+    }
+
     #[test]
     fn the_application_id_comes_from_readys_application() {
         let ready = br#"{"v":10,"user":{"id":"5"},"guilds":[{"id":"1","unavailable":true}],"application":{"id":"1100000000000000001","flags":0}}"#;
