@@ -58,7 +58,8 @@ pub struct Options {
 #[derive(Clone, Debug)]
 pub enum Contestant {
     /// shardhook, at its defaults but for these settings (`max_events`, `max_in_flight`,
-    /// `checkpoint_interval_ms`, `transport` = builtin|hyper, `http2` = auto|never|always),
+    /// `checkpoint_interval_ms`, `compression` = zlib-stream|zstd-stream|none,
+    /// `transport` = builtin|hyper, `http2` = auto|never|always),
     /// written `key=value+key=value`; empty for the defaults.
     Shardhook { settings: String },
     /// twilight-gateway, a task per event posting on reqwest.
@@ -514,6 +515,10 @@ pub async fn shardhook_child(
             "transport" => {
                 config.endpoints[0].transport =
                     serde_json::from_value(named(value)).expect("builtin or hyper")
+            }
+            "compression" => {
+                config.discord.compression =
+                    serde_json::from_value(named(value)).expect("zlib-stream, zstd-stream or none")
             }
             "http2" => {
                 config.endpoints[0].http2 =
