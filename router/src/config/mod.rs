@@ -23,8 +23,8 @@ mod signing;
 use crate::secret::{SigningKey, Token};
 
 pub use delivery::{
-    BatchConfig, DeliveryConfig, EndpointAuth, EndpointConfig, EventsConfig, Http2, Ordering,
-    RateLimitConfig, Transport,
+    BatchConfig, DeliveryConfig, EndpointAuth, EndpointConfig, EndpointFormat, EventsConfig, Http2,
+    Ordering, RateLimitConfig, Transport,
 };
 pub use discord::{Compression, DiscordConfig, ShardsConfig};
 pub use rest::RestConfig;
@@ -279,6 +279,7 @@ impl Config {
                 "DISCORD_TOKEN" => Some(("discord", "token")),
                 "SHARDHOOK_SIGNING_SECRET" => Some(("signing", "secret")),
                 "SHARDHOOK_CONTROL_SECRET" => Some(("signing", "control_secret")),
+                "SHARDHOOK_ED25519_PRIVATE_KEY" => Some(("signing", "ed25519_private_key")),
                 _ => None,
             };
             if let Some((section, key)) = secret_key {
@@ -350,6 +351,19 @@ impl Config {
                     key("http2"),
                     "`always` needs transport = \"hyper\": the builtin transport speaks HTTP/1.1 only"
                         .to_owned(),
+                );
+            }
+            if endpoint.format == EndpointFormat::Carbon
+                && self.signing.ed25519_private_key.is_none()
+            {
+                return invalid(
+                    key("format"),
+                    format!(
+                        "endpoint `{}` has format = \"carbon\", which is signed with Ed25519: set \
+                         SHARDHOOK_ED25519_PRIVATE_KEY or signing.ed25519_private_key (`shardhook \
+                         keygen --ed25519` makes a pair)",
+                        endpoint.name
+                    ),
                 );
             }
             if endpoint.max_in_flight == 0 {
