@@ -69,6 +69,9 @@ pub(super) struct HyperPool {
     speaks_h2: AtomicBool,
     /// Held while an HTTP/2 connection is being opened, so requests that find none open one.
     opening: tokio::sync::Mutex<()>,
+    /// A connection was opened, so whether the endpoint takes `h2` is known. Until then
+    /// requests wait for the one being opened instead of opening more beside it.
+    known: AtomicBool,
 }
 
 /// An idle HTTP/1.1 connection: hyper's two halves, and a duplicate of its socket to look at.
@@ -121,6 +124,7 @@ impl HyperPool {
                 .clamp(1, MAX_H2_CONNECTIONS),
             speaks_h2: AtomicBool::new(http2 == Http2::Always),
             opening: tokio::sync::Mutex::new(()),
+            known: AtomicBool::new(false),
         })
     }
 
@@ -160,6 +164,24 @@ impl HyperPool {
             authority: pool.authority.clone(),
             timeout,
         };
+        // An HTTP/1.1 connection this request opened itself.
+        let mut fresh = None;
+        if !self.known.load(Ordering::Acquire) {
+            // The first requests (and `warm`) would each open a connection before any learns
+            // that the endpoint multiplexes: the first opens, under the lock, the rest use it.
+            let _one = tokio::time::timeout_at(deadline, self.opening.lock())
+                .await
+                .map_err(|_elapsed| timed_out())?;
+            if !self.known.load(Ordering::Acquire) {
+                match tokio::time::timeout_at(deadline, Box::pin(self.open(pool)))
+                    .await
+                    .map_err(|_elapsed| timed_out())??
+                {
+                    Opened::H1(conn) => fresh = Some(*conn),
+                    Opened::H2(sender) => self.add_h2(sender),
+                }
+            }
+        }
         if self.speaks_h2.load(Ordering::Relaxed) {
             let sender = match self.pick_h2() {
                 Some(picked) => Some(picked),
@@ -173,10 +195,10 @@ impl HyperPool {
                     .await;
             }
         }
-        let mut kept = self.take();
+        let mut kept = if fresh.is_some() { None } else { self.take() };
         loop {
             let reused = kept.is_some();
-            let mut conn = match kept.take() {
+            let mut conn = match kept.take().or_else(|| fresh.take()) {
                 Some(conn) => conn,
                 None => match tokio::time::timeout_at(deadline, Box::pin(self.open(pool)))
                     .await
@@ -301,6 +323,7 @@ impl HyperPool {
             (None, http2) => http2 == Http2::Always,
         };
         self.speaks_h2.store(h2, Ordering::Relaxed);
+        self.known.store(true, Ordering::Release);
         if h2 {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .handshake(TokioIo::new(stream))
