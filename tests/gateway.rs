@@ -406,6 +406,51 @@ async fn a_refused_token_is_a_clear_error_without_the_token() {
     assert!(!text.contains("wrong-but-secret-token"), "{text}");
 }
 
+/// A router asking for no transport compression.
+fn uncompressed(config: &mut shardhook::config::Config) {
+    config.discord.compression = Compression::None;
+}
+
+/// Every connection the double accepted was asked for no compression, and there were `n`.
+fn assert_all_uncompressed(h: &Harness, n: usize) {
+    let compress = h.sim.observed(|o| o.compress.clone());
+    assert_eq!(compress.len(), n, "{compress:?}");
+    assert!(compress.iter().all(Option::is_none), "{compress:?}");
+}
+
+#[tokio::test]
+async fn uncompressed_delivers_every_event_once_across_a_resume() {
+    let h = drop_mid_traffic_and_resume(uncompressed).await;
+    assert_eq!(h.status(0).sessions, 1, "resumed, not identified anew");
+    assert_all_uncompressed(&h, 2);
+    h.stop().await.unwrap();
+}
+
+/// Uncompressed, an oversize message is read whole and then skipped: were it refused by the
+/// WebSocket's own bound the connection would end, and every resume would replay it.
+#[tokio::test]
+async fn an_uncompressed_oversize_message_is_skipped_and_the_connection_kept() {
+    let h = an_oversize_message_is_skipped(Compression::None).await;
+    assert_all_uncompressed(&h, 1);
+    h.stop().await.unwrap();
+}
+
+/// Discord sends text unless asked to compress: a binary frame is not a message the router can
+/// read, so it reconnects, resumes, and says why.
+#[tokio::test]
+async fn a_binary_frame_on_an_uncompressed_connection_reconnects_and_resumes() {
+    let h = Harness::start(sim(30), uncompressed).await;
+    resumes_after(&h, Fault::CorruptFrame).await;
+    let reason = h.status(0).last_disconnect.unwrap();
+    assert!(
+        reason.contains("binary frame") && reason.contains("\"none\""),
+        "{reason}"
+    );
+    h.assert_exactly_once(&[]);
+    assert_all_uncompressed(&h, 2);
+    h.stop().await.unwrap();
+}
+
 /// A router asking for `zstd-stream`.
 fn zstd(config: &mut shardhook::config::Config) {
     config.discord.compression = Compression::ZstdStream;

@@ -58,8 +58,8 @@ pub struct Options {
 #[derive(Clone, Debug)]
 pub enum Contestant {
     /// shardhook, at its defaults but for these settings (`max_events`, `max_in_flight`,
-    /// `checkpoint_interval_ms`, `http2` = auto|never|always), written `key=value+key=value`;
-    /// empty for the defaults.
+    /// `checkpoint_interval_ms`, `compression` = zlib-stream|zstd-stream|none, `http2` =
+    /// auto|never|always), written `key=value+key=value`; empty for the defaults.
     Shardhook { settings: String },
     /// twilight-gateway, a task per event posting on reqwest.
     Twilight,
@@ -510,6 +510,10 @@ pub async fn shardhook_child(
             "max_in_flight" => config.endpoints[0].max_in_flight = number() as usize,
             "checkpoint_interval_ms" => {
                 config.state.checkpoint_interval = Duration::from_millis(number())
+            }
+            "compression" => {
+                config.discord.compression =
+                    serde_json::from_value(named(value)).expect("zlib-stream, zstd-stream or none")
             }
             "http2" => {
                 config.endpoints[0].http2 =

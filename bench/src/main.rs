@@ -58,7 +58,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--fine-pacing] [--only NAME[,NAME..]]\n       shardhook-bench distant [--shards N] [--rate EVENTS_PER_S] [--delay-ms MS] [--warmup S] [--seconds S] [--contestants default|twilight|max_events=N+max_in_flight=N+checkpoint_interval_ms=N+http2=auto|never|always,...]"
+        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--fine-pacing] [--only NAME[,NAME..]]\n       shardhook-bench distant [--shards N] [--rate EVENTS_PER_S] [--delay-ms MS] [--warmup S] [--seconds S] [--contestants default|twilight|max_events=N+max_in_flight=N+checkpoint_interval_ms=N+compression=zlib-stream|zstd-stream|none+http2=auto|never|always,...]"
     );
     std::process::exit(2)
 }

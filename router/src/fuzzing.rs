@@ -56,7 +56,8 @@ pub fn inflate(data: &[u8]) {
         _ => Compression::ZstdStream,
     };
     let limit = 1 << 16;
-    let mut inflater = Inflater::new(compression, limit);
+    let mut inflater =
+        Inflater::new(compression, limit).expect("a compressed mode has an inflater");
     if mode & 2 == 0 {
         for frame in pieces(rest) {
             if inflater.push(frame).is_err() {
@@ -75,6 +76,7 @@ pub fn inflate(data: &[u8]) {
         match compression {
             Compression::ZlibStream => deflate_flushed(&mut zlib, message, &mut stream),
             Compression::ZstdStream => zstd_flushed(&mut zstd, message, &mut stream),
+            Compression::None => unreachable!("only compressed modes are fuzzed"),
         }
         ends.push(stream.len());
     }
@@ -86,7 +88,7 @@ pub fn inflate(data: &[u8]) {
         let frame = &stream[start..*end];
         let cut = match compression {
             Compression::ZlibStream => (mode as usize >> 2) % (frame.len() + 1),
-            Compression::ZstdStream => frame.len(),
+            Compression::ZstdStream | Compression::None => frame.len(),
         };
         for part in [&frame[..cut], &frame[cut..]] {
             if part.is_empty() && cut != 0 {

@@ -723,6 +723,8 @@ mod tests {
         );
         let config = parse("[discord]\ncompression = \"zstd-stream\"").unwrap();
         assert_eq!(config.discord.compression, Compression::ZstdStream);
+        let config = parse("[discord]\ncompression = \"none\"").unwrap();
+        assert_eq!(config.discord.compression, Compression::None);
         let env = vec![(
             "SHARDHOOK__DISCORD__COMPRESSION".to_owned(),
             "zstd-stream".to_owned(),

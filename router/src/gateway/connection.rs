@@ -133,7 +133,8 @@ pub(super) struct Heartbeat {
 pub(super) struct Conn {
     pub(super) tx: SplitSink<Ws, Message>,
     pub(super) rx: SplitStream<Ws>,
-    pub(super) inflater: Inflater,
+    /// Transport decompression; none with `discord.compression = "none"`.
+    pub(super) inflater: Option<Inflater>,
     pub(super) heartbeat: Option<Heartbeat>,
     pub(super) identify_wait: Option<Pin<Box<dyn Future<Output = IdentifyPermit> + Send>>>,
     pub(super) hello_deadline: Instant,

@@ -95,8 +95,10 @@ struct Step {
 }
 
 impl Codec {
-    fn new(compression: Compression) -> Codec {
-        match compression {
+    /// The context for `compression`; none for an uncompressed connection.
+    fn new(compression: Compression) -> Option<Codec> {
+        Some(match compression {
+            Compression::None => return None,
             Compression::ZlibStream => Codec::Zlib(Decompress::new(true)),
             Compression::ZstdStream => {
                 // Creating a context and setting a constant, valid parameter fail only when
@@ -107,7 +109,7 @@ impl Codec {
                     .expect("a valid zstd window limit");
                 Codec::Zstd(decoder)
             }
-        }
+        })
     }
 
     fn compression(&self) -> Compression {
@@ -221,15 +223,16 @@ pub struct Inflater {
 }
 
 impl Inflater {
-    pub fn new(compression: Compression, max_message_size: usize) -> Inflater {
-        Inflater {
-            codec: Codec::new(compression),
+    /// The connection's decompression state; none when `compression` is `None`.
+    pub fn new(compression: Compression, max_message_size: usize) -> Option<Inflater> {
+        Some(Inflater {
+            codec: Codec::new(compression)?,
             out: Vec::new(),
             limit: max_message_size,
             discarded: 0,
             scratch: Vec::new(),
             tail: [0; 4],
-        }
+        })
     }
 
     /// Feeds one WebSocket binary message.
@@ -414,9 +417,14 @@ mod tests {
     const SMALL: [&[u8]; 3] = [b"{\"op\":10}", b"{\"op\":11}", b"{\"op\":11}"];
 
     #[test]
+    fn an_uncompressed_connection_has_no_inflater() {
+        assert!(Inflater::new(Compression::None, 1 << 20).is_none());
+    }
+
+    #[test]
     fn messages_share_one_context() {
         let frames = stream(&SMALL);
-        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 20);
+        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 20).unwrap();
         for (frame, want) in frames.iter().zip(SMALL) {
             assert_eq!(
                 inflater.push(frame).unwrap(),
@@ -429,7 +437,7 @@ mod tests {
     fn a_message_split_across_frames_is_joined() {
         let big = big();
         let frames = stream(&[&big]);
-        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 22);
+        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 22).unwrap();
         let frame = &frames[0];
         let third = frame.len() / 3;
         assert_eq!(
@@ -450,7 +458,7 @@ mod tests {
     fn a_message_bigger_than_a_chunk_keeps_no_spare_capacity() {
         let big = big();
         let frames = stream(&[&big]);
-        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 22);
+        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 22).unwrap();
         let Inflated::Message(message) = inflater.push(&frames[0]).unwrap() else {
             panic!("one frame is one message");
         };
@@ -462,7 +470,7 @@ mod tests {
     #[test]
     fn a_suffix_split_across_frames_still_ends_the_message() {
         let frames = stream(&[b"{\"op\":11}", b"{\"op\":1}"]);
-        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 20);
+        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 20).unwrap();
         for (frame, want) in frames.iter().zip([&b"{\"op\":11}"[..], b"{\"op\":1}"]) {
             // The last WebSocket message carries only `ff ff` of `00 00 ff ff`, the one
             // before it one byte, and so on.
@@ -487,6 +495,7 @@ mod tests {
         match compression {
             Compression::ZlibStream => stream(msgs),
             Compression::ZstdStream => zstd_stream(msgs),
+            Compression::None => unreachable!("no inflater without compression"),
         }
     }
 
@@ -495,7 +504,7 @@ mod tests {
     fn oversize_is_dropped_and_the_stream_goes_on(compression: Compression) {
         let big = big();
         let frames = encoded(compression, &[b"{\"op\":10}", &big, b"{\"op\":11}"]);
-        let mut inflater = Inflater::new(compression, 10_000);
+        let mut inflater = Inflater::new(compression, 10_000).unwrap();
         assert_eq!(
             inflater.push(&frames[0]).unwrap(),
             Inflated::Message(Bytes::from_static(b"{\"op\":10}"))
@@ -536,7 +545,7 @@ mod tests {
             .collect();
         let borrowed: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
         let frames = encoded(compression, &borrowed);
-        let mut inflater = Inflater::new(compression, 1 << 20);
+        let mut inflater = Inflater::new(compression, 1 << 20).unwrap();
         let got: Vec<Inflated> = frames.iter().map(|f| inflater.push(f).unwrap()).collect();
         for ((got, want), size) in got.into_iter().zip(&msgs).zip(sizes) {
             assert_eq!(
@@ -564,7 +573,7 @@ mod tests {
 
     #[test]
     fn garbage_does_not_inflate() {
-        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 20);
+        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 20).unwrap();
         let mut garbage = b"this is not zlib".to_vec();
         garbage.extend_from_slice(&SUFFIX);
         assert!(inflater.push(&garbage).is_err());
@@ -577,14 +586,14 @@ mod tests {
         msgs.push(b"{\"op\":0,\"t\":\"MESSAGE_CREATE\",\"d\":{\"content\":\"hello\"}}");
         msgs.push(b"{\"op\":0,\"t\":\"MESSAGE_CREATE\",\"d\":{\"content\":\"hello again\"}}");
         let frames = zstd_stream(&msgs);
-        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20);
+        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20).unwrap();
         for (frame, want) in frames.iter().zip(&msgs) {
             assert_eq!(
                 inflater.push(frame).unwrap(),
                 Inflated::Message(Bytes::copy_from_slice(want))
             );
         }
-        let mut fresh = Inflater::new(Compression::ZstdStream, 1 << 20);
+        let mut fresh = Inflater::new(Compression::ZstdStream, 1 << 20).unwrap();
         assert!(
             fresh.push(&frames[4]).is_err(),
             "a later frame alone does not decode: the stream is one context"
@@ -595,7 +604,7 @@ mod tests {
     fn a_zstd_message_bigger_than_the_output_buffer_comes_whole() {
         let big = big();
         let frames = zstd_stream(&[b"{\"op\":10}", &big, b"{\"op\":11}"]);
-        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 22);
+        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 22).unwrap();
         inflater.push(&frames[0]).unwrap();
         assert_eq!(
             inflater.push(&frames[1]).unwrap(),
@@ -614,13 +623,13 @@ mod tests {
 
     #[test]
     fn zstd_garbage_and_corrupt_blocks_do_not_decompress() {
-        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20);
+        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20).unwrap();
         let err = inflater.push(b"this is not zstd").unwrap_err();
         assert!(err.to_string().contains("zstd-stream"), "{err}");
 
         // Mid-stream, a block header of the reserved type 3 (the simulator's corrupt frame).
         let frames = zstd_stream(&[b"{\"op\":10}"]);
-        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20);
+        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20).unwrap();
         inflater.push(&frames[0]).unwrap();
         assert!(inflater
             .push(&[0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0xff, 0xff])
@@ -635,7 +644,7 @@ mod tests {
         ))
         .unwrap();
         let frame = zstd_flushed(&mut z, b"{\"op\":10}");
-        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20);
+        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20).unwrap();
         let err = inflater.push(&frame).unwrap_err().to_string();
         assert!(err.contains("8 MiB"), "{err}");
 
@@ -645,7 +654,7 @@ mod tests {
         ))
         .unwrap();
         let frame = zstd_flushed(&mut z, b"{\"op\":10}");
-        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20);
+        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20).unwrap();
         assert_eq!(
             inflater.push(&frame).unwrap(),
             Inflated::Message(Bytes::from_static(b"{\"op\":10}"))
@@ -658,11 +667,11 @@ mod tests {
         // the thread's chunk before the garbage fails.
         let mut frame = zstd::bulk::compress(b"{\"op\":11}", 3).unwrap();
         frame.extend_from_slice(b"this is not zstd");
-        let mut failing = Inflater::new(Compression::ZstdStream, 1 << 20);
+        let mut failing = Inflater::new(Compression::ZstdStream, 1 << 20).unwrap();
         assert!(failing.push(&frame).is_err());
         // Another connection on the same thread.
         let frames = stream(&[b"{\"op\":10}"]);
-        let mut next = Inflater::new(Compression::ZlibStream, 1 << 20);
+        let mut next = Inflater::new(Compression::ZlibStream, 1 << 20).unwrap();
         assert_eq!(
             next.push(&frames[0]).unwrap(),
             Inflated::Message(Bytes::from_static(b"{\"op\":10}"))
@@ -683,7 +692,7 @@ mod tests {
             for size in [limit - 1, limit, limit + 1] {
                 let message = noise(size as u64, size);
                 let frames = encoded(compression, &[&message, b"{\"op\":11}"]);
-                let mut inflater = Inflater::new(compression, limit);
+                let mut inflater = Inflater::new(compression, limit).unwrap();
                 let want = if size > limit {
                     Inflated::Oversize { size }
                 } else {
@@ -716,7 +725,7 @@ mod tests {
     /// Empty WebSocket messages and messages that inflate to nothing hand nothing on.
     fn nothing_in_is_nothing_out(compression: Compression) {
         let frames = encoded(compression, &[b"", b"{\"op\":10}"]);
-        let mut inflater = Inflater::new(compression, 1 << 20);
+        let mut inflater = Inflater::new(compression, 1 << 20).unwrap();
         assert_eq!(inflater.push(&[]).unwrap(), Inflated::Incomplete);
         assert_eq!(inflater.push(&frames[0]).unwrap(), Inflated::Incomplete);
         assert_eq!(inflater.push(&[]).unwrap(), Inflated::Incomplete);
@@ -744,8 +753,8 @@ mod tests {
             let cut = frames[0].len() / 2;
             let other = stream(&[b"{\"op\":10}"]);
             let (mut split, mut whole) = (
-                Inflater::new(Compression::ZlibStream, 1 << 20),
-                Inflater::new(Compression::ZlibStream, 1 << 20),
+                Inflater::new(Compression::ZlibStream, 1 << 20).unwrap(),
+                Inflater::new(Compression::ZlibStream, 1 << 20).unwrap(),
             );
             assert_eq!(split.push(&frames[0][..cut]).unwrap(), Inflated::Incomplete);
             assert_eq!(
@@ -772,11 +781,11 @@ mod tests {
         // The end, then more in the same WebSocket message.
         let mut frame = finished(b"{\"op\":10}");
         frame.extend_from_slice(&SUFFIX);
-        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 20);
+        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 20).unwrap();
         let err = inflater.push(&frame).unwrap_err().to_string();
         assert!(err.contains("zlib stream ended, and 4 more bytes"), "{err}");
         // The end, then more in the next WebSocket message.
-        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 20);
+        let mut inflater = Inflater::new(Compression::ZlibStream, 1 << 20).unwrap();
         assert_eq!(
             inflater.push(&finished(b"{\"op\":10}")).unwrap(),
             Inflated::Incomplete
@@ -792,7 +801,7 @@ mod tests {
         for msg in [&b"{\"op\":10}"[..], b"{\"op\":11}"] {
             out.push(zstd::bulk::compress(msg, 3).unwrap());
         }
-        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20);
+        let mut inflater = Inflater::new(Compression::ZstdStream, 1 << 20).unwrap();
         assert_eq!(
             inflater.push(&out[0]).unwrap(),
             Inflated::Message(Bytes::from_static(b"{\"op\":10}"))

@@ -42,6 +42,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const REIDENTIFY_DELAY_MS: std::ops::RangeInclusive<u64> = 1000..=5000;
 /// Bytes read from the socket at a time.
 const READ_BUFFER: usize = 8 << 10;
+
+/// Why a binary frame ends an uncompressed connection: Discord sends text unless asked to
+/// compress, so the bytes are not a gateway message the router can read.
+const UNCOMPRESSED_BINARY: &str =
+    "a binary frame on a connection without compression (discord.compression = \"none\")";
 /// Failed attempts to reach a session's `resume_gateway_url` (refused, an HTTP error, a
 /// timeout) after which the shard RESUMEs through the general gateway URL instead: a host that
 /// went away, or a checkpoint from long ago, must not keep a shard down.
@@ -104,7 +109,10 @@ fn with_query(base: &str, compression: crate::config::Compression) -> Result<Str
     if !matches!(url.scheme(), "ws" | "wss") {
         return Err(format!("`{base}` is not a ws:// or wss:// URL"));
     }
-    url.set_query(Some(&format!("v=10&encoding=json&compress={compression}")));
+    match compression {
+        crate::config::Compression::None => url.set_query(Some("v=10&encoding=json")),
+        compressed => url.set_query(Some(&format!("v=10&encoding=json&compress={compressed}"))),
+    }
     Ok(url.into())
 }
 
@@ -285,11 +293,17 @@ impl Shard {
         };
         // Small buffers: most shards are idle most of the time, and a compressed gateway
         // message is a few hundred bytes (tungstenite's defaults are 128 KiB each).
+        // Uncompressed, a message is held whole before its size is judged: a bound here would
+        // end the connection on an oversize message, and the resume would replay it forever.
+        let ws_limit = match self.config.compression {
+            crate::config::Compression::None => None,
+            _ => Some(self.config.max_message_size),
+        };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
             .write_buffer_size(0)
-            .max_message_size(Some(self.config.max_message_size))
-            .max_frame_size(Some(self.config.max_message_size));
+            .max_message_size(ws_limit)
+            .max_frame_size(ws_limit);
         // Boxed: the connect future (TCP, TLS and WebSocket handshakes) is about 10 KiB, and
         // inline it would size every shard's task for it even while the shard sits connected.
         let connecting = Box::pin(tokio_tungstenite::connect_async_with_config(
@@ -418,23 +432,31 @@ impl Shard {
             Some(Ok(message)) => message,
         };
         let buf = match message {
-            Message::Binary(frame) => match conn.inflater.push(&frame) {
-                Ok(Inflated::Incomplete) => return None,
-                Ok(Inflated::Message(message)) => message,
-                Ok(Inflated::Oversize { size }) => {
-                    error!(
-                        size,
-                        limit = self.config.max_message_size,
-                        "skipped a gateway message of {size} bytes, over discord.max_message_size"
-                    );
-                    self.status.send_modify(|s| s.oversize_skipped += 1);
-                    return None;
-                }
-                Err(e) => {
+            Message::Binary(frame) => match conn.inflater.as_mut().map(|i| i.push(&frame)) {
+                None => {
                     conn.close().await;
-                    return Some(reconnect(Cause::Inflate(e.to_string()), true));
+                    return Some(reconnect(
+                        Cause::Inflate(UNCOMPRESSED_BINARY.to_owned()),
+                        true,
+                    ));
                 }
+                Some(pushed) => match pushed {
+                    Ok(Inflated::Incomplete) => return None,
+                    Ok(Inflated::Message(message)) => message,
+                    Ok(Inflated::Oversize { size }) => {
+                        self.oversize(size);
+                        return None;
+                    }
+                    Err(e) => {
+                        conn.close().await;
+                        return Some(reconnect(Cause::Inflate(e.to_string()), true));
+                    }
+                },
             },
+            Message::Text(text) if text.len() > self.config.max_message_size => {
+                self.oversize(text.len());
+                return None;
+            }
             Message::Text(text) => Bytes::from(text),
             Message::Close(frame) => {
                 let code = frame.map_or(1005, |f| u16::from(f.code));
@@ -447,6 +469,16 @@ impl Shard {
             _ => return None,
         };
         self.on_payload(conn, buf).await
+    }
+
+    /// A gateway message over `discord.max_message_size`, skipped loudly.
+    fn oversize(&self, size: usize) {
+        error!(
+            size,
+            limit = self.config.max_message_size,
+            "skipped a gateway message of {size} bytes, over discord.max_message_size"
+        );
+        self.status.send_modify(|s| s.oversize_skipped += 1);
     }
 
     async fn on_payload(&mut self, conn: &mut Conn, buf: Bytes) -> Option<Ended> {
@@ -672,6 +704,14 @@ mod tests {
         assert_eq!(
             with_query("wss://gateway.discord.gg", Compression::ZstdStream).unwrap(),
             "wss://gateway.discord.gg/?v=10&encoding=json&compress=zstd-stream"
+        );
+        assert_eq!(
+            with_query(
+                "wss://gateway.discord.gg/?compress=zlib-stream",
+                Compression::None
+            )
+            .unwrap(),
+            "wss://gateway.discord.gg/?v=10&encoding=json"
         );
         // A query the URL already had is replaced, not appended to; a path is kept.
         assert_eq!(
