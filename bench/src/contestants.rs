@@ -161,6 +161,9 @@ impl Decoder {
             Compression::ZstdStream => {
                 Decoder::Zstd(zstd::stream::raw::Decoder::new().expect("a zstd context"))
             }
+            Compression::None => {
+                panic!("the loopback load is compressed: zlib-stream or zstd-stream")
+            }
         }
     }
 
