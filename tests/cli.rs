@@ -20,6 +20,7 @@ fn shardhook(args: &[&str]) -> Command {
         .env_remove("DISCORD_TOKEN")
         .env_remove("RUST_LOG")
         .env_remove("SHARDHOOK_SIGNING_SECRET")
+        .env_remove("SHARDHOOK_ED25519_PRIVATE_KEY")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -214,6 +215,60 @@ fn check_shows_endpoint_urls_without_userinfo_or_query() {
     assert!(
         !text.contains("pa55word") && !text.contains("s3cret"),
         "{text}"
+    );
+}
+
+#[test]
+fn check_shows_each_endpoints_format_and_only_the_public_half_of_the_ed25519_key() {
+    // Made by `openssl genpkey -algorithm ed25519`; `openssl pkey -pubout` gave its public half.
+    const SEED: &str = "MC4CAQAwBQYDK2VwBCIEIBW2PvcDvCu3bQo61bQHOrdcaF2PwlePKlom7icMFqwH";
+    const PUBLIC: &str = "b4064319d931457f907e9a42d93bea262e6499070d5214089755c9268e6366de";
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{SEED}\n-----END PRIVATE KEY-----\n");
+    let dir = TempDir::new("cli");
+    let path = dir.join("shardhook.toml");
+    std::fs::write(
+        &path,
+        "[[endpoints]]\nname = \"app\"\nurl = \"https://bot.example.com/events\"\nformat = \"carbon\"\n\
+         [[endpoints]]\nname = \"fn\"\nurl = \"https://fn.example.com/\"\n",
+    )
+    .unwrap();
+    let check = |env: &[(&str, &str)]| {
+        let out = shardhook(&["check", "--config", path.to_str().unwrap()])
+            .env("DISCORD_TOKEN", SECRET)
+            .env("SHARDHOOK_SIGNING_SECRET", SIGNING)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (out.status.success(), output_text(&out))
+    };
+
+    // A Carbon endpoint without the key: check says how to make one.
+    let (ok, text) = check(&[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("endpoints[0].format") && text.contains("shardhook keygen --ed25519"),
+        "{text}"
+    );
+
+    let (ok, text) = check(&[("SHARDHOOK_ED25519_PRIVATE_KEY", &pem)]);
+    assert!(ok, "{text}");
+    let formats: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("format = "))
+        .collect();
+    assert_eq!(
+        formats,
+        ["format = \"carbon\"", "format = \"shardhook\""],
+        "{text}"
+    );
+    assert!(
+        text.contains("ed25519_private_key = \"<redacted>\""),
+        "{text}"
+    );
+    assert!(text.contains(&format!("publicKey): {PUBLIC}")), "{text}");
+    assert!(
+        !text.contains(&SEED[20..]),
+        "the private key is never shown: {text}"
     );
 }
 

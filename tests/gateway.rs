@@ -226,7 +226,7 @@ async fn non_fatal_close_codes_reconnect() {
 
 #[tokio::test]
 async fn a_message_split_across_frames_is_reassembled() {
-    let h = Harness::start(sim(40), |_| {}).await;
+    let h = Harness::start(sim(40), zlib).await;
     h.all_active().await;
     h.wait_received("some traffic", |got| got.len() > 5).await;
     assert!(h.sim.inject(0, Fault::SplitNext(7)));
@@ -247,7 +247,7 @@ async fn a_message_split_across_frames_is_reassembled() {
 
 #[tokio::test]
 async fn a_frame_that_does_not_inflate_reconnects_and_resumes() {
-    let h = Harness::start(sim(30), |_| {}).await;
+    let h = Harness::start(sim(30), zlib).await;
     resumes_after(&h, Fault::CorruptFrame).await;
     assert!(h
         .status(0)
@@ -406,7 +406,25 @@ async fn a_refused_token_is_a_clear_error_without_the_token() {
     assert!(!text.contains("wrong-but-secret-token"), "{text}");
 }
 
-/// A router asking for no transport compression.
+/// A router asking for `zlib-stream`.
+fn zlib(config: &mut shardhook::config::Config) {
+    config.discord.compression = Compression::ZlibStream;
+}
+
+#[tokio::test]
+async fn zlib_stream_delivers_every_event_once_across_a_resume() {
+    let h = drop_mid_traffic_and_resume(zlib).await;
+    assert_eq!(h.status(0).sessions, 1, "resumed, not identified anew");
+    let compress = h.sim.observed(|o| o.compress.clone());
+    assert_eq!(compress.len(), 2, "{compress:?}");
+    assert!(
+        compress.iter().all(|c| c.as_deref() == Some("zlib-stream")),
+        "{compress:?}"
+    );
+    h.stop().await.unwrap();
+}
+
+/// A router asking for no transport compression (the default, asked for by name).
 fn uncompressed(config: &mut shardhook::config::Config) {
     config.discord.compression = Compression::None;
 }

@@ -251,6 +251,7 @@ async fn the_worker_template_under_wrangler_dev_verifies_and_handles_every_event
         secret: Some(SigningKey::parse(&new_secret).unwrap()),
         previous_secrets: vec![SigningKey::parse(&old_secret).unwrap()],
         control_secret: None,
+        ed25519_private_key: None,
     };
     config.endpoints = vec![EndpointConfig {
         max_in_flight: 16,

@@ -255,7 +255,7 @@ pub fn piece(compression: Compression, text: &str, first: bool) -> Bytes {
             deflate_into(&mut z, text.as_bytes(), &mut out);
         }
         Compression::ZstdStream => zstd_into(&mut zstd_encoder(), text.as_bytes(), &mut out, true),
-        Compression::None => panic!("the loopback load is compressed: zlib-stream or zstd-stream"),
+        Compression::None => panic!("the blast benchmark measures compressed gateways"),
     }
     Bytes::from(out)
 }
@@ -266,9 +266,7 @@ impl Load {
         match compression {
             Compression::ZlibStream => &self.zlib,
             Compression::ZstdStream => &self.zstd,
-            Compression::None => {
-                panic!("the loopback load is compressed: zlib-stream or zstd-stream")
-            }
+            Compression::None => panic!("the blast benchmark measures compressed gateways"),
         }
     }
 

@@ -205,6 +205,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
             secret: Some(key),
             previous_secrets: vec![],
             control_secret: None,
+            ed25519_private_key: None,
         },
         endpoints: receivers
             .iter()

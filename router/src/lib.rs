@@ -68,7 +68,7 @@ pub use gateway::handle::{
     CommandRefused, FatalClose, ShardHandle, ShardState, ShardStatus, ShardStopped,
 };
 pub use router::{AllShardsStopped, Router, StartError};
-pub use secret::{BadSecret, SigningKey, Token};
+pub use secret::{BadEd25519Key, BadSecret, Ed25519Key, SigningKey, Token};
 pub use state::dead_letter::{read as read_dead_letters, DeadLetter};
 
 /// The `User-Agent` of every HTTP request the router makes.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use shardhook::control::{ControlState, LocalIds};
 use shardhook::Checkpointer;
-use shardhook::{Config, Pipeline, Router, Signer, SigningKey};
+use shardhook::{Config, Ed25519Key, Pipeline, Router, Signer, SigningKey};
 use tracing::Level;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
@@ -81,8 +81,15 @@ enum Command {
     /// Run the double, the router and two local verifying endpoints in one process, with
     /// faults, and print a summary that accounts for every event. No token or config needed.
     Demo,
-    /// Print a new signing secret (`whsec_...`).
-    Keygen,
+    /// Print a new signing secret (`whsec_...`), or with --ed25519 a new Ed25519 key pair for
+    /// Carbon endpoints.
+    Keygen {
+        /// Print an Ed25519 key pair instead: the private key in PKCS#8 PEM (for
+        /// signing.ed25519_private_key or SHARDHOOK_ED25519_PRIVATE_KEY), then the public key
+        /// in hex (a Carbon app's publicKey).
+        #[arg(long)]
+        ed25519: bool,
+    },
     /// Send a dead-letter file's batches again. The file is renamed to FILE.replayed first;
     /// batches that fail again are dead-lettered anew in state.dir.
     Replay {
@@ -150,6 +157,7 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                     let _ = stopped.wait_for(|s| *s).await;
                 }
             };
+            pipeline.learn_application_id().await;
             let router = Router::start_with(&config, |id| pipeline.sink(id))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -212,8 +220,14 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
             ran.map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keygen => {
+        Command::Keygen { ed25519: false } => {
             println!("{}", SigningKey::generate());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen { ed25519: true } => {
+            let (private, public) = Ed25519Key::generate();
+            print!("{private}");
+            println!("public key (hex, a Carbon app's publicKey): {public}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { file, config } => {
@@ -269,6 +283,13 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 return Err(shardhook::config::ConfigError::NoEndpoints.to_string());
             }
             print!("{}", config.to_redacted_toml());
+            if let Some(key) = &config.signing.ed25519_private_key {
+                // Only the public half, which the Carbon app is configured with.
+                println!(
+                    "\n# signing.ed25519_private_key's public key (a Carbon app's publicKey): {}",
+                    key.public_hex()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate {

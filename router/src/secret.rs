@@ -1,5 +1,6 @@
-//! Secrets the router holds: the bot token and the Standard Webhooks signing keys
-//! (`whsec_<base64>`), parsed and keyed once.
+//! Secrets the router holds: the bot token, the Standard Webhooks signing keys
+//! (`whsec_<base64>`), parsed and keyed once, and the Ed25519 key Carbon endpoints are signed
+//! with (PKCS#8 PEM).
 //!
 //! Owns the newtype that keeps a secret out of `Debug`, `Display` and serialised config. Reading
 //! the secret's text is an explicit call (`expose`) so every use is easy to find; nothing here
@@ -129,6 +130,87 @@ impl SigningKey {
     }
 }
 
+/// The Ed25519 private key `format = "carbon"` endpoints are signed with, as Discord signs its
+/// webhook events. Prints as `<redacted>`; only its public half is ever shown.
+#[derive(Clone)]
+pub struct Ed25519Key(ed25519_dalek::SigningKey);
+
+impl fmt::Debug for Ed25519Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A value for `signing.ed25519_private_key` that is not an Ed25519 key in PKCS#8 PEM.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("an Ed25519 private key must be PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`, as `shardhook keygen --ed25519` prints it): {0}")]
+pub struct BadEd25519Key(&'static str);
+
+impl Ed25519Key {
+    /// Parses PKCS#8 PEM. Line breaks written as `\n` (as an environment variable often carries
+    /// a PEM) are read as line breaks, as Carbon's own forwarder reads them.
+    pub fn parse(pem: &str) -> Result<Ed25519Key, BadEd25519Key> {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        let pem = pem.trim().replace("\\n", "\n");
+        if !pem.starts_with("-----BEGIN PRIVATE KEY-----") {
+            return Err(BadEd25519Key(
+                "it does not start with `-----BEGIN PRIVATE KEY-----`",
+            ));
+        }
+        ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
+            .map(Ed25519Key)
+            .map_err(|_| BadEd25519Key("it is not an Ed25519 key in PKCS#8 form"))
+    }
+
+    /// A new key, as `shardhook keygen --ed25519` prints it: the private key in PKCS#8 PEM and
+    /// the public key in hex (as Carbon's `publicKey` takes it). The seed is 32 bytes from the
+    /// operating system's cryptographic generator (`getrandom`).
+    ///
+    /// The PEM is PKCS#8 version 1, the seed alone, as `openssl genpkey -algorithm ed25519`
+    /// writes it: OpenSSL 3.0 (and so Node 20's `createPrivateKey`, which Carbon's own
+    /// forwarder reads its key with) refuses the version 2 form with the public key inside.
+    pub fn generate() -> (String, String) {
+        use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey, KeypairBytes};
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).expect("the operating system's random source is readable");
+        let pem = KeypairBytes {
+            secret_key: seed,
+            public_key: None,
+        }
+        .to_pkcs8_pem(LineEnding::LF)
+        .expect("an Ed25519 seed encodes as PKCS#8");
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        (pem.to_string(), Ed25519Key(key).public_hex())
+    }
+
+    /// The public key in lower-case hex (64 digits).
+    pub fn public_hex(&self) -> String {
+        hex(self.0.verifying_key().as_bytes())
+    }
+
+    /// The signature over `parts` joined, in lower-case hex (128 digits).
+    pub(crate) fn sign_hex(&self, parts: &[&[u8]]) -> String {
+        use ed25519_dalek::Signer;
+        // Ed25519 hashes the message twice, so it takes it whole.
+        let mut message = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            message.extend_from_slice(part);
+        }
+        hex(&self.0.sign(&message).to_bytes())
+    }
+}
+
+/// `bytes` in lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    out
+}
+
 /// `url` as output and logs may show it: userinfo (`user:password@`) and the query (`?key=...`)
 /// replaced by `<redacted>`, the fragment dropped. Text that is not a URL is not shown at all.
 pub fn redact_url(url: &str) -> String {
@@ -206,6 +288,52 @@ mod tests {
         assert_eq!(token.expose(), "abc.def.ghi");
         assert_eq!(format!("{token:?} {token}"), "<redacted> <redacted>");
         assert_eq!(serde_json::to_string(&token).unwrap(), "\"<redacted>\"");
+    }
+
+    #[test]
+    fn an_ed25519_key_round_trips_through_pem_and_never_prints() {
+        let (pem, public) = Ed25519Key::generate();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{pem}");
+        assert_eq!(public.len(), 64);
+        let key = Ed25519Key::parse(&pem).unwrap();
+        assert_eq!(key.public_hex(), public);
+        // As an environment variable often carries it: `\n` for each line break.
+        let escaped = pem.trim_end().replace('\n', "\\n");
+        assert_eq!(Ed25519Key::parse(&escaped).unwrap().public_hex(), public);
+        assert_eq!(format!("{key:?}"), "<redacted>");
+        assert_ne!(Ed25519Key::generate().1, public);
+        for bad in [
+            "",
+            "whsec_abc",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----",
+        ] {
+            let err = Ed25519Key::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("PKCS#8") && !err.contains("AAAA"), "{err}");
+        }
+    }
+
+    #[test]
+    fn ed25519_keys_are_written_and_read_in_openssls_pkcs8_form() {
+        // `openssl genpkey -algorithm ed25519`, and the public half its `pkey -pubout` gave.
+        let openssl = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIBW2PvcDvCu3bQo61bQHOrdcaF2PwlePKlom7icMFqwH\n-----END PRIVATE KEY-----\n";
+        assert_eq!(
+            Ed25519Key::parse(openssl).unwrap().public_hex(),
+            "b4064319d931457f907e9a42d93bea262e6499070d5214089755c9268e6366de"
+        );
+        // Ours has the same 48-byte shape (version 1, no public key), which OpenSSL 3.0 reads.
+        let (pem, _) = Ed25519Key::generate();
+        let lines: Vec<&str> = pem.lines().collect();
+        assert_eq!(lines.len(), 3, "{pem}");
+        assert!(lines[1].starts_with("MC4CAQAwBQYDK2VwBCIEI"), "{pem}");
+        assert_eq!(lines[1].len(), 64);
+    }
+
+    #[test]
+    fn ed25519_keys_do_not_follow_a_seeded_fast_generator() {
+        fastrand::seed(7);
+        let first = Ed25519Key::generate().1;
+        fastrand::seed(7);
+        assert_ne!(first, Ed25519Key::generate().1);
     }
 
     #[test]

@@ -42,6 +42,26 @@ pub(crate) async fn gateway_bot(
     axum::Json(body).into_response()
 }
 
+/// `GET /users/@me`: the bot's user, whose id is its application's.
+pub(crate) async fn current_user(
+    AxumState(shared): AxumState<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&shared, &headers) {
+        let body = serde_json::json!({"message": "401: Unauthorized", "code": 0});
+        return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    }
+    let body = serde_json::json!({
+        "id": events::APPLICATION_ID.to_string(),
+        "username": "shardhook-sim",
+        "discriminator": "0",
+        "bot": true,
+        "global_name": null,
+        "avatar": null,
+    });
+    axum::Json(body).into_response()
+}
+
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
     let expected = format!("Bot {}", shared.config.token);
     headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(expected.as_str())

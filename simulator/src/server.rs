@@ -23,7 +23,9 @@ use crate::connection;
 use crate::fault::Fault;
 use crate::observed::Observed;
 use crate::protocol::Compress;
-use crate::rest::{create_message, edit_original, gateway_bot, get_member, interaction_callback};
+use crate::rest::{
+    create_message, current_user, edit_original, gateway_bot, get_member, interaction_callback,
+};
 use crate::rules::SimConfig;
 use crate::shared::{Inner, Shared};
 
@@ -75,6 +77,7 @@ impl Simulator {
         });
         let app = Router::new()
             .route("/api/v10/gateway/bot", get(gateway_bot))
+            .route("/api/v10/users/@me", get(current_user))
             .route(
                 "/api/v10/channels/{channel_id}/messages",
                 post(create_message),

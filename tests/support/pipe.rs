@@ -138,6 +138,7 @@ impl Pipe {
             secret: Some(key),
             previous_secrets: vec![],
             control_secret: None,
+            ed25519_private_key: None,
         };
         config.endpoints = endpoints
             .iter()

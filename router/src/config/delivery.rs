@@ -50,6 +50,32 @@ pub struct EndpointConfig {
     /// connections), or `"always"` (`h2` only; for an `http` URL, HTTP/2 without TLS).
     #[serde(default)]
     pub http2: Http2,
+    /// What requests to this endpoint look like: `"shardhook"` (default: batches in
+    /// shardhook's envelope, Standard Webhooks signatures) or `"carbon"` (one request per
+    /// event in Discord's webhook-event envelope, signed with Ed25519, as a Carbon app's
+    /// gateway forwarder sends them; needs `signing.ed25519_private_key`). A shard fails over
+    /// only to endpoints of its home endpoint's format.
+    #[serde(default)]
+    pub format: EndpointFormat,
+}
+
+/// The request shape and signature an endpoint takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointFormat {
+    /// shardhook's batch envelope, signed per Standard Webhooks.
+    #[default]
+    Shardhook,
+    /// Discord's application webhook events, one per request, signed with Ed25519, as
+    /// `@buape/carbon`'s gateway forwarder sends them.
+    Carbon,
+}
+
+impl EndpointFormat {
+    /// Whether this is the default format (spool records and dead letters leave it out).
+    pub fn is_shardhook(&self) -> bool {
+        *self == EndpointFormat::Shardhook
+    }
 }
 
 /// Whether an endpoint is spoken to over HTTP/2.
@@ -95,6 +121,7 @@ impl EndpointConfig {
             region: None,
             ca_file: None,
             http2: Http2::default(),
+            format: EndpointFormat::default(),
         }
     }
 

@@ -23,8 +23,8 @@ mod signing;
 use crate::secret::{SigningKey, Token};
 
 pub use delivery::{
-    BatchConfig, DeliveryConfig, EndpointAuth, EndpointConfig, EventsConfig, Http2, Ordering,
-    RateLimitConfig,
+    BatchConfig, DeliveryConfig, EndpointAuth, EndpointConfig, EndpointFormat, EventsConfig, Http2,
+    Ordering, RateLimitConfig,
 };
 pub use discord::{Compression, DiscordConfig, ShardsConfig};
 pub use rest::RestConfig;
@@ -291,6 +291,7 @@ impl Config {
                 "DISCORD_TOKEN" => Some(("discord", "token")),
                 "SHARDHOOK_SIGNING_SECRET" => Some(("signing", "secret")),
                 "SHARDHOOK_CONTROL_SECRET" => Some(("signing", "control_secret")),
+                "SHARDHOOK_ED25519_PRIVATE_KEY" => Some(("signing", "ed25519_private_key")),
                 _ => None,
             };
             if let Some((section, key)) = secret_key {
@@ -358,6 +359,19 @@ impl Config {
                 return invalid(
                     key("weight"),
                     format!("{} must be a positive number", endpoint.weight),
+                );
+            }
+            if endpoint.format == EndpointFormat::Carbon
+                && self.signing.ed25519_private_key.is_none()
+            {
+                return invalid(
+                    key("format"),
+                    format!(
+                        "endpoint `{}` has format = \"carbon\", which is signed with Ed25519: set \
+                         SHARDHOOK_ED25519_PRIVATE_KEY or signing.ed25519_private_key (`shardhook \
+                         keygen --ed25519` makes a pair)",
+                        endpoint.name
+                    ),
                 );
             }
             if endpoint.max_in_flight == 0 {
@@ -716,15 +730,12 @@ mod tests {
     }
 
     #[test]
-    fn compression_is_zlib_by_default_and_zstd_on_request() {
-        assert_eq!(
-            parse("").unwrap().discord.compression,
-            Compression::ZlibStream
-        );
+    fn compression_is_none_by_default_and_zlib_or_zstd_on_request() {
+        assert_eq!(parse("").unwrap().discord.compression, Compression::None);
+        let config = parse("[discord]\ncompression = \"zlib-stream\"").unwrap();
+        assert_eq!(config.discord.compression, Compression::ZlibStream);
         let config = parse("[discord]\ncompression = \"zstd-stream\"").unwrap();
         assert_eq!(config.discord.compression, Compression::ZstdStream);
-        let config = parse("[discord]\ncompression = \"none\"").unwrap();
-        assert_eq!(config.discord.compression, Compression::None);
         let env = vec![(
             "SHARDHOOK__DISCORD__COMPRESSION".to_owned(),
             "zstd-stream".to_owned(),

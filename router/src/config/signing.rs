@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::secret::{SigningKey, Token};
+use crate::secret::{Ed25519Key, SigningKey, Token};
 
 /// The `[signing]` section.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -32,6 +32,11 @@ pub struct SigningConfig {
     /// (wins). Unset, commands are verified with `secret` and `previous_secrets`.
     #[serde(default, serialize_with = "redacted")]
     pub control_secret: Option<SigningKey>,
+    /// The Ed25519 private key (PKCS#8 PEM) that `format = "carbon"` endpoints are signed
+    /// with; their app holds the public half. Better: `SHARDHOOK_ED25519_PRIVATE_KEY` (wins).
+    /// `shardhook keygen --ed25519` prints a new pair.
+    #[serde(default, serialize_with = "redacted")]
+    pub ed25519_private_key: Option<Ed25519Key>,
 }
 
 fn redacted<S: serde::Serializer, T>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
@@ -61,6 +66,12 @@ fn secret_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 impl<'de> Deserialize<'de> for SigningKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         SigningKey::parse(&secret_text(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ed25519Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ed25519Key::parse(&secret_text(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -107,11 +118,12 @@ fn key_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SigningKey>, D::Error
 }
 
 /// Config keys that hold a secret, as error paths name them.
-const SECRET_KEYS: [&str; 4] = [
+const SECRET_KEYS: [&str; 5] = [
     "discord.token",
     "signing.secret",
     "signing.control_secret",
     "signing.previous_secrets",
+    "signing.ed25519_private_key",
 ];
 
 /// Whether an error at config key `key` could quote a secret's value: the key is a secret, an
@@ -153,6 +165,7 @@ mod tests {
             "signing.secret",
             "signing.previous_secrets",
             "signing.previous_secrets[1]",
+            "signing.ed25519_private_key",
         ] {
             assert!(may_hold_a_secret(key), "{key}");
         }

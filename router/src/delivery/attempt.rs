@@ -16,10 +16,12 @@ use tokio::time::{sleep, Instant};
 use tracing::{error, warn};
 
 use super::batch::Request;
+use super::carbon;
 use super::http::Failure;
 use super::retry::{self, Attempt, RetryAction};
 use super::shared::Shared;
 use super::signer::unix_now;
+use crate::config::EndpointFormat;
 use crate::state::dead_letter::DeadLetter;
 
 /// How an attempt to deliver a batch ended.
@@ -35,8 +37,11 @@ pub(super) async fn attempt_until_done(shared: &Shared, request: Request) -> Out
     let started = Instant::now();
     let mut attempts = 0u32;
     let last = loop {
+        // Only endpoints that take the request's format; of those, the first whose circuit
+        // lets a request through.
         let Some(index) = shared.ring.pick(request.shard_id as u64, |i| {
-            shared.endpoints[i].circuit.allows()
+            let endpoint = &shared.endpoints[i];
+            endpoint.format == request.format && endpoint.circuit.allows()
         }) else {
             return Outcome::Unavailable(request);
         };
@@ -46,7 +51,7 @@ pub(super) async fn attempt_until_done(shared: &Shared, request: Request) -> Out
             shared.stats.retries.fetch_add(1, AtomicOrdering::Relaxed);
             shared.stats.retries_by_endpoint[index].fetch_add(1, AtomicOrdering::Relaxed);
         }
-        let attempt = send(shared, index, &request, None).await;
+        let attempt = send(shared, index, &request, attempts, None).await;
         record_health(shared, index, &attempt);
         match retry::decide(&attempt) {
             RetryAction::Successful => {
@@ -83,7 +88,13 @@ pub(super) async fn attempt_interaction(
     deadline: Instant,
     max_backoff: Duration,
 ) {
-    let ranked = shared.ring.rank(request.shard_id as u64);
+    let mut ranked = shared.ring.rank(request.shard_id as u64);
+    ranked.retain(|i| shared.endpoints[*i].format == request.format);
+    if ranked.is_empty() {
+        // Built for a format no endpoint takes any more (the config changed).
+        dead_letter(shared, request, 0, None).await;
+        return;
+    }
     let mut turn = 0;
     let mut attempts = 0u32;
     let last = loop {
@@ -100,7 +111,7 @@ pub(super) async fn attempt_interaction(
             shared.stats.retries_by_endpoint[index].fetch_add(1, AtomicOrdering::Relaxed);
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let attempt = send(shared, index, &request, Some(remaining)).await;
+        let attempt = send(shared, index, &request, attempts, Some(remaining)).await;
         record_health(shared, index, &attempt);
         match retry::decide(&attempt) {
             RetryAction::Successful => {
@@ -163,13 +174,14 @@ fn ascii(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).expect("the router's own header values are visible ASCII")
 }
 
-/// One attempt: sign with a fresh timestamp, POST, and classify what came back. An interaction
-/// (`within` its time left) takes no in-flight slot, so a full endpoint does not hold it up, and
-/// its attempt ends with its time.
+/// One attempt, number `attempt` from 1: sign with a fresh timestamp in the endpoint's format,
+/// POST, and classify what came back. An interaction (`within` its time left) takes no
+/// in-flight slot, so a full endpoint does not hold it up, and its attempt ends with its time.
 async fn send(
     shared: &Shared,
     index: usize,
     request: &Request,
+    attempt: u32,
     within: Option<Duration>,
 ) -> Attempt {
     let endpoint = &shared.endpoints[index];
@@ -194,23 +206,40 @@ async fn send(
     if waited {
         shared.stats.rate_limit_waits[index].fetch_add(1, AtomicOrdering::Relaxed);
     }
-    let mut timestamp = itoa::Buffer::new();
-    let timestamp = timestamp.format(unix_now());
-    let signature = shared
-        .signer
-        .sign_text(&request.id, timestamp, &request.body);
     let mut headers = HeaderMap::with_capacity(8);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(WEBHOOK_TIMESTAMP, ascii(timestamp));
-    headers.insert(WEBHOOK_ID, ascii(&request.id));
+    match endpoint.format {
+        EndpointFormat::Shardhook => {
+            let mut timestamp = itoa::Buffer::new();
+            let timestamp = timestamp.format(unix_now());
+            let signature = shared
+                .signer
+                .sign_text(&request.id, timestamp, &request.body);
+            headers.insert(WEBHOOK_TIMESTAMP, ascii(timestamp));
+            headers.insert(WEBHOOK_ID, ascii(&request.id));
+            let signature = HeaderValue::try_from(signature).expect("a signature header is ASCII");
+            headers.insert(WEBHOOK_SIGNATURE, signature);
+        }
+        EndpointFormat::Carbon => {
+            let key = shared
+                .ed25519
+                .as_ref()
+                .expect("config validation requires the key for a carbon endpoint");
+            let (timestamp, signature) = carbon::sign(key, &request.body, SystemTime::now());
+            headers.insert(carbon::TIMESTAMP, timestamp);
+            headers.insert(carbon::SIGNATURE, signature);
+            headers.insert(carbon::EVENT_ID, ascii(&request.id));
+            let mut number = itoa::Buffer::new();
+            headers.insert(carbon::ATTEMPT, ascii(number.format(attempt)));
+        }
+    }
     if let Some((region, fetched)) = &aws {
-        // SigV4 per attempt: AWS refuses a signature more than 5 minutes old.
-        let signed = [
-            ("content-type", "application/json"),
-            ("webhook-id", request.id.as_str()),
-            ("webhook-timestamp", timestamp),
-            ("webhook-signature", signature.as_str()),
-        ];
+        // SigV4 per attempt: AWS refuses a signature more than 5 minutes old. It covers the
+        // headers above (the webhook signature's among them).
+        let signed: Vec<(&str, &str)> = headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+            .collect();
         let aws_request = crate::delivery::sigv4::Request {
             method: "POST",
             url: &endpoint.url,
@@ -219,14 +248,11 @@ async fn send(
         };
         let creds = &fetched.credentials;
         let now = SystemTime::now();
-        for (name, value) in
-            crate::delivery::sigv4::sign(&aws_request, region, "lambda", creds, now)
-        {
+        let aws_headers = crate::delivery::sigv4::sign(&aws_request, region, "lambda", creds, now);
+        for (name, value) in aws_headers {
             headers.insert(HeaderName::from_static(name), ascii(&value));
         }
     }
-    let signature = HeaderValue::try_from(signature).expect("a signature header is ASCII");
-    headers.insert(WEBHOOK_SIGNATURE, signature);
     let sent = endpoint
         .pool
         .post(headers, request.body.clone(), timeout)
@@ -289,6 +315,7 @@ pub(super) async fn dead_letter(
         attempts,
         body: RawValue::from_string(body.to_owned())
             .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON")),
+        format: request.format,
     };
     error!(
         webhook_id = %letter.webhook_id,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use crate::config::EndpointFormat;
 use crate::gateway::dispatch::Dispatch;
 
 /// Bytes a batch's envelope adds besides its events, and each event adds besides name and `d`.
@@ -64,6 +65,8 @@ pub struct Request {
     pub first_received: Instant,
     /// Interactions in the batch the router deferred.
     pub deferred: Vec<DeferredInteraction>,
+    /// The body's format: only endpoints of this format may take it.
+    pub format: EndpointFormat,
 }
 
 impl Batch {
@@ -140,6 +143,7 @@ impl Batch {
             events: 1 + self.more.len(),
             first_received: first.received_at,
             deferred: self.deferred.into_iter().map(|(_, d)| d).collect(),
+            format: EndpointFormat::Shardhook,
         }
     }
 }
@@ -151,7 +155,7 @@ fn event_size(event: &Dispatch) -> usize {
 /// `msg_{shard}_{session hash, 16 hex digits}_{first seq}_{last seq}`, written without
 /// `format!`: it is built once per request, and the formatting machinery was ~1.5% of an
 /// unbatched router's CPU.
-fn webhook_id(shard_id: u32, session: &str, first: u64, last: u64) -> String {
+pub(super) fn webhook_id(shard_id: u32, session: &str, first: u64, last: u64) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut number = itoa::Buffer::new();
     let mut id = String::with_capacity(64);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use governor::Quota;
 use tokio::sync::Semaphore;
 
-use crate::config::{DeliveryConfig, EndpointConfig};
+use crate::config::{DeliveryConfig, EndpointConfig, EndpointFormat};
 use crate::delivery::circuit::Circuit;
 use crate::delivery::http::{BadUrl, Pool};
 use crate::delivery::pacer::Pacer;
@@ -24,6 +24,8 @@ pub struct Endpoint {
     /// For `auth = "aws-iam"`: the region to SigV4-sign each attempt for (with the process's
     /// AWS credentials, `Shared::aws_credentials`).
     pub aws_region: Option<String>,
+    /// The requests it takes: shardhook's batches, or Carbon's events.
+    pub format: EndpointFormat,
     pacer: Option<Pacer>,
     in_flight: Semaphore,
     /// Its connections, as many idle as can be in flight.
@@ -68,6 +70,7 @@ impl Endpoint {
             url,
             timeout: config.timeout.unwrap_or(delivery.timeout),
             aws_region,
+            format: config.format,
             pacer,
             in_flight: Semaphore::new(config.max_in_flight),
             circuit: Circuit::new(delivery.circuit_failures, delivery.circuit_cooldown),

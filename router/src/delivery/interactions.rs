@@ -14,6 +14,7 @@ use tracing::warn;
 use super::attempt::attempt_interaction;
 use super::batch::{Batch, DeferredInteraction};
 use super::shared::Shared;
+use crate::config::EndpointFormat;
 use crate::gateway::dispatch::Dispatch;
 
 /// The fields of an interaction that deferring and editing need.
@@ -143,10 +144,16 @@ pub(super) async fn deliver_interaction(shared: Arc<Shared>, event: Dispatch) {
         None => (RESPONSE_WINDOW, RESPONSE_WINDOW / 4),
     };
     let deadline = event.received_at + window;
-    let mut batch = Batch::new(event);
-    if let Some(interaction) = deferred {
-        batch.mark_deferred(interaction);
-    }
-    attempt_interaction(&shared, batch.finish(), deadline, max_backoff).await;
+    let request = match shared.home_format(shard) {
+        EndpointFormat::Carbon => super::carbon::request_for(&shared, &event, deferred),
+        EndpointFormat::Shardhook => {
+            let mut batch = Batch::new(event);
+            if let Some(interaction) = deferred {
+                batch.mark_deferred(interaction);
+            }
+            batch.finish()
+        }
+    };
+    attempt_interaction(&shared, request, deadline, max_backoff).await;
     shared.progress.finished(shard, &session, seq);
 }

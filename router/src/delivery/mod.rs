@@ -10,6 +10,7 @@ mod attempt;
 mod aws_chain;
 mod aws_credentials;
 pub(crate) mod batch;
+mod carbon;
 mod circuit;
 mod endpoint;
 pub(crate) mod http;

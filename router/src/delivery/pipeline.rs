@@ -24,7 +24,7 @@ use super::shared::Shared;
 use super::signer::Signer;
 use super::stats::DeliveryStats;
 use super::worker::{worker, Intake};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, EndpointFormat};
 use crate::gateway::dispatch::Dispatch;
 use crate::state::dead_letter::{DeadLetter, DeadLetters};
 use crate::state::spool::{ShardSpool, SpoolUsage};
@@ -230,6 +230,8 @@ impl Pipeline {
             shared: Arc::new(Shared {
                 client,
                 signer,
+                ed25519: config.signing.ed25519_private_key.clone(),
+                application_id: Default::default(),
                 endpoints,
                 // One cache for the process: every aws-iam endpoint signs with the same keys.
                 aws_credentials: aws_chain.map(AwsCredentials::start),
@@ -249,6 +251,39 @@ impl Pipeline {
             queues: Arc::default(),
             warmed: vec![0; config.endpoints.len()],
         })
+    }
+
+    /// Asks Discord for the bot's application id (`GET /users/@me`) when an endpoint has
+    /// `format = "carbon"`, whose bodies carry it. If that fails it is read from the first
+    /// READY instead (a resumed session has none, so call this before the shards start).
+    pub async fn learn_application_id(&self) {
+        let shared = &self.shared;
+        let carbon = shared
+            .endpoints
+            .iter()
+            .any(|e| e.format == EndpointFormat::Carbon);
+        let Ok(token) = shared.config.token() else {
+            return;
+        };
+        if !carbon || shared.application_id.get().is_some() {
+            return;
+        }
+        let api = &shared.config.discord.api_url;
+        let asked = tokio::time::timeout(
+            shared.config.discord.connect_timeout,
+            crate::gateway::bot_info::application_id(&shared.client, api, token),
+        )
+        .await;
+        match asked {
+            Ok(Ok(id)) => {
+                tracing::info!(application_id = %id, "Carbon endpoints' bodies carry this application id");
+                let _ = shared.application_id.set(Arc::from(id));
+            }
+            Ok(Err(e)) => tracing::warn!("{e}; Carbon bodies take the application id from READY"),
+            Err(_) => tracing::warn!(
+                "GET /users/@me timed out; Carbon bodies take the application id from READY"
+            ),
+        }
     }
 
     /// A view for status pages and metrics.
@@ -282,6 +317,7 @@ impl Pipeline {
                 tokio::spawn(async move { warming.endpoints[home].pool.warm().await });
             }
         }
+        let format = shared.home_format(shard_id);
         let intake = Intake::new(rx, queue.saturating_sub(queued).max(1), held);
         let spool = ShardSpool::open(
             &shared.config.state.dir,
@@ -289,8 +325,9 @@ impl Pipeline {
             shared.spool_usage.clone(),
         );
         let spool = Arc::new(tokio::sync::Mutex::new(spool));
-        self.workers
-            .spawn(worker(shared, intake, spool).instrument(info_span!("delivery", shard_id)));
+        self.workers.spawn(
+            worker(shared, intake, spool, format).instrument(info_span!("delivery", shard_id)),
+        );
         tx
     }
 
@@ -336,6 +373,7 @@ impl Pipeline {
                 events: 0,
                 first_received: Instant::now(),
                 deferred: Vec::new(),
+                format: letter.format,
             };
             match attempt_until_done(&self.shared, request).await {
                 Outcome::Delivered => replayed.delivered += 1,
@@ -388,6 +426,7 @@ mod tests {
                 secret: Some(SigningKey::parse(&SigningKey::generate()).unwrap()),
                 previous_secrets: vec![],
                 control_secret: None,
+                ed25519_private_key: None,
             },
             endpoints: vec![EndpointConfig::new("a", url)],
             state: StateConfig {

@@ -1,20 +1,22 @@
 //! What every delivery task of the process shares (`Shared`): the endpoints and the ring that
-//! picks among them, the signer, the AWS credentials, the config, the filters, the dead-letter
-//! file, the counters, and durable progress.
+//! picks among them, the signers (Standard Webhooks, and Ed25519 for Carbon endpoints), the
+//! application id Carbon bodies carry, the AWS credentials, the config, the filters, the
+//! dead-letter file, the counters, and durable progress.
 //!
 //! Owns only the record; `pipeline` builds it, and the tasks' behaviour on it lives with them
 //! (`worker` reads a shard's queue through it, `interactions` defers and apologises, `attempt`
 //! sends).
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::aws_credentials::AwsCredentials;
 use super::endpoint::Endpoint;
 use super::ring::Ring;
 use super::signer::Signer;
 use super::stats::DeliveryStats;
-use crate::config::Config;
+use crate::config::{Config, EndpointFormat};
+use crate::secret::Ed25519Key;
 use crate::state::dead_letter::DeadLetters;
 use crate::state::spool::SpoolUsage;
 
@@ -22,6 +24,12 @@ use crate::state::spool::SpoolUsage;
 pub(super) struct Shared {
     pub(super) client: reqwest::Client,
     pub(super) signer: Signer,
+    /// What `format = "carbon"` endpoints are signed with; validated present when one is
+    /// configured.
+    pub(super) ed25519: Option<Ed25519Key>,
+    /// The bot's application id, for Carbon bodies: from `GET /users/@me` at start, else from
+    /// the first READY.
+    pub(super) application_id: OnceLock<Arc<str>>,
     pub(super) endpoints: Vec<Endpoint>,
     /// What `auth = "aws-iam"` endpoints sign with; `None` when no endpoint has it.
     pub(super) aws_credentials: Option<AwsCredentials>,
@@ -35,4 +43,14 @@ pub(super) struct Shared {
     pub(super) progress: crate::state::progress::Progress,
     /// Bytes spooled across shards, against `state.spool_max_bytes`.
     pub(super) spool_usage: Arc<SpoolUsage>,
+}
+
+impl Shared {
+    /// The format of a shard's home endpoint (its first choice by the ring): its requests are
+    /// built in it, and fail over only to endpoints of it.
+    pub(super) fn home_format(&self, shard_id: u32) -> EndpointFormat {
+        self.ring
+            .pick(shard_id as u64, |_| true)
+            .map_or(EndpointFormat::Shardhook, |i| self.endpoints[i].format)
+    }
 }

@@ -62,6 +62,7 @@ pub(super) async fn spool_request(shared: &Shared, spool: &SharedSpool, request:
         events: request.events,
         body: RawValue::from_string(String::from_utf8_lossy(&request.body).into_owned())
             .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON")),
+        format: request.format,
     };
     let mut batch = Some(batch);
     loop {
@@ -111,6 +112,7 @@ pub(super) async fn drain(shared: &Shared, spool: &SharedSpool) {
                         .to_owned(),
                     attempts: 0,
                     body: RawValue::from_string(text).expect("a JSON string"),
+                    format: Default::default(),
                 };
                 let stats = &shared.stats;
                 stats
@@ -125,7 +127,8 @@ pub(super) async fn drain(shared: &Shared, spool: &SharedSpool) {
             }
             Head::Batch(batch) => {
                 let available = shared.ring.pick(batch.shard_id as u64, |i| {
-                    shared.endpoints[i].circuit.would_allow()
+                    let endpoint = &shared.endpoints[i];
+                    endpoint.format == batch.format && endpoint.circuit.would_allow()
                 });
                 if available.is_none() {
                     return;
@@ -141,6 +144,7 @@ pub(super) async fn drain(shared: &Shared, spool: &SharedSpool) {
                     events: batch.events,
                     first_received: Instant::now(),
                     deferred: Vec::new(),
+                    format: batch.format,
                 };
                 if let Outcome::Unavailable(_) = attempt_until_done(shared, request).await {
                     return;

@@ -20,11 +20,12 @@ use tokio_util::sync::ReusableBoxFuture;
 use tracing::Instrument;
 
 use super::batch::{Batch, Request};
+use super::carbon;
 use super::interactions::deliver_interaction;
 use super::shared::Shared;
 use super::spooling::{deliver, drain};
 use super::{SharedSpool, INTERACTION_CREATE, SPOOL_RETRY};
-use crate::config::Ordering;
+use crate::config::{EndpointFormat, Ordering};
 use crate::gateway::dispatch::Dispatch;
 
 /// Batches of one shard in flight at once with `ordering = "none"`.
@@ -311,8 +312,14 @@ impl Intake {
 }
 
 /// One shard's delivery loop: batch, then send in order (or several at once), reading on
-/// while a batch is out so interactions go at once in their lane.
-pub(super) async fn worker(shared: Arc<Shared>, mut intake: Intake, spool: SharedSpool) {
+/// while a batch is out so interactions go at once in their lane. `format` is the shard's home
+/// endpoint's: Carbon's takes each event alone.
+pub(super) async fn worker(
+    shared: Arc<Shared>,
+    mut intake: Intake,
+    spool: SharedSpool,
+    format: EndpointFormat,
+) {
     let batching = &shared.config.batch;
     let mut senders = match shared.config.delivery.ordering {
         Ordering::Shard => None,
@@ -346,21 +353,27 @@ pub(super) async fn worker(shared: Arc<Shared>, mut intake: Intake, spool: Share
                 }
             }
         };
-        let mut batch = Batch::new(first);
-        if batching.max_events > 1 {
-            let mut linger = pin!(sleep_until(Instant::now() + batching.linger));
-            while batch.len() < batching.max_events {
-                let Some(event) = intake.more(&shared, linger.as_mut()).await else {
-                    break;
-                };
-                if !batch.accepts(&event, batching.max_bytes) {
-                    intake.put_back(event);
-                    break;
+        let request = match format {
+            // Carbon takes one event per request, as its own forwarder sends them.
+            EndpointFormat::Carbon => carbon::request_for(&shared, &first, None),
+            EndpointFormat::Shardhook => {
+                let mut batch = Batch::new(first);
+                if batching.max_events > 1 {
+                    let mut linger = pin!(sleep_until(Instant::now() + batching.linger));
+                    while batch.len() < batching.max_events {
+                        let Some(event) = intake.more(&shared, linger.as_mut()).await else {
+                            break;
+                        };
+                        if !batch.accepts(&event, batching.max_bytes) {
+                            intake.put_back(event);
+                            break;
+                        }
+                        batch.push(event);
+                    }
                 }
-                batch.push(event);
+                batch.finish()
             }
-        }
-        let request = batch.finish();
+        };
         shared.progress.started(
             request.shard_id,
             &request.session_id,
@@ -431,6 +444,7 @@ mod tests {
                 secret: Some(SigningKey::parse(&SigningKey::generate()).unwrap()),
                 previous_secrets: vec![],
                 control_secret: None,
+                ed25519_private_key: None,
             },
             endpoints: vec![EndpointConfig::new("a", "http://127.0.0.1:9/")],
             state: StateConfig {
@@ -446,6 +460,7 @@ mod tests {
             pipeline.shared.clone(),
             Intake::new(rx, 1, Arc::default()),
             Arc::new(tokio::sync::Mutex::new(spool)),
+            EndpointFormat::Shardhook,
         );
         let size = std::mem::size_of_val(&looping);
         let send = std::mem::size_of_val(&deliver(

@@ -1,4 +1,5 @@
-//! Discord's REST API, as far as the gateway needs it: `GET /gateway/bot`.
+//! Discord's REST API, as far as start-up needs it: `GET /gateway/bot`, and `GET /users/@me`
+//! for the application id Carbon bodies carry.
 //!
 //! Owns the request and the shape of its answer. It never logs or returns the token; errors
 //! carry the URL and status only.
@@ -54,7 +55,31 @@ pub async fn gateway_bot(
     api_url: &str,
     token: &Token,
 ) -> Result<GatewayBot, GatewayBotError> {
-    let url = format!("{}/gateway/bot", api_url.trim_end_matches('/'));
+    get(client, api_url, "gateway/bot", token).await
+}
+
+/// The bot's user id, which is its application's id (`GET /users/@me`).
+pub async fn application_id(
+    client: &reqwest::Client,
+    api_url: &str,
+    token: &Token,
+) -> Result<String, GatewayBotError> {
+    #[derive(Deserialize)]
+    struct User {
+        id: String,
+    }
+    let user: User = get(client, api_url, "users/@me", token).await?;
+    Ok(user.id)
+}
+
+/// `GET {api_url}/{path}` with the bot token, its JSON answer read as `T`.
+async fn get<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    api_url: &str,
+    path: &str,
+    token: &Token,
+) -> Result<T, GatewayBotError> {
+    let url = format!("{}/{path}", api_url.trim_end_matches('/'));
     let request_error = |source| GatewayBotError::Request {
         url: url.clone(),
         source,

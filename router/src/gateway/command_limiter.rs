@@ -31,7 +31,8 @@ impl CommandLimiter {
         let budget = command_budget(heartbeat_interval);
         CommandLimiter {
             budget,
-            sent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(budget as usize)),
+            // Grown on use: most shards never send a command, and a full window is ~2 KiB.
+            sent: std::sync::Mutex::new(std::collections::VecDeque::new()),
         }
     }
 

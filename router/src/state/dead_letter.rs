@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use crate::config::EndpointFormat;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
@@ -37,6 +39,10 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// The request body, as sent.
     pub body: Box<RawValue>,
+    /// The body's format, `"carbon"` for a Carbon endpoint's request (absent: shardhook's);
+    /// `replay` sends it only to endpoints of that format.
+    #[serde(default, skip_serializing_if = "EndpointFormat::is_shardhook")]
+    pub format: EndpointFormat,
 }
 
 /// Why a dead letter could not be written or read.
@@ -143,6 +149,7 @@ mod tests {
             error: "400 Bad Request".into(),
             attempts: 1,
             body,
+            format: EndpointFormat::Shardhook,
         };
         letters.append(&letter).await.unwrap();
         letters.append(&letter).await.unwrap();

@@ -28,6 +28,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::config::EndpointFormat;
+
 /// Record header: length and checksum.
 const HEADER: usize = 8;
 
@@ -41,6 +43,9 @@ pub struct SpooledBatch {
     pub last_seq: u64,
     pub events: usize,
     pub body: Box<RawValue>,
+    /// The body's format (absent: shardhook's, as in records of earlier versions).
+    #[serde(default, skip_serializing_if = "EndpointFormat::is_shardhook")]
+    pub format: EndpointFormat,
 }
 
 /// What the head of a shard's spool holds.
@@ -295,6 +300,7 @@ mod tests {
             last_seq: first,
             events: 1,
             body: RawValue::from_string(format!(r#"{{"s":{first}}}"#)).unwrap(),
+            format: EndpointFormat::Shardhook,
         }
     }
 
