@@ -57,6 +57,7 @@ pub async fn shardhook(
         secret: Some(key),
         previous_secrets: vec![],
         control_secret: None,
+        ed25519_private_key: None,
     };
     config.endpoints = vec![EndpointConfig::new("sink", sink_url)];
     config.state = StateConfig {

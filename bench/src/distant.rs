@@ -491,6 +491,7 @@ pub async fn shardhook_child(
         secret: Some(shardhook::SigningKey::parse(secret).expect("a valid secret")),
         previous_secrets: vec![],
         control_secret: None,
+        ed25519_private_key: None,
     };
     config.endpoints = vec![EndpointConfig {
         ca_file: Some(ca_file.into()),
