@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::{Request, Response, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use shardhook::config::{EndpointConfig, Http2, Transport};
+use shardhook::config::{EndpointConfig, Http2};
 use shardhook_simulator::SimConfig;
 use support::pipe::Pipe;
 use support::within;
@@ -140,7 +140,7 @@ async fn record(
     Ok(Response::builder().status(204).body(Empty::new()).unwrap())
 }
 
-/// Two shards of 30 events each, delivered by the hyper transport with `http2` to `endpoint`.
+/// Two shards of 30 events each, delivered with `http2` to `endpoint`.
 /// Returns the pipe once every event the double sent arrived.
 async fn deliver_to(endpoint: &mut Endpoint, http2: Http2) -> Pipe {
     let sim = SimConfig {
@@ -156,7 +156,6 @@ async fn deliver_to(endpoint: &mut Endpoint, http2: Http2) -> Pipe {
     let p = Pipe::start(sim, vec![], |c| {
         c.endpoints = vec![EndpointConfig {
             ca_file: Some(testdata("tls-ca.pem")),
-            transport: Transport::Hyper,
             http2,
             ..EndpointConfig::new("tls", url)
         }];

@@ -26,8 +26,6 @@ pub struct Batching {
     pub linger_ms: u64,
     /// `delivery.ordering = "shard"` (the default); otherwise `"none"`.
     pub ordered: bool,
-    /// The endpoint's `transport` (`builtin`, `hyper`); None for the default.
-    pub transport: Option<String>,
 }
 
 /// The shardhook contestant's state directory (checkpoints, spool): one per process, removed
@@ -59,13 +57,9 @@ pub async fn shardhook(
         secret: Some(key),
         previous_secrets: vec![],
         control_secret: None,
+        ed25519_private_key: None,
     };
     config.endpoints = vec![EndpointConfig::new("sink", sink_url)];
-    if let Some(transport) = &batching.transport {
-        config.endpoints[0].transport =
-            serde_json::from_value(serde_json::Value::String(transport.clone()))
-                .expect("builtin or hyper");
-    }
     config.state = StateConfig {
         dir: state_dir(),
         ..StateConfig::default()

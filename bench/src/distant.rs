@@ -58,9 +58,8 @@ pub struct Options {
 #[derive(Clone, Debug)]
 pub enum Contestant {
     /// shardhook, at its defaults but for these settings (`max_events`, `max_in_flight`,
-    /// `checkpoint_interval_ms`, `compression` = zlib-stream|zstd-stream|none,
-    /// `transport` = builtin|hyper, `http2` = auto|never|always),
-    /// written `key=value+key=value`; empty for the defaults.
+    /// `checkpoint_interval_ms`, `compression` = zlib-stream|zstd-stream|none, `http2` =
+    /// auto|never|always), written `key=value+key=value`; empty for the defaults.
     Shardhook { settings: String },
     /// twilight-gateway, a task per event posting on reqwest.
     Twilight,
@@ -492,6 +491,7 @@ pub async fn shardhook_child(
         secret: Some(shardhook::SigningKey::parse(secret).expect("a valid secret")),
         previous_secrets: vec![],
         control_secret: None,
+        ed25519_private_key: None,
     };
     config.endpoints = vec![EndpointConfig {
         ca_file: Some(ca_file.into()),
@@ -511,10 +511,6 @@ pub async fn shardhook_child(
             "max_in_flight" => config.endpoints[0].max_in_flight = number() as usize,
             "checkpoint_interval_ms" => {
                 config.state.checkpoint_interval = Duration::from_millis(number())
-            }
-            "transport" => {
-                config.endpoints[0].transport =
-                    serde_json::from_value(named(value)).expect("builtin or hyper")
             }
             "compression" => {
                 config.discord.compression =

@@ -54,14 +54,11 @@ struct Options {
     /// Only contestants whose name contains this, or one of these comma-separated names (to
     /// profile one, or compare a few).
     only: Option<String>,
-    /// Each shardhook contestant once per delivery transport named here (`builtin`, `hyper`),
-    /// side by side in every repetition: the transport A/B of issue 18. Empty: the default.
-    transports: Vec<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--fine-pacing] [--only NAME[,NAME..]] [--transports builtin|hyper[,..]]\n       shardhook-bench distant [--shards N] [--rate EVENTS_PER_S] [--delay-ms MS] [--warmup S] [--seconds S] [--contestants default|twilight|max_events=N+max_in_flight=N+checkpoint_interval_ms=N+transport=builtin|hyper+http2=auto|never|always,...]"
+        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--fine-pacing] [--only NAME[,NAME..]]\n       shardhook-bench distant [--shards N] [--rate EVENTS_PER_S] [--delay-ms MS] [--warmup S] [--seconds S] [--contestants default|twilight|max_events=N+max_in_flight=N+checkpoint_interval_ms=N+compression=zlib-stream|zstd-stream|none+http2=auto|never|always,...]"
     );
     std::process::exit(2)
 }
@@ -131,7 +128,6 @@ fn main() {
                 rounds: 5,
                 only: None,
                 fine_pacing: false,
-                transports: Vec::new(),
             };
             let mut it = args[1..].iter();
             while let Some(flag) = it.next() {
@@ -148,10 +144,6 @@ fn main() {
                     "--no-latency" => o.latency = false,
                     "--fine-pacing" => o.fine_pacing = true,
                     "--only" => o.only = Some(it.next().cloned().unwrap_or_else(|| usage())),
-                    "--transports" => {
-                        let names = it.next().cloned().unwrap_or_else(|| usage());
-                        o.transports = names.split(',').map(str::to_owned).collect();
-                    }
                     _ => usage(),
                 }
             }
@@ -188,7 +180,6 @@ async fn child(args: &[String]) {
                 max_events,
                 linger_ms: linger,
                 ordered,
-                transport: args.get(8).cloned(),
             };
             contestants::shardhook(arg(1), arg(2), arg(3), batch, compression).await
         }
@@ -220,8 +211,6 @@ enum Kind {
         compression: Compression,
         /// `delivery.ordering = "shard"` (the default) rather than `"none"`.
         ordered: bool,
-        /// The endpoint's `transport`, when not the default.
-        transport: Option<String>,
     },
     Twilight,
     Limit(Compression),
@@ -235,16 +224,6 @@ impl Kind {
     fn name(&self) -> String {
         match self {
             Kind::Baseline(kind) => format!("baseline build: {}", kind.name()),
-            Kind::Shardhook {
-                transport: Some(transport),
-                ..
-            } => {
-                let mut plain = self.clone();
-                if let Kind::Shardhook { transport, .. } = &mut plain {
-                    *transport = None;
-                }
-                format!("{} [transport {transport}]", plain.name())
-            }
             Kind::Shardhook {
                 max_events: 1,
                 ordered,
@@ -320,19 +299,16 @@ impl Ctx {
                 linger_ms,
                 compression,
                 ordered,
-                transport,
-            } => cmd
-                .args([
-                    "shardhook".to_owned(),
-                    self.blaster.api_url(),
-                    self.sink.url(),
-                    self.secret.clone(),
-                    max_events.to_string(),
-                    linger_ms.to_string(),
-                    compression.to_string(),
-                    if *ordered { "ordered" } else { "unordered" }.to_owned(),
-                ])
-                .args(transport),
+            } => cmd.args([
+                "shardhook".to_owned(),
+                self.blaster.api_url(),
+                self.sink.url(),
+                self.secret.clone(),
+                max_events.to_string(),
+                linger_ms.to_string(),
+                compression.to_string(),
+                if *ordered { "ordered" } else { "unordered" }.to_owned(),
+            ]),
             Kind::Twilight => cmd.args([
                 "twilight".to_owned(),
                 self.blaster.gateway_url(),
@@ -552,7 +528,6 @@ async fn idle_rss(shards: u32, secret: &str, epoch: Instant) -> Option<u64> {
         linger_ms: 0,
         compression: Compression::ZlibStream,
         ordered: true,
-        transport: None,
     });
     let pid = child.id()?;
     let ok = wait_identified(&ctx.blaster, shards).await;
@@ -604,7 +579,6 @@ async fn run(o: Options) {
         linger_ms,
         compression,
         ordered,
-        transport: None,
     };
     let kinds = [
         Kind::Limit(Compression::ZlibStream),
@@ -620,32 +594,6 @@ async fn run(o: Options) {
     ];
     // BENCH_BASELINE=path/to/an/older/shardhook-bench: each shardhook contestant also runs
     // from that build, next to the current one in every repetition.
-    let kinds: Vec<Kind> = kinds
-        .into_iter()
-        .flat_map(|kind| match &kind {
-            Kind::Shardhook { .. } if !o.transports.is_empty() => o
-                .transports
-                .iter()
-                .map(|t| match kind.clone() {
-                    Kind::Shardhook {
-                        max_events,
-                        linger_ms,
-                        compression,
-                        ordered,
-                        ..
-                    } => Kind::Shardhook {
-                        max_events,
-                        linger_ms,
-                        compression,
-                        ordered,
-                        transport: Some(t.clone()),
-                    },
-                    other => other,
-                })
-                .collect::<Vec<_>>(),
-            _ => vec![kind],
-        })
-        .collect();
     let baseline = std::env::var_os("BENCH_BASELINE").is_some();
     let kinds: Vec<Kind> = kinds
         .into_iter()

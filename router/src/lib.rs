@@ -16,7 +16,7 @@
 //!   `worker`, `interactions` (defer and apologise), each `attempt` (sign, send, retry, dead
 //!   letter), `stats`, the body of a `batch`, endpoint choice (`ring`), one `endpoint`'s
 //!   `pacer` and `circuit`, the `retry` decision, the `signer`, `sigv4` for Lambda, and the
-//!   HTTP/1.1 client (`http`).
+//!   HTTP client on hyper (`http`).
 //! - `gateway/`: from `GET /gateway/bot` (`bot_info`) to a `Dispatch` (`dispatch`): the
 //!   `shard` and its `handle`, `session`, `identify` queue, `command_limiter`, `close_code`,
 //!   `inflater`, `payload`.

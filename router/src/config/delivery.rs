@@ -45,15 +45,9 @@ pub struct EndpointConfig {
     /// sign its certificate. Only these are then trusted for it (default: the platform's roots).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// The HTTP client deliveries go out on: `"hyper"` (default) or `"builtin"`, the
-    /// hand-written HTTP/1.1 client (HTTP/1.1 only). See `bench/RESULTS.md`, "The transport
-    /// decision".
-    #[serde(default)]
-    pub transport: Transport,
     /// HTTP/2 to this endpoint: `"auto"` (default: when an `https` endpoint offers `h2` in
     /// ALPN, deliveries share a few multiplexed connections), `"never"` (a pool of HTTP/1.1
-    /// connections), or `"always"` (`h2` only; for an `http` URL, HTTP/2 without TLS). Not
-    /// with `transport = "builtin"`, which speaks HTTP/1.1 only.
+    /// connections), or `"always"` (`h2` only; for an `http` URL, HTTP/2 without TLS).
     #[serde(default)]
     pub http2: Http2,
     /// What requests to this endpoint look like: `"shardhook"` (default: batches in
@@ -82,18 +76,6 @@ impl EndpointFormat {
     pub fn is_shardhook(&self) -> bool {
         *self == EndpointFormat::Shardhook
     }
-}
-
-/// Which HTTP client an endpoint's deliveries go out on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Transport {
-    /// hyper's client connections, driven by the request's own task (HTTP/1.1), or a task per
-    /// connection (HTTP/2).
-    #[default]
-    Hyper,
-    /// The hand-written HTTP/1.1 client on `httparse`.
-    Builtin,
 }
 
 /// Whether an endpoint is spoken to over HTTP/2.
@@ -138,7 +120,6 @@ impl EndpointConfig {
             auth: EndpointAuth::None,
             region: None,
             ca_file: None,
-            transport: Transport::default(),
             http2: Http2::default(),
             format: EndpointFormat::default(),
         }

@@ -24,7 +24,7 @@ use crate::secret::{SigningKey, Token};
 
 pub use delivery::{
     BatchConfig, DeliveryConfig, EndpointAuth, EndpointConfig, EndpointFormat, EventsConfig, Http2,
-    Ordering, RateLimitConfig, Transport,
+    Ordering, RateLimitConfig,
 };
 pub use discord::{Compression, DiscordConfig, ShardsConfig};
 pub use rest::RestConfig;
@@ -35,6 +35,18 @@ pub const DEFAULT_CONFIG_PATH: &str = "shardhook.toml";
 
 /// Prefix of the environment variables that override config keys.
 const ENV_PREFIX: &str = "SHARDHOOK__";
+
+/// Keys earlier versions read and this one does not: the table they sat in, the key, and what
+/// to do instead. A config that still has one is refused (the schema denies unknown keys), with
+/// this said, and the file named, beside the usual "unknown field". (Environment overrides
+/// cannot reach into `[[endpoints]]`, so such a key is always the file's.)
+const REMOVED_KEYS: [(&str, &str, &str); 1] = [(
+    "endpoints",
+    "transport",
+    "the key was removed: hyper is the only HTTP client since the hand-written HTTP/1.1 \
+     client was removed (bench/RESULTS.md, \"The transport decision\"); delete the key, and \
+     use `http2` to choose the HTTP version",
+)];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -296,7 +308,10 @@ impl Config {
         let de = toml::Value::Table(table);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            let message = e.into_inner().message().to_owned();
+            let mut message = e.into_inner().message().to_owned();
+            if let Some(hint) = removed_key_hint(&key, &message) {
+                message = format!("in {}: {hint} ({message})", origin.display());
+            }
             // Secrets are read so their values never reach a message; this is the net under
             // that, for a section (or the whole file) of the wrong type, quoted whole.
             let message = if signing::may_hold_a_secret(&key) {
@@ -344,13 +359,6 @@ impl Config {
                 return invalid(
                     key("weight"),
                     format!("{} must be a positive number", endpoint.weight),
-                );
-            }
-            if endpoint.transport == Transport::Builtin && endpoint.http2 == Http2::Always {
-                return invalid(
-                    key("http2"),
-                    "`always` needs transport = \"hyper\": the builtin transport speaks HTTP/1.1 only"
-                        .to_owned(),
                 );
             }
             if endpoint.format == EndpointFormat::Carbon
@@ -435,6 +443,21 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# failed to render config: {e}"))
     }
+}
+
+/// What to do about `key`, if the deserializer refused it as unknown and it is a key earlier
+/// versions read (`REMOVED_KEYS`).
+fn removed_key_hint(key: &str, message: &str) -> Option<&'static str> {
+    if !message.starts_with("unknown field") {
+        return None;
+    }
+    let (table, name) = key.rsplit_once('.')?;
+    // `endpoints[0]` is in the `endpoints` array of tables.
+    let table = table.split_once('[').map_or(table, |(array, _)| array);
+    REMOVED_KEYS
+        .iter()
+        .find(|(t, n, _)| *t == table && *n == name)
+        .map(|(_, _, hint)| *hint)
 }
 
 /// The error for text that is not TOML: where, and why, without the line itself (toml's own
@@ -650,14 +673,11 @@ mod tests {
     }
 
     #[test]
-    fn transport_and_http2_are_read_and_checked_by_key() {
+    fn http2_is_read_and_checked_by_key() {
         let endpoint = "[[endpoints]]\nname = \"a\"\nurl = \"https://x\"\n";
-        let config = parse(&format!(
-            "{endpoint}transport = \"hyper\"\nhttp2 = \"always\""
-        ))
-        .unwrap();
-        assert_eq!(config.endpoints[0].transport, Transport::Hyper);
+        let config = parse(&format!("{endpoint}http2 = \"always\"")).unwrap();
         assert_eq!(config.endpoints[0].http2, Http2::Always);
+        assert_eq!(parse(endpoint).unwrap().endpoints[0].http2, Http2::Auto);
         let err = parse(&format!("{endpoint}http2 = \"sometimes\""))
             .unwrap_err()
             .to_string();
@@ -665,20 +685,29 @@ mod tests {
             err.contains("endpoints[0].http2") && err.contains("auto") && err.contains("never"),
             "{err}"
         );
-        let err = parse(&format!("{endpoint}transport = \"curl\""))
+    }
+
+    #[test]
+    fn the_removed_transport_key_is_refused_by_name() {
+        let endpoint = "[[endpoints]]\nname = \"a\"\nurl = \"https://x\"\n";
+        for value in ["builtin", "hyper"] {
+            let err = parse(&format!("{endpoint}transport = \"{value}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(
+                    "config key `endpoints[0].transport`: in test.toml: the key was removed"
+                ) && err.contains("hyper is the only HTTP client")
+                    && err.contains("unknown field `transport`"),
+                "{err}"
+            );
+        }
+        // Any other unknown key is just that.
+        let err = parse(&format!("{endpoint}transprt = \"hyper\""))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("endpoints[0].transport") && err.contains("hyper"),
-            "{err}"
-        );
-        let err = parse(&format!(
-            "{endpoint}transport = \"builtin\"\nhttp2 = \"always\""
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("endpoints[0].http2") && err.contains("HTTP/1.1 only"),
+            err.starts_with("config key `endpoints[0].transprt`: unknown field `transprt`"),
             "{err}"
         );
     }

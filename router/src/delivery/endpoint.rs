@@ -66,13 +66,7 @@ impl Endpoint {
         };
         Ok(Endpoint {
             name: config.name.clone(),
-            pool: Pool::with(
-                &url,
-                config.max_in_flight,
-                tls,
-                config.transport,
-                config.http2,
-            )?,
+            pool: Pool::new(&url, config.max_in_flight, tls, config.http2)?,
             url,
             timeout: config.timeout.unwrap_or(delivery.timeout),
             aws_region,

@@ -1,6 +1,6 @@
-//! Delivery's transport on hyper: an endpoint's connections as hyper's client connection API
-//! speaks them, HTTP/1.1 kept idle between requests and driven by the request's own task, or
-//! HTTP/2 multiplexed on a few connections when the endpoint takes `h2`.
+//! An endpoint's connections as hyper's client connection API speaks them: HTTP/1.1 kept idle
+//! between requests and driven by the request's own task, or HTTP/2 multiplexed on a few
+//! connections when the endpoint takes `h2`.
 //!
 //! Owns which HTTP version a connection speaks (ALPN, the endpoint's `http2` setting), the
 //! HTTP/1.1 connections kept idle and the HTTP/2 connections shared, and one POST's round trip
@@ -10,10 +10,10 @@
 //!
 //! HTTP/1.1: no task per connection. A request polls its connection's future beside its own
 //! (the answer's head, then its body), so the bytes move on the request's task with no hand-off
-//! to another; between requests the connection sits idle, polled by nobody, and is looked at as
-//! the hand-written client does when it is taken (a poll that makes no system call, then, after
-//! a second idle, a look at the socket). HTTP/2: a task per connection, as streams of many shards
-//! share it; the request's task waits for its stream's answer.
+//! to another; between requests the connection sits idle, polled by nobody, and is looked at
+//! when it is taken (a poll that makes no system call, then, after a second idle, a look at the
+//! socket; see `http`). HTTP/2: a task per connection, as streams of many shards share it; the
+//! request's task waits for its stream's answer.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -37,8 +37,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::connection::{tcp_of, Stream};
-use super::{closed, with_causes, Answer, Failure, Pool, BODY_LIMIT, IDLE_FOR, LOOK_AFTER};
+use super::{
+    closed, tcp_of, with_causes, Answer, Failure, Pool, Stream, BODY_LIMIT, IDLE_FOR, LOOK_AFTER,
+};
 use crate::config::Http2;
 
 /// Streams one HTTP/2 connection is given before another is opened: under what servers allow
@@ -53,7 +54,7 @@ type H2Sender = http2::SendRequest<Full<Bytes>>;
 /// An HTTP/2 connection's sender, and the count of its streams out that a request joined.
 type Picked = (H2Sender, Arc<AtomicUsize>);
 
-/// The hyper side of an endpoint's pool.
+/// An endpoint's HTTP/1.1 and HTTP/2 connections.
 pub(super) struct HyperPool {
     http2: Http2,
     /// The request's URI as HTTP/1.1 writes it (origin form) and as HTTP/2 needs it (absolute).
@@ -80,7 +81,7 @@ struct IdleH1 {
     since: Instant,
 }
 
-struct H1 {
+pub(super) struct H1 {
     sender: H1Sender,
     connection: H1Connection,
     /// Set when a byte of an answer arrives, reset as a request goes out.
@@ -98,7 +99,7 @@ struct H2Conn {
 }
 
 /// A connection as it came out of its handshake.
-enum Opened {
+pub(super) enum Opened {
     /// Boxed: it is moved once per connection opened, and the H2 variant is small.
     H1(Box<H1>),
     H2(H2Sender),
@@ -306,7 +307,7 @@ impl HyperPool {
 
     /// A new connection: TCP, TLS for `https`, and the handshake of the HTTP version the
     /// endpoint took; an HTTP/2 connection gets its task here.
-    async fn open(&self, pool: &Pool) -> Result<Opened, Failure> {
+    pub(super) async fn open(&self, pool: &Pool) -> Result<Opened, Failure> {
         let failed = |reason: String| Failure::Connect {
             authority: pool.authority.clone(),
             reason,
@@ -409,8 +410,9 @@ impl HyperPool {
         h2.iter().filter(|c| !c.sender.is_closed()).count()
     }
 
-    /// The most recently used idle HTTP/1.1 connection that is still fit, as the hand-written
-    /// client's `take` decides it. Connections are closed outside the lock.
+    /// The most recently used idle HTTP/1.1 connection not idle too long and to which the
+    /// endpoint has sent nothing since its last answer, a close included, if any (see `http`).
+    /// Connections are closed outside the lock.
     fn take(&self) -> Option<H1> {
         let now = Instant::now();
         loop {
@@ -442,6 +444,12 @@ impl HyperPool {
     #[cfg(test)]
     pub(super) fn kept(&self) -> (usize, usize) {
         (self.idle.lock().unwrap().len(), self.live_h2())
+    }
+
+    /// Says the `i`th idle HTTP/1.1 connection, oldest first, was kept `since`.
+    #[cfg(test)]
+    pub(super) fn idle_since(&self, i: usize, since: Instant) {
+        self.idle.lock().unwrap()[i].since = since;
     }
 }
 
@@ -504,7 +512,7 @@ impl H1 {
 
     /// Whether the endpoint has sent nothing since the last answer, a close included: a look
     /// at the socket without reading (`MSG_PEEK`).
-    fn untouched(&self) -> bool {
+    pub(super) fn untouched(&self) -> bool {
         let mut byte = [MaybeUninit::uninit()];
         match self.socket.peek(&mut byte) {
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,

@@ -1,31 +1,29 @@
-//! Delivery's HTTP client: the connections deliveries go out on, a small pool of them per
-//! endpoint, on one of two transports (the endpoint's `transport`).
+//! Delivery's HTTP client: the connections deliveries go out on and a small pool of them per
+//! endpoint, on hyper's client connections (`hyper_pool`): HTTP/1.1 driven by the request's own
+//! task, or HTTP/2 when the endpoint takes `h2` in ALPN (the endpoint's `http2`).
 //!
 //! Owns connecting (TCP as hyper-util connects, both address families raced; then TLS with the
-//! system's roots for `https`, and the ALPN offer), keeping idle connections for the next
-//! request, and one POST's round trip within the attempt's time: write it, read the status and
-//! `Retry-After`, and read the body to its end so the connection can be used again. It must not
-//! decide what a status means (`retry` does) or sign anything (`signer`, `sigv4`). It follows no
-//! redirect: a 3xx is an answer like any other, which `retry` dead-letters (followed, a
-//! 301/302/303 turns the signed POST into a GET without the events, and its 2xx would count
-//! them as delivered).
+//! system's roots for `https`, and the ALPN offer), the counts of connections opened and TLS
+//! sessions resumed, the answer's shape (`Answer`, `Failure`) and the limits on it. Keeping
+//! connections and one POST's round trip within the attempt's time (write it, read the status
+//! and `Retry-After`, read the body to its end so the connection can be used again) are
+//! `hyper_pool`'s. It must not decide what a status means (`retry` does) or sign anything
+//! (`signer`, `sigv4`). It follows no redirect: a 3xx is an answer like any other, which `retry`
+//! dead-letters (followed, a 301/302/303 turns the signed POST into a GET without the events,
+//! and its 2xx would count them as delivered).
 //!
-//! `transport = "builtin"`: the client half of HTTP/1.1 written here, on `httparse`
-//! (`connection`), driven by the request's own task: a request is one vectored write of its
-//! head and body, then reads until its answer has been parsed and its body skipped.
-//! `transport = "hyper"` (`hyper_pool`): hyper's client connections, HTTP/1.1 driven by the
-//! request's own task too, or HTTP/2 when the endpoint takes `h2` in ALPN. Side by side
-//! against the bench sink, a load client on reqwest took 22-26 CPU µs per request, one on
-//! hyper's connection API (a task per connection, a channel to it and back per request) 11-13,
-//! and a raw write with `httparse` 9
-//! (`bench/runs/2026-11-23T0830-load-client-reqwest-hyper-raw.txt`); the two transports inside
-//! the router are compared in `bench/RESULTS.md`, "The transport decision (issue 18)". reqwest
-//! stays for Discord's REST API. Not supported, unlike reqwest: proxies from `HTTPS_PROXY` and
-//! the like (delivery connects to endpoints directly).
+//! Why hyper's connection API and not reqwest, nor a client of our own: side by side against
+//! the bench sink, a load client on reqwest took 22-26 CPU µs per request, one on hyper's
+//! connection API 11-13, and a raw write with `httparse` 9
+//! (`bench/runs/2026-11-23T0830-load-client-reqwest-hyper-raw.txt`); inside the router, on the
+//! distant workload, a hand-written HTTP/1.1 client took 97 µs per event and hyper 91, so it
+//! was removed (`bench/RESULTS.md`, "The transport decision (issue 18)"). reqwest stays for
+//! Discord's REST API. Not supported, unlike reqwest: proxies from `HTTPS_PROXY` and the like
+//! (delivery connects to endpoints directly).
 //!
-//! No task watches an idle connection, so what the endpoint did to one meanwhile is found out
-//! when it is next taken. First a poll of the stream that costs no system call (tokio's
-//! readiness, and whatever rustls holds): anything readable, a close included, and the
+//! No task watches an idle HTTP/1.1 connection, so what the endpoint did to one meanwhile is
+//! found out when it is next taken. First a poll of the connection that costs no system call
+//! (tokio's readiness, and whatever rustls holds): anything readable, a close included, and the
 //! connection is dropped. Then, for a connection idle a second or more (`LOOK_AFTER`), a look at
 //! the socket itself without reading (`MSG_PEEK`), for what tokio's driver has not polled yet.
 //! The endpoint can still close a kept connection just as a request goes out; one that ends
@@ -33,26 +31,22 @@
 //! The endpoint may have read it, so it can see a `webhook-id` twice, as it can after any retry
 //! (Go's client does the same for requests with an idempotency key, which `webhook-id` is).
 
-use std::io::{self};
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue};
 use http::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
-use tokio::time::Instant;
+use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tower_service::Service;
 
-use crate::config::{Http2, Transport};
+use crate::config::Http2;
 use crate::tls::Tls;
-use crate::USER_AGENT;
-use connection::{Conn, Head, Stream};
 use hyper_pool::HyperPool;
 
-mod connection;
 mod hyper_pool;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -66,13 +60,18 @@ const LOOK_AFTER: Duration = Duration::from_secs(1);
 /// The most of an answer's body read to keep its connection; past it the connection is closed
 /// (the status stands).
 const BODY_LIMIT: u64 = 1 << 20;
-/// The longest answer head (status line and headers) taken, and the longest chunk-size or
-/// trailer line.
-const HEAD_LIMIT: usize = 64 << 10;
-/// The most headers an answer may have.
-const MAX_HEADERS: usize = 100;
-/// What a connection's read buffer starts with, and how much room a read is given.
-const READ_ROOM: usize = 4 << 10;
+
+/// The bytes of a connection, plain or inside TLS; tokio-util's `Either` passes reads and
+/// writes (vectored too) to whichever it is.
+type Stream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
+
+/// The TCP connection under `stream`.
+fn tcp_of(stream: &Stream) -> &TcpStream {
+    match stream {
+        Either::Left(tcp) => tcp,
+        Either::Right(tls) => tls.get_ref().0,
+    }
+}
 
 /// Why a round trip failed. The request may have reached the endpoint for `Timeout` and
 /// `Exchange`; for `Connect` only when it went out once on a kept connection that the endpoint
@@ -105,32 +104,26 @@ pub struct Answer {
     pub retry_after: Option<HeaderValue>,
 }
 
-/// One endpoint's connections: where they go and the idle ones.
+/// One endpoint's connections: where they go, how they are opened, and hyper's side of them.
 pub struct Pool {
     /// `host[:port]`, as the `Host` header carries it and as errors name the endpoint.
     authority: String,
     /// `path?query`, as the request line carries it.
     target: String,
-    /// The start of every request's head: its request line, `Host` and `User-Agent`.
-    preamble: Box<[u8]>,
     tls: Option<(Tls, rustls::pki_types::ServerName<'static>)>,
     /// TCP connections: DNS, both address families raced, keepalive, Nagle off.
     connector: HttpConnector,
     /// `scheme://authority`, what `connector` is asked for.
     origin: Uri,
-    idle: Mutex<Vec<Idle>>,
+    /// The most idle HTTP/1.1 connections kept: the endpoint's in-flight cap, as more could
+    /// never be busy at once.
     max_idle: usize,
     /// Connections opened, and of those over TLS, how many resumed an earlier TLS session (a
     /// handshake without certificates, a round trip shorter).
     opened: AtomicU64,
     resumed: AtomicU64,
-    /// For `transport = "hyper"`: its connections, HTTP/1.1 or HTTP/2. `idle` then stays empty.
-    hyper: Option<HyperPool>,
-}
-
-struct Idle {
-    conn: Conn,
-    since: Instant,
+    /// The connections themselves, HTTP/1.1 or HTTP/2, and the round trips on them.
+    hyper: HyperPool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -160,20 +153,13 @@ pub enum BadUrl {
 }
 
 impl Pool {
-    /// A pool for `url` on the hand-written client, as the tests of its internals want it.
-    #[cfg(test)]
-    fn new(url: &reqwest::Url, max_idle: usize, tls: &Tls) -> Result<Pool, BadUrl> {
-        Pool::with(url, max_idle, tls, Transport::Builtin, Http2::Never)
-    }
-
-    /// A pool for `url`, keeping at most `max_idle` idle connections (the endpoint's in-flight
-    /// cap: more could never be busy at once), on `transport`; `http2` says whether hyper's
-    /// connections offer and speak HTTP/2 (the builtin transport speaks HTTP/1.1 only).
-    pub fn with(
+    /// A pool for `url`, keeping at most `max_idle` idle HTTP/1.1 connections (the endpoint's
+    /// in-flight cap: more could never be busy at once); `http2` says whether its connections
+    /// offer and speak HTTP/2.
+    pub fn new(
         url: &reqwest::Url,
         max_idle: usize,
         tls: &Tls,
-        transport: Transport,
         http2: Http2,
     ) -> Result<Pool, BadUrl> {
         let shown = || crate::secret::redact_url(url.as_str());
@@ -203,16 +189,10 @@ impl Pool {
         let tls = if secure {
             let name = rustls::pki_types::ServerName::try_from(bare)
                 .map_err(|e| invalid(format!("not a TLS server name: {e}")))?;
-            let tls = match transport {
-                Transport::Builtin => tls.clone(),
-                // The same settings (and so the same TLS session cache), other ALPN offers.
-                Transport::Hyper => {
-                    let mut offers = rustls::ClientConfig::clone(tls);
-                    offers.alpn_protocols = HyperPool::alpn(http2);
-                    std::sync::Arc::new(offers)
-                }
-            };
-            Some((tls, name))
+            // The same settings (and so the same TLS session cache), this endpoint's ALPN offers.
+            let mut offers = rustls::ClientConfig::clone(tls);
+            offers.alpn_protocols = HyperPool::alpn(http2);
+            Some((std::sync::Arc::new(offers), name))
         } else {
             None
         };
@@ -223,26 +203,17 @@ impl Pool {
         connector.set_keepalive(Some(Duration::from_secs(15)));
         let origin = format!("{}://{}", url.scheme(), authority);
         // The URL parser has percent-encoded anything a request line or header cannot carry.
-        let preamble =
-            format!("POST {target} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: {USER_AGENT}\r\n");
-        let hyper = match transport {
-            Transport::Builtin => None,
-            Transport::Hyper => {
-                let absolute = format!("{origin}{target}");
-                let pool = HyperPool::new(http2, &target, absolute, &authority, max_idle);
-                Some(pool.map_err(invalid)?)
-            }
-        };
+        let absolute = format!("{origin}{target}");
+        let hyper =
+            HyperPool::new(http2, &target, absolute, &authority, max_idle).map_err(invalid)?;
         let origin = Uri::try_from(origin).map_err(|e| invalid(e.to_string()))?;
         Ok(Pool {
             hyper,
             connector,
             origin,
-            preamble: preamble.into_bytes().into_boxed_slice(),
             authority,
             target,
             tls,
-            idle: Mutex::new(Vec::new()),
             max_idle,
             opened: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
@@ -257,17 +228,11 @@ impl Pool {
         )
     }
 
-    /// Opens a connection (TCP, and TLS for `https`) and keeps it idle for the next request, so
-    /// that request pays no handshake. A failure is only logged: the first request will try
-    /// again and say why it failed.
+    /// Opens a connection (TCP, TLS for `https`, and its HTTP handshake) ahead of the first
+    /// request, so that request pays no handshake. A failure is only logged: the first request
+    /// will try again and say why it failed.
     pub async fn warm(&self) {
-        if let Some(hyper) = &self.hyper {
-            return hyper.warm(self).await;
-        }
-        match self.connect().await {
-            Ok(conn) => self.keep(conn),
-            Err(e) => tracing::warn!("could not open a connection ahead of the first request: {e}"),
-        }
+        self.hyper.warm(self).await;
     }
 
     /// POSTs `body` with `headers` (the pool adds `Host`, `User-Agent` and the length) and
@@ -280,98 +245,7 @@ impl Pool {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Answer, Failure> {
-        if let Some(hyper) = &self.hyper {
-            return hyper.post(self, headers, body, timeout).await;
-        }
-        let deadline = Instant::now() + timeout;
-        let (mut conn, head) = tokio::time::timeout_at(deadline, self.exchange(&headers, &body))
-            .await
-            .map_err(|_elapsed| Failure::Timeout {
-                authority: self.authority.clone(),
-                timeout,
-            })??;
-        // A connection that closes after this answer is not worth reading to its end.
-        if !head.close {
-            let skipped = tokio::time::timeout_at(deadline, conn.skip_body(head.body)).await;
-            if matches!(skipped, Ok(Ok(()))) && conn.read.is_empty() {
-                self.keep(conn);
-            }
-        }
-        Ok(Answer {
-            status: head.status,
-            retry_after: head.retry_after,
-        })
-    }
-
-    /// Sends the request and reads its answer's head, on a kept connection or a new one.
-    async fn exchange(&self, headers: &HeaderMap, body: &[u8]) -> Result<(Conn, Head), Failure> {
-        let mut kept = self.take();
-        loop {
-            let reused = kept.is_some();
-            let mut conn = match kept.take() {
-                Some(conn) => conn,
-                // Boxed: connecting (TLS especially) is a big future, rare once connections
-                // are kept, and inline it would make every shard's delivery task that much
-                // bigger, busy or idle.
-                None => Box::pin(self.connect()).await?,
-            };
-            match conn.ask(&self.preamble, headers, body).await {
-                Ok(head) => return Ok((conn, head)),
-                // Closed after `take` looked at it, before a byte of an answer came.
-                Err(e) if reused && !conn.heard && closed(&e) => {
-                    tracing::debug!(endpoint = %self.authority, "a kept connection closed before it answered ({e}); sending again on a new one");
-                    continue;
-                }
-                Err(source) => {
-                    return Err(Failure::Exchange {
-                        authority: self.authority.clone(),
-                        source,
-                    })
-                }
-            }
-        }
-    }
-
-    /// The most recently used idle connection not idle too long and to which the endpoint has
-    /// sent nothing since its last answer, a close included, if any. Connections are closed
-    /// outside the pool's lock.
-    fn take(&self) -> Option<Conn> {
-        let now = Instant::now();
-        loop {
-            let (expired, last) = {
-                let mut idle = self.idle.lock().expect("the pool's lock is never poisoned");
-                // Oldest first: close those kept too long.
-                let expired = idle.partition_point(|i| now - i.since >= IDLE_FOR);
-                let expired: Vec<Idle> = idle.drain(..expired).collect();
-                (expired, idle.pop())
-            };
-            drop(expired);
-            let mut last = last?;
-            if last.conn.quiet() && (now - last.since < LOOK_AFTER || last.conn.untouched()) {
-                return Some(last.conn);
-            }
-        }
-    }
-
-    fn keep(&self, conn: Conn) {
-        let mut idle = self.idle.lock().expect("the pool's lock is never poisoned");
-        if idle.len() < self.max_idle {
-            idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
-        }
-    }
-
-    /// A new connection: TCP, then TLS for `https`.
-    async fn connect(&self) -> Result<Conn, Failure> {
-        let (stream, _h2) = self.open().await?;
-        Ok(Conn {
-            stream,
-            read: BytesMut::with_capacity(READ_ROOM),
-            head: Vec::new(),
-            heard: false,
-        })
+        self.hyper.post(self, headers, body, timeout).await
     }
 
     /// A new stream: TCP, then TLS for `https`; and whether the endpoint took `h2` in ALPN.
@@ -406,13 +280,10 @@ impl Pool {
         Ok((stream, h2))
     }
 
-    /// Idle connections kept now.
+    /// Idle HTTP/1.1 connections kept now.
     #[cfg(test)]
     fn idle(&self) -> usize {
-        match &self.hyper {
-            Some(hyper) => hyper.kept().0,
-            None => self.idle.lock().unwrap().len(),
-        }
+        self.hyper.kept().0
     }
 }
 
