@@ -44,6 +44,8 @@ struct Endpoint {
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<AtomicUsize>,
     changes: watch::Receiver<usize>,
+    /// While true, TCP connections are accepted (and counted) but their TLS handshakes wait.
+    hold: watch::Sender<bool>,
 }
 
 impl Endpoint {
@@ -71,11 +73,16 @@ impl Endpoint {
         let (changed, changes) = watch::channel(0);
         let changed = Arc::new(changed);
         let (s, c) = (seen.clone(), connections.clone());
+        let (hold, held) = watch::channel(false);
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, seen, changed) = (acceptor.clone(), s.clone(), changed.clone());
+                let mut held = held.clone();
                 c.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
+                    if held.wait_for(|held| !*held).await.is_err() {
+                        return;
+                    }
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
@@ -101,6 +108,7 @@ impl Endpoint {
             seen,
             connections,
             changes,
+            hold,
         }
     }
 
@@ -143,9 +151,15 @@ async fn record(
 /// Two shards of 30 events each, delivered with `http2` to `endpoint`.
 /// Returns the pipe once every event the double sent arrived.
 async fn deliver_to(endpoint: &mut Endpoint, http2: Http2) -> Pipe {
+    deliver_from(2, endpoint, http2).await
+}
+
+/// `shards` shards of 30 events each, all identified at once, delivered with `http2` to
+/// `endpoint`. Returns the pipe once every event the double sent arrived.
+async fn deliver_from(shards: u32, endpoint: &mut Endpoint, http2: Http2) -> Pipe {
     let sim = SimConfig {
-        shards: 2,
-        max_concurrency: 2,
+        shards,
+        max_concurrency: shards,
         guilds: 4,
         rate: 200.0,
         events_per_shard: Some(30),
@@ -174,7 +188,11 @@ async fn deliver_to(endpoint: &mut Endpoint, http2: Http2) -> Pipe {
                     .count()
             });
             let arrived = endpoint.events();
-            if traffic == 60 && expected.iter().all(|k| arrived.contains_key(k)) {
+            if traffic == 30 * shards as usize {
+                // Every event is queued in the router: a held endpoint may finish handshakes.
+                endpoint.hold.send_replace(false);
+            }
+            if traffic == 30 * shards as usize && expected.iter().all(|k| arrived.contains_key(k)) {
                 return;
             }
             tokio::select! {
@@ -219,6 +237,20 @@ async fn events_arrive_signed_over_http2_when_the_endpoint_offers_h2() {
     );
     // Two shards' requests multiplexed: one connection (the router's in-flight cap of 256
     // wants one HTTP/2 connection per 100 streams, so at most 3).
+    let connections = endpoint.connections.load(Ordering::SeqCst);
+    assert!((1..=3).contains(&connections), "{connections} connections");
+    p.stop().await;
+}
+
+/// Sixteen shards' first batches race the connections opened ahead of them: until the first
+/// connection has said the endpoint takes `h2`, they wait for it rather than each open one.
+/// The endpoint holds its TLS handshakes until every event is queued, so all sixteen race.
+#[tokio::test]
+async fn many_shards_first_requests_multiplex_instead_of_opening_a_connection_each() {
+    let mut endpoint = Endpoint::start(&[b"h2", b"http/1.1"]).await;
+    endpoint.hold.send_replace(true);
+    let p = deliver_from(16, &mut endpoint, Http2::Auto).await;
+    assert_signed_exactly_once(&endpoint, &p);
     let connections = endpoint.connections.load(Ordering::SeqCst);
     assert!((1..=3).contains(&connections), "{connections} connections");
     p.stop().await;
