@@ -38,6 +38,7 @@ const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../router/testdata"
 const TOKEN: &str = "bench-token";
 
 /// The shape of a run.
+#[derive(Clone)]
 pub struct Options {
     pub shards: u32,
     /// Events per second over all shards.

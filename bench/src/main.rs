@@ -58,7 +58,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--fine-pacing] [--only NAME[,NAME..]]\n       shardhook-bench distant [--shards N] [--rate EVENTS_PER_S] [--delay-ms MS] [--warmup S] [--seconds S] [--contestants default|twilight|max_events=N+max_in_flight=N+checkpoint_interval_ms=N+compression=zlib-stream|zstd-stream|none+http2=auto|never|always,...]"
+        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--fine-pacing] [--only NAME[,NAME..]]\n       shardhook-bench distant [--shards N[,N..]] [--rate EVENTS_PER_S] [--delay-ms MS] [--warmup S] [--seconds S] [--contestants default|twilight|max_events=N+max_in_flight=N+checkpoint_interval_ms=N+compression=zlib-stream|zstd-stream|none+http2=auto|never|always,...]"
     );
     std::process::exit(2)
 }
@@ -87,12 +87,19 @@ fn main() {
                     distant::Contestant::Twilight,
                 ],
             };
+            // `--shards 1000,5000` runs the whole table once per shard count, in one run.
+            let mut shard_counts = vec![o.shards];
             let mut it = args[1..].iter();
             while let Some(flag) = it.next() {
                 let mut value = || it.next().cloned().unwrap_or_else(|| usage());
                 let number = |v: String| v.parse::<f64>().unwrap_or_else(|_| usage());
                 match flag.as_str() {
-                    "--shards" => o.shards = number(value()) as u32,
+                    "--shards" => {
+                        shard_counts = value()
+                            .split(',')
+                            .map(|n| number(n.to_owned()) as u32)
+                            .collect()
+                    }
                     "--rate" => o.rate = number(value()),
                     "--delay-ms" => o.delay = Duration::from_millis(number(value()) as u64),
                     "--warmup" => o.warmup = Duration::from_secs_f64(number(value())),
@@ -117,7 +124,13 @@ fn main() {
                 }
             }
             let secret = shardhook::SigningKey::generate();
-            runtime.block_on(distant::run(o, &secret))
+            for shards in shard_counts {
+                let o = distant::Options {
+                    shards,
+                    ..o.clone()
+                };
+                runtime.block_on(distant::run(o, &secret));
+            }
         }
         Some("run") => {
             let mut o = Options {
