@@ -440,18 +440,16 @@ impl Shard {
                         true,
                     ));
                 }
-                Some(pushed) => match pushed {
-                    Ok(Inflated::Incomplete) => return None,
-                    Ok(Inflated::Message(message)) => message,
-                    Ok(Inflated::Oversize { size }) => {
-                        self.oversize(size);
-                        return None;
-                    }
-                    Err(e) => {
-                        conn.close().await;
-                        return Some(reconnect(Cause::Inflate(e.to_string()), true));
-                    }
-                },
+                Some(Ok(Inflated::Incomplete)) => return None,
+                Some(Ok(Inflated::Message(message))) => message,
+                Some(Ok(Inflated::Oversize { size })) => {
+                    self.oversize(size);
+                    return None;
+                }
+                Some(Err(e)) => {
+                    conn.close().await;
+                    return Some(reconnect(Cause::Inflate(e.to_string()), true));
+                }
             },
             Message::Text(text) if text.len() > self.config.max_message_size => {
                 self.oversize(text.len());
