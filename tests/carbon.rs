@@ -105,6 +105,19 @@ fn carbon_event(body: &[u8]) -> (String, serde_json::Value) {
     )
 }
 
+/// `shards` shards, all identified at once, each sending `events` events at 50 a second.
+fn traffic(shards: u32, events: u64) -> SimConfig {
+    SimConfig {
+        shards,
+        max_concurrency: shards,
+        guilds: shards * 2,
+        rate: 50.0,
+        events_per_shard: Some(events),
+        heartbeat_interval: Duration::from_millis(1000),
+        ..SimConfig::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_carbon_app_from_npm_verifies_every_event_and_its_listener_sees_every_message() {
     const SHARDS: u32 = 2;
@@ -115,14 +128,8 @@ async fn a_carbon_app_from_npm_verifies_every_event_and_its_listener_sees_every_
     let sim = Simulator::start(
         loopback().await,
         SimConfig {
-            shards: SHARDS,
-            max_concurrency: SHARDS,
-            guilds: SHARDS * 2,
-            rate: 50.0,
-            events_per_shard: Some(EVENTS),
             ping_every: 0,
-            heartbeat_interval: Duration::from_millis(1000),
-            ..SimConfig::default()
+            ..traffic(SHARDS, EVENTS)
         },
     )
     .unwrap();
@@ -375,19 +382,7 @@ async fn capture() -> (String, Arc<Capture>, watch::Receiver<u64>) {
 async fn a_carbon_endpoint_and_a_shardhook_endpoint_in_one_config_each_get_their_own_format() {
     const SHARDS: u32 = 4;
     const EVENTS: u64 = 8;
-    let sim = Simulator::start(
-        loopback().await,
-        SimConfig {
-            shards: SHARDS,
-            max_concurrency: SHARDS,
-            guilds: SHARDS * 2,
-            rate: 50.0,
-            events_per_shard: Some(EVENTS),
-            heartbeat_interval: Duration::from_millis(1000),
-            ..SimConfig::default()
-        },
-    )
-    .unwrap();
+    let sim = Simulator::start(loopback().await, traffic(SHARDS, EVENTS)).unwrap();
     let secret = SigningKey::generate();
     let hooks = Receiver::start(loopback().await, "hooks", &secret).unwrap();
     let (carbon_url, carbon, mut carbon_changes) = capture().await;

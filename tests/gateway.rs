@@ -226,7 +226,7 @@ async fn non_fatal_close_codes_reconnect() {
 
 #[tokio::test]
 async fn a_message_split_across_frames_is_reassembled() {
-    let h = Harness::start(sim(40), zlib).await;
+    let h = Harness::start(sim(40), asking(Compression::ZlibStream)).await;
     h.all_active().await;
     h.wait_received("some traffic", |got| got.len() > 5).await;
     assert!(h.sim.inject(0, Fault::SplitNext(7)));
@@ -247,7 +247,7 @@ async fn a_message_split_across_frames_is_reassembled() {
 
 #[tokio::test]
 async fn a_frame_that_does_not_inflate_reconnects_and_resumes() {
-    let h = Harness::start(sim(30), zlib).await;
+    let h = Harness::start(sim(30), asking(Compression::ZlibStream)).await;
     resumes_after(&h, Fault::CorruptFrame).await;
     assert!(h
         .status(0)
@@ -406,42 +406,41 @@ async fn a_refused_token_is_a_clear_error_without_the_token() {
     assert!(!text.contains("wrong-but-secret-token"), "{text}");
 }
 
-/// A router asking for `zlib-stream`.
-fn zlib(config: &mut shardhook::config::Config) {
-    config.discord.compression = Compression::ZlibStream;
+/// A router asking Discord for `compression`.
+fn asking(compression: Compression) -> impl FnOnce(&mut shardhook::config::Config) {
+    move |config| config.discord.compression = compression
+}
+
+/// Every connection the double accepted asked for `compression` (`none` leaves `compress=`
+/// out), and there were `n`.
+fn assert_all_asked(h: &Harness, n: usize, compression: Compression) {
+    let want = (compression != Compression::None).then(|| compression.as_str().to_owned());
+    let compress = h.sim.observed(|o| o.compress.clone());
+    assert_eq!(compress.len(), n, "{compress:?}");
+    assert!(compress.iter().all(|c| *c == want), "{compress:?}");
+}
+
+/// A connection dropped mid-traffic with `compression`: resumed, every event once.
+async fn every_event_once_across_a_resume(compression: Compression) {
+    let h = drop_mid_traffic_and_resume(asking(compression)).await;
+    assert_eq!(h.status(0).sessions, 1, "resumed, not identified anew");
+    assert_all_asked(&h, 2, compression);
+    h.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn zlib_stream_delivers_every_event_once_across_a_resume() {
-    let h = drop_mid_traffic_and_resume(zlib).await;
-    assert_eq!(h.status(0).sessions, 1, "resumed, not identified anew");
-    let compress = h.sim.observed(|o| o.compress.clone());
-    assert_eq!(compress.len(), 2, "{compress:?}");
-    assert!(
-        compress.iter().all(|c| c.as_deref() == Some("zlib-stream")),
-        "{compress:?}"
-    );
-    h.stop().await.unwrap();
-}
-
-/// A router asking for no transport compression (the default, asked for by name).
-fn uncompressed(config: &mut shardhook::config::Config) {
-    config.discord.compression = Compression::None;
-}
-
-/// Every connection the double accepted was asked for no compression, and there were `n`.
-fn assert_all_uncompressed(h: &Harness, n: usize) {
-    let compress = h.sim.observed(|o| o.compress.clone());
-    assert_eq!(compress.len(), n, "{compress:?}");
-    assert!(compress.iter().all(Option::is_none), "{compress:?}");
+    every_event_once_across_a_resume(Compression::ZlibStream).await;
 }
 
 #[tokio::test]
 async fn uncompressed_delivers_every_event_once_across_a_resume() {
-    let h = drop_mid_traffic_and_resume(uncompressed).await;
-    assert_eq!(h.status(0).sessions, 1, "resumed, not identified anew");
-    assert_all_uncompressed(&h, 2);
-    h.stop().await.unwrap();
+    every_event_once_across_a_resume(Compression::None).await;
+}
+
+#[tokio::test]
+async fn zstd_stream_delivers_every_event_once_across_a_resume() {
+    every_event_once_across_a_resume(Compression::ZstdStream).await;
 }
 
 /// Uncompressed, an oversize message is read whole and then skipped: were it refused by the
@@ -449,7 +448,7 @@ async fn uncompressed_delivers_every_event_once_across_a_resume() {
 #[tokio::test]
 async fn an_uncompressed_oversize_message_is_skipped_and_the_connection_kept() {
     let h = an_oversize_message_is_skipped(Compression::None).await;
-    assert_all_uncompressed(&h, 1);
+    assert_all_asked(&h, 1, Compression::None);
     h.stop().await.unwrap();
 }
 
@@ -457,7 +456,7 @@ async fn an_uncompressed_oversize_message_is_skipped_and_the_connection_kept() {
 /// read, so it reconnects, resumes, and says why.
 #[tokio::test]
 async fn a_binary_frame_on_an_uncompressed_connection_reconnects_and_resumes() {
-    let h = Harness::start(sim(30), uncompressed).await;
+    let h = Harness::start(sim(30), asking(Compression::None)).await;
     resumes_after(&h, Fault::CorruptFrame).await;
     let reason = h.status(0).last_disconnect.unwrap();
     assert!(
@@ -465,36 +464,13 @@ async fn a_binary_frame_on_an_uncompressed_connection_reconnects_and_resumes() {
         "{reason}"
     );
     h.assert_exactly_once(&[]);
-    assert_all_uncompressed(&h, 2);
-    h.stop().await.unwrap();
-}
-
-/// A router asking for `zstd-stream`.
-fn zstd(config: &mut shardhook::config::Config) {
-    config.discord.compression = Compression::ZstdStream;
-}
-
-/// Every connection the double accepted was asked for `zstd-stream`, and there were `n`.
-fn assert_all_zstd(h: &Harness, n: usize) {
-    let compress = h.sim.observed(|o| o.compress.clone());
-    assert_eq!(compress.len(), n, "{compress:?}");
-    assert!(
-        compress.iter().all(|c| c.as_deref() == Some("zstd-stream")),
-        "{compress:?}"
-    );
-}
-
-#[tokio::test]
-async fn zstd_stream_delivers_every_event_once_across_a_resume() {
-    let h = drop_mid_traffic_and_resume(zstd).await;
-    assert_eq!(h.status(0).sessions, 1, "resumed, not identified anew");
-    assert_all_zstd(&h, 2);
+    assert_all_asked(&h, 2, Compression::None);
     h.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_zstd_frame_that_does_not_decompress_reconnects_and_resumes() {
-    let h = Harness::start(sim(30), zstd).await;
+    let h = Harness::start(sim(30), asking(Compression::ZstdStream)).await;
     resumes_after(&h, Fault::CorruptFrame).await;
     let reason = h.status(0).last_disconnect.unwrap();
     assert!(
@@ -502,14 +478,14 @@ async fn a_zstd_frame_that_does_not_decompress_reconnects_and_resumes() {
         "{reason}"
     );
     h.assert_exactly_once(&[]);
-    assert_all_zstd(&h, 2);
+    assert_all_asked(&h, 2, Compression::ZstdStream);
     h.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_zstd_oversize_message_is_skipped_and_the_stream_goes_on() {
     let h = an_oversize_message_is_skipped(Compression::ZstdStream).await;
-    assert_all_zstd(&h, 1);
+    assert_all_asked(&h, 1, Compression::ZstdStream);
     h.stop().await.unwrap();
 }
 
