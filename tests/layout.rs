@@ -9,13 +9,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The router's top-level modules, in the order imports may point: each may use those after it.
-const LAYERS: [&str; 11] = [
+const LAYERS: [&str; 12] = [
     // The fuzz targets' entry points reach into every parser.
     "fuzzing",
     // The checkpointer reads the router's shards: it sits above it.
     "checkpointer",
     "router",
     "control",
+    // Several routers through Redis: leases grant the router's shards; the control API shows
+    // and forwards by owner.
+    "cluster",
     // The REST proxy: the control API authenticates its callers and hands requests down.
     "rest",
     "delivery",

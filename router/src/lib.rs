@@ -9,6 +9,9 @@
 //! - `control/`: the control API (`api`: gateway commands, health, readiness, status), the
 //!   `server` loop that bounds its connections, the spent command ids that stop replays
 //!   (`replay`), and Prometheus `metrics`.
+//! - `cluster/`: several routers sharing one bot through Redis: leases with fencing tokens,
+//!   rendezvous placement, takeover and handover, checkpoints in Redis, IDENTIFY turns across
+//!   routers.
 //! - `rest/`: the REST proxy handlers call Discord through: the bot token added, per-route
 //!   buckets and the global limit waited for (`limiter`), the invalid-request `guard`, route
 //!   templates and counters; the control API authenticates its callers.
@@ -45,6 +48,7 @@
 )]
 
 mod checkpointer;
+pub mod cluster;
 pub mod config;
 pub mod control;
 mod delivery;

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use shardhook_simulator::{SimConfig, Simulator, DEFAULT_TOKEN};
 use std::sync::Arc;
 
+use shardhook::cluster::Cluster;
 use shardhook::control::{ControlState, LocalIds};
 use shardhook::Checkpointer;
 use shardhook::{Config, Ed25519Key, Pipeline, Router, Signer, SigningKey};
@@ -90,12 +91,30 @@ enum Command {
         #[arg(long)]
         ed25519: bool,
     },
+    /// Inspect the routers sharing the bot through Redis (`[cluster]`).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Send a dead-letter file's batches again. The file is renamed to FILE.replayed first;
     /// batches that fail again are dead-lettered anew in state.dir.
     Replay {
         file: PathBuf,
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Print the live routers, how many shards each holds, every shard's lease (holder,
+    /// fencing token, time left) and checkpoint seq, as Redis has them.
+    Status {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Shards to list (default: discord.shards' total, else 1).
+        #[arg(long)]
+        shards: Option<u32>,
     },
 }
 
@@ -158,7 +177,16 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 }
             };
             pipeline.learn_application_id().await;
-            let router = Router::start_with(&config, |id| pipeline.sink(id))
+            let cluster = match &config.cluster {
+                Some(_) => {
+                    let addr = control.local_addr().map_err(|e| e.to_string())?;
+                    let cluster = Cluster::new(&config, addr).map_err(|e| e.to_string())?;
+                    tracing::info!(node_id = cluster.node_id(), "joining the cluster");
+                    Some(cluster)
+                }
+                None => None,
+            };
+            let router = Router::start_in(&config, |id| pipeline.sink(id), cluster.as_ref())
                 .await
                 .map_err(|e| e.to_string())?;
             let ids = LocalIds::open(&config.state.dir, shardhook::unix_now()).map_err(|e| {
@@ -174,6 +202,10 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 Arc::new(ids),
                 pipeline.handle(),
             );
+            let state = match &cluster {
+                Some(cluster) => state.with_cluster(cluster.view()),
+                None => state,
+            };
             let state = if config.rest.enabled {
                 let proxy = shardhook::rest::RestProxy::new(&config).map_err(|e| e.to_string())?;
                 state.with_rest(proxy)
@@ -185,12 +217,38 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
             let server = tokio::spawn(async move {
                 shardhook::control::serve(control, Arc::new(state), &limits, stopping).await
             });
-            let checkpointer = Checkpointer::new(&config.state.dir, &router, pipeline.handle());
-            let checkpoints =
-                tokio::spawn(checkpointer.run(config.state.checkpoint_interval, until_stopped()));
+            // A router alone keeps its checkpoints in files; in a cluster the coordinator keeps
+            // them in Redis, and on shutdown hands every shard over before the router stops.
+            let (checkpoints, coordinator) = match &cluster {
+                None => {
+                    let checkpointer =
+                        Checkpointer::new(&config.state.dir, &router, pipeline.handle());
+                    let task = checkpointer.run(config.state.checkpoint_interval, until_stopped());
+                    (Some(tokio::spawn(task)), None)
+                }
+                Some(cluster) => {
+                    let parts = router.cluster_parts(&config, pipeline.handle());
+                    let task = cluster.coordinator(parts).run(until_stopped());
+                    (None, Some(tokio::spawn(task)))
+                }
+            };
+            let handed_over = coordinator.map(|task| {
+                let done = tokio::sync::watch::channel(false);
+                let (tx, mut rx) = done;
+                tokio::spawn(async move {
+                    let _ = task.await;
+                    let _ = tx.send(true);
+                });
+                async move {
+                    let _ = rx.wait_for(|d| *d).await;
+                }
+            });
             // Shutdown: the shards stop reading and close resumably, queued events are
             // delivered up to a deadline, then the checkpoints say where to resume.
-            let ran = router.run_until(until_stopped()).await;
+            let ran = match handed_over {
+                Some(handed_over) => router.run_until(handed_over).await,
+                None => router.run_until(until_stopped()).await,
+            };
             // Whether by signal or because every shard stopped, everything else stops too.
             let _ = stop.send(true);
             let stats = pipeline.stats();
@@ -206,7 +264,10 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 );
             }
             server.abort();
-            if let Ok(mut checkpointer) = checkpoints.await {
+            if let Some(Ok(mut checkpointer)) = match checkpoints {
+                Some(task) => Some(task.await),
+                None => None,
+            } {
                 let wrote = checkpointer.write_final();
                 tracing::info!(wrote, "resume checkpoints written");
             }
@@ -218,6 +279,20 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 "stopped"
             );
             ran.map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster {
+            command: ClusterCommand::Status { config, shards },
+        } => {
+            let config = load(config)?;
+            let shards = shards.unwrap_or(match &config.discord.shards {
+                shardhook::config::ShardsConfig::Explicit { total, .. } => *total,
+                shardhook::config::ShardsConfig::Auto => 1,
+            });
+            let report = shardhook::cluster::status::report(&config, shards)
+                .await
+                .map_err(|e| e.to_string())?;
+            print!("{report}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { ed25519: false } => {

@@ -16,8 +16,9 @@ use crate::config::{Config, ConfigError, ShardsConfig};
 use crate::gateway::bot_info::{self, GatewayBot, GatewayBotError};
 use crate::gateway::dispatch::Dispatch;
 use crate::gateway::handle::{FatalClose, ShardHandle};
-use crate::gateway::identify::IdentifyQueue;
+use crate::gateway::identify::{IdentifyQueue, SharedTurns};
 use crate::gateway::shard::{Shard, ShardConfig};
+use crate::gateway::tenure::{Tenure, Tenures};
 
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,12 +58,15 @@ pub enum StartError {
 #[error("every shard stopped: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
 pub struct AllShardsStopped(pub Vec<FatalClose>);
 
-/// A started router: its shards are connecting or connected.
+/// A started router: its shards are connecting or connected (or, in a cluster, standing by
+/// for their leases).
 pub struct Router {
     shards: Vec<ShardHandle>,
     shard_count: u32,
     tasks: JoinSet<Result<(), FatalClose>>,
-    shutdown: watch::Sender<bool>,
+    /// Each shard's tenure, in `shards`' order: held from the start by a router alone, granted
+    /// and released by `cluster` in a cluster.
+    tenures: Tenures,
     /// The identify queue, whose records are flushed when the router stops.
     identify: Arc<IdentifyQueue>,
     /// Which bot this is (`Token::bot`), for checkpoints.
@@ -91,7 +95,18 @@ impl Router {
     /// for each shard this process runs.
     pub async fn start_with(
         config: &Config,
+        sink_for: impl FnMut(u32) -> mpsc::Sender<Dispatch>,
+    ) -> Result<Router, StartError> {
+        Router::start_in(config, sink_for, None).await
+    }
+
+    /// Like `start_with`, as one router of `cluster` when given: every shard of the bot is
+    /// started in standby, and runs here only while this router holds its lease; identifies
+    /// are paced across the cluster. Local checkpoint files are not read: the cluster's are.
+    pub async fn start_in(
+        config: &Config,
         mut sink_for: impl FnMut(u32) -> mpsc::Sender<Dispatch>,
+        cluster: Option<&crate::cluster::Cluster>,
     ) -> Result<Router, StartError> {
         let token = config.token()?.clone();
         let tls = crate::tls::platform_tls().map_err(StartError::Tls)?;
@@ -102,7 +117,14 @@ impl Router {
             .build()
             .map_err(StartError::Client)?;
         let gateway = bot_info::gateway_bot(&client, &config.discord.api_url, &token).await?;
-        let (total, ids) = shard_plan(&config.discord.shards, &gateway);
+        let (total, ids) = match cluster {
+            // Every shard of the bot may come to this router.
+            Some(_) => {
+                let (total, _) = shard_plan(&config.discord.shards, &gateway);
+                (total, 0..total)
+            }
+            None => shard_plan(&config.discord.shards, &gateway),
+        };
         let limit = &gateway.session_start_limit;
         let bot = token.bot();
         let wanted = crate::state::checkpoint::Wanted {
@@ -111,11 +133,15 @@ impl Router {
             max_age: config.state.checkpoint_max_age,
             now: crate::delivery::signer::unix_now(),
         };
-        let mut checkpoints = crate::state::checkpoint::load_all(&config.state.dir, &wanted);
+        let mut checkpoints = match cluster {
+            Some(_) => Default::default(),
+            None => crate::state::checkpoint::load_all(&config.state.dir, &wanted),
+        };
         checkpoints.retain(|id, _| ids.contains(id));
-        // Shards with a checkpoint RESUME; only the others spend an identify.
+        // Shards with a checkpoint RESUME; only the others spend an identify. In a cluster the
+        // budget is kept in Redis and spent identify by identify.
         let need = ids.len() as u32 - checkpoints.len() as u32;
-        if need > limit.remaining {
+        if cluster.is_none() && need > limit.remaining {
             return Err(StartError::IdentifyBudget {
                 need,
                 remaining: limit.remaining,
@@ -130,11 +156,13 @@ impl Router {
             identifies_remaining = limit.remaining,
             "starting shards"
         );
-        let queue = Arc::new(IdentifyQueue::persistent(
-            limit.max_concurrency,
-            &config.state.dir,
-        ));
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut queue = IdentifyQueue::persistent(limit.max_concurrency, &config.state.dir);
+        if let Some(cluster) = cluster {
+            let turns: Arc<dyn SharedTurns> = cluster.identify_turns(limit).await;
+            queue = queue.shared_with(turns);
+        }
+        let queue = Arc::new(queue);
+        let mut tenures = std::collections::BTreeMap::new();
         let mut tasks = JoinSet::new();
         let mut shards = Vec::with_capacity(ids.len());
         for id in ids {
@@ -148,21 +176,15 @@ impl Router {
                 max_message_size: config.discord.max_message_size,
                 compression: config.discord.compression,
             };
-            let resume = checkpoints.remove(&id).map(|cp| {
-                info!(shard_id = id, session_id = %cp.session_id, seq = cp.seq, "resuming from a checkpoint");
-                crate::gateway::session::Session {
-                    id: std::sync::Arc::from(cp.session_id.as_str()),
-                    resume_url: cp.resume_url,
-                    seq: cp.seq,
-                }
+            let resume = checkpoints
+                .remove(&id)
+                .map(|cp| crate::gateway::session::Session::from_checkpoint(&cp));
+            let (tenure, tenure_rx) = watch::channel(match cluster {
+                Some(_) => Tenure::Standby,
+                None => Tenure::Held { grant: 0, resume },
             });
-            let (shard, handle) = Shard::new(
-                shard_config,
-                queue.clone(),
-                sink_for(id),
-                shutdown_rx.clone(),
-                resume,
-            );
+            tenures.insert(id, tenure);
+            let (shard, handle) = Shard::new(shard_config, queue.clone(), sink_for(id), tenure_rx);
             tasks.spawn(shard.run().instrument(info_span!("shard", shard_id = id)));
             shards.push(handle);
         }
@@ -170,7 +192,7 @@ impl Router {
             shards,
             shard_count: total,
             tasks,
-            shutdown,
+            tenures: Arc::new(tenures),
             identify: queue,
             bot,
         })
@@ -185,6 +207,25 @@ impl Router {
     /// never the token).
     pub fn bot(&self) -> &str {
         &self.bot
+    }
+
+    /// What the cluster's coordinator needs of this router: its shards and their tenures,
+    /// and `delivery`'s progress.
+    pub fn cluster_parts(
+        &self,
+        config: &Config,
+        delivery: crate::delivery::DeliveryHandle,
+    ) -> crate::cluster::Parts {
+        crate::cluster::Parts {
+            shards: self.shards.clone(),
+            tenures: self.tenures.clone(),
+            shard_count: self.shard_count,
+            bot: self.bot.clone(),
+            delivery,
+            checkpoint_max_age: config.state.checkpoint_max_age,
+            checkpoint_interval: config.state.checkpoint_interval,
+            drain_timeout: config.delivery.shutdown_timeout,
+        }
     }
 
     /// The total shard count this process identified with.
@@ -216,7 +257,9 @@ impl Router {
             }
         }
         info!("shutting down: closing every shard resumably");
-        let _ = self.shutdown.send(true);
+        for tenure in self.tenures.values() {
+            tenure.send_replace(Tenure::Stopped);
+        }
         while self.tasks.join_next().await.is_some() {}
         self.identify.flush().await;
         Ok(())

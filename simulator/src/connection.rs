@@ -151,14 +151,16 @@ impl Conn {
             return;
         };
         self.shared.observe(|i| {
+            // A connection whose session moved to a newer one (a RESUME elsewhere) leaves the
+            // session alone.
             if i.live
                 .get(shard)
                 .is_some_and(|tx| tx.same_channel(&self.faults_tx))
             {
                 i.live.remove(shard);
-            }
-            if let Some(s) = i.sessions.get_mut(session) {
-                s.disconnected_at = Some(Instant::now());
+                if let Some(s) = i.sessions.get_mut(session) {
+                    s.disconnected_at = Some(Instant::now());
+                }
             }
         });
     }
@@ -360,6 +362,10 @@ impl Conn {
     }
 
     async fn resume(&mut self, d: &Value) -> Result<(), End> {
+        /// How long the session had been without a connection (`None`: it still had one).
+        fn found_offline(s: Option<&SimSession>) -> Option<Duration> {
+            s.and_then(|s| s.disconnected_at).map(|at| at.elapsed())
+        }
         if !self.token_accepted(d) {
             return self.close(4004).await;
         }
@@ -367,6 +373,7 @@ impl Conn {
         let seq = d["seq"].as_u64().unwrap_or(0);
         let window = self.shared.config.resume_window;
         let replay = self.shared.observe(|i| {
+            let offline = found_offline(i.sessions.get(&session));
             let found = i.sessions.get_mut(&session).filter(|s| {
                 !s.invalidated
                     && s.disconnected_at.is_none_or(|at| at.elapsed() < window)
@@ -379,6 +386,8 @@ impl Conn {
                 seq,
                 via_resume_url: self.via_resume_url,
                 accepted,
+                at: Instant::now(),
+                offline,
             };
             let Some(s) = found else {
                 let shard = i.sessions.get(&session).map_or(u32::MAX, |s| s.shard);
@@ -391,7 +400,13 @@ impl Conn {
             let (shard, total) = (s.shard, s.total);
             i.observed.resumes.push(record(true, shard));
             i.observed.replayed += replay.len() as u64;
-            i.live.insert(shard, self.faults_tx.clone());
+            // One connection per session, as on Discord: the one it was on (a client that
+            // stalled while another took over) is dropped.
+            if let Some(old) = i.live.insert(shard, self.faults_tx.clone()) {
+                if !old.same_channel(&self.faults_tx) {
+                    let _ = old.send(Fault::Drop);
+                }
+            }
             Some((shard, total, replay))
         });
         let Some((shard, total, replay)) = replay else {

@@ -47,6 +47,11 @@ pub struct ResumeRecord {
     pub via_resume_url: bool,
     /// Whether the session was resumed (otherwise op 9 was sent).
     pub accepted: bool,
+    /// When it arrived.
+    pub at: Instant,
+    /// How long the session had been without a connection (`None`: it still had one, which
+    /// the RESUME took over).
+    pub offline: Option<std::time::Duration>,
 }
 
 /// Everything the double saw and did, for tests to assert on.

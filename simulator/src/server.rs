@@ -157,6 +157,13 @@ impl Simulator {
         self.shared.lock().rest_limits.pause_globally(retry_after);
     }
 
+    /// Shards with a connection whose session is READY or RESUMED now, in id order.
+    pub fn live_shards(&self) -> Vec<u32> {
+        let mut live: Vec<u32> = self.shared.lock().live.keys().copied().collect();
+        live.sort_unstable();
+        live
+    }
+
     /// A receiver that wakes whenever what the double observed changes.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.shared.changed.subscribe()

@@ -328,3 +328,4 @@ impl Harness {
 
 pub mod pipe;
 pub mod process;
+pub mod redis;

@@ -40,19 +40,26 @@ pub async fn setup_with(
     endpoints: &[&str],
     extra: &str,
 ) -> Setup {
-    let sim = Simulator::start(
-        loopback().await,
-        SimConfig {
-            shards,
-            max_concurrency: shards,
-            guilds: shards * 2,
-            rate,
-            events_per_shard: Some(events),
-            heartbeat_interval: Duration::from_millis(1000),
-            ..SimConfig::default()
-        },
-    )
-    .unwrap();
+    setup_sim(traffic(shards, events, rate), endpoints, extra).await
+}
+
+/// The double's config `setup_with` uses: `shards` shards all in their own identify bucket,
+/// `rate` events/s each, `events` per shard in all, heartbeats every second.
+pub fn traffic(shards: u32, events: u64, rate: f64) -> SimConfig {
+    SimConfig {
+        shards,
+        max_concurrency: shards,
+        guilds: shards * 2,
+        rate,
+        events_per_shard: Some(events),
+        heartbeat_interval: Duration::from_millis(1000),
+        ..SimConfig::default()
+    }
+}
+
+/// `setup_with` on a double configured as `sim` says.
+pub async fn setup_sim(sim: SimConfig, endpoints: &[&str], extra: &str) -> Setup {
+    let sim = Simulator::start(loopback().await, sim).unwrap();
     let secret = SigningKey::generate();
     let mut receivers = Vec::new();
     for name in endpoints {
@@ -104,7 +111,27 @@ impl Setup {
         self.spawn(shell, &[])
     }
 
-    fn spawn(&self, mut command: Command, env: &[(&str, &str)]) -> Child {
+    /// `shardhook run` with `env` set as well, its log (at info) written to `log`.
+    pub fn start_router_logged(&self, env: &[(&str, &str)], log: &Path) -> Child {
+        let file = std::fs::File::create(log).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardhook"));
+        child.stderr(file);
+        self.spawn_with_stderr(child, env, false)
+    }
+
+    fn spawn(&self, command: Command, env: &[(&str, &str)]) -> Child {
+        self.spawn_with_stderr(command, env, true)
+    }
+
+    fn spawn_with_stderr(
+        &self,
+        mut command: Command,
+        env: &[(&str, &str)],
+        inherit: bool,
+    ) -> Child {
+        if inherit {
+            command.stderr(std::process::Stdio::inherit());
+        }
         command
             .args(["run", "--config", self.config_path.to_str().unwrap()])
             .envs(env.iter().copied())
@@ -113,7 +140,6 @@ impl Setup {
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
             .expect("start shardhook run")

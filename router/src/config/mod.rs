@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod delivery;
 mod discord;
 pub mod intents;
@@ -22,6 +23,7 @@ mod signing;
 
 use crate::secret::{SigningKey, Token};
 
+pub use cluster::ClusterConfig;
 pub use delivery::{
     BatchConfig, DeliveryConfig, EndpointAuth, EndpointConfig, EndpointFormat, EventsConfig, Http2,
     Ordering, RateLimitConfig,
@@ -82,6 +84,10 @@ pub struct Config {
     /// The REST proxy handlers call Discord's API through.
     #[serde(default)]
     pub rest: RestConfig,
+    /// Several routers sharing the bot's shards through Redis; absent: this process runs them
+    /// all.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The `[control]` section.
@@ -328,6 +334,9 @@ impl Config {
     /// Checks what the schema alone cannot: endpoint URLs, unique names, positive numbers.
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        if let Some((key, message)) = self.cluster.as_ref().and_then(|c| c.problem()) {
+            return invalid(key.to_owned(), message);
+        }
         for (i, endpoint) in self.endpoints.iter().enumerate() {
             let key = |field: &str| format!("endpoints[{i}].{field}");
             match reqwest::Url::parse(&endpoint.url) {

@@ -22,6 +22,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::replay::{Claim, SpentIds};
+use crate::cluster::View;
 use crate::delivery::signer::{unix_now, Signer, TOLERANCE_SECS};
 use crate::delivery::DeliveryHandle;
 use crate::gateway::handle::{CommandRefused, ShardHandle, ShardState};
@@ -57,6 +58,8 @@ pub struct ControlState {
     ids: Arc<dyn SpentIds>,
     /// The REST proxy, when `rest.enabled`.
     rest: Option<Arc<RestProxy>>,
+    /// Who holds which shard, in a cluster: commands for another router's shards get 421.
+    cluster: Option<Arc<View>>,
 }
 
 impl ControlState {
@@ -76,7 +79,20 @@ impl ControlState {
             delivery,
             ids,
             rest: None,
+            cluster: None,
         }
+    }
+
+    /// As one router of a cluster: only the shards `view` says this router holds take
+    /// commands and count for readiness; `/v1/shards` says who holds each.
+    pub fn with_cluster(mut self, view: Arc<View>) -> ControlState {
+        self.cluster = Some(view);
+        self
+    }
+
+    /// Whether this process runs `shard` now.
+    fn runs(&self, shard: u32) -> bool {
+        self.shards.contains_key(&shard) && self.cluster.as_ref().is_none_or(|v| v.holds(shard))
     }
 
     /// Also serves `ANY /api/v10/{path}` through `proxy`, verified with the same keys and
@@ -317,8 +333,29 @@ fn execute(state: &ControlState, body: &[u8]) -> (Response, bool) {
     let payload = command.payload;
     let targets: Vec<u32> = match command.shards {
         Some(shards) => shards,
-        None => state.shards.keys().copied().collect(),
+        None => state
+            .shards
+            .keys()
+            .copied()
+            .filter(|s| state.runs(*s))
+            .collect(),
     };
+    // A shard another router of the cluster holds: its address, and nothing queued here.
+    if let Some(view) = &state.cluster {
+        if let Some(shard) = targets.iter().copied().find(|s| !view.holds(*s)) {
+            let owner = view.owner(shard);
+            let body = json!({
+                "error": format!("shard {shard} is run by another router of the cluster; send the command there"),
+                "shard_id": shard,
+                "owner": owner.as_ref().map(|o| o.node.clone()),
+                "control": owner.and_then(|o| o.control),
+            });
+            return (
+                (StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response(),
+                false,
+            );
+        }
+    }
     let mut queued = Vec::new();
     let mut refused = None;
     for shard in &targets {
@@ -358,7 +395,7 @@ async fn ready(State(state): State<Arc<ControlState>>) -> Response {
     let not_ready: Vec<u32> = state
         .shards
         .values()
-        .filter(|s| s.status().borrow().state != ShardState::Active)
+        .filter(|s| state.runs(s.id()) && s.status().borrow().state != ShardState::Active)
         .map(|s| s.id())
         .collect();
     if not_ready.is_empty() {
@@ -383,8 +420,10 @@ async fn shards(State(state): State<Arc<ControlState>>) -> Response {
                 ShardState::Resuming => "resuming".to_owned(),
                 ShardState::Active => "active".to_owned(),
                 ShardState::Disconnected { .. } => "disconnected".to_owned(),
+                ShardState::Standby => "standby".to_owned(),
                 ShardState::FatallyClosed { code } => format!("fatally_closed ({code})"),
             };
+            let owner = state.cluster.as_ref().map(|v| v.owner(shard.id()));
             json!({
                 "shard_id": shard.id(),
                 "state": state_name,
@@ -398,6 +437,8 @@ async fn shards(State(state): State<Arc<ControlState>>) -> Response {
                 "resumes": s.resumes,
                 "reconnects": s.reconnects,
                 "command_budget": shard.command_budget(),
+                "owner": owner.as_ref().map(|o| o.as_ref().map(|o| o.node.clone())),
+                "owner_control": owner.as_ref().map(|o| o.as_ref().and_then(|o| o.control.clone())),
             })
         })
         .collect();

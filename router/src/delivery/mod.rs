@@ -18,7 +18,7 @@ mod interactions;
 mod pacer;
 mod pipeline;
 mod retry;
-mod ring;
+pub(crate) mod ring;
 mod shared;
 pub(crate) mod signer;
 mod sigv4;

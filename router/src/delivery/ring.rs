@@ -42,7 +42,7 @@ impl Ring {
     }
 
     /// The endpoint `rank(key)` puts first: the highest score, the lowest index among equals.
-    fn home(&self, key: u64) -> Option<usize> {
+    pub fn home(&self, key: u64) -> Option<usize> {
         let mut best: Option<(f64, usize)> = None;
         for m in 0..self.members.len() {
             let score = self.score(m, key);

@@ -35,7 +35,9 @@ async fn on_disk<T: Send + 'static>(
 
 /// Sends one batch until it is delivered or dead-lettered, or spools it when no endpoint can
 /// take it (and while older batches of the shard wait in the spool). Any of the three makes
-/// its events safe for resume checkpoints.
+/// its events safe for resume checkpoints; in a cluster, the spool does not (it dies with the
+/// machine): a spooled batch holds its shard's checkpoint back until it is drained, so the
+/// router that takes the shard over resumes before it and Discord replays it.
 pub(super) async fn deliver(shared: &Shared, spool: &SharedSpool, request: Request) {
     let (shard, session, first) = (
         request.shard_id,
@@ -43,12 +45,18 @@ pub(super) async fn deliver(shared: &Shared, spool: &SharedSpool, request: Reque
         request.first_seq,
     );
     let waiting = !spool.lock().await.is_empty();
-    if waiting {
+    let spooled = if waiting {
         spool_request(shared, spool, request).await;
+        true
     } else if let Outcome::Unavailable(request) = attempt_until_done(shared, request).await {
         spool_request(shared, spool, request).await;
+        true
+    } else {
+        false
+    };
+    if !(spooled && shared.config.cluster.is_some()) {
+        shared.progress.finished(shard, &session, first);
     }
-    shared.progress.finished(shard, &session, first);
 }
 
 /// Appends to the spool, waiting (backpressure) while it is full or cannot be written.
@@ -134,11 +142,12 @@ pub(super) async fn drain(shared: &Shared, spool: &SharedSpool) {
                     return;
                 }
                 let body: Box<str> = batch.body.into();
+                let session: Arc<str> = Arc::from(batch.session_id.as_str());
                 let request = Request {
                     id: batch.id,
                     body: bytes::Bytes::from(body.into_boxed_bytes()),
                     shard_id: batch.shard_id,
-                    session_id: Arc::from(batch.session_id.as_str()),
+                    session_id: session.clone(),
                     first_seq: batch.first_seq,
                     last_seq: batch.last_seq,
                     events: batch.events,
@@ -148,6 +157,12 @@ pub(super) async fn drain(shared: &Shared, spool: &SharedSpool) {
                 };
                 if let Outcome::Unavailable(_) = attempt_until_done(shared, request).await {
                     return;
+                }
+                // In a cluster the batch became safe only now (see `deliver`).
+                if shared.config.cluster.is_some() {
+                    shared
+                        .progress
+                        .finished(batch.shard_id, &session, batch.first_seq);
                 }
             }
         }

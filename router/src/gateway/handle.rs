@@ -32,6 +32,9 @@ pub enum ShardState {
         /// Connection attempts since the shard was last active.
         reconnect_attempts: u32,
     },
+    /// Not run by this process now: another router of the cluster holds its lease, or none
+    /// does yet.
+    Standby,
     /// Stopped for good by a close code that reconnecting cannot fix.
     FatallyClosed {
         /// The close code.

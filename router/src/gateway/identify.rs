@@ -5,11 +5,13 @@
 //! the send time is recorded when the permit drops, so the 5 s runs from the real send. With a
 //! state directory, each bucket's last IDENTIFY is also written to `identify/bucket-N` (Unix
 //! milliseconds), so a router restarted at once (after a crash or `kill -9`) still waits out
-//! the 5 s its previous run started. It does not coordinate between processes running at the
-//! same time (each runs its own slice of buckets).
+//! the 5 s its previous run started. Processes running at the same time (a cluster) also take
+//! a turn from a `SharedTurns` the queue is given, which paces the bucket across all of them.
 
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,9 +23,19 @@ use crate::state::files;
 /// Discord's spacing between IDENTIFYs of one bucket.
 pub const IDENTIFY_INTERVAL: Duration = Duration::from_secs(5);
 
+/// A bucket's turn across processes, and the bot's daily session starts: `turn` resolves when
+/// this process may send one IDENTIFY in `bucket` now (no other process did within 5 s, and a
+/// session start is left and now spent).
+pub trait SharedTurns: Send + Sync + std::fmt::Debug {
+    /// Waits for `bucket`'s turn.
+    fn turn(&self, bucket: u32) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
 /// Paces IDENTIFYs per bucket.
 #[derive(Debug)]
 pub struct IdentifyQueue {
+    /// The turn across processes, in a cluster.
+    shared: Option<Arc<dyn SharedTurns>>,
     /// When each bucket last sent an IDENTIFY. Tokio's mutex is fair, so shards of one bucket
     /// identify in the order they asked.
     buckets: Vec<Arc<Mutex<Option<Instant>>>>,
@@ -85,6 +97,7 @@ impl IdentifyQueue {
             .map(|_| Arc::new(Mutex::new(None)))
             .collect();
         IdentifyQueue {
+            shared: None,
             buckets,
             dir: None,
             writes: Writes::default(),
@@ -112,10 +125,17 @@ impl IdentifyQueue {
             })
             .collect();
         IdentifyQueue {
+            shared: None,
             buckets,
             dir: Some(dir),
             writes: Writes::default(),
         }
+    }
+
+    /// This queue, also taking each turn from `shared` (the other processes of a cluster).
+    pub fn shared_with(mut self, shared: Arc<dyn SharedTurns>) -> IdentifyQueue {
+        self.shared = Some(shared);
+        self
     }
 
     /// The bucket a shard identifies in.
@@ -129,6 +149,9 @@ impl IdentifyQueue {
         let last = self.buckets[bucket].clone().lock_owned().await;
         if let Some(at) = *last {
             tokio::time::sleep_until(at + IDENTIFY_INTERVAL).await;
+        }
+        if let Some(shared) = &self.shared {
+            shared.turn(bucket as u32).await;
         }
         let record = self.dir.as_ref().map(|d| record_path(d, bucket));
         IdentifyPermit {

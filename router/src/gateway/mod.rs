@@ -17,3 +17,4 @@ pub(crate) mod inflater;
 pub(crate) mod payload;
 pub(crate) mod session;
 pub(crate) mod shard;
+pub(crate) mod tenure;

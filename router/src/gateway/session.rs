@@ -17,3 +17,14 @@ pub struct Session {
     /// The last sequence number received.
     pub seq: u64,
 }
+
+impl Session {
+    /// The session a resume checkpoint records.
+    pub fn from_checkpoint(cp: &crate::state::checkpoint::Checkpoint) -> Session {
+        Session {
+            id: Arc::from(cp.session_id.as_str()),
+            resume_url: cp.resume_url.clone(),
+            seq: cp.seq,
+        }
+    }
+}

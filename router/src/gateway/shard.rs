@@ -32,6 +32,7 @@ use crate::gateway::identify::IdentifyQueue;
 use crate::gateway::inflater::{Inflated, Inflater};
 use crate::gateway::payload::{self, op, Hello, Incoming, Ready};
 use crate::gateway::session::Session;
+use crate::gateway::tenure::Tenure;
 use crate::secret::Token;
 
 /// First step of the reconnect backoff after an attempt that did not get back to Active.
@@ -69,7 +70,8 @@ pub(crate) struct Shard {
     config: ShardConfig,
     identify: Arc<IdentifyQueue>,
     sink: mpsc::Sender<Dispatch>,
-    shutdown: watch::Receiver<bool>,
+    /// Whether this process may run the shard now.
+    tenure: watch::Receiver<Tenure>,
     status: watch::Sender<ShardStatus>,
     last_seq: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
@@ -121,15 +123,9 @@ impl Shard {
         config: ShardConfig,
         identify: Arc<IdentifyQueue>,
         sink: mpsc::Sender<Dispatch>,
-        shutdown: watch::Receiver<bool>,
-        resume: Option<Session>,
+        tenure: watch::Receiver<Tenure>,
     ) -> (Shard, ShardHandle) {
-        let mut initial = ShardStatus::new();
-        if let Some(session) = &resume {
-            initial.session_id = Some(session.id.clone());
-            initial.resume_url = Some(Arc::from(session.resume_url.as_str()));
-        }
-        let (status, status_rx) = watch::channel(initial);
+        let (status, status_rx) = watch::channel(ShardStatus::new());
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let last_seq = Arc::new(AtomicU64::new(0));
         let received = Arc::new(AtomicU64::new(0));
@@ -146,21 +142,68 @@ impl Shard {
             config,
             identify,
             sink,
-            shutdown,
+            tenure,
             status,
             last_seq,
             received,
             commands,
             gate,
-            session: resume,
+            session: None,
             resume_url_failures: 0,
             pending: None,
         };
         (shard, handle)
     }
 
-    /// Keeps the shard connected until shutdown or a fatal close.
+    /// Runs the shard through its tenures until the process stops or a fatal close: connected
+    /// while held, disconnected in standby.
     pub(crate) async fn run(mut self) -> Result<(), FatalClose> {
+        let mut grant = None;
+        loop {
+            let tenure = self
+                .tenure
+                .wait_for(|t| *t != Tenure::Standby)
+                .await
+                .map(|t| t.clone())
+                .unwrap_or(Tenure::Stopped);
+            let Tenure::Held { grant: new, resume } = tenure else {
+                return Ok(());
+            };
+            if grant != Some(new) {
+                grant = Some(new);
+                self.begin_tenure(resume);
+            }
+            self.held().await?;
+            if *self.tenure.borrow() == Tenure::Stopped {
+                return Ok(());
+            }
+            // Released: what was read goes on to delivery before the shard says it is idle,
+            // so the releasing router can wait for all of it to be safe.
+            if let Some(dispatch) = self.pending.take() {
+                let _ = self.sink.send(dispatch).await;
+            }
+            info!("released: standing by");
+            self.set_state(ShardState::Standby);
+        }
+    }
+
+    /// A new tenure starts from the session it is given, whatever this task had.
+    fn begin_tenure(&mut self, resume: Option<Session>) {
+        if let Some(session) = &resume {
+            info!(session_id = %session.id, seq = session.seq, "resuming from a checkpoint");
+        }
+        self.status.send_modify(|s| {
+            s.session_id = resume.as_ref().map(|r| r.id.clone());
+            s.resume_url = resume.as_ref().map(|r| Arc::from(r.resume_url.as_str()));
+        });
+        self.last_seq
+            .store(resume.as_ref().map_or(0, |r| r.seq), Ordering::Relaxed);
+        self.session = resume;
+        self.resume_url_failures = 0;
+    }
+
+    /// Keeps the shard connected while its tenure holds, or until a fatal close.
+    async fn held(&mut self) -> Result<(), FatalClose> {
         let mut attempts = 0u32;
         let mut delay = Duration::ZERO;
         loop {
@@ -243,7 +286,15 @@ impl Shard {
     }
 
     fn shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        !self.tenure.borrow().runs()
+    }
+
+    /// Resolves once the shard may no longer run (released or stopping).
+    fn ending(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut tenure = self.tenure.clone();
+        async move {
+            let _ = tenure.wait_for(|t| !t.runs()).await;
+        }
     }
 
     /// Sleeps unless shutdown comes first; false means shut down.
@@ -255,19 +306,28 @@ impl Shard {
             return true;
         }
         tokio::select! {
-            _ = self.shutdown.changed() => false,
+            _ = self.ending() => false,
             _ = tokio::time::sleep(delay) => true,
         }
     }
 
     /// Hands a dispatch left over from the last connection to the sink; false means shut down.
     async fn flush_pending(&mut self) -> bool {
-        let Some(dispatch) = self.pending.take() else {
+        if self.pending.is_none() {
             return true;
+        }
+        let ending = self.ending();
+        // Kept while waiting: a released shard still hands it on before standing by.
+        let permit = tokio::select! {
+            _ = ending => return false,
+            permit = self.sink.reserve() => permit,
         };
-        tokio::select! {
-            _ = self.shutdown.changed() => false,
-            sent = self.sink.send(dispatch) => sent.is_ok(),
+        match permit {
+            Ok(permit) => {
+                permit.send(self.pending.take().expect("checked above"));
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -312,7 +372,7 @@ impl Shard {
             true,
         ));
         let ws = tokio::select! {
-            _ = self.shutdown.changed() => return (Ended::Shutdown, false),
+            _ = self.ending() => return (Ended::Shutdown, false),
             connected = timeout(self.config.connect_timeout, connecting) => match connected {
                 Ok(Ok((ws, _))) => ws,
                 Ok(Err(e)) => return (reconnect(Cause::ConnectFailed(e.to_string()), true), false),
@@ -344,8 +404,7 @@ impl Shard {
     /// The shutdown signal and the timer live across iterations: building them per message
     /// registered and removed a waiter and a timer entry for every event.
     async fn drive(&mut self, conn: &mut Conn) -> Ended {
-        let mut shutdown = self.shutdown.clone();
-        let mut shutdown = pin!(async move { shutdown.changed().await });
+        let mut shutdown = pin!(self.ending());
         // Until HELLO the timer is the HELLO deadline; after it, the next heartbeat.
         let mut timer = pin!(sleep_until(conn.hello_deadline));
         loop {

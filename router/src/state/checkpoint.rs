@@ -59,7 +59,7 @@ pub struct Wanted<'a> {
 
 impl Wanted<'_> {
     /// Why `cp` must not be resumed from, if it must not.
-    fn refuses(&self, cp: &Checkpoint) -> Option<String> {
+    pub fn refuses(&self, cp: &Checkpoint) -> Option<String> {
         if cp.shard_count != self.shard_count {
             return Some(format!(
                 "it is for {} shards; this run has {}",

@@ -51,17 +51,23 @@ impl Progress {
         });
     }
 
-    /// The batch starting at `first` is delivered, dead-lettered or spooled.
+    /// The batch starting at `first` is delivered, dead-lettered or spooled. A batch of a
+    /// session that is no longer the shard's (drained from a spool late) changes nothing.
     pub fn finished(&self, shard: u32, session: &Arc<str>, first: u64) {
-        self.with(shard, session, |p| {
-            if let Some(last) = p.under_way.remove(&first) {
-                p.finished = p.finished.max(last);
-            }
-            p.durable = match p.under_way.keys().next() {
-                Some(oldest) => p.durable.max(oldest - 1),
-                None => p.finished,
-            };
-        });
+        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(p) = shards
+            .get_mut(&shard)
+            .filter(|p| p.session.as_deref() == Some(&**session))
+        else {
+            return;
+        };
+        if let Some(last) = p.under_way.remove(&first) {
+            p.finished = p.finished.max(last);
+        }
+        p.durable = match p.under_way.keys().next() {
+            Some(oldest) => p.durable.max(oldest - 1),
+            None => p.finished,
+        };
     }
 
     /// An event that is not sent at all (filtered out) is as good as delivered.
@@ -112,5 +118,10 @@ mod tests {
         progress.started(0, &b, 1, 2);
         assert_eq!(progress.durable(0), Some((b.clone(), 0)));
         assert_eq!(progress.durable(1), None);
+        // A batch of the old session finishing late (drained from a spool) changes nothing.
+        progress.started(0, &b, 3, 3);
+        progress.finished(0, &a, 1);
+        progress.finished(0, &b, 1);
+        assert_eq!(progress.durable(0), Some((b.clone(), 2)));
     }
 }

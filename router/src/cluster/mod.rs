@@ -1,0 +1,120 @@
+//! Several routers sharing one bot's shards through Redis (`[cluster]`).
+//!
+//! Sits below the composition root and the control API, which use it, and above delivery and
+//! the gateway, whose shards and progress it reads and whose tenures it grants. It owns:
+//! - `store`: the keys in Redis and every call on them (with a timeout), atomic by Lua;
+//! - `coordinator`: leases, fencing, rendezvous placement, takeover and handover;
+//! - `turns`: IDENTIFY turns and the session-start budget across routers;
+//! - `view`: who holds which shard, for the control API;
+//! - `status`: the report `shardhook cluster status` prints.
+//!
+//! It does not open gateway connections, deliver events, or read local checkpoint files: in a
+//! cluster, the checkpoints are Redis'.
+
+mod coordinator;
+pub mod status;
+mod store;
+mod turns;
+mod view;
+
+use std::sync::Arc;
+
+pub use coordinator::{Coordinator, Parts};
+pub use store::{NodeInfo, StoreError};
+pub use view::{Owner, View};
+
+use crate::config::{ClusterConfig, Config, ConfigError};
+use crate::gateway::bot_info::SessionStartLimit;
+use crate::gateway::identify::SharedTurns;
+use store::Store;
+
+/// Now, in Unix milliseconds (membership ages are compared across machines in these).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Why the cluster could not be joined.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The config has no `[cluster]`, or no token.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `cluster.redis_url` was refused by the client.
+    #[error("cluster.redis_url: {0}")]
+    Store(#[from] StoreError),
+    /// The config has no `[cluster]` section.
+    #[error("no [cluster] section in the config")]
+    NotConfigured,
+}
+
+/// This router's membership of the bot's cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    store: Store,
+    settings: ClusterConfig,
+    me: NodeInfo,
+    view: Arc<View>,
+}
+
+impl Cluster {
+    /// Joins the cluster `config.cluster` describes, announcing `control` as this router's
+    /// control address (unless `cluster.advertise` says otherwise). Redis is reached on first
+    /// use: it need not be up yet.
+    pub fn new(config: &Config, control: std::net::SocketAddr) -> Result<Cluster, ClusterError> {
+        let settings = config.cluster.clone().ok_or(ClusterError::NotConfigured)?;
+        let bot = config.token()?.bot();
+        let store = Store::new(&settings.redis_url, &bot, settings.redis_timeout)?;
+        let me = NodeInfo {
+            id: settings.node_id.clone(),
+            weight: settings.weight,
+            control: settings
+                .advertise
+                .clone()
+                .unwrap_or_else(|| control.to_string()),
+            started_ms: now_ms(),
+        };
+        Ok(Cluster {
+            view: Arc::new(View::new(&me.id)),
+            store,
+            settings,
+            me,
+        })
+    }
+
+    /// This router's node id.
+    pub fn node_id(&self) -> &str {
+        &self.me.id
+    }
+
+    /// Who holds which shard, for the control API.
+    pub fn view(&self) -> Arc<View> {
+        self.view.clone()
+    }
+
+    /// IDENTIFY turns across the cluster, after recording the session starts `limit` says
+    /// are left (unless another router recorded them since they last reset).
+    pub(crate) async fn identify_turns(&self, limit: &SessionStartLimit) -> Arc<dyn SharedTurns> {
+        let reset = std::time::Duration::from_millis(limit.reset_after);
+        if let Err(e) = self.store.offer_starts(limit.remaining, reset).await {
+            tracing::warn!("could not record the session starts left in Redis: {e}");
+        }
+        Arc::new(turns::RedisTurns {
+            store: self.store.clone(),
+            node: self.me.id.clone(),
+        })
+    }
+
+    /// The coordinator that runs this router's side of the cluster over `parts`.
+    pub fn coordinator(&self, parts: Parts) -> Coordinator {
+        Coordinator::new(
+            self.store.clone(),
+            self.me.clone(),
+            self.settings.clone(),
+            parts,
+            self.view.clone(),
+        )
+    }
+}

@@ -1,0 +1,456 @@
+//! What the routers of a bot share in Redis, and every call that reads or writes it.
+//!
+//! Owns the keys (all under `shardhook:{bot}:`), the Lua scripts that make each step atomic,
+//! and a timeout on every call. It decides nothing: when to renew, take or give up a shard is
+//! the coordinator's. Keys:
+//! - `nodes`: a sorted set of live routers, scored by when their membership expires (ms, by
+//!   Redis' clock); `node:{id}`: each one's `NodeInfo`, expiring with it.
+//! - `lease:{shard}`: `{node}#{fence}`, expiring `lease_ttl` after its last renewal;
+//!   `fence:{shard}`: the fencing token, incremented on every acquisition.
+//! - `checkpoint:{shard}`: the shard's resume checkpoint (JSON), written only by the holder of
+//!   the current lease and fence.
+//! - `identify:{bucket}`: held 5 s after an IDENTIFY in the bucket; `starts`: session starts
+//!   left today, expiring when Discord resets them.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use serde::{Deserialize, Serialize};
+
+use crate::state::checkpoint::Checkpoint;
+
+/// A Redis call that failed or took too long.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No answer within `cluster.redis_timeout`.
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with an error, or the connection failed.
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A stored value is not what this version writes.
+    #[error("Redis key {key} holds something unreadable: {message}")]
+    Unreadable {
+        /// The key.
+        key: String,
+        /// Why it does not parse.
+        message: String,
+    },
+}
+
+/// One router as the others see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// `cluster.node_id`.
+    pub id: String,
+    /// Its rendezvous weight.
+    pub weight: f64,
+    /// Where its control API answers (`host:port`).
+    pub control: String,
+    /// When it joined, Unix milliseconds.
+    pub started_ms: u64,
+}
+
+/// A shard's lease as read: who holds it, under which fence, for how much longer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The holder's node id.
+    pub node: String,
+    /// The fencing token of this tenure.
+    pub fence: u64,
+    /// Milliseconds until it expires unless renewed.
+    pub ttl_ms: i64,
+}
+
+/// What an identify turn came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// This router may IDENTIFY now; a session start is spent.
+    Go,
+    /// Another router identified in the bucket; try again after this long.
+    Wait(Duration),
+    /// No session start is left until Discord resets them, in this long.
+    Exhausted(Duration),
+}
+
+/// Renews a lease and writes the shard's checkpoint if one is given, only while `lease` and
+/// `fence` are still this tenure's.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[3]) ~= ARGV[3] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5]) end
+return 1
+";
+
+/// Takes a free lease under a new fence.
+const ACQUIRE: &str = r"
+local held = redis.call('GET', KEYS[1])
+if held then return {0, held} end
+local fence = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '#' .. fence, 'PX', ARGV[2])
+return {1, tostring(fence)}
+";
+
+/// Writes the final checkpoint and gives the lease up, if it is still this tenure's.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then return 0 end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4]) end
+redis.call('DEL', KEYS[1])
+return 1
+";
+
+/// Renews this router's membership and answers the live routers' info.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local out = {}
+for _, node in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local info = redis.call('GET', ARGV[4] .. node)
+  if info then table.insert(out, info) end
+end
+return out
+";
+
+/// One IDENTIFY's turn in a bucket, spending a session start when there is a budget.
+const TURN: &str = r"
+local wait = redis.call('PTTL', KEYS[1])
+if wait > 0 then return {0, wait} end
+if wait == -1 then return {0, tonumber(ARGV[2])} end
+local left = redis.call('GET', KEYS[2])
+if left then
+  if tonumber(left) <= 0 then return {2, redis.call('PTTL', KEYS[2])} end
+  redis.call('DECR', KEYS[2])
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {1, 0}
+";
+
+/// The shared state of one bot's routers in Redis.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    /// `shardhook:{bot}:`.
+    prefix: String,
+    timeout: Duration,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+struct Scripts {
+    renew: Script,
+    acquire: Script,
+    release: Script,
+    heartbeat: Script,
+    turn: Script,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// A store for `bot` on the Redis at `url`. The connection is made on first use and
+    /// remade after a failure, so a Redis that is down at start does not stop the router.
+    pub fn new(url: &str, bot: &str, timeout: Duration) -> Result<Store, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Store {
+            conn,
+            prefix: format!("shardhook:{bot}:"),
+            timeout,
+            scripts: std::sync::Arc::new(Scripts {
+                renew: Script::new(RENEW),
+                acquire: Script::new(ACQUIRE),
+                release: Script::new(RELEASE),
+                heartbeat: Script::new(HEARTBEAT),
+                turn: Script::new(TURN),
+            }),
+        })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Runs one call under the timeout.
+    async fn timed<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(answer) => Ok(answer?),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Renews `me`'s membership for `ttl` and returns every live router (`me` included).
+    pub async fn heartbeat(
+        &self,
+        me: &NodeInfo,
+        ttl: Duration,
+    ) -> Result<Vec<NodeInfo>, StoreError> {
+        let info = serde_json::to_string(me).expect("node info serialises");
+        let mut conn = self.conn.clone();
+        let raw: Vec<String> = self
+            .timed(
+                self.scripts
+                    .heartbeat
+                    .key(self.key(&format!("nodes")))
+                    .key(self.key(&format!("node:{}", me.id)))
+                    .arg(&me.id)
+                    .arg(ttl.as_millis() as u64)
+                    .arg(info)
+                    .arg(self.key(&format!("node:")))
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(raw
+            .iter()
+            .filter_map(|text| serde_json::from_str(text).ok())
+            .collect())
+    }
+
+    /// Takes `me` out of the live routers at once (a clean stop), so the others take its
+    /// shards as it lets them go.
+    pub async fn leave(&self, node: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.zrem(self.key(&format!("nodes")), node)
+            .ignore()
+            .del(self.key(&format!("node:{node}")))
+            .ignore();
+        self.timed(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Takes the leases nobody holds among `shards` for `node`, in one round trip: per shard,
+    /// the new fencing token, or `None` (another router holds it).
+    pub async fn acquire_many(
+        &self,
+        shards: &[u32],
+        node: &str,
+        ttl: Duration,
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        if shards.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for shard in shards {
+            let mut invocation = self.scripts.acquire.prepare_invoke();
+            invocation
+                .key(self.key(&format!("lease:{shard}")))
+                .key(self.key(&format!("fence:{shard}")))
+                .arg(node)
+                .arg(ttl.as_millis() as u64);
+            pipe.invoke_script(&invocation);
+        }
+        let mut conn = self.conn.clone();
+        self.timed(self.scripts.acquire.load_async(&mut conn))
+            .await?;
+        let answers: Vec<(i64, String)> = self.timed(pipe.query_async(&mut conn)).await?;
+        Ok(answers
+            .into_iter()
+            .map(|(taken, fence)| (taken == 1).then(|| fence.parse().ok()).flatten())
+            .collect())
+    }
+
+    /// Renews each `(shard, fence, checkpoint)` lease of `node` in one round trip, writing the
+    /// checkpoint with it when given. Per shard: whether the lease and fence were still
+    /// `node`'s (false: another router took the shard; nothing was written).
+    pub async fn renew(
+        &self,
+        node: &str,
+        ttl: Duration,
+        checkpoint_ttl: Duration,
+        leases: &[(u32, u64, Option<&Checkpoint>)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (shard, fence, checkpoint) in leases {
+            let json = checkpoint
+                .map(|cp| serde_json::to_string(cp).expect("a checkpoint serialises"))
+                .unwrap_or_default();
+            let mut invocation = self.scripts.renew.prepare_invoke();
+            invocation
+                .key(self.key(&format!("lease:{shard}")))
+                .key(self.key(&format!("checkpoint:{shard}")))
+                .key(self.key(&format!("fence:{shard}")))
+                .arg(format!("{node}#{fence}"))
+                .arg(ttl.as_millis() as u64)
+                .arg(fence.to_string())
+                .arg(json)
+                .arg(checkpoint_ttl.as_millis() as u64);
+            pipe.invoke_script(&invocation);
+        }
+        // EVALSHA needs the scripts loaded first (a restarted Redis has none).
+        let mut conn = self.conn.clone();
+        self.timed(self.scripts.renew.load_async(&mut conn)).await?;
+        let held: Vec<i64> = self.timed(pipe.query_async(&mut conn)).await?;
+        Ok(held.into_iter().map(|h| h == 1).collect())
+    }
+
+    /// Writes `checkpoint` and gives `shard`'s lease up, if `node` still holds it under
+    /// `fence`; false if it did not (nothing written).
+    pub async fn release(
+        &self,
+        shard: u32,
+        node: &str,
+        fence: u64,
+        checkpoint: Option<&Checkpoint>,
+        checkpoint_ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let json = checkpoint
+            .map(|cp| serde_json::to_string(cp).expect("a checkpoint serialises"))
+            .unwrap_or_default();
+        let mut conn = self.conn.clone();
+        let released: i64 = self
+            .timed(
+                self.scripts
+                    .release
+                    .key(self.key(&format!("lease:{shard}")))
+                    .key(self.key(&format!("checkpoint:{shard}")))
+                    .key(self.key(&format!("fence:{shard}")))
+                    .arg(format!("{node}#{fence}"))
+                    .arg(fence.to_string())
+                    .arg(json)
+                    .arg(checkpoint_ttl.as_millis() as u64)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(released == 1)
+    }
+
+    /// `shard`'s checkpoint, if one is kept.
+    pub async fn checkpoint(&self, shard: u32) -> Result<Option<Checkpoint>, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.key(&format!("checkpoint:{shard}"));
+        let raw: Option<String> = self
+            .timed(redis::cmd("GET").arg(&key).query_async(&mut conn))
+            .await?;
+        raw.map(|text| {
+            serde_json::from_str(&text).map_err(|e| StoreError::Unreadable {
+                key,
+                message: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Every shard's lease, for shards `0..count`.
+    pub async fn leases(&self, count: u32) -> Result<Vec<Option<Lease>>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for shard in 0..count {
+            let key = self.key(&format!("lease:{shard}"));
+            pipe.get(&key).pttl(&key);
+        }
+        let raw: Vec<(Option<String>, i64)> = self.timed(pipe.query_async(&mut conn)).await?;
+        Ok(raw
+            .into_iter()
+            .map(|(value, ttl_ms)| {
+                let (node, fence) = value?
+                    .rsplit_once('#')
+                    .map(|(n, f)| (n.to_owned(), f.to_owned()))?;
+                Some(Lease {
+                    node,
+                    fence: fence.parse().ok()?,
+                    ttl_ms,
+                })
+            })
+            .collect())
+    }
+
+    /// The live routers, without renewing anyone's membership (for `cluster status`).
+    pub async fn nodes(&self) -> Result<Vec<(NodeInfo, i64)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let now_ms = super::now_ms() as i64;
+        let members: Vec<(String, f64)> = self
+            .timed(
+                redis::cmd("ZRANGE")
+                    .arg(self.key(&format!("nodes")))
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for (id, expires) in members {
+            let info: Option<String> = self
+                .timed(
+                    redis::cmd("GET")
+                        .arg(self.key(&format!("node:{id}")))
+                        .query_async(&mut conn),
+                )
+                .await?;
+            if let Some(info) = info.and_then(|i| serde_json::from_str::<NodeInfo>(&i).ok()) {
+                out.push((info, expires as i64 - now_ms));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records the session starts Discord says are left, unless a router already did since
+    /// they last reset: they then expire when Discord resets them.
+    pub async fn offer_starts(
+        &self,
+        remaining: u32,
+        reset_after: Duration,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.timed(
+            redis::cmd("SET")
+                .arg(self.key(&format!("starts")))
+                .arg(remaining)
+                .arg("PX")
+                .arg(reset_after.as_millis().max(1) as u64)
+                .arg("NX")
+                .query_async::<Option<String>>(&mut conn),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Asks for `bucket`'s IDENTIFY turn for `node`, held `interval` once given.
+    pub async fn turn(
+        &self,
+        bucket: u32,
+        node: &str,
+        interval: Duration,
+    ) -> Result<Turn, StoreError> {
+        let mut conn = self.conn.clone();
+        let (verdict, ms): (i64, i64) = self
+            .timed(
+                self.scripts
+                    .turn
+                    .key(self.key(&format!("identify:{bucket}")))
+                    .key(self.key(&format!("starts")))
+                    .arg(node)
+                    .arg(interval.as_millis() as u64)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        let after = Duration::from_millis(ms.max(1) as u64);
+        Ok(match verdict {
+            1 => Turn::Go,
+            2 => Turn::Exhausted(after),
+            _ => Turn::Wait(after),
+        })
+    }
+}

@@ -1,0 +1,337 @@
+//! Several routers sharing one bot through a real `redis-server` (started here on a free
+//! port): a dead router's shards resume elsewhere, a rolling restart hands shards over with
+//! nothing lost or duplicated, identifies stay paced across routers, a router paused past its
+//! lease gives its shards up, and Redis going away for 20 s loses nothing. Every event is
+//! accounted for against the double's ledger.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use shardhook_simulator::{SimConfig, DEFAULT_TOKEN};
+use support::pipe::TempDir;
+use support::process::{self, Setup};
+use support::redis::Redis;
+use support::within;
+use tokio::process::Child;
+use tokio::time::Instant;
+
+/// The routers' lease in these tests (production's default is 10 s).
+const LEASE: Duration = Duration::from_secs(2);
+
+/// The `[cluster]` table for routers on `redis`.
+fn cluster_table(redis: &Redis) -> String {
+    format!(
+        "[cluster]\nredis_url = \"{}\"\nlease_ttl = \"{}ms\"\nredis_timeout = \"500ms\"\n",
+        redis.url(),
+        LEASE.as_millis()
+    )
+}
+
+/// One router of the cluster: its node id, state directory, log and process.
+struct Node {
+    id: &'static str,
+    state: TempDir,
+    log: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(setup: &Setup, id: &'static str) -> Node {
+        let state = TempDir::new(&format!("cluster-{id}"));
+        let log = state.join("router.log");
+        let mut node = Node {
+            id,
+            state,
+            log,
+            child: None,
+        };
+        node.restart(setup);
+        node
+    }
+
+    /// Starts the router (again), on the same node id and state directory.
+    fn restart(&mut self, setup: &Setup) {
+        let dir = self.state.join("state");
+        let env = [
+            ("SHARDHOOK__CLUSTER__NODE_ID", self.id),
+            ("SHARDHOOK__STATE__DIR", dir.to_str().unwrap()),
+        ];
+        // Each run's log is kept after the last one's.
+        let log = self.state.join(format!(
+            "router-{}.log",
+            std::fs::read_dir(&*self.state).unwrap().count()
+        ));
+        self.log = log;
+        self.child = Some(setup.start_router_logged(&env, &self.log));
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("running")
+    }
+
+    fn pid(&mut self) -> String {
+        self.child().id().expect("running").to_string()
+    }
+
+    fn signal(&mut self, signal: &str) {
+        let pid = self.pid();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Every shard's lease holder, as Redis has it.
+async fn holders(redis: &Redis, shards: u32) -> BTreeMap<u32, String> {
+    let bot = shardhook::Token::new(DEFAULT_TOKEN).unwrap().bot();
+    let mut conn = redis.connection().await;
+    let mut out = BTreeMap::new();
+    for shard in 0..shards {
+        let key = format!("shardhook:{bot}:lease:{shard}");
+        let value: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some((node, _fence)) = value.as_deref().and_then(|v| v.rsplit_once('#')) {
+            out.insert(shard, node.to_owned());
+        }
+    }
+    out
+}
+
+/// Waits until every shard is connected and leased, each of `nodes` holding some: the
+/// cluster has settled.
+async fn settled(
+    setup: &Setup,
+    redis: &Redis,
+    shards: u32,
+    nodes: &[&str],
+) -> BTreeMap<u32, String> {
+    let mut changes = setup.sim.changes();
+    within("the cluster to settle", async {
+        loop {
+            let leases = holders(redis, shards).await;
+            let spread = nodes
+                .iter()
+                .all(|n| leases.values().any(|holder| holder == n));
+            let live = setup.sim.live_shards().len() as u32 == shards;
+            if spread && live && leases.len() as u32 == shards {
+                return leases;
+            }
+            // The double changes on every event, connection and resume.
+            let _ = changes.changed().await;
+        }
+    })
+    .await
+}
+
+/// Waits until each of `shards` has a session READY or RESUMED after `since`.
+async fn back_up(setup: &Setup, shards: &[u32], since: Instant) {
+    setup
+        .sim
+        .wait_for(|o| {
+            shards
+                .iter()
+                .all(|s| {
+                    o.resumes
+                        .iter()
+                        .any(|r| r.shard == *s && r.accepted && r.at > since)
+                        || o.identifies
+                            .iter()
+                            .any(|i| i.shard == *s && i.accepted && i.at > since)
+                })
+                .then_some(())
+        })
+        .await
+}
+
+async fn setup(sim: SimConfig, redis: &Redis) -> Setup {
+    process::setup_sim(sim, &["alpha", "beta"], &cluster_table(redis)).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_routers_shards_resume_on_the_others_within_the_lease_and_nothing_is_lost() {
+    let redis = Redis::start().await;
+    let (shards, events) = (12, 60);
+    let setup = setup(process::traffic(shards, events, 8.0), &redis).await;
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .into_iter()
+        .map(|id| Node::start(&setup, id))
+        .collect();
+    let leases = settled(&setup, &redis, shards, &["a", "b", "c"]).await;
+    let victim: Vec<u32> = leases
+        .iter()
+        .filter(|(_, n)| *n == "a")
+        .map(|(s, _)| *s)
+        .collect();
+    // Under traffic: some events are in flight on the victim when it dies.
+    setup
+        .wait_arrivals("traffic to flow", |seen| seen.len() > (shards * 5) as usize)
+        .await;
+    nodes[0].child().start_kill().unwrap();
+    let killed = Instant::now();
+    nodes[0].child().wait().await.unwrap();
+    std::fs::remove_dir_all(nodes[0].state.join("state")).unwrap();
+    let bound = LEASE + Duration::from_secs(5);
+    tokio::time::timeout(bound, back_up(&setup, &victim, killed))
+        .await
+        .unwrap_or_else(|_| panic!("shards {victim:?} were not back within {bound:?}"));
+    let now = holders(&redis, shards).await;
+    assert!(
+        victim.iter().all(|s| now.get(s).is_some_and(|n| n != "a")),
+        "the victim's shards are the others' now: {now:?}"
+    );
+    setup.wait_all(shards, events).await;
+    let (lost, _duplicated) = setup.account();
+    assert_eq!(lost, 0, "every event delivered at least once");
+    for node in &mut nodes[1..] {
+        process::terminate(node.child()).await;
+    }
+    let violations = setup.sim.observed(|o| o.violations.clone());
+    assert!(violations.is_empty(), "{violations:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_under_traffic_loses_and_duplicates_nothing() {
+    let redis = Redis::start().await;
+    let (shards, events) = (12, 120);
+    let setup = setup(process::traffic(shards, events, 8.0), &redis).await;
+    let ids = ["a", "b", "c"];
+    let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
+    settled(&setup, &redis, shards, &ids).await;
+    for node in &mut nodes {
+        process::terminate(node.child()).await;
+        node.restart(&setup);
+        settled(&setup, &redis, shards, &ids).await;
+    }
+    setup.wait_all(shards, events).await;
+    let (lost, duplicated) = setup.account();
+    assert_eq!((lost, duplicated), (0, 0), "lost, duplicated");
+    let (gaps, identifies) = setup.sim.observed(|o| {
+        let gaps: Vec<Duration> = o.resumes.iter().filter_map(|r| r.offline).collect();
+        (gaps, o.identifies.len())
+    });
+    assert!(!gaps.is_empty(), "shards were handed over");
+    let longest = gaps.iter().max().unwrap();
+    assert!(
+        *longest <= Duration::from_secs(2),
+        "a shard was without an owner for {longest:?}"
+    );
+    assert_eq!(
+        identifies, shards as usize,
+        "one IDENTIFY per shard: the rest resumed"
+    );
+    for node in &mut nodes {
+        process::terminate(node.child()).await;
+    }
+    let violations = setup.sim.observed(|o| o.violations.clone());
+    assert!(violations.is_empty(), "{violations:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_routers_starting_at_once_never_identify_a_bucket_twice_in_five_seconds() {
+    let redis = Redis::start().await;
+    let shards = 8;
+    let sim = SimConfig {
+        // Two shards per bucket: 0 and 4, 1 and 5...
+        max_concurrency: 4,
+        ..process::traffic(shards, 5, 2.0)
+    };
+    let setup = setup(sim, &redis).await;
+    let ids = ["a", "b", "c"];
+    let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
+    settled(&setup, &redis, shards, &ids).await;
+    let identifies = setup.sim.observed(|o| o.identifies.clone());
+    assert!(identifies.iter().all(|i| i.accepted), "{identifies:?}");
+    assert_eq!(identifies.len(), shards as usize);
+    // Each bucket's two identifies came from different routers often enough to matter: the
+    // double's rule is what says whether they were paced.
+    let violations = setup.sim.observed(|o| o.violations.clone());
+    assert!(violations.is_empty(), "{violations:?}");
+    for node in &mut nodes {
+        process::terminate(node.child()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_router_paused_past_its_lease_gives_its_shards_up_and_nothing_is_lost() {
+    let redis = Redis::start().await;
+    let (shards, events) = (6, 80);
+    let sim = SimConfig {
+        // Longer than the pause: Discord would not yet have given up on the paused sessions.
+        heartbeat_interval: Duration::from_secs(10),
+        ..process::traffic(shards, events, 6.0)
+    };
+    let setup = setup(sim, &redis).await;
+    let ids = ["a", "b"];
+    let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
+    let leases = settled(&setup, &redis, shards, &ids).await;
+    let paused: Vec<u32> = leases
+        .iter()
+        .filter(|(_, n)| *n == "a")
+        .map(|(s, _)| *s)
+        .collect();
+    nodes[0].signal("-STOP");
+    let stopped = Instant::now();
+    within(
+        "b to take the paused router's shards",
+        back_up(&setup, &paused, stopped),
+    )
+    .await;
+    let taken = holders(&redis, shards).await;
+    assert!(paused.iter().all(|s| taken[s] == "b"), "{taken:?}");
+    nodes[0].signal("-CONT");
+    // Awake again, a finds its leases gone (or its fencing token refused) and stops reading
+    // those shards; later they come back to it through a clean handover.
+    settled(&setup, &redis, shards, &ids).await;
+    setup.wait_all(shards, events).await;
+    let (lost, _duplicated) = setup.account();
+    assert_eq!(lost, 0);
+    for node in &mut nodes {
+        process::terminate(node.child()).await;
+    }
+    let log = nodes[0].log();
+    assert!(
+        log.contains("stop reading until they are taken again")
+            || log.contains("the fencing token refused this router's write"),
+        "the paused router said it gave the shards up:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_gone_for_twenty_seconds_under_traffic_loses_nothing() {
+    let mut redis = Redis::start().await;
+    let (shards, events) = (6, 150);
+    let setup = setup(process::traffic(shards, events, 4.0), &redis).await;
+    let ids = ["a", "b"];
+    let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
+    settled(&setup, &redis, shards, &ids).await;
+    setup
+        .wait_arrivals("traffic to flow", |seen| seen.len() > (shards * 5) as usize)
+        .await;
+    redis.kill().await;
+    // The outage itself: the routers must ride it out, whatever they do meanwhile.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    redis.restart().await;
+    settled(&setup, &redis, shards, &ids).await;
+    setup.wait_all(shards, events).await;
+    let (lost, _duplicated) = setup.account();
+    assert_eq!(lost, 0);
+    for node in &mut nodes {
+        process::terminate(node.child()).await;
+    }
+    let log = nodes[0].log();
+    assert!(
+        log.contains("stop reading until they are taken again"),
+        "the routers stopped reading while Redis was away:\n{log}"
+    );
+}

@@ -1,0 +1,103 @@
+//! A throwaway `redis-server` (Debian's package; `scripts/test` installs it) on a free
+//! loopback port, for the cluster tests: started, killed and restarted on the same port by the
+//! test itself. It persists to an append-only file fsynced on every write, as a production
+//! Redis that routers rely on should, so a restart keeps leases, fences and checkpoints.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::pipe::TempDir;
+use super::within;
+
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        let mut redis = Redis {
+            child: None,
+            port: free_port(),
+            dir: TempDir::new("redis"),
+        };
+        redis.spawn().await;
+        redis
+    }
+
+    /// Starts the server and waits until it says it accepts connections.
+    async fn spawn(&mut self) {
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                self.dir.to_str().unwrap(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-server ({e}); run scripts/test, which installs it")
+            });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        within("redis-server to accept connections", async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("Ready to accept connections") {
+                    return;
+                }
+            }
+            panic!("redis-server exited before it was ready");
+        })
+        .await;
+        // Keep reading its output so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: no goodbye to its clients.
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().await.unwrap();
+    }
+
+    /// Started again on the same port, with what its append-only file kept.
+    pub async fn restart(&mut self) {
+        self.spawn().await;
+    }
+
+    /// A connection for the test's own reads.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
