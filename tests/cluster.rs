@@ -127,8 +127,12 @@ async fn settled(
             if spread && live && leases.len() as u32 == shards {
                 return leases;
             }
-            // The double changes on every event, connection and resume.
-            let _ = changes.changed().await;
+            // The double changes on every event, connection and resume; Redis tells nobody,
+            // so its leases are read again every 100 ms too.
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
         }
     })
     .await
