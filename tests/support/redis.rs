@@ -94,9 +94,13 @@ impl Redis {
 
     /// A connection for the test's own reads.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        // A loaded machine (the whole suite at once) can take a while to answer.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(10)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(10)));
         redis::Client::open(self.url())
             .unwrap()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .unwrap()
     }

@@ -316,12 +316,15 @@ impl Coordinator {
         for shard in 0..self.parts.shard_count {
             let here = home(shard) == Some(self.me.id.as_str());
             match self.owned.get(&shard) {
-                Some(owned) if !here && !owned.releasing && releasing < HANDOVERS_AT_ONCE => {
-                    // Only to a router that is there to take it, or because this one leaves.
-                    if leaving || home(shard).is_some() {
-                        release.push(shard);
-                        releasing += 1;
-                    }
+                // Only to a router that is there to take it, or because this one leaves.
+                Some(owned)
+                    if !here
+                        && !owned.releasing
+                        && releasing < HANDOVERS_AT_ONCE
+                        && (leaving || home(shard).is_some()) =>
+                {
+                    release.push(shard);
+                    releasing += 1;
                 }
                 None if here && !leaving => wanted.push(shard),
                 _ => {}

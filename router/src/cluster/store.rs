@@ -210,12 +210,12 @@ impl Store {
             .timed(
                 self.scripts
                     .heartbeat
-                    .key(self.key(&format!("nodes")))
+                    .key(self.key("nodes"))
                     .key(self.key(&format!("node:{}", me.id)))
                     .arg(&me.id)
                     .arg(ttl.as_millis() as u64)
                     .arg(info)
-                    .arg(self.key(&format!("node:")))
+                    .arg(self.key("node:"))
                     .invoke_async(&mut conn),
             )
             .await?;
@@ -230,7 +230,7 @@ impl Store {
     pub async fn leave(&self, node: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
-        pipe.zrem(self.key(&format!("nodes")), node)
+        pipe.zrem(self.key("nodes"), node)
             .ignore()
             .del(self.key(&format!("node:{node}")))
             .ignore();
@@ -383,7 +383,7 @@ impl Store {
         let members: Vec<(String, f64)> = self
             .timed(
                 redis::cmd("ZRANGE")
-                    .arg(self.key(&format!("nodes")))
+                    .arg(self.key("nodes"))
                     .arg(0)
                     .arg(-1)
                     .arg("WITHSCORES")
@@ -416,7 +416,7 @@ impl Store {
         let mut conn = self.conn.clone();
         self.timed(
             redis::cmd("SET")
-                .arg(self.key(&format!("starts")))
+                .arg(self.key("starts"))
                 .arg(remaining)
                 .arg("PX")
                 .arg(reset_after.as_millis().max(1) as u64)
@@ -440,7 +440,7 @@ impl Store {
                 self.scripts
                     .turn
                     .key(self.key(&format!("identify:{bucket}")))
-                    .key(self.key(&format!("starts")))
+                    .key(self.key("starts"))
                     .arg(node)
                     .arg(interval.as_millis() as u64)
                     .invoke_async(&mut conn),

@@ -15,6 +15,7 @@ pub(crate) mod handle;
 pub(crate) mod identify;
 pub(crate) mod inflater;
 pub(crate) mod payload;
+mod redial;
 pub(crate) mod session;
 pub(crate) mod shard;
 pub(crate) mod tenure;
