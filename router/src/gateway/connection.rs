@@ -25,6 +25,14 @@ use crate::gateway::inflater::Inflater;
 /// session when a client closes with 1000 or 1001.
 const RESUMABLE_CLOSE: u16 = 4000;
 
+/// Resolves a future that may not exist; a missing one never resolves.
+pub(super) async fn maybe<F: Future>(future: Option<F>) -> F::Output {
+    match future {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
 pub(super) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Why a connection ended, for logs and status.

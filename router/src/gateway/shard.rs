@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::gateway::close_code::{self, CloseAction};
 use crate::gateway::command_limiter::CommandLimiter;
-use crate::gateway::connection::{reconnect, Accepted, Cause, Conn, Ended, Heartbeat, Step};
+use crate::gateway::connection::{maybe, reconnect, Accepted, Cause, Conn, Ended, Heartbeat, Step};
 use crate::gateway::dispatch::{range_within, Dispatch};
 use crate::gateway::handle::{
     CommandGate, FatalClose, ShardHandle, ShardState, ShardStatus, COMMAND_QUEUE,
@@ -79,14 +79,6 @@ pub(crate) struct Shard {
     resume_url_failures: u32,
     /// A dispatch read but not yet taken by the sink; it survives a reconnect.
     pending: Option<Dispatch>,
-}
-
-/// Resolves a future that may not exist; a missing one never resolves.
-async fn maybe<F: Future>(future: Option<F>) -> F::Output {
-    match future {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
 }
 
 impl Shard {
