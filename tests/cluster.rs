@@ -29,9 +29,10 @@ fn cluster_table(redis: &Redis) -> String {
     )
 }
 
-/// One router of the cluster: its node id, state directory, log and process.
+/// One router of the cluster: its node id, control address, state directory, log and process.
 struct Node {
     id: &'static str,
+    control: String,
     state: TempDir,
     log: std::path::PathBuf,
     child: Option<Child>,
@@ -41,8 +42,14 @@ impl Node {
     fn start(setup: &Setup, id: &'static str) -> Node {
         let state = TempDir::new(&format!("cluster-{id}"));
         let log = state.join("router.log");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut node = Node {
             id,
+            control: format!("127.0.0.1:{port}"),
             state,
             log,
             child: None,
@@ -54,9 +61,11 @@ impl Node {
     /// Starts the router (again), on the same node id and state directory.
     fn restart(&mut self, setup: &Setup) {
         let dir = self.state.join("state");
+        let listen = format!("\"{}\"", self.control);
         let env = [
             ("SHARDHOOK__CLUSTER__NODE_ID", self.id),
             ("SHARDHOOK__STATE__DIR", dir.to_str().unwrap()),
+            ("SHARDHOOK__CONTROL__LISTEN", listen.as_str()),
         ];
         // Each run's log is kept after the last one's.
         let log = self.state.join(format!(
@@ -82,6 +91,21 @@ impl Node {
             .status()
             .unwrap();
         assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// Posts a signed gateway command to this router's control API.
+    async fn command(&self, secret: &str, body: &str) -> reqwest::Response {
+        let signer = shardhook::Signer::new(shardhook::SigningKey::parse(secret).unwrap(), vec![]);
+        let (id, at) = (format!("cmd_{}", fastrand::u64(..)), shardhook::unix_now());
+        reqwest::Client::new()
+            .post(format!("http://{}/v1/gateway/commands", self.control))
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", at.to_string())
+            .header("webhook-signature", signer.sign(&id, at, body.as_bytes()))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
     }
 
     fn log(&self) -> String {
@@ -261,6 +285,73 @@ async fn three_routers_starting_at_once_never_identify_a_bucket_twice_in_five_se
     // double's rule is what says whether they were paced.
     let violations = setup.sim.observed(|o| o.violations.clone());
     assert!(violations.is_empty(), "{violations:?}");
+
+    // The control API knows who holds what: /v1/shards names each shard's owner, and a
+    // command for another router's shard is answered 421 with that router's address.
+    let leases = holders(&redis, shards).await;
+    let listed: serde_json::Value = reqwest::get(format!("http://{}/v1/shards", nodes[0].control))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for shard in listed.as_array().unwrap() {
+        let id = shard["shard_id"].as_u64().unwrap() as u32;
+        assert_eq!(shard["owner"], leases[&id].as_str(), "{shard}");
+        let state = if leases[&id] == "a" {
+            "active"
+        } else {
+            "standby"
+        };
+        assert_eq!(shard["state"], state, "{shard}");
+    }
+    let (elsewhere, owner) = leases.iter().find(|(_, n)| *n != "a").unwrap();
+    let presence = format!(
+        r#"{{"shard_id":{elsewhere},"op":3,"d":{{"since":null,"activities":[],"status":"idle","afk":false}}}}"#
+    );
+    let answer = nodes[0].command(setup.secret(), &presence).await;
+    assert_eq!(answer.status(), 421);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let owner_node = nodes.iter().find(|n| n.id == owner.as_str()).unwrap();
+    assert_eq!(body["owner"], owner.as_str());
+    assert_eq!(body["control"], owner_node.control.as_str());
+    let answer = owner_node.command(setup.secret(), &presence).await;
+    assert_eq!(answer.status(), 202, "the owner takes it");
+
+    // `shardhook cluster status` shows the same from Redis.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_shardhook"))
+        .args([
+            "cluster",
+            "status",
+            "--shards",
+            &shards.to_string(),
+            "--config",
+        ])
+        .arg(setup.config_path())
+        .env("DISCORD_TOKEN", DEFAULT_TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    for node in &nodes {
+        assert!(
+            text.contains(&format!("control {}", node.control)),
+            "{text}"
+        );
+    }
+    for (shard, holder) in &leases {
+        assert!(
+            text.contains(&format!("{shard:>5}  held by {holder} (fence")),
+            "{text}"
+        );
+    }
+    assert!(text.contains("checkpoint seq"), "{text}");
+    assert!(!text.contains(DEFAULT_TOKEN), "the token is never shown");
+
     for node in &mut nodes {
         process::terminate(node.child()).await;
     }

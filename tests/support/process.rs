@@ -91,6 +91,16 @@ pub async fn setup_sim(sim: SimConfig, endpoints: &[&str], extra: &str) -> Setup
 }
 
 impl Setup {
+    /// The signing secret the routers run with.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// The config file the routers run with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
     pub fn start_router(&self) -> Child {
         self.start_router_with(&[])
     }

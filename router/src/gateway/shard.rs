@@ -123,6 +123,9 @@ impl Shard {
     pub(crate) async fn run(mut self) -> Result<(), FatalClose> {
         let mut grant = None;
         loop {
+            if *self.tenure.borrow() == Tenure::Standby {
+                self.set_state(ShardState::Standby);
+            }
             let tenure = self
                 .tenure
                 .wait_for(|t| *t != Tenure::Standby)
@@ -146,7 +149,6 @@ impl Shard {
                 let _ = self.sink.send(dispatch).await;
             }
             info!("released: standing by");
-            self.set_state(ShardState::Standby);
         }
     }
 
