@@ -430,3 +430,78 @@ async fn redis_gone_for_twenty_seconds_under_traffic_loses_nothing() {
         "the routers stopped reading while Redis was away:\n{log}"
     );
 }
+
+/// The failover time bench/RESULTS.md quotes (`bench/run failover`): ten times, `kill -9` of
+/// one of three routers at the default 10 s lease (or `SHARDHOOK_BENCH_LEASE`), timed until
+/// every shard it held is READY or RESUMED on another, by the double's clock. Not a check:
+/// it prints what it measured.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement for bench/run failover, not a test"]
+async fn failover_time_over_ten_runs() {
+    let lease = std::env::var("SHARDHOOK_BENCH_LEASE").unwrap_or_else(|_| "10s".to_owned());
+    let redis = Redis::start().await;
+    let shards = 12;
+    let table = format!(
+        "[cluster]\nredis_url = \"{}\"\nlease_ttl = \"{lease}\"\n",
+        redis.url()
+    );
+    // Traffic all along: 12 shards at 4 events/s for the whole measurement.
+    let setup =
+        process::setup_sim(process::traffic(shards, 100_000, 4.0), &["alpha"], &table).await;
+    let ids = ["a", "b", "c"];
+    let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
+    let mut times = Vec::new();
+    for run in 0..10 {
+        let leases = settled(&setup, &redis, shards, &ids).await;
+        let victim_index = run % nodes.len();
+        let victim_id = nodes[victim_index].id;
+        let victim: Vec<u32> = leases
+            .iter()
+            .filter(|(_, n)| *n == victim_id)
+            .map(|(s, _)| *s)
+            .collect();
+        nodes[victim_index].child().start_kill().unwrap();
+        let killed = Instant::now();
+        nodes[victim_index].child().wait().await.unwrap();
+        back_up(&setup, &victim, killed).await;
+        let up = setup.sim.observed(|o| {
+            victim
+                .iter()
+                .map(|s| {
+                    let resumed = o
+                        .resumes
+                        .iter()
+                        .filter(|r| r.shard == *s && r.accepted && r.at > killed)
+                        .map(|r| r.at);
+                    let identified = o
+                        .identifies
+                        .iter()
+                        .filter(|i| i.shard == *s && i.accepted && i.at > killed)
+                        .map(|i| i.at);
+                    resumed.chain(identified).min().unwrap()
+                })
+                .max()
+                .unwrap()
+        });
+        let took = up - killed;
+        println!(
+            "failover run {}: {} ms (node {victim_id}, shards {victim:?})",
+            run + 1,
+            took.as_millis()
+        );
+        times.push(took);
+        nodes[victim_index].restart(&setup);
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_millis();
+    println!(
+        "failover over {} runs at lease_ttl = {lease}: min {} ms, median {} ms, max {} ms",
+        times.len(),
+        ms(times[0]),
+        ms(times[times.len() / 2]),
+        ms(times[times.len() - 1])
+    );
+    for node in &mut nodes {
+        process::terminate(node.child()).await;
+    }
+}

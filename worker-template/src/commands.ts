@@ -8,7 +8,9 @@
 // Only fetch, Web Crypto, TextEncoder and btoa are used, so the Worker and the Lambda (Node 20)
 // share it. Errors reaching the router (connection refused, timeout) are thrown, as discord.ts
 // does: an awaiting handler then fails and the router retries its batch. The router's own
-// answers are returned as a `CommandResult`.
+// answers are returned as a `CommandResult`. With several routers sharing the bot (`[cluster]`),
+// a router answers 421 for a shard another one holds, naming that router's control address:
+// the command is sent there once, signed afresh.
 
 import {
   GatewayOpcodes,
@@ -59,7 +61,9 @@ export type CommandResult =
   | { kind: "rate_limited"; status: 429; retryAfter: number; error: string; queued: number[] }
   /**
    * Anything else: 400 a bad command, 401 a bad, stale or replayed signature, 404 a shard this
-   * router does not run, 503 a shard not connected (worth retrying later), or an unexpected status.
+   * router does not run, 421 a shard another router of the cluster holds when its address was
+   * not given (or it answered 421 too), 503 a shard not connected (worth retrying later), or an
+   * unexpected status.
    */
   | { kind: "refused"; status: number; error: string; queued: number[] };
 
@@ -80,11 +84,24 @@ export async function sendGatewayCommand(
   if (!base) throw new Error("SHARDHOOK_CONTROL_URL is not set");
   const keys = await commandKeys(env);
   const body = JSON.stringify(command);
+  let response = await postCommand(base, keys, body, timeoutMs);
+  if (response.status === 421) {
+    // Another router of the cluster holds the shard: once to it, at the address it published.
+    const text = await response.text();
+    const owner = ownerControl(base, text);
+    if (!owner) return commandResult(421, null, text);
+    response = await postCommand(owner, keys, body, timeoutMs);
+  }
+  return commandResult(response.status, response.headers.get("retry-after"), await response.text());
+}
+
+/** One signed POST of `body` to `base`'s command path. */
+async function postCommand(base: string, keys: readonly SigningKey[], body: string, timeoutMs: number) {
   // A fresh id per request: the router refuses one it has seen. A retried handler sends the
   // command again as a new request.
   const id = `msg_${crypto.randomUUID().replaceAll("-", "")}`;
   const timestamp = Math.floor(Date.now() / 1000);
-  const response = await fetch(`${base}${COMMANDS_PATH}`, {
+  return fetch(`${base}${COMMANDS_PATH}`, {
     method: "POST",
     headers: {
       "content-type": "application/json",
@@ -95,7 +112,22 @@ export async function sendGatewayCommand(
     body,
     signal: AbortSignal.timeout(timeoutMs),
   });
-  return commandResult(response.status, response.headers.get("retry-after"), await response.text());
+}
+
+/**
+ * The base URL of the router a 421 names (`control`: `host:port`), on the scheme of `base`;
+ * `undefined` when the answer names none.
+ */
+export function ownerControl(base: string, text: string): string | undefined {
+  try {
+    const body: unknown = JSON.parse(text);
+    if (typeof body !== "object" || body === null) return undefined;
+    const control = (body as { control?: unknown }).control;
+    if (typeof control !== "string" || !/^[A-Za-z0-9.\-\[\]:]+$/.test(control)) return undefined;
+    return `${new URL(base).protocol}//${control}`;
+  } catch {
+    return undefined;
+  }
 }
 
 /** op 8: members of `d.guild_id`, sent on the shard holding that guild. */

@@ -203,6 +203,32 @@ describe("the router's answers", () => {
     expect(await send()).toEqual({ kind: "refused", status, error, queued: [] });
   });
 
+  it("421 from a router of a cluster: sent once more, signed afresh, to the router it names", async () => {
+    const other = "router-b.test:8443";
+    mockRouter(421, { error: "shard 1 is run by another router of the cluster", owner: "b", control: other });
+    const elsewhere: { headers: Record<string, string>; body: string }[] = [];
+    fetchMock
+      .get(`https://${other}`)
+      .intercept({ path: "/v1/gateway/commands", method: "POST" })
+      .reply(202, (options) => {
+        elsewhere.push({ headers: options.headers as Record<string, string>, body: String(options.body) });
+        return JSON.stringify({ queued: [1] });
+      });
+    expect(await send()).toEqual({ kind: "queued", status: 202, shards: [1] });
+    expect(elsewhere).toHaveLength(1);
+    expect(elsewhere[0].body).toBe(commands[0].body);
+    expect(elsewhere[0].headers["webhook-id"]).not.toBe(commands[0].headers["webhook-id"]);
+    const keys = await commandKeys(env);
+    const { headers, body } = elsewhere[0];
+    const timestamp = Number(headers["webhook-timestamp"]);
+    expect(headers["webhook-signature"]).toBe(await signature(keys, headers["webhook-id"], timestamp, body));
+  });
+
+  it("421 naming no router is refused", async () => {
+    mockRouter(421, { error: "elsewhere" });
+    expect(await send()).toMatchObject({ kind: "refused", status: 421, error: "elsewhere" });
+  });
+
   it("a 503 after some shards of shard_id \"all\" took it keeps them; a non-JSON answer is its text", async () => {
     mockRouter(503, { error: "shard 1: not connected", queued: [0] });
     expect(await updatePresence(env, { since: null, activities: [], status: "idle" as never, afk: false })).toEqual({
