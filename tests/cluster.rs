@@ -501,6 +501,7 @@ async fn failover_time_over_ten_runs() {
         ms(times[times.len() / 2]),
         ms(times[times.len() - 1])
     );
+    settled(&setup, &redis, shards, &ids).await;
     for node in &mut nodes {
         process::terminate(node.child()).await;
     }

@@ -454,3 +454,151 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    /// A throwaway redis-server on a free port, killed on drop.
+    struct Server(Child, u16);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn server() -> Server {
+        use std::io::BufRead;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-server (scripts/test installs it)");
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        for line in out.lines() {
+            if line.unwrap().contains("Ready to accept connections") {
+                break;
+            }
+        }
+        Server(child, port)
+    }
+
+    fn checkpoint(seq: u64) -> Checkpoint {
+        Checkpoint {
+            shard_id: 0,
+            shard_count: 1,
+            session_id: "s".into(),
+            resume_url: "wss://x".into(),
+            seq,
+            bot: Some("id:1".into()),
+            written_at: Some(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_router_whose_lease_moved_on_cannot_write_the_checkpoint_or_give_the_lease_up() {
+        let server = server();
+        let url = format!("redis://127.0.0.1:{}", server.1);
+        let store = Store::new(&url, "id:1", Duration::from_secs(5)).unwrap();
+        let (ttl, keep) = (Duration::from_secs(30), Duration::from_secs(60));
+        assert_eq!(store.acquire_many(&[0], "a", ttl).await.unwrap(), [Some(1)]);
+        assert_eq!(
+            store.acquire_many(&[0], "b", ttl).await.unwrap(),
+            [None],
+            "held"
+        );
+        let cp = checkpoint(10);
+        assert_eq!(
+            store
+                .renew("a", ttl, keep, &[(0, 1, Some(&cp))])
+                .await
+                .unwrap(),
+            [true]
+        );
+        // a's lease lapses (a paused router): b takes the shard under a new fence and moves on.
+        let mut conn = store.conn.clone();
+        let _: () = redis::cmd("DEL")
+            .arg("shardhook:id:1:lease:0")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(store.acquire_many(&[0], "b", ttl).await.unwrap(), [Some(2)]);
+        assert_eq!(
+            store
+                .renew("b", ttl, keep, &[(0, 2, Some(&checkpoint(20)))])
+                .await
+                .unwrap(),
+            [true]
+        );
+        // a wakes and writes what it had: refused, and b's checkpoint stands.
+        let stale = checkpoint(12);
+        assert_eq!(
+            store
+                .renew("a", ttl, keep, &[(0, 1, Some(&stale))])
+                .await
+                .unwrap(),
+            [false]
+        );
+        assert!(!store.release(0, "a", 1, Some(&stale), keep).await.unwrap());
+        assert_eq!(store.checkpoint(0).await.unwrap().unwrap().seq, 20);
+        // b hands over: its final checkpoint is written and the lease is free.
+        assert!(store
+            .release(0, "b", 2, Some(&checkpoint(21)), keep)
+            .await
+            .unwrap());
+        assert_eq!(store.checkpoint(0).await.unwrap().unwrap().seq, 21);
+        assert_eq!(store.acquire_many(&[0], "a", ttl).await.unwrap(), [Some(3)]);
+    }
+
+    #[tokio::test]
+    async fn identify_turns_are_one_per_bucket_per_interval_and_spend_the_days_starts() {
+        let server = server();
+        let url = format!("redis://127.0.0.1:{}", server.1);
+        let store = Store::new(&url, "id:1", Duration::from_secs(5)).unwrap();
+        let interval = Duration::from_secs(5);
+        store
+            .offer_starts(2, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        // Another router's offer after ours changes nothing: the count is the cluster's.
+        store
+            .offer_starts(1000, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(store.turn(0, "a", interval).await.unwrap(), Turn::Go);
+        assert!(matches!(
+            store.turn(0, "b", interval).await.unwrap(),
+            Turn::Wait(wait) if wait > Duration::from_secs(4) && wait <= interval
+        ));
+        assert_eq!(store.turn(1, "b", interval).await.unwrap(), Turn::Go);
+        assert!(matches!(
+            store.turn(2, "c", interval).await.unwrap(),
+            Turn::Exhausted(reset) if reset > Duration::from_secs(3500)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_redis_that_never_answers_is_an_error_not_a_hang() {
+        // Accepts connections (the kernel's backlog) and never says a word.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let store = Store::new(
+            &format!("redis://127.0.0.1:{port}"),
+            "id:1",
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        let answer = store.checkpoint(0).await;
+        assert!(answer.is_err(), "{answer:?}");
+        drop(silent);
+    }
+}
