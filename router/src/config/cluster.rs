@@ -121,3 +121,77 @@ impl ClusterConfig {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, std::path::Path::new("t.toml"), Vec::new())
+    }
+
+    fn refused(text: &str) -> (String, String) {
+        match parse(text) {
+            Err(ConfigError::Invalid { key, message }) => (key, message),
+            other => panic!("expected an invalid key, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in_and_the_password_is_never_shown() {
+        let config = parse("[cluster]\nredis_url = \"redis://:hunter2@10.0.0.9:6379/2\"").unwrap();
+        let cluster = config.cluster.as_ref().unwrap();
+        assert_eq!(cluster.lease_ttl, std::time::Duration::from_secs(10));
+        assert_eq!(cluster.weight, 1.0);
+        assert!(cluster
+            .node_id
+            .ends_with(&format!("-{}", std::process::id())));
+        let shown = config.to_redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("redis://<redacted>@10.0.0.9:6379/2"),
+            "{shown}"
+        );
+        assert!(
+            parse("").unwrap().cluster.is_none(),
+            "no section: a router alone"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_key() {
+        let (key, message) = refused("[cluster]\nredis_url = \"http://:pw@redis:6379\"");
+        assert_eq!(key, "cluster.redis_url");
+        assert!(
+            message.contains("`http`") && !message.contains("pw"),
+            "{message}"
+        );
+        let (key, message) = refused("[cluster]\nredis_url = \"not a url :pw\"");
+        assert_eq!(key, "cluster.redis_url");
+        assert!(!message.contains("pw"), "{message}");
+        let url = "redis_url = \"redis://127.0.0.1\"";
+        assert_eq!(
+            refused(&format!("[cluster]\n{url}\nnode_id = \"a b\"")).0,
+            "cluster.node_id"
+        );
+        assert_eq!(
+            refused(&format!("[cluster]\n{url}\nlease_ttl = \"500ms\"")).0,
+            "cluster.lease_ttl"
+        );
+        assert_eq!(
+            refused(&format!("[cluster]\n{url}\nweight = 0.0")).0,
+            "cluster.weight"
+        );
+        assert_eq!(
+            refused(&format!(
+                "[cluster]\n{url}\nlease_ttl = \"2s\"\nredis_timeout = \"2s\""
+            ))
+            .0,
+            "cluster.redis_timeout"
+        );
+        assert!(
+            parse(&format!("[cluster]\n{url}\nleas_ttl = \"2s\"")).is_err(),
+            "unknown keys"
+        );
+    }
+}
