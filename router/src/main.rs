@@ -116,6 +116,15 @@ enum ClusterCommand {
         #[arg(long)]
         shards: Option<u32>,
     },
+    /// Move every router's dead letters from Redis to FILE (appended, the dead-letter file's
+    /// format), for `shardhook replay FILE`.
+    DeadLetters {
+        /// Where they go.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -182,6 +191,7 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                     let addr = control.local_addr().map_err(|e| e.to_string())?;
                     let cluster = Cluster::new(&config, addr).map_err(|e| e.to_string())?;
                     tracing::info!(node_id = cluster.node_id(), "joining the cluster");
+                    cluster.keep_dead_letters(&pipeline);
                     Some(cluster)
                 }
                 None => None,
@@ -293,6 +303,20 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 .await
                 .map_err(|e| e.to_string())?;
             print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster {
+            command: ClusterCommand::DeadLetters { out, config },
+        } => {
+            let config = load(config)?;
+            let moved = shardhook::cluster::dead_letters::export(&config, &out)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "moved {moved} dead letter(s) from Redis to {}; send them again with `shardhook replay {}`",
+                out.display(),
+                out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { ed25519: false } => {

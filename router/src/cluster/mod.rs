@@ -6,12 +6,14 @@
 //! - `coordinator`: leases, fencing, rendezvous placement, takeover and handover;
 //! - `turns`: IDENTIFY turns and the session-start budget across routers;
 //! - `view`: who holds which shard, for the control API;
+//! - `dead_letters`: every dead letter kept in Redis too, and moved to a file for `replay`;
 //! - `status`: the report `shardhook cluster status` prints.
 //!
 //! It does not open gateway connections, deliver events, or read local checkpoint files: in a
 //! cluster, the checkpoints are Redis'.
 
 mod coordinator;
+pub mod dead_letters;
 pub mod status;
 mod store;
 mod turns;
@@ -48,6 +50,14 @@ pub enum ClusterError {
     /// The config has no `[cluster]` section.
     #[error("no [cluster] section in the config")]
     NotConfigured,
+    /// A file could not be written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What writing it said.
+        source: std::io::Error,
+    },
 }
 
 /// This router's membership of the bot's cluster.
@@ -105,6 +115,14 @@ impl Cluster {
             store: self.store.clone(),
             node: self.me.id.clone(),
         })
+    }
+
+    /// Keeps `pipeline`'s dead letters in Redis as well as in its file: in a cluster the
+    /// machine's disk alone is not safe.
+    pub fn keep_dead_letters(&self, pipeline: &crate::delivery::Pipeline) {
+        pipeline.mirror_dead_letters(Arc::new(dead_letters::RedisDeadLetters {
+            store: self.store.clone(),
+        }));
     }
 
     /// The coordinator that runs this router's side of the cluster over `parts`.

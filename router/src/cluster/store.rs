@@ -11,6 +11,8 @@
 //!   the current lease and fence.
 //! - `identify:{bucket}`: held 5 s after an IDENTIFY in the bucket; `starts`: session starts
 //!   left today, expiring when Discord resets them.
+//! - `dead-letters`: a stream of every router's dead letters (field `record`: the JSON line of
+//!   the dead-letter file), until `shardhook cluster dead-letters` moves them to a file.
 
 use std::time::Duration;
 
@@ -422,6 +424,61 @@ impl Store {
                 .arg(reset_after.as_millis().max(1) as u64)
                 .arg("NX")
                 .query_async::<Option<String>>(&mut conn),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Keeps one dead letter (a JSON record) in the cluster's stream of them.
+    pub async fn keep_dead_letter(&self, record: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = self
+            .timed(
+                redis::cmd("XADD")
+                    .arg(self.key("dead-letters"))
+                    .arg("*")
+                    .arg("record")
+                    .arg(record)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `count` of the oldest dead letters kept: (stream id, record).
+    pub async fn dead_letters(&self, count: usize) -> Result<Vec<(String, String)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let entries: Vec<(String, Vec<(String, String)>)> = self
+            .timed(
+                redis::cmd("XRANGE")
+                    .arg(self.key("dead-letters"))
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(id, fields)| {
+                let record = fields.into_iter().find(|(k, _)| k == "record")?.1;
+                Some((id, record))
+            })
+            .collect())
+    }
+
+    /// Forgets the dead letters `ids` (once they are written elsewhere).
+    pub async fn forget_dead_letters(&self, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        self.timed(
+            redis::cmd("XDEL")
+                .arg(self.key("dead-letters"))
+                .arg(ids)
+                .query_async::<i64>(&mut conn),
         )
         .await
         .map(drop)

@@ -336,6 +336,12 @@ impl Pipeline {
         self.shared.stats.clone()
     }
 
+    /// Keeps every dead letter in `mirror` as well as in the file (a cluster's Redis: the
+    /// machine's disk alone is not safe there).
+    pub(crate) fn mirror_dead_letters(&self, mirror: Arc<dyn crate::state::dead_letter::Mirror>) {
+        self.shared.dead.mirror_to(mirror);
+    }
+
     /// Where dead letters go.
     pub fn dead_letter_path(&self) -> &std::path::Path {
         self.shared.dead.path()

@@ -3,7 +3,9 @@
 //!
 //! Owns the file format (one object per line: when, webhook id, endpoint, status, error,
 //! attempts, shard, and the body itself as JSON) and appending to it. Each record is written
-//! with one `write_all` and synced, since dead letters are rare and each one matters.
+//! with one `write_all` and synced, since dead letters are rare and each one matters. In a
+//! cluster each record is also kept in a `Mirror` that outlives the machine (Redis), and counts
+//! as kept only once it is there.
 
 use std::path::{Path, PathBuf};
 
@@ -66,11 +68,26 @@ pub enum DeadLetterError {
     },
 }
 
+/// Somewhere beside the file that outlives this machine (a cluster's Redis), where every dead
+/// letter is kept too.
+pub trait Mirror: Send + Sync + std::fmt::Debug {
+    /// Keeps one record (a JSON line without its line feed); an error says why not.
+    fn keep<'a>(
+        &'a self,
+        record: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+/// How long to wait before trying a mirror that failed again.
+const MIRROR_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The append-only dead-letter file.
 #[derive(Debug)]
 pub struct DeadLetters {
     path: PathBuf,
     file: Mutex<Option<tokio::fs::File>>,
+    /// Where each record is also kept, in a cluster.
+    mirror: std::sync::OnceLock<std::sync::Arc<dyn Mirror>>,
 }
 
 impl DeadLetters {
@@ -78,20 +95,44 @@ impl DeadLetters {
         DeadLetters {
             path: dir.join(FILE_NAME),
             file: Mutex::new(None),
+            mirror: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Keeps every record in `mirror` too, from now on (set once).
+    pub fn mirror_to(&self, mirror: std::sync::Arc<dyn Mirror>) {
+        let _ = self.mirror.set(mirror);
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Appends one record and syncs it to disk.
+    /// Appends one record and syncs it to disk; with a mirror, also keeps it there, trying
+    /// until it is kept (the batch is not safe before: this is backpressure on its shard).
     pub async fn append(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
+        let mut line = serde_json::to_vec(letter).expect("dead letters serialise");
+        let written = self.write(&line).await;
+        if let Some(mirror) = self.mirror.get() {
+            let record = String::from_utf8(std::mem::take(&mut line)).expect("JSON is UTF-8");
+            while let Err(e) = mirror.keep(&record).await {
+                tracing::warn!(
+                    webhook_id = %letter.webhook_id,
+                    "could not keep a dead letter beyond this machine: {e}; trying again"
+                );
+                tokio::time::sleep(MIRROR_RETRY).await;
+            }
+        }
+        written
+    }
+
+    async fn write(&self, record: &[u8]) -> Result<(), DeadLetterError> {
         let write_error = |source| DeadLetterError::Write {
             path: self.path.clone(),
             source,
         };
-        let mut line = serde_json::to_vec(letter).expect("dead letters serialise");
+        let mut line = Vec::with_capacity(record.len() + 1);
+        line.extend_from_slice(record);
         line.push(b'\n');
         let mut file = self.file.lock().await;
         if file.is_none() {
