@@ -89,6 +89,8 @@ pub struct RestCall {
     pub raw: bytes::Bytes,
     /// Its `Content-Type`.
     pub content_type: Option<String>,
+    /// Its `Content-Length` (`None`: the body came chunked, or there was none).
+    pub content_length: Option<String>,
     /// Its `X-Audit-Log-Reason`.
     pub audit_log_reason: Option<String>,
     /// When it arrived.

@@ -147,6 +147,7 @@ fn record(shared: &Shared, call: &Call, authorized: bool, status: u16) {
         body,
         raw: call.body.clone(),
         content_type: header("content-type"),
+        content_length: header("content-length"),
         audit_log_reason: header("x-audit-log-reason"),
         at: Instant::now(),
         status,

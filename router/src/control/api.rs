@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +26,7 @@ use crate::delivery::signer::{unix_now, Signer, TOLERANCE_SECS};
 use crate::delivery::DeliveryHandle;
 use crate::gateway::handle::{CommandRefused, ShardHandle, ShardState};
 use crate::gateway::payload::op;
-use crate::rest::{ProxyRequest, RestProxy};
+use crate::rest::{BodyError, ProxyRequest, RestProxy};
 
 /// Discord's limit on a payload a client sends.
 pub const MAX_COMMAND_BYTES: usize = 4096;
@@ -90,12 +90,9 @@ impl ControlState {
 /// The control API's routes.
 pub fn app(state: Arc<ControlState>) -> axum::Router {
     let mut router = axum::Router::new();
-    if let Some(proxy) = &state.rest {
-        // The whole body is signed: it is read (within the limit) before anything is sent.
-        router = router.route(
-            "/api/v10/{*path}",
-            any(rest).layer(DefaultBodyLimit::max(proxy.max_body())),
-        );
+    if state.rest.is_some() {
+        // The body is read by the handler itself, within rest.max_body, as it arrives.
+        router = router.route("/api/v10/{*path}", any(rest));
     }
     router
         // The limit is checked as the body is read, before the handler (and so any HMAC) runs.
@@ -164,17 +161,25 @@ fn authenticate(
     signed: &[&[u8]],
 ) -> Result<(String, u64), Response> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (id, timestamp) = (header("webhook-id"), header("webhook-timestamp"));
     if let Err(e) = state.signer.verify_parts(
-        id,
-        timestamp,
+        header("webhook-id"),
+        header("webhook-timestamp"),
         header("webhook-signature"),
         signed,
         unix_now(),
     ) {
         return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()));
     }
-    let (id, timestamp) = (id.unwrap_or_default(), timestamp.unwrap_or_default());
+    claim(state, headers)
+}
+
+/// Claims the `webhook-id` of a request whose signature was verified: the id and when it
+/// expires, or the refusal to answer (too long, already used, or no room to remember it).
+#[allow(clippy::result_large_err)]
+fn claim(state: &ControlState, headers: &HeaderMap) -> Result<(String, u64), Response> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let id = header("webhook-id").unwrap_or_default();
+    let timestamp = header("webhook-timestamp").unwrap_or_default();
     if id.len() > MAX_ID_BYTES {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
@@ -213,20 +218,54 @@ async fn settle(state: &ControlState, id: &str, expires: u64, acted_on: bool) {
 }
 
 /// `ANY /api/v10/{path}`: a signed request for Discord's REST API. The signature covers
-/// `{METHOD} {path and query}\n{body}` as the body of a Standard Webhooks signature.
+/// `{METHOD} {path and query}\n{body}` as the body of a Standard Webhooks signature. The
+/// headers are checked first; the body is then fed to the signature check as it arrives (held
+/// by the proxy, in a file when large) and nothing is sent before the whole of it is verified.
 async fn rest(
     State(state): State<Arc<ControlState>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let Some(proxy) = state.rest.clone() else {
         return refuse(StatusCode::NOT_FOUND, "the REST proxy is not enabled");
     };
+    let too_large = || {
+        let error = BodyError::TooLarge(proxy.max_body());
+        refuse(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > proxy.max_body() as u64) {
+        return too_large();
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let mut verifier = match state.signer.verifier(
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+        unix_now(),
+    ) {
+        Ok(verifier) => verifier,
+        Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.to_string()),
+    };
     let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let head = format!("{method} {target}\n");
-    let (id, expires) = match authenticate(&state, &headers, &[head.as_bytes(), &body]) {
+    verifier.update(format!("{method} {target}\n").as_bytes());
+    let body = match proxy.receive(body, |part| verifier.update(part)).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge(_)) => return too_large(),
+        Err(e @ BodyError::BrokeOff(_)) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            tracing::error!("a REST request was refused: {e}");
+            return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+    };
+    if let Err(e) = verifier.finish() {
+        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    let (id, expires) = match claim(&state, &headers) {
         Ok(claimed) => claimed,
         Err(refusal) => return refusal,
     };
