@@ -112,6 +112,8 @@ impl<'a> Call<'a> {
 struct RouterProcess {
     sim: shardhook_simulator::Simulator,
     child: tokio::process::Child,
+    /// The control API, `http://127.0.0.1:PORT`.
+    control_url: String,
     /// Where the REST proxy is served: `rest.listen` when set, else the control API.
     rest_url: String,
     secret: String,
@@ -184,6 +186,7 @@ impl RouterProcess {
         RouterProcess {
             sim,
             child,
+            control_url,
             rest_url,
             secret,
             _receiver: receiver,
@@ -610,4 +613,38 @@ async fn a_body_over_max_body_gets_413_and_never_reaches_discord() {
         "only the body within the limit was sent: {calls:?}"
     );
     p.stop().await;
+}
+
+#[tokio::test]
+async fn with_rest_listen_the_proxy_is_served_there_and_not_on_the_control_listener() {
+    let r = RouterProcess::start(sim(5, Duration::from_secs(5)), "listen = \"127.0.0.1:0\"").await;
+    assert_ne!(r.rest_url, r.control_url);
+    let target = create_message(30);
+    let there = Call::new("POST", &target, r#"{"content":"on rest.listen"}"#)
+        .send_to(&r.rest_url, &r.secret, &[])
+        .await;
+    assert_eq!(there.status(), 200);
+    // Signed and fresh, and still not served on the control listener.
+    let not_here = Call::new("POST", &target, r#"{"content":"on control.listen"}"#)
+        .send_to(&r.control_url, &r.secret, &[])
+        .await;
+    assert_eq!(not_here.status(), 404);
+    let calls = r.sim.observed(|o| o.rest_calls.clone());
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].body["content"], "on rest.listen");
+    // Each listener serves its own: the control API stays on control.listen.
+    let client = reqwest::Client::new();
+    let shards = client
+        .get(format!("{}/v1/shards", r.control_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shards.status(), 200);
+    let shards = client
+        .get(format!("{}/v1/shards", r.rest_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shards.status(), 404);
+    r.stop().await;
 }

@@ -57,6 +57,9 @@ pub struct ControlState {
     ids: Arc<dyn SpentIds>,
     /// The REST proxy, when `rest.enabled`.
     rest: Option<Arc<RestProxy>>,
+    /// Whether the proxy has a listener of its own (`rest.listen`, served by `rest_app`)
+    /// rather than the control API's.
+    rest_apart: bool,
 }
 
 impl ControlState {
@@ -76,6 +79,7 @@ impl ControlState {
             delivery,
             ids,
             rest: None,
+            rest_apart: false,
         }
     }
 
@@ -85,15 +89,22 @@ impl ControlState {
         self.rest = Some(Arc::new(proxy));
         self
     }
+
+    /// Serves the REST proxy through `rest_app` alone, on a listener of its own
+    /// (`rest.listen`); `app` leaves it out.
+    pub fn with_rest_apart(mut self, proxy: RestProxy) -> ControlState {
+        self.rest_apart = true;
+        self.with_rest(proxy)
+    }
 }
 
-/// The control API's routes.
+/// The control API's routes, with the REST proxy's unless it has a listener of its own.
 pub fn app(state: Arc<ControlState>) -> axum::Router {
-    let mut router = axum::Router::new();
-    if state.rest.is_some() {
-        // The body is read by the handler itself, within rest.max_body, as it arrives.
-        router = router.route("/api/v10/{*path}", any(rest));
-    }
+    let router = if state.rest_apart {
+        axum::Router::new()
+    } else {
+        rest_routes()
+    };
     router
         // The limit is checked as the body is read, before the handler (and so any HMAC) runs.
         .route(
@@ -105,6 +116,17 @@ pub fn app(state: Arc<ControlState>) -> axum::Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// The REST proxy's routes alone, for `rest.listen` (nothing when the proxy is off).
+pub fn rest_app(state: Arc<ControlState>) -> axum::Router {
+    rest_routes().with_state(state)
+}
+
+fn rest_routes() -> axum::Router<Arc<ControlState>> {
+    // The body is read by the handler itself, within rest.max_body, as it arrives; with the
+    // proxy off the handler answers 404.
+    axum::Router::new().route("/api/v10/{*path}", any(rest))
 }
 
 fn refuse(status: StatusCode, error: impl Into<String>) -> Response {
