@@ -93,7 +93,8 @@ pub struct RestCall {
     pub content_length: Option<String>,
     /// Its `X-Audit-Log-Reason`.
     pub audit_log_reason: Option<String>,
-    /// When it arrived.
+    /// When the double's limits judged it (read under their lock, so calls sort as the limits
+    /// saw them); for a call refused 401, when it arrived.
     pub at: Instant,
     /// The status the double answered.
     pub status: u16,
