@@ -1,7 +1,9 @@
 //! End-to-end tests of the REST proxy over real HTTP on loopback: handlers' signed requests go
 //! through the router's control listener to the Discord double, which enforces Discord's REST
 //! rules itself (bucket headers, per-route limits, the global limit, 429 bodies), so the
-//! router's limiter is proven against the rules, not against itself.
+//! router's limiter is proven against the rules, not against itself. Two run `shardhook run` as
+//! a child process instead, for what only a process shows: its own peak memory over an upload,
+//! and the listeners its config file names (`rest.listen`).
 
 mod support;
 
@@ -12,9 +14,9 @@ use http_body_util::StreamBody;
 use hyper::body::Frame;
 use shardhook::{Signer, SigningKey};
 use shardhook_simulator::{events, RestCall, SimConfig, DEFAULT_TOKEN};
-use support::pipe::{Pipe, Target, TempDir};
+use support::pipe::{Pipe, Target};
+use support::process::RestProcess;
 use support::within;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn sim(route_limit: u32, route_window: Duration) -> SimConfig {
     SimConfig {
@@ -116,113 +118,6 @@ impl<'a> Call<'a> {
             request = request.header(*name, *value);
         }
         request.body(self.body.clone()).send().await.unwrap()
-    }
-}
-
-/// The router as a child process (`shardhook run` with `[rest] enabled = true`), for what only
-/// a process shows: its own memory, and the listeners its config file names.
-struct RouterProcess {
-    sim: shardhook_simulator::Simulator,
-    child: tokio::process::Child,
-    /// The control API, `http://127.0.0.1:PORT`.
-    control_url: String,
-    /// Where the REST proxy is served: `rest.listen` when set, else the control API.
-    rest_url: String,
-    secret: String,
-    _receiver: shardhook_simulator::receiver::Receiver,
-    _dir: TempDir,
-}
-
-impl RouterProcess {
-    /// Starts the double and `shardhook run` against it; `rest` is appended to the `[rest]`
-    /// table. Returns once the router has said where it listens.
-    async fn start(sim: SimConfig, rest: &str) -> RouterProcess {
-        let sim = support::simulator(sim).await;
-        let secret = SigningKey::generate();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let receiver =
-            shardhook_simulator::receiver::Receiver::start(listener, "a", &secret).unwrap();
-        let dir = TempDir::new("rest");
-        let config = format!(
-            "[discord]\napi_url = \"{}\"\n[control]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n[rest]\nenabled = true\n{rest}\n[[endpoints]]\nname = \"a\"\nurl = \"{}\"\n",
-            sim.api_url(),
-            dir.join("state").display(),
-            receiver.url()
-        );
-        let path = dir.join("shardhook.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shardhook"))
-            .args(["run", "--config", path.to_str().unwrap()])
-            .env("DISCORD_TOKEN", DEFAULT_TOKEN)
-            .env("SHARDHOOK_SIGNING_SECRET", &secret)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start shardhook run");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let separate = !rest.is_empty() && rest.contains("listen");
-        let (mut control, mut proxy) = (None, None);
-        within("the router to say where it listens", async {
-            while control.is_none() || (separate && proxy.is_none()) {
-                let line = lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .expect("shardhook run exited before it listened");
-                eprintln!("{line}");
-                let addr = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
-                    .map(str::to_owned);
-                if line.contains("control API listening") {
-                    control = addr;
-                } else if line.contains("REST proxy listening") {
-                    proxy = addr;
-                }
-            }
-        })
-        .await;
-        // The router keeps logging: its lines go on to the test's output, and never fill the
-        // pipe.
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("{line}");
-            }
-        });
-        let control_url = format!("http://{}", control.unwrap());
-        let rest_url = proxy.map_or(control_url.clone(), |a| format!("http://{a}"));
-        RouterProcess {
-            sim,
-            child,
-            control_url,
-            rest_url,
-            secret,
-            _receiver: receiver,
-            _dir: dir,
-        }
-    }
-
-    /// The router's peak resident memory so far (`VmHWM`), in bytes.
-    fn peak_rss(&self) -> u64 {
-        let pid = self.child.id().expect("running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/PID/status");
-        kib * 1024
-    }
-
-    async fn stop(mut self) {
-        self.child.start_kill().unwrap();
-        within("shardhook run to exit", self.child.wait())
-            .await
-            .unwrap();
     }
 }
 
@@ -662,7 +557,7 @@ async fn a_multipart_upload_passes_through_intact() {
 
 #[tokio::test]
 async fn an_8_mib_upload_streams_through_without_the_router_holding_it_whole() {
-    let r = RouterProcess::start(sim(5, Duration::from_secs(5)), "").await;
+    let r = RestProcess::start(sim(5, Duration::from_secs(5)), "").await;
     // Whatever any upload allocates once (connection buffers, the runtime's blocking threads)
     // is made by a first upload of 1 MiB, before the baseline is read.
     let (first, content_type) = upload(1024 * 1024, 1);
@@ -759,7 +654,7 @@ async fn a_body_over_max_body_gets_413_and_never_reaches_discord() {
 
 #[tokio::test]
 async fn with_rest_listen_the_proxy_is_served_there_and_not_on_the_control_listener() {
-    let r = RouterProcess::start(sim(5, Duration::from_secs(5)), "listen = \"127.0.0.1:0\"").await;
+    let r = RestProcess::start(sim(5, Duration::from_secs(5)), "listen = \"127.0.0.1:0\"").await;
     assert_ne!(r.rest_url, r.control_url);
     let target = create_message(30);
     let there = Call::new("POST", &target, r#"{"content":"on rest.listen"}"#)

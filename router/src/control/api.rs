@@ -2,7 +2,8 @@
 //! read status, health and metrics.
 //!
 //! Owns the HTTP surface (`POST /v1/gateway/commands`, `/healthz`, `/readyz`, `/v1/shards`,
-//! `/metrics`, and `ANY /api/v10/{path}` when the REST proxy is on), authenticating commands
+//! `/metrics`, and `ANY /api/v10/{path}` when the REST proxy is on, or those alone through
+//! `rest_app` when it has `rest.listen`), authenticating commands
 //! and REST requests with the same Standard Webhooks keys as outgoing
 //! events (stale timestamps refused, and replayed ids through `replay`), choosing the shard
 //! (`(guild_id >> 22) % shard_count`), and checking a command before it is queued. Pacing is
