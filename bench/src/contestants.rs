@@ -30,7 +30,7 @@ pub struct Batching {
 
 /// The shardhook contestant's state directory (checkpoints, spool): one per process, removed
 /// by [`remove_state`] when the contestant is told to stop.
-fn state_dir() -> std::path::PathBuf {
+pub fn state_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("shardhook-bench-{}", std::process::id()))
 }
 

@@ -6,6 +6,8 @@
 //! - `blast`: the load source, a minimal gateway replaying those frames over N shards.
 //! - `sink`: the endpoint, answering 204 and recording arrivals.
 //! - `contestants`: what runs in the child process being measured.
+//! - `distant`: the bot users run (issue 18), its own parent and children.
+//! - `rest`: the REST proxy's added latency and CPU per request (issue 21).
 //!
 //! The parent runs the source and the sink; each contestant runs alone in a child process, so
 //! the CPU seconds and RSS read from `/proc/<pid>` are the contestant's own.
@@ -14,6 +16,7 @@ mod blast;
 mod contestants;
 mod distant;
 mod frames;
+mod rest;
 mod sink;
 
 use std::process::Stdio;
@@ -58,7 +61,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--fine-pacing] [--only NAME[,NAME..]]\n       shardhook-bench distant [--shards N[,N..]] [--rate EVENTS_PER_S] [--delay-ms MS] [--warmup S] [--seconds S] [--contestants default|twilight|max_events=N+max_in_flight=N+checkpoint_interval_ms=N+compression=zlib-stream|zstd-stream|none+http2=auto|never|always,...]"
+        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--fine-pacing] [--only NAME[,NAME..]]\n       shardhook-bench distant [--shards N[,N..]] [--rate EVENTS_PER_S] [--delay-ms MS] [--warmup S] [--seconds S] [--contestants default|twilight|max_events=N+max_in_flight=N+checkpoint_interval_ms=N+compression=zlib-stream|zstd-stream|none+http2=auto|never|always,...]\n       shardhook-bench rest [--rate REQUESTS_PER_S] [--warmup S] [--seconds S]"
     );
     std::process::exit(2)
 }
@@ -132,6 +135,29 @@ fn main() {
                 runtime.block_on(distant::run(o, &secret));
             }
         }
+        Some("rest") => {
+            let mut o = rest::Options {
+                rate: 40.0,
+                warmup: Duration::from_secs(3),
+                window: Duration::from_secs(30),
+            };
+            let mut it = args[1..].iter();
+            while let Some(flag) = it.next() {
+                let mut value = || {
+                    it.next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .unwrap_or_else(|| usage())
+                };
+                match flag.as_str() {
+                    "--rate" => o.rate = value(),
+                    "--warmup" => o.warmup = Duration::from_secs_f64(value()),
+                    "--seconds" => o.window = Duration::from_secs_f64(value()),
+                    _ => usage(),
+                }
+            }
+            let secret = shardhook::SigningKey::generate();
+            runtime.block_on(rest::run(o, &secret));
+        }
         Some("run") => {
             let mut o = Options {
                 shards: 4,
@@ -204,6 +230,7 @@ async fn child(args: &[String]) {
             let shards = arg(5).parse().unwrap_or_else(|_| usage());
             distant::twilight_child(arg(1), arg(2), arg(3), arg(4), shards).await
         }
+        "rest-router" => rest::router_child(arg(1), arg(2)).await,
         "sink-ceiling" => {
             contestants::load_client(arg(1), arg(2), arg(3).parse().unwrap(), go).await
         }

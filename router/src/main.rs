@@ -172,6 +172,14 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                         config.control.listen
                     )
                 })?;
+            let rest_listener = match config.rest.listen.filter(|_| config.rest.enabled) {
+                Some(addr) => Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| format!("failed to listen on rest.listen {addr}: {e}"))?,
+                ),
+                None => None,
+            };
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let stop = Arc::new(stop);
             let signal = stop.clone();
@@ -218,14 +226,29 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
             };
             let state = if config.rest.enabled {
                 let proxy = shardhook::rest::RestProxy::new(&config).map_err(|e| e.to_string())?;
-                state.with_rest(proxy)
+                match rest_listener {
+                    Some(_) => state.with_rest_apart(proxy),
+                    None => state.with_rest(proxy),
+                }
             } else {
                 state
             };
+            let state = Arc::new(state);
             tracing::info!(addr = %control.local_addr().map_err(|e| e.to_string())?, "control API listening");
+            let rest_server = match rest_listener {
+                Some(listener) => {
+                    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "REST proxy listening");
+                    let app = shardhook::control::rest_app(state.clone());
+                    let (limits, stopping) = (config.control.clone(), until_stopped());
+                    Some(tokio::spawn(async move {
+                        shardhook::control::serve_app(listener, app, &limits, stopping).await
+                    }))
+                }
+                None => None,
+            };
             let (limits, stopping) = (config.control.clone(), until_stopped());
             let server = tokio::spawn(async move {
-                shardhook::control::serve(control, Arc::new(state), &limits, stopping).await
+                shardhook::control::serve(control, state, &limits, stopping).await
             });
             // A router alone keeps its checkpoints in files; in a cluster the coordinator keeps
             // them in Redis, and on shutdown hands every shard over before the router stops.
@@ -274,6 +297,9 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 );
             }
             server.abort();
+            if let Some(rest_server) = rest_server {
+                rest_server.abort();
+            }
             if let Some(Ok(mut checkpointer)) = match checkpoints {
                 Some(task) => Some(task.await),
                 None => None,

@@ -94,9 +94,12 @@ pub struct RestCall {
     pub raw: bytes::Bytes,
     /// Its `Content-Type`.
     pub content_type: Option<String>,
+    /// Its `Content-Length` (`None`: the body came chunked, or there was none).
+    pub content_length: Option<String>,
     /// Its `X-Audit-Log-Reason`.
     pub audit_log_reason: Option<String>,
-    /// When it arrived.
+    /// When the double's limits judged it (read under their lock, so calls sort as the limits
+    /// saw them); for a call refused 401, when it arrived.
     pub at: Instant,
     /// The status the double answered.
     pub status: u16,

@@ -90,20 +90,27 @@ struct Rules<'a> {
 /// rate limits, then `answer`; records the call with the status answered.
 fn serve(shared: &Shared, call: Call, rules: Rules, answer: impl FnOnce() -> Response) -> Response {
     let ok = rules.webhook || authorized(shared, call.headers);
+    let mut at = Instant::now();
     let response = if !ok {
         let body = serde_json::json!({"message": "401: Unauthorized", "code": 0});
         (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
     } else {
         let config = &shared.config;
-        let verdict = shared.lock().rest_limits.check(
-            rules.bucket,
-            rules.major,
-            rules.webhook,
-            config.rest_route_limit,
-            config.rest_route_window,
-            config.rest_global_limit,
-            Instant::now(),
-        );
+        let verdict = {
+            // The time the limits judged by, read under their lock: the record's `at` orders
+            // the calls as the limits saw them.
+            let mut inner = shared.lock();
+            at = Instant::now();
+            inner.rest_limits.check(
+                rules.bucket,
+                rules.major,
+                rules.webhook,
+                config.rest_route_limit,
+                config.rest_route_window,
+                config.rest_global_limit,
+                at,
+            )
+        };
         let (mut response, headers) = match verdict {
             Verdict::Allowed(headers) => (answer(), headers),
             Verdict::Limited {
@@ -127,11 +134,11 @@ fn serve(shared: &Shared, call: Call, rules: Rules, answer: impl FnOnce() -> Res
         }
         response
     };
-    record(shared, &call, ok, response.status().as_u16());
+    record(shared, &call, ok, response.status().as_u16(), at);
     response
 }
 
-fn record(shared: &Shared, call: &Call, authorized: bool, status: u16) {
+fn record(shared: &Shared, call: &Call, authorized: bool, status: u16, at: Instant) {
     let header = |name: &str| {
         call.headers
             .get(name)
@@ -147,8 +154,9 @@ fn record(shared: &Shared, call: &Call, authorized: bool, status: u16) {
         body,
         raw: call.body.clone(),
         content_type: header("content-type"),
+        content_length: header("content-length"),
         audit_log_reason: header("x-audit-log-reason"),
-        at: Instant::now(),
+        at,
         status,
     };
     shared.observe(|i| i.observed.rest_calls.push(record));

@@ -1,5 +1,6 @@
 //! The router as a child process (`shardhook run`) against the double and verifying endpoints
-//! that live in the test, for restart and chaos tests, with accounting against the ledger.
+//! that live in the test, for restart and chaos tests, with accounting against the ledger; and
+//! with the REST proxy on (`RestProcess`), for the REST tests only a process can make.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,6 +16,7 @@ use tokio::process::{Child, Command};
 
 use super::pipe::TempDir;
 use super::within;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub struct Setup {
     pub sim: Simulator,
@@ -253,4 +255,110 @@ pub async fn terminate(child: &mut Child) {
         .await
         .unwrap();
     assert!(exit.success(), "a clean exit: {exit}");
+}
+
+/// The router as a child process (`shardhook run` with `[rest] enabled = true`), for what only
+/// a process shows: its own memory, and the listeners its config file names.
+pub struct RestProcess {
+    pub sim: Simulator,
+    pub child: Child,
+    /// The control API, `http://127.0.0.1:PORT`.
+    pub control_url: String,
+    /// Where the REST proxy is served: `rest.listen` when set, else the control API.
+    pub rest_url: String,
+    pub secret: String,
+    _receiver: Receiver,
+    _dir: TempDir,
+}
+
+impl RestProcess {
+    /// Starts the double and `shardhook run` against it; `rest` is appended to the `[rest]`
+    /// table. Returns once the router has said where it listens.
+    pub async fn start(sim: SimConfig, rest: &str) -> RestProcess {
+        let sim = super::simulator(sim).await;
+        let secret = SigningKey::generate();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let receiver = Receiver::start(listener, "a", &secret).unwrap();
+        let dir = TempDir::new("rest");
+        let config = format!(
+            "[discord]\napi_url = \"{}\"\n[control]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n[rest]\nenabled = true\n{rest}\n[[endpoints]]\nname = \"a\"\nurl = \"{}\"\n",
+            sim.api_url(),
+            dir.join("state").display(),
+            receiver.url()
+        );
+        let path = dir.join("shardhook.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardhook"))
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env("DISCORD_TOKEN", DEFAULT_TOKEN)
+            .env("SHARDHOOK_SIGNING_SECRET", &secret)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start shardhook run");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let separate = !rest.is_empty() && rest.contains("listen");
+        let (mut control, mut proxy) = (None, None);
+        within("the router to say where it listens", async {
+            while control.is_none() || (separate && proxy.is_none()) {
+                let line = lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("shardhook run exited before it listened");
+                eprintln!("{line}");
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .map(str::to_owned);
+                if line.contains("control API listening") {
+                    control = addr;
+                } else if line.contains("REST proxy listening") {
+                    proxy = addr;
+                }
+            }
+        })
+        .await;
+        // The router keeps logging: its lines go on to the test's output, and never fill the
+        // pipe.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("{line}");
+            }
+        });
+        let control_url = format!("http://{}", control.unwrap());
+        let rest_url = proxy.map_or(control_url.clone(), |a| format!("http://{a}"));
+        RestProcess {
+            sim,
+            child,
+            control_url,
+            rest_url,
+            secret,
+            _receiver: receiver,
+            _dir: dir,
+        }
+    }
+
+    /// The router's peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib * 1024
+    }
+
+    pub async fn stop(mut self) {
+        self.child.start_kill().unwrap();
+        within("shardhook run to exit", self.child.wait())
+            .await
+            .unwrap();
+    }
 }

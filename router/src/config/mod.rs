@@ -432,6 +432,22 @@ impl Config {
                 "global_per_second, invalid_request_limit and max_body must be at least 1".into(),
             );
         }
+        match r.listen {
+            Some(_) if !r.enabled => {
+                return invalid(
+                    "rest.listen".into(),
+                    "is set but rest.enabled is false: enable the proxy, or remove rest.listen"
+                        .into(),
+                )
+            }
+            Some(addr) if addr == self.control.listen && addr.port() != 0 => {
+                return invalid(
+                    "rest.listen".into(),
+                    format!("is control.listen's address ({addr}); give it one of its own, or remove it to serve the proxy on control.listen"),
+                )
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -891,6 +907,36 @@ mod tests {
         );
         let err = parse("[rest]\nmax_bodey = 1").unwrap_err().to_string();
         assert!(err.contains("max_bodey"), "{err}");
+    }
+
+    #[test]
+    fn rest_listen_is_an_address_of_its_own_for_an_enabled_proxy() {
+        assert_eq!(parse("").unwrap().rest.listen, None);
+        let rest = parse("[rest]\nenabled = true\nlisten = \"10.0.0.5:8081\"")
+            .unwrap()
+            .rest;
+        assert_eq!(rest.listen, Some("10.0.0.5:8081".parse().unwrap()));
+        let err = parse("[rest]\nenabled = true\nlisten = \"localhost\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rest.listen"), "{err}");
+        let err = parse("[rest]\nlisten = \"127.0.0.1:8081\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rest.listen") && err.contains("rest.enabled is false"),
+            "{err}"
+        );
+        let err = parse("[rest]\nenabled = true\nlisten = \"127.0.0.1:8080\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rest.listen") && err.contains("control.listen"),
+            "{err}"
+        );
+        let both_ephemeral =
+            "[control]\nlisten = \"127.0.0.1:0\"\n[rest]\nenabled = true\nlisten = \"127.0.0.1:0\"";
+        assert!(parse(both_ephemeral).is_ok());
     }
 
     #[test]

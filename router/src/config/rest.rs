@@ -3,6 +3,7 @@
 //! Owns its schema and defaults; the checks across fields are `Config::validate`'s, and what the
 //! proxy does with them is `rest`'s.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,10 +12,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestConfig {
-    /// Serve `ANY /api/v10/{path}` on the control listener: a signed request from a handler
+    /// Serve `ANY /api/v10/{path}` on the control listener (or `listen`): a signed request from a handler
     /// is sent on to `discord.api_url` with the bot token added, within Discord's rate limits.
     #[serde(default)]
     pub enabled: bool,
+    /// Serve the REST proxy on this address instead of `control.listen`, which then answers
+    /// 404 for `/api/v10/...`: a listener the handlers reach (through a tunnel or a VPC) apart
+    /// from the operators' one with `/metrics` and `/v1/shards`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
     /// Largest request body accepted, in bytes (a larger one gets 413 before it is verified).
     /// Discord takes uploads up to 10 MiB for most bots; the default leaves room above that.
     #[serde(default = "default_max_body")]
@@ -37,6 +43,7 @@ impl Default for RestConfig {
     fn default() -> Self {
         RestConfig {
             enabled: false,
+            listen: None,
             max_body: default_max_body(),
             max_wait: default_max_wait(),
             global_per_second: default_global_per_second(),

@@ -2,7 +2,8 @@
 //! read status, health and metrics.
 //!
 //! Owns the HTTP surface (`POST /v1/gateway/commands`, `/healthz`, `/readyz`, `/v1/shards`,
-//! `/metrics`, and `ANY /api/v10/{path}` when the REST proxy is on), authenticating commands
+//! `/metrics`, and `ANY /api/v10/{path}` when the REST proxy is on, or those alone through
+//! `rest_app` when it has `rest.listen`), authenticating commands
 //! and REST requests with the same Standard Webhooks keys as outgoing
 //! events (stale timestamps refused, and replayed ids through `replay`), choosing the shard
 //! (`(guild_id >> 22) % shard_count`), and checking a command before it is queued. Pacing is
@@ -11,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +28,7 @@ use crate::delivery::signer::{unix_now, Signer, TOLERANCE_SECS};
 use crate::delivery::DeliveryHandle;
 use crate::gateway::handle::{CommandRefused, ShardHandle, ShardState};
 use crate::gateway::payload::op;
-use crate::rest::{ProxyRequest, RestProxy};
+use crate::rest::{BodyError, ProxyRequest, RestProxy};
 
 /// Discord's limit on a payload a client sends.
 pub const MAX_COMMAND_BYTES: usize = 4096;
@@ -60,6 +61,9 @@ pub struct ControlState {
     rest: Option<Arc<RestProxy>>,
     /// Who holds which shard, in a cluster: commands for another router's shards get 421.
     cluster: Option<Arc<View>>,
+    /// Whether the proxy has a listener of its own (`rest.listen`, served by `rest_app`)
+    /// rather than the control API's.
+    rest_apart: bool,
 }
 
 impl ControlState {
@@ -80,6 +84,7 @@ impl ControlState {
             ids,
             rest: None,
             cluster: None,
+            rest_apart: false,
         }
     }
 
@@ -101,18 +106,22 @@ impl ControlState {
         self.rest = Some(Arc::new(proxy));
         self
     }
+
+    /// Serves the REST proxy through `rest_app` alone, on a listener of its own
+    /// (`rest.listen`); `app` leaves it out.
+    pub fn with_rest_apart(mut self, proxy: RestProxy) -> ControlState {
+        self.rest_apart = true;
+        self.with_rest(proxy)
+    }
 }
 
-/// The control API's routes.
+/// The control API's routes, with the REST proxy's unless it has a listener of its own.
 pub fn app(state: Arc<ControlState>) -> axum::Router {
-    let mut router = axum::Router::new();
-    if let Some(proxy) = &state.rest {
-        // The whole body is signed: it is read (within the limit) before anything is sent.
-        router = router.route(
-            "/api/v10/{*path}",
-            any(rest).layer(DefaultBodyLimit::max(proxy.max_body())),
-        );
-    }
+    let router = if state.rest_apart {
+        axum::Router::new()
+    } else {
+        rest_routes()
+    };
     router
         // The limit is checked as the body is read, before the handler (and so any HMAC) runs.
         .route(
@@ -124,6 +133,17 @@ pub fn app(state: Arc<ControlState>) -> axum::Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// The REST proxy's routes alone, for `rest.listen` (nothing when the proxy is off).
+pub fn rest_app(state: Arc<ControlState>) -> axum::Router {
+    rest_routes().with_state(state)
+}
+
+fn rest_routes() -> axum::Router<Arc<ControlState>> {
+    // The body is read by the handler itself, within rest.max_body, as it arrives; with the
+    // proxy off the handler answers 404.
+    axum::Router::new().route("/api/v10/{*path}", any(rest))
 }
 
 fn refuse(status: StatusCode, error: impl Into<String>) -> Response {
@@ -180,17 +200,25 @@ fn authenticate(
     signed: &[&[u8]],
 ) -> Result<(String, u64), Response> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (id, timestamp) = (header("webhook-id"), header("webhook-timestamp"));
     if let Err(e) = state.signer.verify_parts(
-        id,
-        timestamp,
+        header("webhook-id"),
+        header("webhook-timestamp"),
         header("webhook-signature"),
         signed,
         unix_now(),
     ) {
         return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()));
     }
-    let (id, timestamp) = (id.unwrap_or_default(), timestamp.unwrap_or_default());
+    claim(state, headers)
+}
+
+/// Claims the `webhook-id` of a request whose signature was verified: the id and when it
+/// expires, or the refusal to answer (too long, already used, or no room to remember it).
+#[allow(clippy::result_large_err)]
+fn claim(state: &ControlState, headers: &HeaderMap) -> Result<(String, u64), Response> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let id = header("webhook-id").unwrap_or_default();
+    let timestamp = header("webhook-timestamp").unwrap_or_default();
     if id.len() > MAX_ID_BYTES {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
@@ -229,20 +257,54 @@ async fn settle(state: &ControlState, id: &str, expires: u64, acted_on: bool) {
 }
 
 /// `ANY /api/v10/{path}`: a signed request for Discord's REST API. The signature covers
-/// `{METHOD} {path and query}\n{body}` as the body of a Standard Webhooks signature.
+/// `{METHOD} {path and query}\n{body}` as the body of a Standard Webhooks signature. The
+/// headers are checked first; the body is then fed to the signature check as it arrives (held
+/// by the proxy, in a file when large) and nothing is sent before the whole of it is verified.
 async fn rest(
     State(state): State<Arc<ControlState>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let Some(proxy) = state.rest.clone() else {
         return refuse(StatusCode::NOT_FOUND, "the REST proxy is not enabled");
     };
+    let too_large = || {
+        let error = BodyError::TooLarge(proxy.max_body());
+        refuse(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > proxy.max_body() as u64) {
+        return too_large();
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let mut verifier = match state.signer.verifier(
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+        unix_now(),
+    ) {
+        Ok(verifier) => verifier,
+        Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.to_string()),
+    };
     let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let head = format!("{method} {target}\n");
-    let (id, expires) = match authenticate(&state, &headers, &[head.as_bytes(), &body]) {
+    verifier.update(format!("{method} {target}\n").as_bytes());
+    let body = match proxy.receive(body, |part| verifier.update(part)).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge(_)) => return too_large(),
+        Err(e @ BodyError::BrokeOff(_)) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            tracing::error!("a REST request was refused: {e}");
+            return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+    };
+    if let Err(e) = verifier.finish() {
+        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+    let (id, expires) = match claim(&state, &headers) {
         Ok(claimed) => claimed,
         Err(refusal) => return refusal,
     };

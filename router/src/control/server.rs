@@ -5,7 +5,9 @@
 //! once (more wait in the listen backlog, holding no file descriptor of the process), a
 //! `header_read_timeout` for each request's headers (hyper's), an `idle_timeout` after which a
 //! connection that completed no request is dropped, and graceful shutdown. The routes are
-//! `api`'s; the body limit is set on its route, before any handler runs.
+//! `api`'s (the control API's, or the REST proxy's alone on `rest.listen`); a command's body
+//! limit is set on its route, before any handler runs, a REST body's kept by the proxy as it
+//! reads it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -34,7 +36,17 @@ pub async fn serve(
     limits: &ControlConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = app(state);
+    serve_app(listener, app(state), limits, shutdown).await
+}
+
+/// Like `serve`, with other routes: the REST proxy's alone on `rest.listen` (`api::rest_app`),
+/// within the same bounds.
+pub async fn serve_app(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: &ControlConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);

@@ -12,6 +12,7 @@ use base64::Engine;
 use hmac::Mac;
 
 use crate::config::{Config, ConfigError};
+use crate::secret::HmacSha256;
 pub use crate::secret::SigningKey;
 
 /// How far a verified timestamp may be from now, either way.
@@ -110,6 +111,23 @@ impl Signer {
         parts: &[&[u8]],
         now: u64,
     ) -> Result<(), VerifyError> {
+        let mut verifier = self.verifier(id, timestamp, signatures, now)?;
+        for part in parts {
+            verifier.update(part);
+        }
+        verifier.finish()
+    }
+
+    /// Checks the headers (all present, the timestamp within `TOLERANCE_SECS` of `now`) and
+    /// starts verifying a body that is fed to the answer as it arrives, so a body need not be
+    /// held whole to be verified.
+    pub fn verifier(
+        &self,
+        id: Option<&str>,
+        timestamp: Option<&str>,
+        signatures: Option<&str>,
+        now: u64,
+    ) -> Result<Verifier, VerifyError> {
         let id = id.ok_or(VerifyError::Missing("webhook-id"))?;
         let timestamp = timestamp.ok_or(VerifyError::Missing("webhook-timestamp"))?;
         let signatures = signatures.ok_or(VerifyError::Missing("webhook-signature"))?;
@@ -117,22 +135,52 @@ impl Signer {
         if ts.abs_diff(now) > TOLERANCE_SECS {
             return Err(VerifyError::Stale);
         }
-        let given: Vec<Vec<u8>> = signatures
+        let given = signatures
             .split(' ')
             .filter_map(|s| s.strip_prefix("v1,"))
             .filter_map(|b64| STANDARD.decode(b64).ok())
             .collect();
-        let matches = self.keys.iter().any(|key| {
-            let first: &[u8] = parts.first().copied().unwrap_or_default();
-            let mut mac = key.mac_over(id, timestamp, first);
-            for part in parts.iter().skip(1) {
-                mac.update(part);
-            }
-            given
+        let macs = self
+            .keys
+            .iter()
+            .map(|key| key.mac_over(id, timestamp, b""))
+            .collect();
+        Ok(Verifier { macs, given })
+    }
+}
+
+/// A signature being checked over a body that arrives in parts: one HMAC state per key.
+pub struct Verifier {
+    macs: Vec<HmacSha256>,
+    /// The decoded `v1,` signatures of the `webhook-signature` header.
+    given: Vec<Vec<u8>>,
+}
+
+impl Verifier {
+    /// Feeds the next part of the body.
+    pub fn update(&mut self, part: &[u8]) {
+        for mac in &mut self.macs {
+            mac.update(part);
+        }
+    }
+
+    /// Whether any given signature matches under any key, over all the parts fed.
+    pub fn finish(self) -> Result<(), VerifyError> {
+        let matches = self.macs.into_iter().any(|mac| {
+            self.given
                 .iter()
                 .any(|sig| mac.clone().verify_slice(sig).is_ok())
         });
         matches.then_some(()).ok_or(VerifyError::NoMatch)
+    }
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keyed states: nothing of them is shown.
+        f.debug_struct("Verifier")
+            .field("keys", &self.macs.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -215,6 +263,25 @@ mod tests {
             signer.verify(None, Some(&ts), Some(SPEC_SIG), SPEC_BODY, SPEC_TS),
             Err(VerifyError::Missing("webhook-id"))
         );
+    }
+
+    #[test]
+    fn a_body_fed_in_parts_verifies_as_the_whole_and_the_headers_are_checked_first() {
+        let signer = Signer::new(SigningKey::parse(SPEC_SECRET).unwrap(), vec![]);
+        let ts = SPEC_TS.to_string();
+        let verifier = || signer.verifier(Some(SPEC_ID), Some(&ts), Some(SPEC_SIG), SPEC_TS);
+        for split in [0, 1, 7, SPEC_BODY.len()] {
+            let mut v = verifier().unwrap();
+            let (a, b) = SPEC_BODY.split_at(split);
+            v.update(a);
+            v.update(b);
+            assert_eq!(v.finish(), Ok(()), "split at {split}");
+        }
+        let mut short = verifier().unwrap();
+        short.update(&SPEC_BODY[1..]);
+        assert_eq!(short.finish(), Err(VerifyError::NoMatch));
+        let stale = signer.verifier(Some(SPEC_ID), Some(&ts), Some(SPEC_SIG), SPEC_TS + 301);
+        assert_eq!(stale.unwrap_err(), VerifyError::Stale);
     }
 
     #[test]

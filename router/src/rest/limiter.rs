@@ -1,6 +1,8 @@
-//! Waiting for Discord's rate limits: per-route buckets and the global limit, kept by
-//! twilight's limiter (`twilight-http-ratelimiting`), and a pause of every globally limited
-//! route when Discord answers a global 429, which twilight's limiter has no way to express.
+//! Waiting for Discord's rate limits: per-route buckets, kept by twilight's limiter
+//! (`twilight-http-ratelimiting`); the global limit, kept by `global` (twilight's own global
+//! window lets a second's worth of requests through twice in one second at its turn, see
+//! there), so twilight's is set out of reach; and a pause of every globally limited route when
+//! Discord answers a global 429, which twilight's limiter has no way to express.
 //!
 //! Owns reading Discord's `X-RateLimit-*` headers and 429 bodies into what the limiter learns,
 //! and the wait's deadline (`rest.max_wait`): past it the caller is told how long to wait
@@ -12,6 +14,8 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use tokio::time::Instant;
 use twilight_http_ratelimiting::{Endpoint, Method, Permit, RateLimitHeaders, RateLimiter};
+
+use super::global::GlobalWindow;
 
 /// The shortest `Retry-After` told to a caller: Discord's header is in whole seconds too.
 const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -84,7 +88,10 @@ pub fn method(method: &axum::http::Method) -> Option<Method> {
 /// The router's rate limiter for Discord's REST API.
 #[derive(Debug)]
 pub struct Limiter {
+    /// Twilight's, for the buckets alone: its global limit is out of reach.
     buckets: RateLimiter,
+    /// The global limit. An async mutex, so requests waiting on it go in the order they came.
+    global: tokio::sync::Mutex<GlobalWindow>,
     /// Until when a global 429 from Discord holds every route the global limit covers.
     paused_until: Mutex<Option<Instant>>,
 }
@@ -94,7 +101,9 @@ impl Limiter {
     /// twilight's actor task: call within a tokio runtime.
     pub fn new(global_per_second: u16) -> Limiter {
         Limiter {
-            buckets: RateLimiter::new(global_per_second),
+            // Twilight's docs: u16::MAX practically disables its global limit.
+            buckets: RateLimiter::new(u16::MAX),
+            global: tokio::sync::Mutex::new(GlobalWindow::new(global_per_second)),
             paused_until: Mutex::new(None),
         }
     }
@@ -136,11 +145,31 @@ impl Limiter {
                     return Err(reset.unwrap_or_default().max(MIN_RETRY_AFTER));
                 }
             };
-        // A global 429 may have come while this request was queued for its bucket.
         if !exempt {
+            // A global 429 may have come while this request was queued for its bucket. Past
+            // the deadline the permit is dropped: twilight's limiter takes it as cancelled.
             self.wait_out_pause(deadline).await.map_err(retry)?;
+            // Last, so a request counts in the global window when it is sent, not while it
+            // still waits for its bucket.
+            self.wait_for_global(deadline).await.map_err(retry)?;
         }
         Ok(permit)
+    }
+
+    /// Waits, behind the requests that came first, until the global window lets one go, by
+    /// `deadline`; else says when it would.
+    async fn wait_for_global(&self, deadline: Instant) -> Result<(), Instant> {
+        let Ok(mut window) = tokio::time::timeout_at(deadline, self.global.lock()).await else {
+            // Others are still ahead: a second lets the window turn over once.
+            return Err(Instant::now() + super::global::WINDOW);
+        };
+        loop {
+            match window.take(Instant::now()) {
+                Ok(()) => return Ok(()),
+                Err(free) if free > deadline => return Err(free),
+                Err(free) => tokio::time::sleep_until(free).await,
+            }
+        }
     }
 
     /// Sleeps out a global pause that ends by `deadline`; else when it ends.
@@ -204,6 +233,40 @@ mod tests {
         let mut missing = all.clone();
         missing.remove("x-ratelimit-limit");
         assert!(bucket_headers(&missing).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_global_limit_holds_requests_on_other_buckets_but_not_exempt_ones() {
+        let limiter = Limiter::new(2);
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(10);
+        let endpoint = |channel: u32| Endpoint {
+            method: Method::Post,
+            path: format!("channels/{channel}/messages"),
+        };
+        for channel in 0..2 {
+            let permit = limiter.acquire(endpoint(channel), false, deadline).await;
+            permit.unwrap().complete(None);
+        }
+        let exempt = Endpoint {
+            method: Method::Post,
+            path: "interactions/1/t/callback".into(),
+        };
+        let permit = limiter.acquire(exempt, true, deadline).await.unwrap();
+        permit.complete(None);
+        assert_eq!(Instant::now(), start, "exempt: no wait");
+        let permit = limiter.acquire(endpoint(2), false, deadline).await.unwrap();
+        permit.complete(None);
+        assert_eq!(Instant::now() - start, Duration::from_secs(1));
+        // Past the deadline: refused with when it would have gone.
+        limiter
+            .acquire(endpoint(3), false, deadline)
+            .await
+            .unwrap()
+            .complete(None);
+        let soon = Instant::now() + Duration::from_millis(100);
+        let refused = limiter.acquire(endpoint(4), false, soon).await.unwrap_err();
+        assert_eq!(refused, Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]

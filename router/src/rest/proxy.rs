@@ -5,6 +5,7 @@
 //! the caller is the control API's (it holds the keys and the spent ids); buckets are
 //! `limiter`'s, the window `guard`'s.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -14,6 +15,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use twilight_http_ratelimiting::{Endpoint, RateLimitHeaders};
 
+use super::body::{self, BodyError, Spooled};
 use super::guard::{self, Guard};
 use super::limiter::{self, Limiter};
 use super::route::Route;
@@ -60,8 +62,8 @@ pub struct ProxyRequest {
     pub query: Option<String>,
     /// The caller's headers; only `PASSED_ON` go on.
     pub headers: HeaderMap,
-    /// The body, read whole within `rest.max_body`.
-    pub body: Bytes,
+    /// The body, received within `rest.max_body` (and verified) before it is sent on.
+    pub body: Spooled,
 }
 
 /// The REST proxy: one token, one rate limiter and one invalid-request window for every
@@ -73,6 +75,8 @@ pub struct RestProxy {
     api_url: String,
     token: Token,
     settings: RestConfig,
+    /// Where bodies too large for memory are held on their way (`state.dir`).
+    state_dir: PathBuf,
     limiter: Limiter,
     guard: Guard,
     stats: RestStats,
@@ -98,6 +102,7 @@ impl RestProxy {
             limiter: Limiter::new(settings.global_per_second),
             guard: Guard::new(settings.invalid_request_limit),
             settings,
+            state_dir: config.state.dir.clone(),
             stats: RestStats::default(),
         })
     }
@@ -105,6 +110,17 @@ impl RestProxy {
     /// The largest body accepted (`rest.max_body`).
     pub fn max_body(&self) -> usize {
         self.settings.max_body
+    }
+
+    /// Reads a request's body as it arrives, within `rest.max_body`, showing each part to
+    /// `observe` (the signature check); large bodies are held in an unlinked file, not in
+    /// memory.
+    pub async fn receive(
+        &self,
+        body: axum::body::Body,
+        observe: impl FnMut(&[u8]),
+    ) -> Result<Spooled, BodyError> {
+        body::receive(body, self.settings.max_body, &self.state_dir, observe).await
     }
 
     /// The counters `/metrics` shows.
@@ -183,7 +199,12 @@ impl RestProxy {
                 outgoing = outgoing.header(name, value);
             }
         }
-        let answer = match outgoing.body(request.body).send().await {
+        // A body from a file is a stream to reqwest: its length is told, so it is not chunked.
+        if let Spooled::File { len, .. } = &request.body {
+            outgoing = outgoing.header(header::CONTENT_LENGTH, *len);
+        }
+        let outgoing = outgoing.body(request.body.into_request_body());
+        let answer = match outgoing.send().await {
             Ok(answer) => answer,
             Err(e) => {
                 // The permit is dropped: twilight's limiter takes it as cancelled.
