@@ -163,6 +163,16 @@ async fn all_delivered(setup: &Setup, nodes: &[Node], shards: u32, events: u64) 
     }
 }
 
+/// Stops `nodes` with SIGTERM (each hands its shards over and exits cleanly), then checks that
+/// no router broke a rule of the double's all along.
+async fn stop(setup: &Setup, nodes: &mut [Node]) {
+    for node in nodes {
+        process::terminate(node.child()).await;
+    }
+    let violations = setup.sim.observed(|o| o.violations.clone());
+    assert!(violations.is_empty(), "{violations:?}");
+}
+
 /// Every shard's lease holder, as Redis has it.
 async fn holders(redis: &Redis, shards: u32) -> BTreeMap<u32, String> {
     let bot = shardhook::Token::new(DEFAULT_TOKEN).unwrap().bot();
@@ -274,11 +284,7 @@ async fn a_killed_routers_shards_resume_on_the_others_within_the_lease_and_nothi
         "every event delivered at least once\n{}",
         warnings(&nodes)
     );
-    for node in &mut nodes[1..] {
-        process::terminate(node.child()).await;
-    }
-    let violations = setup.sim.observed(|o| o.violations.clone());
-    assert!(violations.is_empty(), "{violations:?}");
+    stop(&setup, &mut nodes[1..]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -316,11 +322,7 @@ async fn a_rolling_restart_under_traffic_loses_and_duplicates_nothing() {
         identifies, shards as usize,
         "one IDENTIFY per shard: the rest resumed"
     );
-    for node in &mut nodes {
-        process::terminate(node.child()).await;
-    }
-    let violations = setup.sim.observed(|o| o.violations.clone());
-    assert!(violations.is_empty(), "{violations:?}");
+    stop(&setup, &mut nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -549,6 +549,14 @@ mod tests {
         Server(child, port)
     }
 
+    /// A store on a fresh server (kept running while the server value lives).
+    fn store() -> (Server, Store) {
+        let server = server();
+        let url = format!("redis://127.0.0.1:{}", server.1);
+        let store = Store::new(&url, "id:1", Duration::from_secs(5)).unwrap();
+        (server, store)
+    }
+
     fn checkpoint(seq: u64) -> Checkpoint {
         Checkpoint {
             shard_id: 0,
@@ -563,9 +571,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_router_whose_lease_moved_on_cannot_write_the_checkpoint_or_give_the_lease_up() {
-        let server = server();
-        let url = format!("redis://127.0.0.1:{}", server.1);
-        let store = Store::new(&url, "id:1", Duration::from_secs(5)).unwrap();
+        let (_server, store) = store();
         let (ttl, keep) = (Duration::from_secs(30), Duration::from_secs(60));
         assert_eq!(store.acquire_many(&[0], "a", ttl).await.unwrap(), [Some(1)]);
         assert_eq!(
@@ -618,9 +624,7 @@ mod tests {
 
     #[tokio::test]
     async fn identify_turns_are_one_per_bucket_per_interval_and_spend_the_days_starts() {
-        let server = server();
-        let url = format!("redis://127.0.0.1:{}", server.1);
-        let store = Store::new(&url, "id:1", Duration::from_secs(5)).unwrap();
+        let (_server, store) = store();
         let interval = Duration::from_secs(5);
         store
             .offer_starts(2, Duration::from_secs(3600))
