@@ -199,7 +199,7 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                     let addr = control.local_addr().map_err(|e| e.to_string())?;
                     let cluster = Cluster::new(&config, addr).map_err(|e| e.to_string())?;
                     tracing::info!(node_id = cluster.node_id(), "joining the cluster");
-                    cluster.keep_dead_letters(&pipeline);
+                    cluster.keep_state_in_redis(&mut pipeline);
                     Some(cluster)
                 }
                 None => None,

@@ -443,6 +443,8 @@ impl Coordinator {
                 },
             );
             self.view.set_held(*shard, true);
+            // What the last holder spooled goes first.
+            self.parts.delivery.spool_taken_over(*shard);
             if let Some(tenure) = self.parts.tenures.get(shard) {
                 tenure.send_replace(Tenure::Held {
                     grant: fence,

@@ -7,13 +7,15 @@
 //! - `turns`: IDENTIFY turns and the session-start budget across routers;
 //! - `view`: who holds which shard, for the control API;
 //! - `dead_letters`: every dead letter kept in Redis too, and moved to a file for `replay`;
+//! - `spools`: each shard's spool as a Redis stream, drained by whichever router holds it;
 //! - `status`: the report `shardhook cluster status` prints.
 //!
 //! It does not open gateway connections, deliver events, or read local checkpoint files: in a
-//! cluster, the checkpoints are Redis'.
+//! cluster, the checkpoints, spools and dead letters are Redis'.
 
 mod coordinator;
 pub mod dead_letters;
+mod spools;
 pub mod status;
 mod store;
 mod turns;
@@ -117,10 +119,14 @@ impl Cluster {
         })
     }
 
-    /// Keeps `pipeline`'s dead letters in Redis as well as in its file: in a cluster the
-    /// machine's disk alone is not safe.
-    pub fn keep_dead_letters(&self, pipeline: &crate::delivery::Pipeline) {
+    /// Keeps `pipeline`'s spools in Redis (not on the disk) and its dead letters in Redis as
+    /// well as in its file: in a cluster the machine's disk alone is not safe. Call before the
+    /// router makes the shards' queues.
+    pub fn keep_state_in_redis(&self, pipeline: &mut crate::delivery::Pipeline) {
         pipeline.mirror_dead_letters(Arc::new(dead_letters::RedisDeadLetters {
+            store: self.store.clone(),
+        }));
+        pipeline.spool_remotely(Arc::new(spools::RedisSpools {
             store: self.store.clone(),
         }));
     }

@@ -11,6 +11,8 @@
 //!   the current lease and fence.
 //! - `identify:{bucket}`: held 5 s after an IDENTIFY in the bucket; `starts`: session starts
 //!   left today, expiring when Discord resets them.
+//! - `spool:{shard}`: the shard's spool, a stream of batches no endpoint could take yet (field
+//!   `record`: the batch's JSON), drained by whichever router holds the shard.
 //! - `dead-letters`: a stream of every router's dead letters (field `record`: the JSON line of
 //!   the dead-letter file), until `shardhook cluster dead-letters` moves them to a file.
 
@@ -133,6 +135,9 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, 0}
 ";
+
+/// One entry of a stream as XRANGE answers it: its id and its fields.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
 /// The shared state of one bot's routers in Redis.
 #[derive(Clone)]
@@ -478,6 +483,70 @@ impl Store {
             redis::cmd("XDEL")
                 .arg(self.key("dead-letters"))
                 .arg(ids)
+                .query_async::<i64>(&mut conn),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Batches in `shard`'s spool.
+    pub async fn spool_len(&self, shard: u32) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        self.timed(
+            redis::cmd("XLEN")
+                .arg(self.key(&format!("spool:{shard}")))
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    /// Adds a record at the end of `shard`'s spool.
+    pub async fn spool_push(&self, shard: u32, record: &[u8]) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = self
+            .timed(
+                redis::cmd("XADD")
+                    .arg(self.key(&format!("spool:{shard}")))
+                    .arg("*")
+                    .arg("record")
+                    .arg(record)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The oldest record of `shard`'s spool and its id.
+    pub async fn spool_first(&self, shard: u32) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let entries: Vec<StreamEntry> = self
+            .timed(
+                redis::cmd("XRANGE")
+                    .arg(self.key(&format!("spool:{shard}")))
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(entries.into_iter().next().map(|(id, fields)| {
+            let record = fields
+                .into_iter()
+                .find(|(k, _)| k == "record")
+                .map(|(_, v)| v)
+                .unwrap_or_default();
+            (id, record)
+        }))
+    }
+
+    /// Removes the record `id` from `shard`'s spool.
+    pub async fn spool_remove(&self, shard: u32, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.timed(
+            redis::cmd("XDEL")
+                .arg(self.key(&format!("spool:{shard}")))
+                .arg(id)
                 .query_async::<i64>(&mut conn),
         )
         .await

@@ -4,7 +4,8 @@
 //! Owns the pipeline from the per-shard queues (bounded: a full one stops that shard's reading)
 //! through filtering, batching, ordering, signing, sending, retrying, failover and dead letters,
 //! and the delivery counters. It leaves the body format to `batch`, the retry rules to `retry`,
-//! endpoint choice to `ring`, and endpoint health to `circuit`.
+//! endpoint choice to `ring`, and endpoint health to `circuit`; where a shard's spool is kept
+//! (the disk, or a cluster's Redis) is `spool_store`'s.
 
 mod attempt;
 mod aws_chain;
@@ -22,14 +23,12 @@ pub(crate) mod ring;
 mod shared;
 pub(crate) mod signer;
 mod sigv4;
+mod spool_store;
 mod spooling;
 mod stats;
 mod worker;
 
-use std::sync::Arc;
 use std::time::Duration;
-
-use crate::state::spool::ShardSpool;
 
 pub use pipeline::{DeliveryError, DeliveryHandle, Pipeline, RefusedLetter, Replayed};
 pub use stats::{DeliveryStats, StatsSnapshot};
@@ -39,5 +38,4 @@ const INTERACTION_CREATE: &str = "INTERACTION_CREATE";
 /// How often a full or failing spool is tried again, and a spool waiting on circuits looked at.
 const SPOOL_RETRY: Duration = Duration::from_millis(250);
 
-/// A shard's spool, shared by its batches in flight.
-type SharedSpool = Arc<tokio::sync::Mutex<ShardSpool>>;
+use spool_store::SharedSpool;

@@ -22,12 +22,13 @@ use super::endpoint::Endpoint;
 use super::ring::Ring;
 use super::shared::Shared;
 use super::signer::Signer;
+use super::spool_store::{RemoteShardSpool, SharedSpool};
 use super::stats::DeliveryStats;
 use super::worker::{worker, Intake};
 use crate::config::{Config, ConfigError, EndpointFormat};
 use crate::gateway::dispatch::Dispatch;
 use crate::state::dead_letter::{DeadLetter, DeadLetters};
-use crate::state::spool::{ShardSpool, SpoolUsage};
+use crate::state::spool::{RemoteSpool, ShardSpool, SpoolUsage};
 
 /// Why the pipeline could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,10 @@ pub struct Pipeline {
     pub(super) shared: Arc<Shared>,
     workers: JoinSet<()>,
     queues: Arc<Mutex<Queues>>,
+    /// Where spools are kept in a cluster (its Redis), rather than on this machine's disk.
+    remote_spool: Option<Arc<dyn RemoteSpool>>,
+    /// Each shard's spool in Redis, to be counted again when the shard is taken over.
+    remote_spools: Arc<Mutex<RemoteSpools>>,
     /// Connections opened ahead of the first request, per endpoint.
     warmed: Vec<usize>,
 }
@@ -83,11 +88,15 @@ const WARM_CONNECTIONS: usize = 8;
 /// Each shard's queue and the events its worker read ahead of it, for queue depths.
 type Queues = std::collections::BTreeMap<u32, (mpsc::WeakSender<Dispatch>, Arc<AtomicUsize>)>;
 
+/// Each shard's spool in a cluster's Redis.
+type RemoteSpools = std::collections::BTreeMap<u32, Arc<RemoteShardSpool>>;
+
 /// A view of the pipeline for status pages and metrics.
 #[derive(Clone)]
 pub struct DeliveryHandle {
     shared: Arc<Shared>,
     queues: Arc<Mutex<Queues>>,
+    remote_spools: Arc<Mutex<RemoteSpools>>,
 }
 
 impl DeliveryHandle {
@@ -133,6 +142,15 @@ impl DeliveryHandle {
     /// What delivery has done so far.
     pub fn stats(&self) -> &DeliveryStats {
         &self.shared.stats
+    }
+
+    /// The shard was just taken over from another router of the cluster: its spool in Redis
+    /// may hold batches that router added, which go before any new one.
+    pub fn spool_taken_over(&self, shard_id: u32) {
+        let spools = self.remote_spools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(spool) = spools.get(&shard_id) {
+            spool.count_again();
+        }
     }
 
     /// `(session, seq)`: every event of the shard's session up to `seq` is delivered,
@@ -249,6 +267,8 @@ impl Pipeline {
             }),
             workers: JoinSet::new(),
             queues: Arc::default(),
+            remote_spool: None,
+            remote_spools: Arc::default(),
             warmed: vec![0; config.endpoints.len()],
         })
     }
@@ -291,6 +311,7 @@ impl Pipeline {
         DeliveryHandle {
             shared: self.shared.clone(),
             queues: self.queues.clone(),
+            remote_spools: self.remote_spools.clone(),
         }
     }
 
@@ -319,12 +340,25 @@ impl Pipeline {
         }
         let format = shared.home_format(shard_id);
         let intake = Intake::new(rx, queue.saturating_sub(queued).max(1), held);
-        let spool = ShardSpool::open(
-            &shared.config.state.dir,
-            shard_id,
-            shared.spool_usage.clone(),
-        );
-        let spool = Arc::new(tokio::sync::Mutex::new(spool));
+        let spool = match &self.remote_spool {
+            None => SharedSpool::Disk(Arc::new(tokio::sync::Mutex::new(ShardSpool::open(
+                &shared.config.state.dir,
+                shard_id,
+                shared.spool_usage.clone(),
+            )))),
+            Some(backend) => {
+                let stream = Arc::new(RemoteShardSpool::new(
+                    shard_id,
+                    backend.clone(),
+                    shared.spool_usage.clone(),
+                ));
+                self.remote_spools
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(shard_id, stream.clone());
+                SharedSpool::Remote(stream)
+            }
+        };
         self.workers.spawn(
             worker(shared, intake, spool, format).instrument(info_span!("delivery", shard_id)),
         );
@@ -338,6 +372,12 @@ impl Pipeline {
 
     /// Keeps every dead letter in `mirror` as well as in the file (a cluster's Redis: the
     /// machine's disk alone is not safe there).
+    /// Keeps every shard's spool in `backend` (a cluster's Redis), not on this machine's disk;
+    /// for the shards whose queue is made after this.
+    pub(crate) fn spool_remotely(&mut self, backend: Arc<dyn RemoteSpool>) {
+        self.remote_spool = Some(backend);
+    }
+
     pub(crate) fn mirror_dead_letters(&self, mirror: Arc<dyn crate::state::dead_letter::Mirror>) {
         self.shared.dead.mirror_to(mirror);
     }

@@ -18,45 +18,25 @@ use super::shared::Shared;
 use super::signer::unix_now;
 use super::{SharedSpool, SPOOL_RETRY};
 use crate::state::dead_letter::DeadLetter;
-use crate::state::spool::{Head, ShardSpool, SpooledBatch};
-
-/// Runs `f` on the shard's spool on tokio's blocking pool: appends fsync, and reads and deletes
-/// touch the disk, which on a runtime worker would stall every shard and delivery that worker
-/// carries for as long as a slow disk takes.
-async fn on_disk<T: Send + 'static>(
-    spool: &SharedSpool,
-    f: impl FnOnce(&mut ShardSpool) -> T + Send + 'static,
-) -> T {
-    let mut spool = spool.clone().lock_owned().await;
-    tokio::task::spawn_blocking(move || f(&mut spool))
-        .await
-        .expect("spool file I/O does not panic")
-}
+use crate::state::spool::{Head, SpooledBatch};
 
 /// Sends one batch until it is delivered or dead-lettered, or spools it when no endpoint can
 /// take it (and while older batches of the shard wait in the spool). Any of the three makes
-/// its events safe for resume checkpoints; in a cluster, the spool does not (it dies with the
-/// machine): a spooled batch holds its shard's checkpoint back until it is drained, so the
-/// router that takes the shard over resumes before it and Discord replays it.
+/// its events safe for resume checkpoints (in a cluster the spool is in Redis, which outlives
+/// this machine).
 pub(super) async fn deliver(shared: &Shared, spool: &SharedSpool, request: Request) {
     let (shard, session, first) = (
         request.shard_id,
         request.session_id.clone(),
         request.first_seq,
     );
-    let waiting = !spool.lock().await.is_empty();
-    let spooled = if waiting {
+    let waiting = !spool.is_empty().await;
+    if waiting {
         spool_request(shared, spool, request).await;
-        true
     } else if let Outcome::Unavailable(request) = attempt_until_done(shared, request).await {
         spool_request(shared, spool, request).await;
-        true
-    } else {
-        false
-    };
-    if !(spooled && shared.config.cluster.is_some()) {
-        shared.progress.finished(shard, &session, first);
     }
+    shared.progress.finished(shard, &session, first);
 }
 
 /// Appends to the spool, waiting (backpressure) while it is full or cannot be written.
@@ -75,11 +55,7 @@ pub(super) async fn spool_request(shared: &Shared, spool: &SharedSpool, request:
     let mut batch = Some(batch);
     loop {
         let trying = batch.take().expect("the batch is back after every try");
-        let (appended, tried) = on_disk(spool, move |spool| {
-            let appended = spool.append(&trying);
-            (appended, trying)
-        })
-        .await;
+        let (appended, tried) = spool.append(trying).await;
         let batch = batch.insert(tried);
         match appended {
             Ok(()) => {
@@ -98,7 +74,7 @@ pub(super) async fn spool_request(shared: &Shared, spool: &SharedSpool, request:
 /// Sends spooled batches, oldest first, while an endpoint can take them.
 pub(super) async fn drain(shared: &Shared, spool: &SharedSpool) {
     loop {
-        let Some((head, size)) = on_disk(spool, |spool| spool.peek()).await else {
+        let Some((head, taken)) = spool.peek().await else {
             return;
         };
         match head {
@@ -158,14 +134,8 @@ pub(super) async fn drain(shared: &Shared, spool: &SharedSpool) {
                 if let Outcome::Unavailable(_) = attempt_until_done(shared, request).await {
                     return;
                 }
-                // In a cluster the batch became safe only now (see `deliver`).
-                if shared.config.cluster.is_some() {
-                    shared
-                        .progress
-                        .finished(batch.shard_id, &session, batch.first_seq);
-                }
             }
         }
-        on_disk(spool, move |spool| spool.pop(size)).await;
+        spool.pop(taken).await;
     }
 }

@@ -333,7 +333,7 @@ pub(super) async fn worker(
     loop {
         // Boxed, as the send below is, and only when something waits: most shards never
         // spool anything.
-        if !spool.lock().await.is_empty() {
+        if !spool.is_empty().await {
             let draining = Box::pin(drain(&shared, &spool));
             intake.while_sending(&shared, draining).await;
         }
@@ -342,7 +342,7 @@ pub(super) async fn worker(
             None => {
                 // Nothing to send: this shard waits, and holds no send while it does.
                 sending = None;
-                let spooled = !spool.lock().await.is_empty();
+                let spooled = !spool.is_empty().await;
                 tokio::select! {
                     event = intake.next(&shared) => match event {
                         Some(event) => event,
@@ -350,6 +350,8 @@ pub(super) async fn worker(
                     },
                     // Batches wait in the spool: look again when a circuit may allow a probe.
                     _ = sleep_until(shared.next_reopen()), if spooled => continue,
+                    // Taken over in a cluster: the last holder's spool may wait in Redis.
+                    _ = spool.taken_over() => continue,
                 }
             }
         };
@@ -459,17 +461,17 @@ mod tests {
         let looping = worker(
             pipeline.shared.clone(),
             Intake::new(rx, 1, Arc::default()),
-            Arc::new(tokio::sync::Mutex::new(spool)),
+            SharedSpool::Disk(Arc::new(tokio::sync::Mutex::new(spool))),
             EndpointFormat::Shardhook,
         );
         let size = std::mem::size_of_val(&looping);
         let send = std::mem::size_of_val(&deliver(
             &pipeline.shared,
-            &Arc::new(tokio::sync::Mutex::new(ShardSpool::open(
+            &SharedSpool::Disk(Arc::new(tokio::sync::Mutex::new(ShardSpool::open(
                 &state,
                 1,
                 pipeline.shared.spool_usage.clone(),
-            ))),
+            )))),
             Batch::new(Dispatch::new(
                 [0, 1],
                 Arc::from("s"),

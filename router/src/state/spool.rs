@@ -68,6 +68,23 @@ pub enum SpoolError {
     },
 }
 
+/// A future a `RemoteSpool` call answers with.
+pub type Answer<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// Shards' spools kept beyond this machine (a cluster's Redis: a stream per shard), in the
+/// records' JSON; `delivery` keeps the count and the order.
+pub trait RemoteSpool: Send + Sync {
+    /// Batches in `shard`'s spool.
+    fn len(&self, shard: u32) -> Answer<'_, u64>;
+    /// Adds a record at the end of `shard`'s spool.
+    fn push(&self, shard: u32, record: Vec<u8>) -> Answer<'_, ()>;
+    /// The oldest record of `shard`'s spool, with the id that removes it.
+    fn first(&self, shard: u32) -> Answer<'_, Option<(String, Vec<u8>)>>;
+    /// Removes the record `id` from `shard`'s spool.
+    fn remove(&self, shard: u32, id: String) -> Answer<'_, ()>;
+}
+
 /// Bytes spooled across every shard, against the bound.
 #[derive(Debug)]
 pub struct SpoolUsage {
