@@ -17,9 +17,10 @@
 //!   templates and counters; the control API authenticates its callers.
 //! - `delivery/`: from a shard's queue to an endpoint's 2xx: the `pipeline` and its per-shard
 //!   `worker`, `interactions` (defer and apologise), each `attempt` (sign, send, retry, dead
-//!   letter), `spool_store` (disk or a cluster's Redis), `stats`, the body of a `batch`, endpoint choice (`ring`), one `endpoint`'s
-//!   `pacer` and `circuit`, the `retry` decision, the `signer`, `sigv4` for Lambda, and the
-//!   HTTP client on hyper (`http`).
+//!   letter), where a shard's spool is kept (`spool_store`: the disk, or a cluster's Redis),
+//!   `stats`, the body of a `batch`, endpoint choice (`ring`), one `endpoint`'s `pacer` and
+//!   `circuit`, the `retry` decision, the `signer`, `sigv4` for Lambda, and the HTTP client on
+//!   hyper (`http`).
 //! - `gateway/`: from `GET /gateway/bot` (`bot_info`) to a `Dispatch` (`dispatch`): the
 //!   `shard` and its `handle`, `session`, `identify` queue, `command_limiter`, `close_code`,
 //!   `inflater`, `payload`.
