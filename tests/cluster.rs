@@ -175,6 +175,19 @@ async fn stop(setup: &Setup, nodes: &mut [Node]) {
     assert!(violations.is_empty(), "{violations:?}");
 }
 
+/// After a fault: waits for the cluster to settle again and every event to arrive, checks
+/// that none was lost, and stops the routers.
+async fn recovered(setup: &Setup, redis: &Redis, nodes: &mut [Node], shards: u32, events: u64) {
+    let ids: Vec<&str> = nodes.iter().map(|n| n.id).collect();
+    settled(setup, redis, shards, &ids).await;
+    all_delivered(setup, nodes, shards, events).await;
+    let (lost, _duplicated) = setup.account();
+    assert_eq!(lost, 0, "{}", warnings(nodes));
+    for node in nodes {
+        process::terminate(node.child()).await;
+    }
+}
+
 /// Every shard's lease holder, as Redis has it.
 async fn holders(redis: &Redis, shards: u32) -> BTreeMap<u32, String> {
     let bot = shardhook::Token::new(DEFAULT_TOKEN).unwrap().bot();
@@ -449,13 +462,7 @@ async fn a_router_paused_past_its_lease_gives_its_shards_up_and_nothing_is_lost(
     nodes[0].signal("-CONT");
     // Awake again, a finds its leases gone (or its fencing token refused) and stops reading
     // those shards; later they come back to it through a clean handover.
-    settled(&setup, &redis, shards, &ids).await;
-    all_delivered(&setup, &nodes, shards, events).await;
-    let (lost, _duplicated) = setup.account();
-    assert_eq!(lost, 0, "{}", warnings(&nodes));
-    for node in &mut nodes {
-        process::terminate(node.child()).await;
-    }
+    recovered(&setup, &redis, &mut nodes, shards, events).await;
     let log = nodes[0].log();
     assert!(
         log.contains("stop reading until they are taken again")
@@ -489,13 +496,7 @@ async fn redis_gone_for_twenty_seconds_under_traffic_loses_nothing() {
     // The rest of the outage: 20 s in all, as the issue asks.
     tokio::time::sleep_until(outage_over).await;
     redis.restart().await;
-    settled(&setup, &redis, shards, &ids).await;
-    all_delivered(&setup, &nodes, shards, events).await;
-    let (lost, _duplicated) = setup.account();
-    assert_eq!(lost, 0, "{}", warnings(&nodes));
-    for node in &mut nodes {
-        process::terminate(node.child()).await;
-    }
+    recovered(&setup, &redis, &mut nodes, shards, events).await;
     let log = nodes[0].log();
     assert!(
         log.contains("stop reading until they are taken again"),

@@ -434,13 +434,13 @@ impl Store {
         .map(drop)
     }
 
-    /// Keeps one dead letter (a JSON record) in the cluster's stream of them.
-    pub async fn keep_dead_letter(&self, record: &str) -> Result<(), StoreError> {
+    /// Adds `record` at the end of the stream `name` (under the prefix).
+    async fn stream_add(&self, name: &str, record: &[u8]) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let _: String = self
             .timed(
                 redis::cmd("XADD")
-                    .arg(self.key("dead-letters"))
+                    .arg(self.key(name))
                     .arg("*")
                     .arg("record")
                     .arg(record)
@@ -450,13 +450,17 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `count` of the oldest dead letters kept: (stream id, record).
-    pub async fn dead_letters(&self, count: usize) -> Result<Vec<(String, String)>, StoreError> {
+    /// Up to `count` of the oldest records of the stream `name`, with their ids.
+    async fn stream_head(
+        &self,
+        name: &str,
+        count: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut conn = self.conn.clone();
-        let entries: Vec<(String, Vec<(String, String)>)> = self
+        let entries: Vec<StreamEntry> = self
             .timed(
                 redis::cmd("XRANGE")
-                    .arg(self.key("dead-letters"))
+                    .arg(self.key(name))
                     .arg("-")
                     .arg("+")
                     .arg("COUNT")
@@ -466,27 +470,50 @@ impl Store {
             .await?;
         Ok(entries
             .into_iter()
-            .filter_map(|(id, fields)| {
-                let record = fields.into_iter().find(|(k, _)| k == "record")?.1;
-                Some((id, record))
+            .map(|(id, fields)| {
+                let record = fields
+                    .into_iter()
+                    .find(|(k, _)| k == "record")
+                    .map(|(_, v)| v)
+                    .unwrap_or_default();
+                (id, record)
             })
             .collect())
     }
 
-    /// Forgets the dead letters `ids` (once they are written elsewhere).
-    pub async fn forget_dead_letters(&self, ids: &[String]) -> Result<(), StoreError> {
+    /// Removes the records `ids` from the stream `name`.
+    async fn stream_delete(&self, name: &str, ids: &[String]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn.clone();
         self.timed(
             redis::cmd("XDEL")
-                .arg(self.key("dead-letters"))
+                .arg(self.key(name))
                 .arg(ids)
                 .query_async::<i64>(&mut conn),
         )
         .await
         .map(drop)
+    }
+
+    /// Keeps one dead letter (a JSON record) in the cluster's stream of them.
+    pub async fn keep_dead_letter(&self, record: &str) -> Result<(), StoreError> {
+        self.stream_add("dead-letters", record.as_bytes()).await
+    }
+
+    /// Up to `count` of the oldest dead letters kept: (stream id, record).
+    pub async fn dead_letters(&self, count: usize) -> Result<Vec<(String, String)>, StoreError> {
+        let head = self.stream_head("dead-letters", count).await?;
+        Ok(head
+            .into_iter()
+            .map(|(id, record)| (id, String::from_utf8_lossy(&record).into_owned()))
+            .collect())
+    }
+
+    /// Forgets the dead letters `ids` (once they are written elsewhere).
+    pub async fn forget_dead_letters(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.stream_delete("dead-letters", ids).await
     }
 
     /// Batches in `shard`'s spool.
@@ -502,55 +529,19 @@ impl Store {
 
     /// Adds a record at the end of `shard`'s spool.
     pub async fn spool_push(&self, shard: u32, record: &[u8]) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: String = self
-            .timed(
-                redis::cmd("XADD")
-                    .arg(self.key(&format!("spool:{shard}")))
-                    .arg("*")
-                    .arg("record")
-                    .arg(record)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        Ok(())
+        self.stream_add(&format!("spool:{shard}"), record).await
     }
 
     /// The oldest record of `shard`'s spool and its id.
     pub async fn spool_first(&self, shard: u32) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        let mut conn = self.conn.clone();
-        let entries: Vec<StreamEntry> = self
-            .timed(
-                redis::cmd("XRANGE")
-                    .arg(self.key(&format!("spool:{shard}")))
-                    .arg("-")
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        Ok(entries.into_iter().next().map(|(id, fields)| {
-            let record = fields
-                .into_iter()
-                .find(|(k, _)| k == "record")
-                .map(|(_, v)| v)
-                .unwrap_or_default();
-            (id, record)
-        }))
+        let head = self.stream_head(&format!("spool:{shard}"), 1).await?;
+        Ok(head.into_iter().next())
     }
 
     /// Removes the record `id` from `shard`'s spool.
     pub async fn spool_remove(&self, shard: u32, id: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        self.timed(
-            redis::cmd("XDEL")
-                .arg(self.key(&format!("spool:{shard}")))
-                .arg(id)
-                .query_async::<i64>(&mut conn),
-        )
-        .await
-        .map(drop)
+        self.stream_delete(&format!("spool:{shard}"), &[id.to_owned()])
+            .await
     }
 
     /// Asks for `bucket`'s IDENTIFY turn for `node`, held `interval` once given.
