@@ -158,6 +158,14 @@ async fn all_delivered(setup: &Setup, nodes: &[Node], shards: u32, events: u64) 
                 .take(20)
                 .collect()
         });
+        // CLUSTER_KEEP_LOGS=DIR keeps the routers' whole logs there, to read after a failure.
+        if let Ok(dir) = std::env::var("CLUSTER_KEEP_LOGS") {
+            for node in nodes {
+                let _ = std::process::Command::new("cp")
+                    .args(["-r", node.state.to_str().unwrap(), &dir])
+                    .status();
+            }
+        }
         panic!(
             "not every event arrived; first missing (shard, seq): {missing:?}\n{}",
             warnings(nodes)
@@ -450,6 +458,29 @@ async fn a_router_paused_past_its_lease_gives_its_shards_up_and_nothing_is_lost(
         .filter(|(_, n)| *n == "a")
         .map(|(s, _)| *s)
         .collect();
+    // Paused in earnest, not in the first moments of its sessions: a has checkpointed each of
+    // its shards' sessions in Redis (a router paused or killed before its first checkpoint of
+    // a session leaves nobody able to resume it, alone or in a cluster).
+    let bot = shardhook::Token::new(DEFAULT_TOKEN).unwrap().bot();
+    let mut conn = redis.connection().await;
+    within("a's shards checkpointed in Redis", async {
+        loop {
+            let mut all = true;
+            for shard in &paused {
+                let cp: Option<String> = redis::cmd("GET")
+                    .arg(format!("shardhook:{bot}:checkpoint:{shard}"))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                all &= cp.is_some_and(|cp| cp.contains("\"seq\":") && !cp.contains("\"seq\":0,"));
+            }
+            if all {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
     nodes[0].signal("-STOP");
     let stopped = Instant::now();
     within(

@@ -430,8 +430,16 @@ impl Conn {
         let Some((shard, _, session)) = self.session.clone() else {
             return Ok(());
         };
+        let me = self.faults_tx.clone();
         let payload = self.shared.observe(|i| {
-            let s = i.sessions.get_mut(&session)?;
+            // A connection whose session moved to another (a RESUME elsewhere) gets no new
+            // event: on Discord a session has one connection.
+            if !i.live.get(&shard).is_some_and(|tx| tx.same_channel(&me)) {
+                return Err(End);
+            }
+            let Some(s) = i.sessions.get_mut(&session) else {
+                return Ok(None);
+            };
             s.seq += 1;
             let payload: Arc<str> = events::dispatch(name, s.seq, &d).into();
             s.events.push_back(payload.clone());
@@ -446,9 +454,9 @@ impl Conn {
                 event: name.to_owned(),
                 at: Instant::now(),
             });
-            Some(payload)
+            Ok(Some(payload))
         });
-        match payload {
+        match payload? {
             Some(payload) => self.send(&payload).await,
             None => Ok(()),
         }
@@ -485,7 +493,12 @@ impl Conn {
         let config = &self.shared.config;
         let (limit, ping_every, guilds) =
             (config.events_per_shard, config.ping_every, config.guilds);
+        let me = self.faults_tx.clone();
         let counter = self.shared.observe(|i| {
+            // Superseded: the traffic is the session's new connection's to send.
+            if !i.live.get(&shard).is_some_and(|tx| tx.same_channel(&me)) {
+                return None;
+            }
             let sent = i.traffic.entry(shard).or_insert(0);
             if limit.is_some_and(|limit| *sent >= limit) {
                 return None;
