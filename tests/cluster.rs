@@ -196,12 +196,40 @@ async fn recovered(setup: &Setup, redis: &Redis, nodes: &mut [Node], shards: u32
     }
 }
 
+/// A key of the bot's in Redis, as the routers name it: `shardhook:{bot}:{name}`.
+fn key(name: &str) -> String {
+    let bot = shardhook::Token::new(DEFAULT_TOKEN).unwrap().bot();
+    format!("shardhook:{bot}:{name}")
+}
+
+/// The shards `node` holds in `leases`.
+fn held_by(leases: &BTreeMap<u32, String>, node: &str) -> Vec<u32> {
+    leases
+        .iter()
+        .filter(|(_, n)| *n == node)
+        .map(|(s, _)| *s)
+        .collect()
+}
+
+/// `shard`'s checkpoint seq in Redis, if it has a checkpoint.
+async fn checkpoint_seq(conn: &mut redis::aio::MultiplexedConnection, shard: u32) -> Option<u64> {
+    let cp: Option<String> = redis::cmd("GET")
+        .arg(key(&format!("checkpoint:{shard}")))
+        .query_async(conn)
+        .await
+        .unwrap();
+    cp.map(|cp| {
+        serde_json::from_str::<serde_json::Value>(&cp).unwrap()["seq"]
+            .as_u64()
+            .unwrap()
+    })
+}
+
 /// Every shard's lease holder, as Redis has it.
 async fn holders(redis: &Redis, shards: u32) -> BTreeMap<u32, String> {
-    let bot = shardhook::Token::new(DEFAULT_TOKEN).unwrap().bot();
     let mut conn = redis.connection().await;
     let keys: Vec<String> = (0..shards)
-        .map(|shard| format!("shardhook:{bot}:lease:{shard}"))
+        .map(|shard| key(&format!("lease:{shard}")))
         .collect();
     let values: Vec<Option<String>> = redis::cmd("MGET")
         .arg(&keys)
@@ -277,11 +305,7 @@ async fn a_killed_routers_shards_resume_on_the_others_within_the_lease_and_nothi
         .map(|id| Node::start(&setup, id))
         .collect();
     let leases = settled(&setup, &redis, shards, &["a", "b", "c"]).await;
-    let victim: Vec<u32> = leases
-        .iter()
-        .filter(|(_, n)| *n == "a")
-        .map(|(s, _)| *s)
-        .collect();
+    let victim = held_by(&leases, "a");
     // Under traffic: some events are in flight on the victim when it dies.
     setup
         .wait_arrivals("traffic to flow", |seen| seen.len() > (shards * 5) as usize)
@@ -453,26 +477,18 @@ async fn a_router_paused_past_its_lease_gives_its_shards_up_and_nothing_is_lost(
     let ids = ["a", "b"];
     let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
     let leases = settled(&setup, &redis, shards, &ids).await;
-    let paused: Vec<u32> = leases
-        .iter()
-        .filter(|(_, n)| *n == "a")
-        .map(|(s, _)| *s)
-        .collect();
+    let paused = held_by(&leases, "a");
     // Paused in earnest, not in the first moments of its sessions: a has checkpointed each of
     // its shards' sessions in Redis (a router paused or killed before its first checkpoint of
     // a session leaves nobody able to resume it, alone or in a cluster).
-    let bot = shardhook::Token::new(DEFAULT_TOKEN).unwrap().bot();
     let mut conn = redis.connection().await;
     within("a's shards checkpointed in Redis", async {
         loop {
             let mut all = true;
             for shard in &paused {
-                let cp: Option<String> = redis::cmd("GET")
-                    .arg(format!("shardhook:{bot}:checkpoint:{shard}"))
-                    .query_async(&mut conn)
+                all &= checkpoint_seq(&mut conn, *shard)
                     .await
-                    .unwrap();
-                all &= cp.is_some_and(|cp| cp.contains("\"seq\":") && !cp.contains("\"seq\":0,"));
+                    .is_some_and(|seq| seq > 0);
             }
             if all {
                 return;
@@ -564,11 +580,7 @@ async fn failover_time_over_ten_runs() {
         let leases = settled(&setup, &redis, shards, &ids).await;
         let victim_index = run % nodes.len();
         let victim_id = nodes[victim_index].id;
-        let victim: Vec<u32> = leases
-            .iter()
-            .filter(|(_, n)| *n == victim_id)
-            .map(|(s, _)| *s)
-            .collect();
+        let victim = held_by(&leases, victim_id);
         nodes[victim_index].child().start_kill().unwrap();
         let killed = Instant::now();
         nodes[victim_index].child().wait().await.unwrap();
@@ -628,8 +640,7 @@ async fn dead_letters_outlive_their_router_in_redis_and_move_to_a_file_for_repla
     // The first three requests are refused for good: three batches dead-lettered.
     setup.receivers[0].script((0..3).map(|_| shardhook_simulator::receiver::Reply::Status(400)));
     let mut nodes = [Node::start(&setup, "a")];
-    let bot = shardhook::Token::new(DEFAULT_TOKEN).unwrap().bot();
-    let stream = format!("shardhook:{bot}:dead-letters");
+    let stream = key("dead-letters");
     let mut conn = redis.connection().await;
     within("three dead letters in Redis", async {
         loop {
@@ -710,12 +721,7 @@ async fn spooled_batches_live_in_redis_and_the_next_holder_delivers_them() {
     let ids = ["a", "b"];
     let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
     let leases = settled(&setup, &redis, shards, &ids).await;
-    let victim: Vec<u32> = leases
-        .iter()
-        .filter(|(_, n)| *n == "a")
-        .map(|(s, _)| *s)
-        .collect();
-    let bot = shardhook::Token::new(DEFAULT_TOKEN).unwrap().bot();
+    let victim = held_by(&leases, "a");
     let mut conn = redis.connection().await;
     // The last seq each of a's shards has spooled in Redis once all its traffic is there.
     let spooled_up_to = within("a's shards' traffic spooled in Redis", async {
@@ -723,7 +729,7 @@ async fn spooled_batches_live_in_redis_and_the_next_holder_delivers_them() {
             let mut last = BTreeMap::new();
             for shard in &victim {
                 let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-                    .arg(format!("shardhook:{bot}:spool:{shard}"))
+                    .arg(key(&format!("spool:{shard}")))
                     .arg("+")
                     .arg("-")
                     .arg("COUNT")
@@ -752,17 +758,7 @@ async fn spooled_batches_live_in_redis_and_the_next_holder_delivers_them() {
             // ...and the checkpoints in Redis say so (they are written every 100 ms here).
             let mut checkpointed = BTreeMap::new();
             for shard in &victim {
-                let cp: Option<String> = redis::cmd("GET")
-                    .arg(format!("shardhook:{bot}:checkpoint:{shard}"))
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                let seq = cp.map(|cp| {
-                    serde_json::from_str::<serde_json::Value>(&cp).unwrap()["seq"]
-                        .as_u64()
-                        .unwrap()
-                });
-                checkpointed.insert(*shard, seq);
+                checkpointed.insert(*shard, checkpoint_seq(&mut conn, *shard).await);
             }
             let done = victim
                 .iter()
