@@ -52,11 +52,6 @@ impl View {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// This router's node id.
-    pub fn me(&self) -> &str {
-        &self.me
-    }
-
     pub(super) fn set_nodes(&self, nodes: &[NodeInfo]) {
         self.write().controls = nodes
             .iter()
