@@ -521,7 +521,8 @@ async fn a_router_paused_past_its_lease_gives_its_shards_up_and_nothing_is_lost(
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_gone_for_twenty_seconds_under_traffic_loses_nothing() {
     let mut redis = Redis::start().await;
-    let (shards, events) = (6, 150);
+    // 25 s of traffic per shard: what is left of it after the outage fits the wait below.
+    let (shards, events) = (6, 100);
     let setup = setup(process::traffic(shards, events, 4.0), &redis).await;
     let ids = ["a", "b"];
     let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
