@@ -492,7 +492,13 @@ async fn a_carbon_endpoint_and_a_shardhook_endpoint_in_one_config_each_get_their
             assert!(names.contains(&"webhook-signature"), "{names:?}");
             assert!(!names.iter().any(|n| n.starts_with("x-")), "{names:?}");
             let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-            assert_eq!(body["events"].as_array().unwrap().len(), r.events);
+            let events: usize = body["batches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["events"].as_array().unwrap().len())
+                .sum();
+            assert_eq!(events, r.events);
         }
     });
 

@@ -416,7 +416,7 @@ async fn an_interaction_is_deferred_at_once_and_a_failed_delivery_edits_the_resp
         })
         .unwrap();
     let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
-    assert_eq!(body["events"][0]["deferred"], true);
+    assert_eq!(body["batches"][0]["events"][0]["deferred"], true);
     assert_eq!(p.stats.snapshot().requests_dead_lettered, 1);
     assert!(p.stats.defer_quantile(1.0).is_some());
     p.stop().await;

@@ -203,7 +203,8 @@ async fn a_400_is_dead_lettered_and_shardhook_replay_delivers_it() {
     );
     assert!(letter.error.contains("400"), "{}", letter.error);
     let body: serde_json::Value = serde_json::from_str(letter.body.get()).unwrap();
-    assert_eq!(body["events"][0]["t"], "READY");
+    assert_eq!(body["v"], 2);
+    assert_eq!(body["batches"][0]["events"][0]["t"], "READY");
     assert_eq!(p.stats.snapshot().retries, 0, "a 400 is not retried");
 
     // Replay through the real CLI, with a config file pointing at the same endpoint.
@@ -562,14 +563,14 @@ async fn batches_hold_one_session_in_order_and_an_interaction_goes_alone_at_once
         .map(|(_, q)| serde_json::from_slice(&q.body).unwrap())
         .collect();
     // The interaction did not wait for the batch's linger: it went first, alone.
-    assert_eq!(bodies[0]["events"].as_array().unwrap().len(), 1);
-    assert_eq!(bodies[0]["events"][0]["t"], "INTERACTION_CREATE");
+    assert_eq!(bodies[0]["batches"][0]["events"].as_array().unwrap().len(), 1);
+    assert_eq!(bodies[0]["batches"][0]["events"][0]["t"], "INTERACTION_CREATE");
     let identified = p.sim.observed(|o| o.identifies[0].at);
     assert!(
         requests[0].1.at < identified + linger,
         "the interaction waited for the batch's linger"
     );
-    let seqs: Vec<u64> = bodies[1]["events"]
+    let seqs: Vec<u64> = bodies[1]["batches"][0]["events"]
         .as_array()
         .unwrap()
         .iter()
@@ -781,6 +782,12 @@ async fn the_handler_templates_fixture_is_a_real_shardhook_request() {
     }
     let fixture: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(fixture["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        body["v"], 2,
+        "the fixture is of the current wire format; regenerate it with SHARDHOOK_WRITE_FIXTURES=1"
+    );
     let h = &fixture["headers"];
     let ts: u64 = h["webhook-timestamp"].as_str().unwrap().parse().unwrap();
     for secret in [&fixture["secret"], &fixture["previous_secret"]] {

@@ -117,11 +117,13 @@ impl Endpoint {
         let mut events = HashMap::new();
         for request in self.seen.lock().unwrap().iter() {
             let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
-            let shard = body["shard_id"].as_u64().unwrap() as u32;
-            for event in body["events"].as_array().unwrap() {
-                *events
-                    .entry((shard, event["s"].as_u64().unwrap()))
-                    .or_default() += 1;
+            for batch in body["batches"].as_array().unwrap() {
+                let shard = batch["shard_id"].as_u64().unwrap() as u32;
+                for event in batch["events"].as_array().unwrap() {
+                    *events
+                        .entry((shard, event["s"].as_u64().unwrap()))
+                        .or_default() += 1;
+                }
             }
         }
         events

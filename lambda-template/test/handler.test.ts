@@ -147,11 +147,15 @@ describe("refusals", () => {
 describe("dispatch", () => {
   it("INTERACTION_CREATE is answered through its callback, freshly signed by standardwebhooks", async () => {
     const body = JSON.stringify({
-      v: 1,
-      shard_id: 0,
+      v: 2,
       shard_count: 1,
-      session_id: "s",
-      events: [{ t: "INTERACTION_CREATE", s: 9, d: { id: "77", token: "tok", type: 2, data: { name: "hello" } } }],
+      batches: [
+        {
+          shard_id: 0,
+          session_id: "s",
+          events: [{ t: "INTERACTION_CREATE", s: 9, d: { id: "77", token: "tok", type: 2, data: { name: "hello" } } }],
+        },
+      ],
     });
     const now = new Date();
     const headers = {

@@ -210,6 +210,23 @@ impl Inner {
     }
 }
 
+/// Each event of a body with the batch object that holds it: wire format v2 lists batches of
+/// many shards (`{"v":2,"shard_count":N,"batches":[{"shard_id":..,"events":[..]}]}`); a v1
+/// body (a dead letter or spool record of an earlier version) is one batch itself.
+fn events_of(body: &serde_json::Value) -> Vec<(serde_json::Value, serde_json::Value)> {
+    let batches = match body["batches"].as_array() {
+        Some(batches) => batches.clone(),
+        None => vec![body.clone()],
+    };
+    batches
+        .into_iter()
+        .flat_map(|batch| {
+            let events = batch["events"].as_array().cloned().unwrap_or_default();
+            events.into_iter().map(move |event| (batch.clone(), event))
+        })
+        .collect()
+}
+
 async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
     let at = Instant::now();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -229,7 +246,7 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         None => (204, None, None),
     };
     let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let events = parsed["events"].as_array().cloned().unwrap_or_default();
+    let events = events_of(&parsed);
     let webhook_id = header("webhook-id").unwrap_or_default().to_owned();
     // The request is recorded as it arrives; its events only once it is answered 2xx, which a
     // client that gave up (timed out) may never see.
@@ -262,10 +279,10 @@ async fn receive(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
     if (200..300).contains(&status) {
         let answered = Instant::now();
         inner.record(|seen| {
-            for event in &events {
+            for (batch, event) in &events {
                 seen.events.push(Arrival {
-                    shard: parsed["shard_id"].as_u64().unwrap_or(u64::MAX) as u32,
-                    session: parsed["session_id"].as_str().unwrap_or_default().to_owned(),
+                    shard: batch["shard_id"].as_u64().unwrap_or(u64::MAX) as u32,
+                    session: batch["session_id"].as_str().unwrap_or_default().to_owned(),
                     seq: event["s"].as_u64().unwrap_or(0),
                     name: event["t"].as_str().unwrap_or_default().to_owned(),
                     webhook_id: webhook_id.clone(),

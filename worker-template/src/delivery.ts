@@ -1,11 +1,13 @@
-// One delivery from shardhook, platform-free: verify the signature, parse the batch, hand each
-// event to the handler registered for its name, and decide the HTTP answer. The Worker
-// (`index.ts`) and the Lambda template adapt their requests to `deliver` and nothing else.
+// One delivery from shardhook, platform-free: verify the signature, parse the request (wire
+// format v2: the batches of one or many shards), hand each event to the handler registered for
+// its name, and decide the HTTP answer. The Worker (`index.ts`) and the Lambda template adapt
+// their requests to `deliver` and nothing else.
 //
 // Delivery is at least once: a request that timed out at the router may have been handled and
-// is sent again with the same `webhook-id`. An event is identified by (shard_id, session_id, s);
-// handlers whose effects must not repeat should record that key (KV, D1, a Durable Object,
-// DynamoDB...) and skip events they have already seen.
+// is sent again with the same `webhook-id`, and a request that failed is retried with all its
+// batches. An event is identified by (shard_id, session_id, s); handlers whose effects must not
+// repeat should record that key (KV, D1, a Durable Object, DynamoDB...) and skip events they
+// have already seen.
 
 import type { GatewayDispatchEvents, GatewayDispatchPayload } from "discord-api-types/v10";
 import { importSecret, verify, type HeaderSource, type SigningKey } from "./verify";
@@ -22,15 +24,23 @@ export type EventData<N extends EventName> = GatewayDispatchPayload extends infe
     : never
   : never;
 
-/** The request body shardhook sends (README, "The wire format"). */
+/** One shard's events in a request: one session, in seq order. */
 export interface Batch {
-  v: 1;
   shard_id: number;
+  /** The shard count of the request that carried it. */
   shard_count: number;
   session_id: string;
   /** `deferred` is true on an INTERACTION_CREATE the router already acknowledged
    * (`interactions.auto_defer`). */
   events: { t: string; s: number; d: unknown; deferred?: boolean }[];
+}
+
+/** The request body shardhook sends (README, "The wire format"): the ready batches of one or
+ * many shards. */
+export interface DeliveryBody {
+  v: 2;
+  shard_count: number;
+  batches: Omit<Batch, "shard_count">[];
 }
 
 /** What a handler knows besides the event itself. */
@@ -40,7 +50,7 @@ export interface EventContext<Env> {
   shardCount: number;
   sessionId: string;
   seq: number;
-  /** The batch's id: the same on every retry of the batch. */
+  /** The request's id: the same on every retry of the request. */
   webhookId: string;
   /**
    * The router already answered this interaction with a deferred response
@@ -69,7 +79,22 @@ export class Handlers<Env> {
     return this;
   }
 
-  /** Runs the batch's events in seq order; the first handler that throws stops the batch. */
+  /**
+   * Runs each batch's events in seq order, the batches of different shards side by side; the
+   * first handler that throws stops its batch, and the request fails (the router retries all of
+   * it) once every batch has finished or stopped.
+   */
+  async dispatchAll(
+    batches: readonly Batch[],
+    meta: { env: Env; webhookId: string; waitUntil(promise: Promise<unknown>): void },
+  ): Promise<number> {
+    const results = await Promise.allSettled(batches.map((batch) => this.dispatch(batch, meta)));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed) throw failed.reason;
+    return results.reduce((sum, r) => sum + (r.status === "fulfilled" ? r.value : 0), 0);
+  }
+
+  /** Runs one batch's events in seq order; the first handler that throws stops the batch. */
   async dispatch(
     batch: Batch,
     meta: { env: Env; webhookId: string; waitUntil(promise: Promise<unknown>): void },
@@ -115,54 +140,80 @@ export interface Delivery<Env> {
 
 /**
  * Verifies, parses and dispatches one request. 401 when the signature does not hold, 400 for
- * a verified body that is not a batch (retrying cannot help, so the router dead-letters it),
- * 500 when a handler throws (the router retries), 200 once every event is handled.
+ * a verified body that is not a shardhook request (retrying cannot help, so the router
+ * dead-letters it), 500 when a handler throws (the router retries the whole request), 200
+ * once every event of every batch is handled.
  */
 export async function deliver<Env>(delivery: Delivery<Env>): Promise<Answer> {
   const verified = await verify(delivery.headers, delivery.body, delivery.keys, delivery.now);
   if (!verified.ok) return { status: 401, body: verified.reason };
 
-  const batch = parseBatch(delivery.body);
-  if (typeof batch === "string") return { status: 400, body: batch };
+  const batches = parseBatches(delivery.body);
+  if (typeof batches === "string") return { status: 400, body: batches };
 
+  const events = batches.reduce((sum, b) => sum + b.events.length, 0);
   try {
-    const handled = await delivery.handlers.dispatch(batch, {
+    const handled = await delivery.handlers.dispatchAll(batches, {
       env: delivery.env,
       webhookId: verified.id,
       waitUntil: delivery.waitUntil,
     });
-    return { status: 200, body: `handled ${handled} of ${batch.events.length} events` };
+    return { status: 200, body: `handled ${handled} of ${events} events` };
   } catch (error) {
-    console.error(`batch ${verified.id} failed; shardhook will retry it`, error);
+    console.error(`request ${verified.id} failed; shardhook will retry it`, error);
     return { status: 500, body: "a handler failed" };
   }
 }
 
-/** Parses a verified body; a string says why it is not a batch. */
-export function parseBatch(body: Uint8Array): Batch | string {
+/**
+ * Parses a verified body into its batches; a string says what is wrong, and where. Takes wire
+ * format v2 and, for dead letters of earlier versions sent again by `shardhook replay`, v1 (one
+ * batch: `{"v":1,"shard_id":..,"shard_count":..,"session_id":..,"events":[..]}`).
+ */
+export function parseBatches(body: Uint8Array): Batch[] | string {
   let value: unknown;
   try {
     value = JSON.parse(new TextDecoder("utf-8", { fatal: true, ignoreBOM: false }).decode(body));
   } catch {
     return "body is not UTF-8 JSON";
   }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return "body is not a JSON object";
+  const request = value as { v?: unknown; shard_count?: unknown; batches?: unknown };
+  if (request.v === 1) {
+    const problem = checkBatch(value, "body");
+    return problem ?? [value as Batch];
+  }
+  if (request.v !== 2) return `unsupported wire format version ${JSON.stringify(request.v)}`;
+  if (!Number.isInteger(request.shard_count)) return "body is missing shard_count";
+  if (!Array.isArray(request.batches)) return "body is missing batches";
+  const batches: Batch[] = [];
+  for (const [i, item] of request.batches.entries()) {
+    const batch = { ...(item as object), shard_count: request.shard_count } as Batch;
+    const problem = checkBatch(batch, `batches[${i}]`);
+    if (problem) return problem;
+    batches.push(batch);
+  }
+  return batches;
+}
+
+/** What is wrong with one batch object, or undefined. */
+function checkBatch(value: unknown, where: string): string | undefined {
   const batch = value as Partial<Batch> | null;
-  if (typeof batch !== "object" || batch === null) return "body is not a JSON object";
-  if (batch.v !== 1) return "unsupported batch version";
+  if (typeof batch !== "object" || batch === null) return `${where} is not a JSON object`;
   if (
     !Number.isInteger(batch.shard_id) ||
     !Number.isInteger(batch.shard_count) ||
     typeof batch.session_id !== "string" ||
     !Array.isArray(batch.events)
   ) {
-    return "body is missing shard_id, shard_count, session_id or events";
+    return `${where} is missing shard_id, session_id or events`;
   }
-  for (const event of batch.events) {
+  for (const [j, event] of batch.events.entries()) {
     if (typeof event?.t !== "string" || !Number.isInteger(event.s) || !("d" in event)) {
-      return "an event is missing t, s or d";
+      return `${where}.events[${j}] is missing t, s or d`;
     }
   }
-  return batch as Batch;
+  return undefined;
 }
 
 /**

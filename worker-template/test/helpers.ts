@@ -9,9 +9,20 @@ export const FIXTURE_NOW = Number(fixture.headers["webhook-timestamp"]);
 
 export const nowSeconds = () => Math.floor(Date.now() / 1000);
 
-/** A batch body as the router writes it. */
-export function batchBody(events: { t: string; s: number; d: unknown }[], shard = 0): string {
-  return JSON.stringify({ v: 1, shard_id: shard, shard_count: 2, session_id: "sess-1", events });
+type Event = { t: string; s: number; d: unknown; deferred?: boolean };
+
+/** A request of one shard's batch, as the router writes it (wire format v2). */
+export function batchBody(events: Event[], shard = 0): string {
+  return requestBody([{ shard_id: shard, events }]);
+}
+
+/** A request carrying several shards' batches (wire format v2). */
+export function requestBody(batches: { shard_id: number; session_id?: string; events: Event[] }[]): string {
+  return JSON.stringify({
+    v: 2,
+    shard_count: 2,
+    batches: batches.map((b) => ({ shard_id: b.shard_id, session_id: b.session_id ?? "sess-1", events: b.events })),
+  });
 }
 
 /** Headers signing `body` at `at` (Unix seconds) with each of `secrets`, by standardwebhooks. */

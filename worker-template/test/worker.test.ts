@@ -3,7 +3,7 @@ import { createExecutionContext, env, fetchMock, SELF, waitOnExecutionContext } 
 import { afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
 import worker from "../src/index";
 import { deliver, Handlers, signingKeys } from "../src/delivery";
-import { batchBody, FIXTURE_NOW, fixture, interaction, message, nowSeconds, ready, signedHeaders } from "./helpers";
+import { batchBody, requestBody, FIXTURE_NOW, fixture, interaction, message, nowSeconds, ready, signedHeaders } from "./helpers";
 
 const DISCORD = "https://discord.test";
 
@@ -134,13 +134,7 @@ describe("each event reaches its handler", () => {
 
   it("an INTERACTION_CREATE the router deferred edits the original response instead", async () => {
     mockDiscord("/api/v10/webhooks/1100000000000000001/interaction-token/messages/@original", 200, { id: "1" }, 1, "PATCH");
-    const body = JSON.stringify({
-      v: 1,
-      shard_id: 0,
-      shard_count: 1,
-      session_id: "s",
-      events: [{ t: "INTERACTION_CREATE", s: 3, d: interaction(), deferred: true }],
-    });
+    const body = batchBody([{ t: "INTERACTION_CREATE", s: 3, d: interaction(), deferred: true }]);
     const response = await post(body, signedHeaders(body, [fixture.secret]));
     expect(response.status).toBe(200);
     expect(calls).toEqual([
@@ -195,11 +189,54 @@ describe("each event reaches its handler", () => {
     error.mockRestore();
   });
 
-  it("a verified body that is not a batch answers 400, which the router does not retry", async () => {
-    for (const body of ["[]", "{not json", JSON.stringify({ v: 2, events: [] }), JSON.stringify({ v: 1, shard_id: 0, shard_count: 1, session_id: "s", events: [{ t: "X" }] })]) {
+  it("a verified body that is not a shardhook request answers 400 saying where, which the router does not retry", async () => {
+    const bad: [string, string][] = [
+      ["[]", "body is not a JSON object"],
+      ["{not json", "body is not UTF-8 JSON"],
+      [JSON.stringify({ v: 2, events: [] }), "body is missing shard_count"],
+      [JSON.stringify({ v: 3, shard_count: 1, batches: [] }), "unsupported wire format version 3"],
+      [JSON.stringify({ v: 2, shard_count: 1, batches: [{ shard_id: 0, session_id: "s", events: [{ t: "X", s: 1, d: {} }] }, { shard_id: 1, events: [] }] }), "batches[1] is missing shard_id, session_id or events"],
+      [JSON.stringify({ v: 2, shard_count: 1, batches: [{ shard_id: 0, session_id: "s", events: [{ t: "X" }] }] }), "batches[0].events[0] is missing t, s or d"],
+      [JSON.stringify({ v: 1, shard_id: 0, shard_count: 1, session_id: "s", events: [{ t: "X" }] }), "body.events[0] is missing t, s or d"],
+    ];
+    for (const [body, reason] of bad) {
       const response = await post(body, signedHeaders(body, [fixture.secret]));
-      expect(response.status, body).toBe(400);
+      expect([response.status, await response.text()], body).toEqual([400, reason]);
     }
+  });
+
+  it("a request of many shards' batches runs each batch in seq order, each handler told its shard", async () => {
+    mockDiscord(/^\/api\/v10\/channels\/\d+\/messages$/, 200, { id: "1" }, 3);
+    const body = requestBody([
+      { shard_id: 0, events: [{ t: "MESSAGE_CREATE", s: 5, d: message("!ping", "10") }, { t: "MESSAGE_CREATE", s: 6, d: message("!ping", "11") }] },
+      { shard_id: 1, session_id: "sess-2", events: [{ t: "MESSAGE_CREATE", s: 9, d: message("!ping", "20") }] },
+    ]);
+    const response = await post(body, signedHeaders(body, [fixture.secret]));
+    expect([response.status, await response.text()]).toEqual([200, "handled 3 of 3 events"]);
+    const paths = calls.map((c) => c.path);
+    expect(paths.sort()).toEqual(["/api/v10/channels/10/messages", "/api/v10/channels/11/messages", "/api/v10/channels/20/messages"]);
+    // Shard 0's two events in seq order.
+    expect(paths.indexOf("/api/v10/channels/10/messages")).toBeLessThan(paths.indexOf("/api/v10/channels/11/messages"));
+  });
+
+  it("one batch's failing handler fails the whole request (500), after the other batches ran", async () => {
+    mockDiscord("/api/v10/channels/10/messages", 502, { message: "bad gateway" });
+    mockDiscord("/api/v10/channels/20/messages", 200, { id: "1" });
+    const error = vi.spyOn(console, "error").mockImplementation(() => {});
+    const body = requestBody([
+      { shard_id: 0, events: [{ t: "MESSAGE_CREATE", s: 5, d: message("!ping", "10") }] },
+      { shard_id: 1, events: [{ t: "MESSAGE_CREATE", s: 9, d: message("!ping", "20") }] },
+    ]);
+    const response = await post(body, signedHeaders(body, [fixture.secret]));
+    expect([response.status, await response.text()]).toEqual([500, "a handler failed"]);
+    expect(calls.map((c) => c.path).sort()).toEqual(["/api/v10/channels/10/messages", "/api/v10/channels/20/messages"]);
+    error.mockRestore();
+  });
+
+  it("a v1 body (a dead letter of an earlier version, replayed) is still handled", async () => {
+    const body = JSON.stringify({ v: 1, shard_id: 0, shard_count: 1, session_id: "s", events: [{ t: "TYPING_START", s: 1, d: {} }] });
+    const response = await post(body, signedHeaders(body, [fixture.secret]));
+    expect([response.status, await response.text()]).toEqual([200, "handled 0 of 1 events"]);
   });
 
   it("GET is not allowed", async () => {

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde_json::value::RawValue;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep, Instant};
 use tracing::{error, warn};
 
@@ -32,18 +33,42 @@ pub(super) enum Outcome {
     Unavailable(Request),
 }
 
-pub(super) async fn attempt_until_done(shared: &Shared, request: Request) -> Outcome {
+/// Where a request's attempts go.
+#[derive(Clone, Copy)]
+pub(super) enum Target {
+    /// Its shard's first endpoint (by the ring) whose circuit lets it through, picked anew for
+    /// each attempt: a request of one shard (Carbon's, the spool's, a replayed dead letter).
+    Ring,
+    /// This endpoint only, while its circuit lets it through: an outbox's request, whose
+    /// batches may belong to shards with other next choices.
+    Endpoint(usize),
+}
+
+/// Attempts `request` until it is delivered or dead-lettered, or no endpoint of `target` can
+/// take it; `slot` is an in-flight slot already held for the first attempt. Also says how
+/// many attempts were made. A request to the `Ring` is counted delivered here; an outbox
+/// counts its own, per batch.
+pub(super) async fn attempt_until_done(
+    shared: &Shared,
+    request: Request,
+    target: Target,
+    mut slot: Option<OwnedSemaphorePermit>,
+) -> (Outcome, u32) {
     let delivery = &shared.config.delivery;
     let started = Instant::now();
     let mut attempts = 0u32;
     let last = loop {
         // Only endpoints that take the request's format; of those, the first whose circuit
         // lets a request through.
-        let Some(index) = shared.ring.pick(request.shard_id as u64, |i| {
-            let endpoint = &shared.endpoints[i];
-            endpoint.format == request.format && endpoint.circuit.allows()
-        }) else {
-            return Outcome::Unavailable(request);
+        let index = match target {
+            Target::Ring => shared.ring.pick(request.shard_id as u64, |i| {
+                let endpoint = &shared.endpoints[i];
+                endpoint.format == request.format && endpoint.circuit.allows()
+            }),
+            Target::Endpoint(i) => shared.endpoints[i].circuit.allows().then_some(i),
+        };
+        let Some(index) = index else {
+            return (Outcome::Unavailable(request), attempts);
         };
         let endpoint = &shared.endpoints[index];
         attempts += 1;
@@ -51,12 +76,14 @@ pub(super) async fn attempt_until_done(shared: &Shared, request: Request) -> Out
             shared.stats.retries.fetch_add(1, AtomicOrdering::Relaxed);
             shared.stats.retries_by_endpoint[index].fetch_add(1, AtomicOrdering::Relaxed);
         }
-        let attempt = send(shared, index, &request, attempts, None).await;
+        let attempt = send(shared, index, &request, attempts, None, slot.take()).await;
         record_health(shared, index, &attempt);
         match retry::decide(&attempt) {
             RetryAction::Successful => {
-                record_delivered(shared, index, &request);
-                return Outcome::Delivered;
+                if let Target::Ring = target {
+                    record_delivered(shared, index, &request);
+                }
+                return (Outcome::Delivered, attempts);
             }
             RetryAction::DontRetry => break (index, attempt),
             RetryAction::Retry { after } => {
@@ -75,7 +102,7 @@ pub(super) async fn attempt_until_done(shared: &Shared, request: Request) -> Out
         }
     };
     dead_letter(shared, request, attempts, Some(last)).await;
-    Outcome::DeadLettered
+    (Outcome::DeadLettered, attempts)
 }
 
 /// Attempts an interaction until `deadline`. Each failure of an endpoint moves it to the
@@ -111,7 +138,7 @@ pub(super) async fn attempt_interaction(
             shared.stats.retries_by_endpoint[index].fetch_add(1, AtomicOrdering::Relaxed);
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let attempt = send(shared, index, &request, attempts, Some(remaining)).await;
+        let attempt = send(shared, index, &request, attempts, Some(remaining), None).await;
         record_health(shared, index, &attempt);
         match retry::decide(&attempt) {
             RetryAction::Successful => {
@@ -157,6 +184,10 @@ fn record_health(shared: &Shared, index: usize, attempt: &Attempt) {
 
 /// Counts a request the endpoint at `index` took.
 fn record_delivered(shared: &Shared, index: usize, request: &Request) {
+    shared
+        .stats
+        .requests_delivered
+        .fetch_add(1, AtomicOrdering::Relaxed);
     shared.stats.delivered(
         request.shard_id,
         index,
@@ -177,12 +208,14 @@ fn ascii(value: &str) -> HeaderValue {
 /// One attempt, number `attempt` from 1: sign with a fresh timestamp in the endpoint's format,
 /// POST, and classify what came back. An interaction (`within` its time left) takes no
 /// in-flight slot, so a full endpoint does not hold it up, and its attempt ends with its time.
+/// Any other request takes one, unless it comes `held` (an outbox took it, paced).
 async fn send(
     shared: &Shared,
     index: usize,
     request: &Request,
     attempt: u32,
     within: Option<Duration>,
+    held: Option<OwnedSemaphorePermit>,
 ) -> Attempt {
     let endpoint = &shared.endpoints[index];
     // The timeout covers the whole exchange: connecting, sending, and reading the answer.
@@ -196,12 +229,13 @@ async fn send(
         },
         _ => None,
     };
-    let (_permit, waited) = match within {
-        None => {
+    let (_permit, waited) = match (within, held) {
+        (None, Some(held)) => (Some(held), false),
+        (None, None) => {
             let (permit, waited) = endpoint.ready().await;
             (Some(permit), waited)
         }
-        Some(_) => (None, endpoint.paced().await),
+        (Some(_), _) => (None, endpoint.paced().await),
     };
     if waited {
         shared.stats.rate_limit_waits[index].fetch_add(1, AtomicOrdering::Relaxed);

@@ -329,7 +329,7 @@ mod tests {
     #[tokio::test]
     async fn every_attempt_carries_the_same_event_id_and_body_and_counts_up_from_one() {
         use crate::config::{Config, DeliveryConfig, EndpointConfig, SigningConfig, StateConfig};
-        use crate::delivery::attempt::{attempt_until_done, Outcome};
+        use crate::delivery::attempt::{attempt_until_done, Outcome, Target};
         use crate::delivery::Pipeline;
         use crate::secret::SigningKey;
         use ed25519_dalek::{Signature, Verifier, VerifyingKey};
@@ -363,7 +363,8 @@ mod tests {
         let pipeline = Pipeline::new(&config).unwrap();
         let event = dispatch("MESSAGE_CREATE", r#"{"id":"1","content":"hi"}"#);
         let sent = request(&event, "1100", SystemTime::now(), None);
-        let outcome = attempt_until_done(&pipeline.shared, sent.clone()).await;
+        let (outcome, _) =
+            attempt_until_done(&pipeline.shared, sent.clone(), Target::Ring, None).await;
         let _ = std::fs::remove_dir_all(&state);
         assert!(matches!(outcome, Outcome::Delivered));
 

@@ -5,14 +5,16 @@
 //! and where to go next are `retry`'s and `ring`'s business.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::Quota;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{DeliveryConfig, EndpointConfig, EndpointFormat};
 use crate::delivery::circuit::Circuit;
 use crate::delivery::http::{BadUrl, Pool};
+use crate::delivery::outbox::Outbox;
 use crate::delivery::pacer::Pacer;
 use crate::tls::Tls;
 
@@ -27,7 +29,10 @@ pub struct Endpoint {
     /// The requests it takes: shardhook's batches, or Carbon's events.
     pub format: EndpointFormat,
     pacer: Option<Pacer>,
-    in_flight: Semaphore,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    /// Shards' batches waiting for a request (shardhook's format only).
+    pub outbox: Outbox,
     /// Its connections, as many idle as can be in flight.
     pub pool: Pool,
     pub circuit: Circuit,
@@ -72,7 +77,9 @@ impl Endpoint {
             aws_region,
             format: config.format,
             pacer,
-            in_flight: Semaphore::new(config.max_in_flight),
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            max_in_flight: config.max_in_flight,
+            outbox: Outbox::default(),
             circuit: Circuit::new(delivery.circuit_failures, delivery.circuit_cooldown),
         })
     }
@@ -91,14 +98,20 @@ impl Endpoint {
 
     /// Waits for the endpoint's rate limit and a free in-flight slot; hold the permit while
     /// the request is out. Also says whether the rate limit made it wait.
-    pub async fn ready(&self) -> (tokio::sync::SemaphorePermit<'_>, bool) {
+    pub async fn ready(&self) -> (OwnedSemaphorePermit, bool) {
         let waited = self.paced().await;
         let permit = self
             .in_flight
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .expect("the semaphore is never closed");
         (permit, waited)
+    }
+
+    /// Requests it takes at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
     }
 }
 

@@ -16,6 +16,7 @@ mod circuit;
 mod endpoint;
 pub(crate) mod http;
 mod interactions;
+mod outbox;
 mod pacer;
 mod pipeline;
 mod retry;

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{info_span, Instrument};
 
-use super::attempt::{attempt_until_done, dead_letter, Outcome};
+use super::attempt::{attempt_until_done, dead_letter, Outcome, Target};
 use super::aws_chain::Chain;
 use super::aws_credentials::AwsCredentials;
 use super::batch::Request;
@@ -79,6 +79,8 @@ pub struct Pipeline {
     remote_spools: Arc<Mutex<RemoteSpools>>,
     /// Connections opened ahead of the first request, per endpoint.
     warmed: Vec<usize>,
+    /// Each shardhook-format endpoint's outbox loop, started with the first shard's queue.
+    outboxes: Option<JoinSet<()>>,
 }
 
 /// Connections each endpoint opens ahead of its first request: enough for its shards' first
@@ -270,6 +272,7 @@ impl Pipeline {
             remote_spool: None,
             remote_spools: Arc::default(),
             warmed: vec![0; config.endpoints.len()],
+            outboxes: None,
         })
     }
 
@@ -328,6 +331,16 @@ impl Pipeline {
             .unwrap_or_else(|p| p.into_inner())
             .insert(shard_id, (tx.downgrade(), held.clone()));
         let shared = self.shared.clone();
+        if self.outboxes.is_none() {
+            let mut outboxes = JoinSet::new();
+            for (index, endpoint) in shared.endpoints.iter().enumerate() {
+                if endpoint.format == EndpointFormat::Shardhook {
+                    let span = info_span!("outbox", endpoint = %endpoint.name);
+                    outboxes.spawn(super::outbox::run(shared.clone(), index).instrument(span));
+                }
+            }
+            self.outboxes = Some(outboxes);
+        }
         // The shard's endpoint gets a connection ready (TCP, TLS) before the shard has an event:
         // one per shard routed to it, up to `WARM_CONNECTIONS` and its in-flight cap.
         if let Some(home) = shared.ring.pick(shard_id as u64, |_| true) {
@@ -387,9 +400,13 @@ impl Pipeline {
         self.shared.dead.path()
     }
 
-    /// Waits until every queue is closed (the shards have stopped) and drained.
+    /// Waits until every queue is closed (the shards have stopped) and drained. Every batch
+    /// handed to an outbox has its fate by then, so the outboxes' loops end with it.
     pub async fn finish(mut self) {
         while self.workers.join_next().await.is_some() {}
+        if let Some(mut outboxes) = self.outboxes.take() {
+            outboxes.shutdown().await;
+        }
     }
 
     /// Sends dead letters again, each to its shard's endpoint now, with a fresh signature and
@@ -421,7 +438,7 @@ impl Pipeline {
                 deferred: Vec::new(),
                 format: letter.format,
             };
-            match attempt_until_done(&self.shared, request).await {
+            match attempt_until_done(&self.shared, request, Target::Ring, None).await.0 {
                 Outcome::Delivered => replayed.delivered += 1,
                 Outcome::DeadLettered => replayed.failed += 1,
                 Outcome::Unavailable(request) => {

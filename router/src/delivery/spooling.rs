@@ -1,9 +1,9 @@
-//! A batch's way to safety: sent now, or appended to the shard's disk spool when no endpoint
-//! can take it (or older batches of the shard already wait there), and the spool drained,
-//! oldest first, once an endpoint can.
+//! A batch's way to safety: handed to an endpoint's outbox (or, Carbon's, sent alone), or
+//! appended to the shard's spool when no endpoint can take it (or older batches of the shard
+//! already wait there), and the spool drained, oldest first, once an endpoint can.
 //!
-//! Owns the choice between sending and spooling and the draining; the attempts are `attempt`'s
-//! and the file format `state::spool`'s.
+//! Owns the choice between sending and spooling and the draining; requests of many shards are
+//! `outbox`'s, the attempts `attempt`'s and the file format `state::spool`'s.
 
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
@@ -12,31 +12,86 @@ use serde_json::value::RawValue;
 use tokio::time::{sleep, Instant};
 use tracing::error;
 
-use super::attempt::{attempt_until_done, Outcome};
-use super::batch::Request;
+use super::attempt::{attempt_until_done, Outcome, Target};
+use super::batch::{Batch, Request};
+use super::outbox::Fate;
 use super::shared::Shared;
 use super::signer::unix_now;
 use super::{SharedSpool, SPOOL_RETRY};
+use crate::config::EndpointFormat;
 use crate::state::dead_letter::DeadLetter;
 use crate::state::spool::{Head, SpooledBatch};
+
+/// What a shard's worker hands on: a batch in shardhook's format, which an endpoint's outbox
+/// puts in a request with other shards' batches, or a request of its own (Carbon's).
+pub(super) enum Outgoing {
+    Batch(Batch),
+    Alone(Request),
+}
+
+impl Outgoing {
+    /// Its shard, session and first seq: its record in durable progress.
+    fn progress_key(&self) -> (u32, Arc<str>, u64) {
+        match self {
+            Outgoing::Batch(b) => (b.shard_id(), b.session_id().clone(), b.first_seq()),
+            Outgoing::Alone(r) => (r.shard_id, r.session_id.clone(), r.first_seq),
+        }
+    }
+
+    fn into_request(self) -> Request {
+        match self {
+            Outgoing::Batch(b) => b.finish(),
+            Outgoing::Alone(r) => r,
+        }
+    }
+}
 
 /// Sends one batch until it is delivered or dead-lettered, or spools it when no endpoint can
 /// take it (and while older batches of the shard wait in the spool). Any of the three makes
 /// its events safe for resume checkpoints (in a cluster the spool is in Redis, which outlives
 /// this machine).
-pub(super) async fn deliver(shared: &Shared, spool: &SharedSpool, request: Request) {
-    let (shard, session, first) = (
-        request.shard_id,
-        request.session_id.clone(),
-        request.first_seq,
-    );
-    let waiting = !spool.is_empty().await;
-    if waiting {
-        spool_request(shared, spool, request).await;
-    } else if let Outcome::Unavailable(request) = attempt_until_done(shared, request).await {
-        spool_request(shared, spool, request).await;
+pub(super) async fn deliver(shared: &Shared, spool: &SharedSpool, outgoing: Outgoing) {
+    let (shard, session, first) = outgoing.progress_key();
+    let safe = if !spool.is_empty().await {
+        spool_request(shared, spool, outgoing.into_request()).await;
+        true
+    } else {
+        match outgoing {
+            Outgoing::Alone(request) => {
+                if let (Outcome::Unavailable(request), _) =
+                    attempt_until_done(shared, request, Target::Ring, None).await
+                {
+                    spool_request(shared, spool, request).await;
+                }
+                true
+            }
+            Outgoing::Batch(batch) => through_outboxes(shared, spool, batch).await,
+        }
+    };
+    if safe {
+        shared.progress.finished(shard, &session, first);
     }
-    shared.progress.finished(shard, &session, first);
+}
+
+/// Hands `batch` to the outbox of its shard's first endpoint whose circuit lets requests
+/// through, then to the next one's while the one before gives it back, or to the spool when
+/// none is left. Says whether the batch is safe.
+async fn through_outboxes(shared: &Shared, spool: &SharedSpool, mut batch: Batch) -> bool {
+    loop {
+        let pick = shared.ring.pick(batch.shard_id() as u64, |i| {
+            let endpoint = &shared.endpoints[i];
+            endpoint.format == EndpointFormat::Shardhook && endpoint.circuit.would_allow()
+        });
+        let Some(index) = pick else {
+            spool_request(shared, spool, batch.finish()).await;
+            return true;
+        };
+        match shared.endpoints[index].outbox.submit(batch).await {
+            Fate::Done => return true,
+            Fate::Lost => return false,
+            Fate::Unavailable(back) => batch = back,
+        }
+    }
 }
 
 /// Appends to the spool, waiting (backpressure) while it is full or cannot be written.
@@ -131,7 +186,9 @@ pub(super) async fn drain(shared: &Shared, spool: &SharedSpool) {
                     deferred: Vec::new(),
                     format: batch.format,
                 };
-                if let Outcome::Unavailable(_) = attempt_until_done(shared, request).await {
+                if let (Outcome::Unavailable(_), _) =
+                    attempt_until_done(shared, request, Target::Ring, None).await
+                {
                     return;
                 }
             }

@@ -122,11 +122,10 @@ impl DeliveryStats {
         self.sampling.store(true, AtomicOrdering::Relaxed);
     }
 
-    /// Counts a request of `events` events of `shard` that the endpoint at `index` took,
-    /// `latency` after its first event was read.
+    /// Counts `events` events of `shard` that the endpoint at `index` took, `latency` after
+    /// the first of them was read (the request that carried them is counted apart:
+    /// `requests_delivered`).
     pub(super) fn delivered(&self, shard: u32, index: usize, events: u64, latency: Duration) {
-        self.requests_delivered
-            .fetch_add(1, AtomicOrdering::Relaxed);
         self.events_delivered
             .fetch_add(events, AtomicOrdering::Relaxed);
         self.per_endpoint[index].fetch_add(events, AtomicOrdering::Relaxed);

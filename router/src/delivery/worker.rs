@@ -19,11 +19,11 @@ use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::sync::ReusableBoxFuture;
 use tracing::Instrument;
 
-use super::batch::{Batch, Request};
+use super::batch::Batch;
 use super::carbon;
 use super::interactions::deliver_interaction;
 use super::shared::Shared;
-use super::spooling::{deliver, drain};
+use super::spooling::{deliver, drain, Outgoing};
 use super::{SharedSpool, INTERACTION_CREATE, SPOOL_RETRY};
 use crate::config::{EndpointFormat, Ordering};
 use crate::gateway::dispatch::Dispatch;
@@ -39,7 +39,7 @@ const UNORDERED_QUEUED: usize = UNORDERED_IN_FLIGHT;
 /// tasks are running. A sender takes batches until none wait, then ends.
 #[derive(Default)]
 struct Unsent {
-    queue: std::collections::VecDeque<(Request, tokio::sync::OwnedSemaphorePermit)>,
+    queue: std::collections::VecDeque<(Outgoing, tokio::sync::OwnedSemaphorePermit)>,
     senders: usize,
 }
 
@@ -65,7 +65,7 @@ impl Senders {
 
     /// Queues `request` for a sender, starting one if fewer than `UNORDERED_IN_FLIGHT` run;
     /// waits while `UNORDERED_IN_FLIGHT + UNORDERED_QUEUED` batches are in flight or waiting.
-    async fn send(&mut self, shared: &Arc<Shared>, spool: &SharedSpool, request: Request) {
+    async fn send(&mut self, shared: &Arc<Shared>, spool: &SharedSpool, outgoing: Outgoing) {
         let permit = self
             .room
             .clone()
@@ -80,7 +80,7 @@ impl Senders {
                 unsent.senders -= 1;
             }
         }
-        unsent.queue.push_back((request, permit));
+        unsent.queue.push_back((outgoing, permit));
         let spawn = unsent.senders < UNORDERED_IN_FLIGHT;
         if spawn {
             unsent.senders += 1;
@@ -355,9 +355,9 @@ pub(super) async fn worker(
                 }
             }
         };
-        let request = match format {
+        let outgoing = match format {
             // Carbon takes one event per request, as its own forwarder sends them.
-            EndpointFormat::Carbon => carbon::request_for(&shared, &first, None),
+            EndpointFormat::Carbon => Outgoing::Alone(carbon::request_for(&shared, &first, None)),
             EndpointFormat::Shardhook => {
                 let mut batch = Batch::new(first);
                 if batching.max_events > 1 {
@@ -373,19 +373,20 @@ pub(super) async fn worker(
                         batch.push(event);
                     }
                 }
-                batch.finish()
+                Outgoing::Batch(batch)
             }
         };
-        shared.progress.started(
-            request.shard_id,
-            &request.session_id,
-            request.first_seq,
-            request.last_seq,
-        );
+        let (shard, session, first_seq, last_seq) = match &outgoing {
+            Outgoing::Batch(b) => (b.shard_id(), b.session_id(), b.first_seq(), b.last_seq()),
+            Outgoing::Alone(r) => (r.shard_id, &r.session_id, r.first_seq, r.last_seq),
+        };
+        shared
+            .progress
+            .started(shard, session, first_seq, last_seq);
         intake.mark_oldest(&shared);
         match senders.as_mut() {
             None => {
-                let send = deliver(&shared, &spool, request);
+                let send = deliver(&shared, &spool, outgoing);
                 let boxed = match sending.as_mut() {
                     Some(boxed) => {
                         boxed.set(send);
@@ -396,7 +397,7 @@ pub(super) async fn worker(
                 intake.while_sending(&shared, boxed).await;
             }
             Some(senders) => {
-                let queued = Box::pin(senders.send(&shared, &spool, request));
+                let queued = Box::pin(senders.send(&shared, &spool, outgoing));
                 intake.while_sending(&shared, queued).await;
             }
         }
@@ -419,10 +420,10 @@ async fn send_unsent(shared: Arc<Shared>, spool: SharedSpool, unsent: Arc<Mutex<
             }
             next
         };
-        let Some((request, _room)) = next else {
+        let Some((outgoing, _room)) = next else {
             return;
         };
-        deliver(&shared, &spool, request).await;
+        deliver(&shared, &spool, outgoing).await;
     }
 }
 
@@ -472,15 +473,14 @@ mod tests {
                 1,
                 pipeline.shared.spool_usage.clone(),
             )))),
-            Batch::new(Dispatch::new(
+            Outgoing::Batch(Batch::new(Dispatch::new(
                 [0, 1],
                 Arc::from("s"),
                 1,
                 bytes::Bytes::from_static(b"{}"),
                 0..0,
                 0..2,
-            ))
-            .finish(),
+            ))),
         ));
         assert!(
             size < send,
