@@ -54,7 +54,7 @@ async fn every_event_is_delivered_signed_to_the_endpoint_its_shard_hashes_to() {
         assert_eq!(q.content_type, "application/json");
         assert!(q.user_agent.starts_with("shardhook/"), "{}", q.user_agent);
         let body: serde_json::Value = serde_json::from_slice(&q.body).unwrap();
-        assert_eq!(body["v"], 1);
+        assert_eq!(body["v"], 2);
         assert_eq!(body["shard_count"], 6);
     }
     let p = p.stop().await;
@@ -563,8 +563,14 @@ async fn batches_hold_one_session_in_order_and_an_interaction_goes_alone_at_once
         .map(|(_, q)| serde_json::from_slice(&q.body).unwrap())
         .collect();
     // The interaction did not wait for the batch's linger: it went first, alone.
-    assert_eq!(bodies[0]["batches"][0]["events"].as_array().unwrap().len(), 1);
-    assert_eq!(bodies[0]["batches"][0]["events"][0]["t"], "INTERACTION_CREATE");
+    assert_eq!(
+        bodies[0]["batches"][0]["events"].as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(
+        bodies[0]["batches"][0]["events"][0]["t"],
+        "INTERACTION_CREATE"
+    );
     let identified = p.sim.observed(|o| o.identifies[0].at);
     assert!(
         requests[0].1.at < identified + linger,
@@ -782,8 +788,7 @@ async fn the_handler_templates_fixture_is_a_real_shardhook_request() {
     }
     let fixture: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let body: serde_json::Value =
-        serde_json::from_str(fixture["body"].as_str().unwrap()).unwrap();
+    let body: serde_json::Value = serde_json::from_str(fixture["body"].as_str().unwrap()).unwrap();
     assert_eq!(
         body["v"], 2,
         "the fixture is of the current wire format; regenerate it with SHARDHOOK_WRITE_FIXTURES=1"

@@ -178,7 +178,9 @@ impl Batch {
 /// `msg_{batches}b_{hash of their ids, 16 hex digits}`: the same for the same batches, so it
 /// stays the same on every attempt.
 pub fn request(batches: &[Batch]) -> Request {
-    let first = batches.first().expect("a request carries at least one batch");
+    let first = batches
+        .first()
+        .expect("a request carries at least one batch");
     let bytes = ENVELOPE + batches.iter().map(|b| b.bytes).sum::<usize>();
     let mut body = Vec::with_capacity(bytes);
     let mut number = itoa::Buffer::new();
@@ -232,7 +234,9 @@ fn combined_id(batches: &[Batch]) -> String {
         ]
         .iter()
         .flat_map(|n| n.to_le_bytes())
-        .fold(h, |h, byte| (h ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3))
+        .fold(h, |h, byte| {
+            (h ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        })
     });
     let mut number = itoa::Buffer::new();
     let mut id = String::with_capacity(32);

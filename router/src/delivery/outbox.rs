@@ -136,7 +136,10 @@ impl Outbox {
 pub(super) async fn run(shared: Arc<Shared>, index: usize) {
     let endpoint = &shared.endpoints[index];
     let outbox = &endpoint.outbox;
-    let (max_events, max_bytes) = (shared.config.batch.max_events, shared.config.batch.max_bytes);
+    let (max_events, max_bytes) = (
+        shared.config.batch.max_events,
+        shared.config.batch.max_bytes,
+    );
     let slots = endpoint.max_in_flight() as u64;
     let mut last_sent = Instant::now();
     loop {
@@ -188,13 +191,19 @@ async fn send(shared: Arc<Shared>, index: usize, taken: Vec<Waiting>, slot: Owne
     let started = Instant::now();
     let (outcome, attempts) =
         attempt_until_done(&shared, request, Target::Endpoint(index), Some(slot)).await;
-    endpoint.outbox.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
+    endpoint
+        .outbox
+        .in_flight
+        .fetch_sub(1, AtomicOrdering::Relaxed);
     match outcome {
         Outcome::Delivered => {
             if attempts == 1 {
                 endpoint.outbox.observe(started.elapsed());
             }
-            shared.stats.requests_delivered.fetch_add(1, AtomicOrdering::Relaxed);
+            shared
+                .stats
+                .requests_delivered
+                .fetch_add(1, AtomicOrdering::Relaxed);
             for batch in &batches {
                 shared.stats.delivered(
                     batch.shard_id(),

@@ -438,7 +438,10 @@ impl Pipeline {
                 deferred: Vec::new(),
                 format: letter.format,
             };
-            match attempt_until_done(&self.shared, request, Target::Ring, None).await.0 {
+            match attempt_until_done(&self.shared, request, Target::Ring, None)
+                .await
+                .0
+            {
                 Outcome::Delivered => replayed.delivered += 1,
                 Outcome::DeadLettered => replayed.failed += 1,
                 Outcome::Unavailable(request) => {
