@@ -6,9 +6,12 @@
 //! ledger with each event's time) and an HTTPS sink (a private CA from `router/testdata`,
 //! HTTP/1.1 and HTTP/2 offered in ALPN as Cloudflare does) that answers each request after a
 //! delay, since this machine's kernel has no netem for a real one. The contestant runs alone in
-//! a child process: shardhook (through its library, as `shardhook run` is built, with the
-//! endpoint's `ca_file`) or the twilight peer in its natural form (a task per event posting on
-//! reqwest). The child prints its queue depth and connections each second.
+//! a child process: shardhook as users start it (the release `shardhook run` binary, named by
+//! `SHARDHOOK_BIN`, with a config file, the token and signing secret in its environment, its
+//! control API, spent ids, checkpoints and logging all on; the endpoint's `ca_file` the test
+//! CA), or the twilight peer in its natural form (a task per event posting on reqwest). The
+//! largest queue is read each second: shardhook's from its `/metrics`, the peer's from its
+//! `stats` lines.
 //!
 //! Added latency is an event's arrival at the sink (before the sink's delay) minus its creation
 //! at the double: what the router added on top of the endpoint's own time.
@@ -43,7 +46,8 @@ pub struct Options {
     pub shards: u32,
     /// Events per second over all shards.
     pub rate: f64,
-    /// Share of the shards that carry `hot_share` of the traffic.
+    /// Share of the shards that carry `hot_share` of the traffic (none when `hot_share` is 0:
+    /// every shard at the same rate).
     pub hot_fraction: f64,
     pub hot_share: f64,
     /// The endpoint's own time per request.
@@ -158,18 +162,21 @@ async fn answer(
         .expect("a valid response"))
 }
 
-/// The (shard, seq) of each event in a request: a shardhook batch names its shard and lists
-/// its events; the peer posts one gateway message, its shard in the `webhook-id`
-/// (`msg_{shard}_...`).
+/// The (shard, seq) of each event in a request: a shardhook request lists batches, each
+/// naming its shard and listing its events; the peer posts one gateway message, its shard in
+/// the `webhook-id` (`msg_{shard}_...`).
 fn events_of(webhook_id: &str, body: &[u8]) -> Vec<(u32, u64)> {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Vec::new();
     };
-    if let Some(events) = value["events"].as_array() {
-        let shard = value["shard_id"].as_u64().unwrap_or(u64::MAX) as u32;
-        return events
+    if let Some(batches) = value["batches"].as_array() {
+        return batches
             .iter()
-            .filter_map(|e| Some((shard, e["s"].as_u64()?)))
+            .flat_map(|batch| {
+                let shard = batch["shard_id"].as_u64().unwrap_or(u64::MAX) as u32;
+                let events = batch["events"].as_array().map_or(&[][..], Vec::as_slice);
+                events.iter().filter_map(move |e| Some((shard, e["s"].as_u64()?)))
+            })
             .collect();
     }
     let shard = webhook_id
@@ -250,8 +257,11 @@ async fn count_syncs(pid: u32) -> Option<(f64, f64)> {
 
 /// Runs every contestant in turn and prints the table.
 pub async fn run(o: Options, secret: &str) {
-    let hot_shards = ((o.shards as f64 * o.hot_fraction).round() as u32).max(1);
-    let hot_rate = o.rate * o.hot_share / hot_shards as f64;
+    let hot_shards = match o.hot_share > 0.0 {
+        true => ((o.shards as f64 * o.hot_fraction).round() as u32).max(1),
+        false => 0,
+    };
+    let hot_rate = o.rate * o.hot_share / hot_shards.max(1) as f64;
     let cold_rate = o.rate * (1.0 - o.hot_share) / (o.shards - hot_shards).max(1) as f64;
     println!(
         "distant: {} shards, {} events/s ({hot_shards} hot shards at {hot_rate:.1}/s, the rest at {cold_rate:.2}/s, Poisson), \
@@ -282,13 +292,19 @@ pub async fn run(o: Options, secret: &str) {
     }
     println!();
     println!(
-        "| contestant | delivered ÷ received | largest queue | added latency p50 / p99 / max | CPU, % of one core | RSS | requests per event | TLS handshakes per minute after warm-up (during warm-up) | fsyncs / renames per second |"
+        "| contestant | delivered ÷ received | largest queue | added latency p50 / p99 / max | CPU, % of one core | RSS | requests per event | requests per month | Workers / Lambda request fees per month | TLS handshakes per minute after warm-up (during warm-up) | fsyncs / renames per second |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, f) in &rows {
         let q = |p| quantile(&f.latency_ms, p);
+        // At the load's event rate, for 30 days: Workers' paid plan charges $0.30 per million
+        // past the 10 million included, Lambda $0.20 per million (its duration is billed
+        // apart and not counted here).
+        let per_month = f.requests_per_event * o.rate * 86_400.0 * 30.0;
+        let workers = (per_month - 10e6).max(0.0) / 1e6 * 0.30;
+        let lambda = per_month / 1e6 * 0.20;
         println!(
-            "| {name} | {}/{} ({:.4}) | {} | {:.1} / {:.1} / {:.1} ms | {:.1} | {:.0} MiB | {:.2} | {:.1} ({}) | {} |",
+            "| {name} | {}/{} ({:.4}) | {} | {:.1} / {:.1} / {:.1} ms | {:.1} | {:.0} MiB | {:.3} | {:.0} M | ${:.0} / ${:.0} | {:.1} ({}) | {} |",
             f.delivered,
             f.received,
             f.delivered as f64 / f.received.max(1) as f64,
@@ -299,6 +315,9 @@ pub async fn run(o: Options, secret: &str) {
             f.cpu_percent,
             f.rss_mib,
             f.requests_per_event,
+            per_month / 1e6,
+            workers,
+            lambda,
             f.handshakes_per_minute,
             f.handshakes_warmup,
             match f.syncs {
@@ -335,51 +354,77 @@ async fn round(
     });
     let serving = tokio::spawn(sink(listener, state.clone()));
     let ca_file = format!("{TESTDATA}/tls-ca.pem");
-    let exe = std::env::current_exe().expect("own path");
     // BENCH_WRAP runs the contestant under a profiler (e.g. "heaptrack"); CPU and RSS are then
     // the wrapper's, not comparable.
     let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
     let mut wrap = wrap.split_whitespace();
+    let program = match contestant {
+        Contestant::Shardhook { .. } => std::env::var("SHARDHOOK_BIN")
+            .expect("SHARDHOOK_BIN names the release shardhook binary (bench/run sets it)")
+            .into(),
+        Contestant::Twilight => std::env::current_exe().expect("own path"),
+    };
     let mut cmd = match wrap.next() {
         Some(tool) => {
             let mut cmd = Command::new(tool);
-            cmd.args(wrap).arg(exe);
+            cmd.args(wrap).arg(program);
             cmd
         }
-        None => Command::new(exe),
+        None => Command::new(program),
     };
-    cmd.arg("contestant");
+    // The router's control API, where its queue depths are read.
+    let mut metrics_url = None;
+    let state_dir = std::env::temp_dir().join(format!(
+        "shardhook-distant-{}-{}",
+        std::process::id(),
+        sim.addr().port()
+    ));
     match contestant {
-        Contestant::Shardhook { settings } => cmd.args([
-            "distant-shardhook".to_owned(),
-            sim.api_url(),
-            sink_url,
-            secret.to_owned(),
-            ca_file,
-            if settings.is_empty() {
-                "default".to_owned()
-            } else {
-                settings.clone()
-            },
-        ]),
-        Contestant::Twilight => cmd.args([
-            "distant-twilight".to_owned(),
-            format!("ws://{}/gateway", sim.addr()),
-            sink_url,
-            secret.to_owned(),
-            ca_file,
-            o.shards.to_string(),
-        ]),
+        Contestant::Shardhook { settings } => {
+            let control = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port");
+            metrics_url = Some(format!("http://{control}/metrics"));
+            let config = shardhook_config(
+                &sim.api_url(),
+                &sink_url,
+                &ca_file,
+                &state_dir,
+                control,
+                settings,
+            );
+            let path = state_dir.with_extension("toml");
+            std::fs::write(&path, config).expect("write the contestant's config");
+            let log = std::fs::File::create(state_dir.with_extension("log")).expect("a log file");
+            cmd.arg("run")
+                .arg("--config")
+                .arg(&path)
+                .env("DISCORD_TOKEN", TOKEN)
+                .env("SHARDHOOK_SIGNING_SECRET", secret)
+                .stderr(log);
+        }
+        Contestant::Twilight => {
+            cmd.args([
+                "contestant",
+                "distant-twilight",
+                &format!("ws://{}/gateway", sim.addr()),
+                &sink_url,
+                secret,
+                &ca_file,
+                &o.shards.to_string(),
+            ])
+            .stderr(std::process::Stdio::inherit());
+        }
     };
     let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn a contestant");
     let pid = child.id().expect("a running child");
-    // The child's `stats DEPTH` lines, the largest since the window opened.
+    // The largest queue since the window opened: the peer prints `stats DEPTH` lines, the
+    // router's `/metrics` has each shard's `shardhook_queue_depth`.
     let depth = Arc::new(AtomicU64::new(0));
     let measuring = Arc::new(AtomicUsize::new(0));
     let stdout = child.stdout.take().expect("piped");
@@ -400,6 +445,28 @@ async fn round(
             }
         }
     });
+    if let Some(url) = metrics_url {
+        let (d, m) = (depth.clone(), measuring.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Ok(answer) = client.get(&url).send().await else {
+                    continue;
+                };
+                let text = answer.text().await.unwrap_or_default();
+                let deepest = text
+                    .lines()
+                    .filter(|l| l.starts_with("shardhook_queue_depth{"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .fold(0.0, f64::max);
+                if m.load(Ordering::Relaxed) == 1 {
+                    d.fetch_max(deepest as u64, Ordering::Relaxed);
+                }
+            }
+        });
+    }
     // Every shard ready: READY in the ledger for each.
     let shards = o.shards as usize;
     let ready = tokio::time::timeout(
@@ -443,6 +510,7 @@ async fn round(
         .saturating_sub(o.shards as u64);
     stop(&mut child).await;
     serving.abort();
+    let _ = std::fs::remove_dir_all(&state_dir);
     let seen = state.seen.lock().unwrap();
     let mut latency_ms: Vec<f64> = created
         .iter()
@@ -472,81 +540,42 @@ async fn round(
     }
 }
 
-/// The shardhook contestant: `shardhook run`'s pieces (pipeline, router, checkpoints every
-/// second) at their defaults, one HTTPS endpoint with the test CA as its `ca_file`. Prints
-/// `stats DEPTH` each second: the largest queue depth over its shards.
-pub async fn shardhook_child(
+/// `shardhook run`'s config file for the contestant: its defaults, but for the double's API,
+/// the sink (with the test CA as its `ca_file`), a state directory and control address of its
+/// own, and `settings` (`key=value+key=value`: `max_events`, `max_in_flight`,
+/// `checkpoint_interval_ms`, `compression` = zlib-stream|zstd-stream|none, `http2` =
+/// auto|never|always; empty or `default` for none).
+fn shardhook_config(
     api_url: &str,
     sink_url: &str,
-    secret: &str,
     ca_file: &str,
+    state_dir: &std::path::Path,
+    control: std::net::SocketAddr,
     settings: &str,
-) {
-    use shardhook::config::{Config, EndpointConfig, ShardsConfig, SigningConfig, StateConfig};
-    let state_dir = std::env::temp_dir().join(format!("shardhook-distant-{}", std::process::id()));
-    let mut config = Config::default();
-    config.discord.token = shardhook::Token::new(TOKEN);
-    config.discord.api_url = api_url.to_owned();
-    config.discord.shards = ShardsConfig::Auto;
-    config.signing = SigningConfig {
-        secret: Some(shardhook::SigningKey::parse(secret).expect("a valid secret")),
-        previous_secrets: vec![],
-        control_secret: None,
-        ed25519_private_key: None,
-    };
-    config.endpoints = vec![EndpointConfig {
-        ca_file: Some(ca_file.into()),
-        ..EndpointConfig::new("sink", sink_url)
-    }];
-    config.state = StateConfig {
-        dir: state_dir,
-        ..StateConfig::default()
-    };
-    for setting in settings.split('+').filter(|s| *s != "default") {
+) -> String {
+    let (mut discord, mut state, mut batch, mut endpoint) = (
+        format!("api_url = {api_url:?}\nshards = \"auto\"\n"),
+        format!("dir = {:?}\n", state_dir.display().to_string()),
+        String::new(),
+        format!("name = \"sink\"\nurl = {sink_url:?}\nca_file = {ca_file:?}\n"),
+    );
+    for setting in settings.split('+').filter(|s| !s.is_empty() && *s != "default") {
         let (key, value) = setting.split_once('=').expect("key=value");
         let number = || value.parse::<u64>().expect("a number");
-        // The endpoint's own keys, as TOML would give them.
-        let named = |value: &str| serde_json::Value::String(value.to_owned());
         match key {
-            "max_events" => config.batch.max_events = number() as usize,
-            "max_in_flight" => config.endpoints[0].max_in_flight = number() as usize,
+            "max_events" => batch += &format!("max_events = {}\n", number()),
+            "max_in_flight" => endpoint += &format!("max_in_flight = {}\n", number()),
             "checkpoint_interval_ms" => {
-                config.state.checkpoint_interval = Duration::from_millis(number())
+                state += &format!("checkpoint_interval = \"{}ms\"\n", number())
             }
-            "compression" => {
-                config.discord.compression =
-                    serde_json::from_value(named(value)).expect("zlib-stream, zstd-stream or none")
-            }
-            "http2" => {
-                config.endpoints[0].http2 =
-                    serde_json::from_value(named(value)).expect("auto, never or always")
-            }
+            "compression" => discord += &format!("compression = {value:?}\n"),
+            "http2" => endpoint += &format!("http2 = {value:?}\n"),
             other => panic!("unknown setting {other}"),
         }
     }
-    let mut pipeline = shardhook::Pipeline::new(&config).expect("the pipeline builds");
-    let router = shardhook::Router::start_with(&config, |id| pipeline.sink(id))
-        .await
-        .expect("the router starts");
-    let checkpointer = shardhook::Checkpointer::new(&config.state.dir, &router, pipeline.handle());
-    tokio::spawn(checkpointer.run(config.state.checkpoint_interval, std::future::pending()));
-    let (handle, ids): (_, Vec<u32>) = (
-        pipeline.handle(),
-        router.shards().iter().map(|s| s.id()).collect(),
-    );
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let depth = ids
-                .iter()
-                .map(|id| handle.queue_depth(*id))
-                .max()
-                .unwrap_or(0);
-            println!("stats {depth}");
-        }
-    });
-    let _ = router.run_until(std::future::pending::<()>()).await;
+    format!(
+        "[discord]\n{discord}\n[control]\nlisten = \"{control}\"\n\n[state]\n{state}\n[batch]\n{batch}\n[[endpoints]]\n{endpoint}"
+    )
 }
 
 /// The peer in its natural form: twilight-gateway shards, and a task per event posting its

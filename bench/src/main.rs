@@ -61,7 +61,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--fine-pacing] [--only NAME[,NAME..]]\n       shardhook-bench distant [--shards N[,N..]] [--rate EVENTS_PER_S] [--delay-ms MS] [--warmup S] [--seconds S] [--contestants default|twilight|max_events=N+max_in_flight=N+checkpoint_interval_ms=N+compression=zlib-stream|zstd-stream|none+http2=auto|never|always,...]\n       shardhook-bench rest [--rate REQUESTS_PER_S] [--warmup S] [--seconds S]"
+        "usage: shardhook-bench run [--shards N] [--events PER_SHARD] [--idle-shards N] [--rounds N] [--no-latency] [--fine-pacing] [--only NAME[,NAME..]]\n       shardhook-bench distant [--shards N[,N..]] [--rate EVENTS_PER_S] [--delay-ms MS] [--warmup S] [--seconds S] [--loads skewed,uniform] [--contestants default|twilight|max_events=N+max_in_flight=N+checkpoint_interval_ms=N+compression=zlib-stream|zstd-stream|none+http2=auto|never|always,...]\n       shardhook-bench rest [--rate REQUESTS_PER_S] [--warmup S] [--seconds S]"
     );
     std::process::exit(2)
 }
@@ -90,8 +90,11 @@ fn main() {
                     distant::Contestant::Twilight,
                 ],
             };
-            // `--shards 1000,5000` runs the whole table once per shard count, in one run.
+            // `--shards 1000,5000` runs the whole table once per shard count, in one run, and
+            // `--loads skewed,uniform` once per load: 1% of the shards carrying 20% of the
+            // events, or every shard at the same rate.
             let mut shard_counts = vec![o.shards];
+            let mut loads = vec!["skewed".to_owned(), "uniform".to_owned()];
             let mut it = args[1..].iter();
             while let Some(flag) = it.next() {
                 let mut value = || it.next().cloned().unwrap_or_else(|| usage());
@@ -104,6 +107,7 @@ fn main() {
                             .collect()
                     }
                     "--rate" => o.rate = number(value()),
+                    "--loads" => loads = value().split(',').map(str::to_owned).collect(),
                     "--delay-ms" => o.delay = Duration::from_millis(number(value()) as u64),
                     "--warmup" => o.warmup = Duration::from_secs_f64(number(value())),
                     "--seconds" => o.window = Duration::from_secs_f64(number(value())),
@@ -128,11 +132,19 @@ fn main() {
             }
             let secret = shardhook::SigningKey::generate();
             for shards in shard_counts {
-                let o = distant::Options {
-                    shards,
-                    ..o.clone()
-                };
-                runtime.block_on(distant::run(o, &secret));
+                for load in &loads {
+                    let hot_share = match load.as_str() {
+                        "skewed" => o.hot_share,
+                        "uniform" => 0.0,
+                        _ => usage(),
+                    };
+                    let o = distant::Options {
+                        shards,
+                        hot_share,
+                        ..o.clone()
+                    };
+                    runtime.block_on(distant::run(o, &secret));
+                }
             }
         }
         Some("rest") => {
@@ -223,9 +235,6 @@ async fn child(args: &[String]) {
             contestants::shardhook(arg(1), arg(2), arg(3), batch, compression).await
         }
         "twilight" => contestants::twilight(arg(1), arg(2), arg(3), arg(4).parse().unwrap()).await,
-        "distant-shardhook" => {
-            distant::shardhook_child(arg(1), arg(2), arg(3), arg(4), arg(5)).await
-        }
         "distant-twilight" => {
             let shards = arg(5).parse().unwrap_or_else(|_| usage());
             distant::twilight_child(arg(1), arg(2), arg(3), arg(4), shards).await
