@@ -175,6 +175,33 @@ describe("dispatch", () => {
     ]);
   });
 
+  it("a request of several shards' batches dispatches every event with its own shard", async () => {
+    const seen: string[] = [];
+    const recording = createHandler(
+      new Handlers<object>().on("MESSAGE_CREATE", (message, ctx) => {
+        seen.push(`${ctx.shardId}/${ctx.shardCount} ${ctx.sessionId} ${ctx.seq} ${message.id}`);
+      }),
+    );
+    const body = JSON.stringify({
+      v: 2,
+      shard_count: 4,
+      batches: [
+        { shard_id: 1, session_id: "a", events: [{ t: "MESSAGE_CREATE", s: 5, d: { id: "m5" } }, { t: "MESSAGE_CREATE", s: 6, d: { id: "m6" } }] },
+        { shard_id: 3, session_id: "b", events: [{ t: "MESSAGE_CREATE", s: 2, d: { id: "m2" } }] },
+      ],
+    });
+    const now = new Date();
+    const headers = {
+      "webhook-id": "msg_2b_0123456789abcdef",
+      "webhook-timestamp": String(Math.floor(now.getTime() / 1000)),
+      "webhook-signature": new Webhook(fixture.secret).sign("msg_2b_0123456789abcdef", now, body),
+    };
+    const result = await recording(urlEvent(body, headers));
+    expect(result).toMatchObject({ statusCode: 200, body: "handled 3 of 3 events" });
+    expect([...seen].sort()).toEqual(["1/4 a 5 m5", "1/4 a 6 m6", "3/4 b 2 m2"]);
+    expect(seen.indexOf("1/4 a 5 m5")).toBeLessThan(seen.indexOf("1/4 a 6 m6"));
+  });
+
   it("deferred work is finished before Lambda answers, and a throwing handler answers 500", async () => {
     atFixtureTime();
     const order: string[] = [];

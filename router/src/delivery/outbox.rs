@@ -4,12 +4,13 @@
 //!
 //! Owns when a request goes and which batches it carries. A request goes when a batch is
 //! ready and the endpoint has a free in-flight slot (`max_in_flight`); while others are out,
-//! the next waits until a share of the measured round trip (round trip ÷ `max_in_flight`) has
-//! passed since the last one left, unless a full request is ready. That spreads the slots'
-//! requests evenly over a round trip: a batch never waits longer than that share for its
-//! request, and a busy endpoint gets at most `max_in_flight` requests per round trip, each as
-//! full as the traffic makes it. A quiet endpoint has nothing out, so a lone event goes at
-//! once. Per-shard order is the worker's (a shard submits its next batch once this one's fate
+//! the next waits until a share of the measured round trip (round trip ÷ half of
+//! `max_in_flight`) has passed since the last one left, unless a full request is ready. That
+//! spreads requests evenly over a round trip, half the slots' worth, the other half kept for
+//! answers that come late (a slot still busy when the next request is due would bunch the
+//! requests after it): a batch waits at most that share for its request, and a busy endpoint
+//! gets about `max_in_flight / 2` requests per round trip, each as full as the traffic makes
+//! it. A quiet endpoint has nothing out, so a lone event goes at once. Per-shard order is the worker's (a shard submits its next batch once this one's fate
 //! is known); the attempts are `attempt`'s; which endpoint a batch goes to is `ring`'s.
 
 use std::collections::VecDeque;
@@ -25,6 +26,9 @@ use tracing::Instrument;
 use super::attempt::{attempt_until_done, Outcome, Target};
 use super::batch::{self, Batch};
 use super::shared::Shared;
+
+/// How long after an answer the next request waits for the batches its shards send next.
+const FOLLOW_UP: Duration = Duration::from_millis(1);
 
 /// What became of a batch handed to an outbox.
 pub(super) enum Fate {
@@ -58,6 +62,8 @@ pub(super) struct Outbox {
     ready: Mutex<Ready>,
     /// A batch arrived.
     wake: Notify,
+    /// A request was answered.
+    answered: Notify,
     /// Requests out now.
     in_flight: AtomicU64,
     /// A request's round trip, smoothed (microseconds; 0 until one is measured).
@@ -80,16 +86,23 @@ impl Outbox {
     }
 
     /// Hands `batch` to the next request; resolves once it is delivered, dead-lettered, or
-    /// given back.
-    pub(super) async fn submit(&self, batch: Batch) -> Fate {
+    /// given back. The sending loop is woken only when it may act on it: the first batch
+    /// ready, or a full request's worth (between the two it waits for its time, not for each
+    /// batch: a wake-up per event was a tenth of the router's CPU).
+    pub(super) async fn submit(&self, batch: Batch, max_events: usize, max_bytes: usize) -> Fate {
         let (fate, told) = oneshot::channel();
-        {
+        let wake = {
             let mut ready = self.lock();
+            let was_full = ready.events >= max_events || ready.bytes >= max_bytes;
             ready.events += batch.len();
             ready.bytes += batch.bytes();
             ready.batches.push_back(Waiting { batch, fate });
+            let full = ready.events >= max_events || ready.bytes >= max_bytes;
+            ready.batches.len() == 1 || (full && !was_full)
+        };
+        if wake {
+            self.wake.notify_one();
         }
-        self.wake.notify_one();
         told.await.unwrap_or(Fate::Lost)
     }
 
@@ -140,7 +153,7 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize) {
         shared.config.batch.max_events,
         shared.config.batch.max_bytes,
     );
-    let slots = endpoint.max_in_flight() as u64;
+    let per_round_trip = (endpoint.max_in_flight() as u64 / 2).max(1);
     let mut last_sent = Instant::now();
     loop {
         // A batch is ready.
@@ -153,20 +166,31 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize) {
             woken.await;
         }
         // Requests out: this one leaves a share of the round trip after the last, unless a
-        // full request is ready (the endpoint falls behind otherwise).
+        // full request is ready (the endpoint falls behind otherwise). An answer that comes
+        // back first brings it forward to just after the answer (no sooner than half a share
+        // after the last): the answered shards' next batches, which waited a round trip for
+        // it, are submitted within that moment and go at once instead of waiting a share more.
         let round_trip = outbox.round_trip_us.load(AtomicOrdering::Relaxed);
         if outbox.in_flight.load(AtomicOrdering::Relaxed) > 0 && round_trip > 0 {
-            let due = last_sent + Duration::from_micros(round_trip / slots);
-            let mut due_sleep = pin!(sleep_until(due));
+            let share = Duration::from_micros(round_trip / per_round_trip);
+            let mut due_sleep = pin!(sleep_until(last_sent + share));
             loop {
                 let mut woken = pin!(outbox.wake.notified());
                 woken.as_mut().enable();
+                let mut answered = pin!(outbox.answered.notified());
+                answered.as_mut().enable();
                 if outbox.full(max_events, max_bytes) {
                     break;
                 }
                 tokio::select! {
                     _ = &mut due_sleep => break,
                     _ = woken => {}
+                    _ = answered => {
+                        let sooner = (Instant::now() + FOLLOW_UP).max(last_sent + share / 2);
+                        if sooner < due_sleep.deadline() {
+                            due_sleep.as_mut().reset(sooner);
+                        }
+                    }
                 }
             }
         }
@@ -195,6 +219,7 @@ async fn send(shared: Arc<Shared>, index: usize, taken: Vec<Waiting>, slot: Owne
         .outbox
         .in_flight
         .fetch_sub(1, AtomicOrdering::Relaxed);
+    endpoint.outbox.answered.notify_waiters();
     match outcome {
         Outcome::Delivered => {
             if attempts == 1 {

@@ -86,7 +86,12 @@ async fn through_outboxes(shared: &Shared, spool: &SharedSpool, mut batch: Batch
             spool_request(shared, spool, batch.finish()).await;
             return true;
         };
-        match shared.endpoints[index].outbox.submit(batch).await {
+        let limits = &shared.config.batch;
+        let outbox = &shared.endpoints[index].outbox;
+        match outbox
+            .submit(batch, limits.max_events, limits.max_bytes)
+            .await
+        {
             Fate::Done => return true,
             Fate::Lost => return false,
             Fate::Unavailable(back) => batch = back,
