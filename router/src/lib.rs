@@ -16,8 +16,8 @@
 //!   buckets and the global limit waited for (`limiter`), the invalid-request `guard`, route
 //!   templates and counters; the control API authenticates its callers.
 //! - `delivery/`: from a shard's queue to an endpoint's 2xx: the `pipeline` and its per-shard
-//!   `worker`, `interactions` (defer and apologise), each `attempt` (sign, send, retry, dead
-//!   letter), where a shard's spool is kept (`spool_store`: the disk, or a cluster's Redis),
+//!   `worker`, each endpoint's `outbox` (one request carries the ready batches of many shards),
+//!   `interactions` (defer and apologise), each `attempt` (sign, send, retry, dead letter), where a shard's spool is kept (`spool_store`: the disk, or a cluster's Redis),
 //!   `stats`, the body of a `batch`, endpoint choice (`ring`), one `endpoint`'s `pacer` and
 //!   `circuit`, the `retry` decision, the `signer`, `sigv4` for Lambda, and the HTTP client on
 //!   hyper (`http`).

@@ -24,13 +24,15 @@ pub struct EndpointConfig {
     /// Timeout per attempt (default: `delivery.timeout`).
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
-    /// Requests in flight at once to this endpoint (default 16), each carrying the batches of
+    /// Requests in flight at once to this endpoint (default 12), each carrying the batches of
     /// every shard ready when it left: the lever between requests and latency. While requests
-    /// are out, the next leaves an eighth (one in `max_in_flight / 2`) of the measured round
-    /// trip after the last, the other half of the slots kept for answers that come late: so
-    /// about eight requests go per round trip, a batch waits at most an eighth of one for its
-    /// request, and a busy bot's requests are few and full. An endpoint 50 ms away then gets
-    /// about 160 requests a second, each up to `batch.max_events` events (16,000 a second).
+    /// are out, the next leaves a sixth (one in `max_in_flight / 2`) of the measured round
+    /// trip after the last, or just after an answer comes back if that is sooner (but no sooner
+    /// than half that share after the last), so the answered shards' next batches go at once;
+    /// the other half of the slots is kept for answers that come late. So about six to twelve
+    /// requests go per round trip, a batch waits at most a sixth of one for its request, and a
+    /// busy bot's requests are few and full: an endpoint 50 ms away gets about 150 requests a
+    /// second, each up to `batch.max_events` events.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     /// Requests per second and burst, e.g. `{ per_second = 50, burst = 100 }`.
@@ -145,7 +147,7 @@ fn default_weight() -> f64 {
 }
 
 fn default_max_in_flight() -> usize {
-    16
+    12
 }
 
 /// An endpoint's request rate.

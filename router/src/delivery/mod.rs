@@ -2,8 +2,9 @@
 //! retried, and delivered or dead-lettered.
 //!
 //! Owns the pipeline from the per-shard queues (bounded: a full one stops that shard's reading)
-//! through filtering, batching, ordering, signing, sending, retrying, failover and dead letters,
-//! and the delivery counters. It leaves the body format to `batch`, the retry rules to `retry`,
+//! through filtering, batching, ordering, the requests that carry many shards' batches
+//! (`outbox`), signing, sending, retrying, failover and dead letters, and the delivery
+//! counters. It leaves the body format to `batch`, the retry rules to `retry`,
 //! endpoint choice to `ring`, and endpoint health to `circuit`; where a shard's spool is kept
 //! (the disk, or a cluster's Redis) is `spool_store`'s.
 

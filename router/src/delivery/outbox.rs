@@ -5,13 +5,17 @@
 //! Owns when a request goes and which batches it carries. A request goes when a batch is
 //! ready and the endpoint has a free in-flight slot (`max_in_flight`); while others are out,
 //! the next waits until a share of the measured round trip (round trip ÷ half of
-//! `max_in_flight`) has passed since the last one left, unless a full request is ready. That
-//! spreads requests evenly over a round trip, half the slots' worth, the other half kept for
-//! answers that come late (a slot still busy when the next request is due would bunch the
-//! requests after it): a batch waits at most that share for its request, and a busy endpoint
-//! gets about `max_in_flight / 2` requests per round trip, each as full as the traffic makes
-//! it. A quiet endpoint has nothing out, so a lone event goes at once. Per-shard order is the worker's (a shard submits its next batch once this one's fate
-//! is known); the attempts are `attempt`'s; which endpoint a batch goes to is `ring`'s.
+//! `max_in_flight`) has passed since the last one left, unless a full request is ready, or an
+//! answer comes back first: then it goes just after the answer (no sooner than half a share
+//! after the last), so the answered shards' next batches, which already waited a round trip,
+//! are not kept waiting a share more. That spreads requests over a round trip, half the slots'
+//! worth or a little more, the other half of the slots kept for answers that come late (a slot
+//! still busy when the next request is due would bunch the requests after it): a batch waits
+//! at most a share for its request, and a busy endpoint gets a handful of requests per round
+//! trip, each as full as the traffic makes it. A quiet endpoint has nothing out, so a lone
+//! event goes at once. Per-shard order is the worker's (a shard submits its next batch once
+//! this one's fate is known); the attempts are `attempt`'s; which endpoint a batch goes to is
+//! `ring`'s.
 
 use std::collections::VecDeque;
 use std::pin::pin;
