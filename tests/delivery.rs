@@ -433,6 +433,9 @@ async fn unordered_delivery_keeps_sixteen_requests_of_a_shard_in_flight_and_lose
     let p = Pipe::start(sim(1, 40), vec![("a", 1.0, live(held))], |c| {
         c.batch.max_events = 1;
         c.delivery.ordering = shardhook::config::Ordering::None;
+        // The shard's sixteen are what is measured: the endpoint's own cap (12 by default)
+        // stays out of the way.
+        c.endpoints[0].max_in_flight = 32;
     })
     .await;
     // One snapshot of (requests received, events answered), taken when either is decided.
@@ -1200,6 +1203,12 @@ async fn an_endpoint_down_for_a_stretch_spools_then_everything_arrives_in_order(
     p.wait_delivered(&[]).await;
     let per_endpoint = p.assert_exactly_once_in_order(&[]);
     assert_eq!(per_endpoint[0], p.sim.observed(|o| o.ledger.len()));
+    // Spooled batches drain as requests of wire format v2, one batch each.
+    for (_, q) in p.requests() {
+        let body: serde_json::Value = serde_json::from_slice(&q.body).unwrap();
+        assert_eq!(body["v"], 2, "{body}");
+        assert!(body["batches"].as_array().is_some_and(|b| !b.is_empty()));
+    }
     let p = p.stop().await;
     let stats = p.stats.snapshot();
     assert_eq!(stats.requests_dead_lettered, 0);
