@@ -373,7 +373,12 @@ pub(super) async fn worker(
                         batch.push(event);
                     }
                 }
-                Outgoing::Batch(batch)
+                // A request of one event has no room for another shard's batch: it goes
+                // alone, without the outbox's hop (a fifth of the CPU per event unbatched).
+                match batching.max_events {
+                    1 => Outgoing::Alone(batch.finish()),
+                    _ => Outgoing::Batch(batch),
+                }
             }
         };
         let (shard, session, first_seq, last_seq) = match &outgoing {
