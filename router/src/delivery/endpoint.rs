@@ -30,7 +30,6 @@ pub struct Endpoint {
     pub format: EndpointFormat,
     pacer: Option<Pacer>,
     in_flight: Arc<Semaphore>,
-    max_in_flight: usize,
     /// Shards' batches waiting for a request (shardhook's format only).
     pub outbox: Outbox,
     /// Its connections, as many idle as can be in flight.
@@ -78,7 +77,6 @@ impl Endpoint {
             format: config.format,
             pacer,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
-            max_in_flight: config.max_in_flight,
             outbox: Outbox::default(),
             circuit: Circuit::new(delivery.circuit_failures, delivery.circuit_cooldown),
         })
@@ -107,11 +105,6 @@ impl Endpoint {
             .await
             .expect("the semaphore is never closed");
         (permit, waited)
-    }
-
-    /// Requests it takes at once.
-    pub fn max_in_flight(&self) -> usize {
-        self.max_in_flight
     }
 }
 

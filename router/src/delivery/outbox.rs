@@ -60,6 +60,13 @@ struct Ready {
     bytes: usize,
 }
 
+impl Ready {
+    /// Whether a full request's worth is ready.
+    fn full(&self, max_events: usize, max_bytes: usize) -> bool {
+        self.events >= max_events || self.bytes >= max_bytes
+    }
+}
+
 /// One endpoint's ready batches and its requests' timing.
 #[derive(Default)]
 pub(super) struct Outbox {
@@ -97,12 +104,11 @@ impl Outbox {
         let (fate, told) = oneshot::channel();
         let wake = {
             let mut ready = self.lock();
-            let was_full = ready.events >= max_events || ready.bytes >= max_bytes;
+            let was_full = ready.full(max_events, max_bytes);
             ready.events += batch.len();
             ready.bytes += batch.bytes();
             ready.batches.push_back(Waiting { batch, fate });
-            let full = ready.events >= max_events || ready.bytes >= max_bytes;
-            ready.batches.len() == 1 || (full && !was_full)
+            ready.batches.len() == 1 || (ready.full(max_events, max_bytes) && !was_full)
         };
         if wake {
             self.wake.notify_one();
@@ -120,12 +126,6 @@ impl Outbox {
             old - old / 8 + sample / 8
         };
         self.round_trip_us.store(new, AtomicOrdering::Relaxed);
-    }
-
-    /// Whether a full request's worth is ready.
-    fn full(&self, max_events: usize, max_bytes: usize) -> bool {
-        let ready = self.lock();
-        ready.events >= max_events || ready.bytes >= max_bytes
     }
 
     /// Takes the oldest ready batches, up to `max_events` events and `max_bytes` bytes (the
@@ -157,7 +157,7 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize) {
         shared.config.batch.max_events,
         shared.config.batch.max_bytes,
     );
-    let per_round_trip = (endpoint.max_in_flight() as u64 / 2).max(1);
+    let per_round_trip = (shared.config.endpoints[index].max_in_flight as u64 / 2).max(1);
     let mut last_sent = Instant::now();
     loop {
         // A batch is ready.
@@ -183,7 +183,7 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize) {
                 woken.as_mut().enable();
                 let mut answered = pin!(outbox.answered.notified());
                 answered.as_mut().enable();
-                if outbox.full(max_events, max_bytes) {
+                if outbox.lock().full(max_events, max_bytes) {
                     break;
                 }
                 tokio::select! {

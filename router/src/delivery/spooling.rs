@@ -30,11 +30,11 @@ pub(super) enum Outgoing {
 }
 
 impl Outgoing {
-    /// Its shard, session and first seq: its record in durable progress.
-    fn progress_key(&self) -> (u32, Arc<str>, u64) {
+    /// Its shard, session, and first and last seq: its record in durable progress.
+    pub(super) fn span(&self) -> (u32, &Arc<str>, u64, u64) {
         match self {
-            Outgoing::Batch(b) => (b.shard_id(), b.session_id().clone(), b.first_seq()),
-            Outgoing::Alone(r) => (r.shard_id, r.session_id.clone(), r.first_seq),
+            Outgoing::Batch(b) => (b.shard_id(), b.session_id(), b.first_seq(), b.last_seq()),
+            Outgoing::Alone(r) => (r.shard_id, &r.session_id, r.first_seq, r.last_seq),
         }
     }
 
@@ -51,7 +51,8 @@ impl Outgoing {
 /// its events safe for resume checkpoints (in a cluster the spool is in Redis, which outlives
 /// this machine).
 pub(super) async fn deliver(shared: &Shared, spool: &SharedSpool, outgoing: Outgoing) {
-    let (shard, session, first) = outgoing.progress_key();
+    let (shard, session, first, _) = outgoing.span();
+    let session = session.clone();
     let safe = if !spool.is_empty().await {
         spool_request(shared, spool, outgoing.into_request()).await;
         true

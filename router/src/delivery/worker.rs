@@ -381,10 +381,7 @@ pub(super) async fn worker(
                 }
             }
         };
-        let (shard, session, first_seq, last_seq) = match &outgoing {
-            Outgoing::Batch(b) => (b.shard_id(), b.session_id(), b.first_seq(), b.last_seq()),
-            Outgoing::Alone(r) => (r.shard_id, &r.session_id, r.first_seq, r.last_seq),
-        };
+        let (shard, session, first_seq, last_seq) = outgoing.span();
         shared.progress.started(shard, session, first_seq, last_seq);
         intake.mark_oldest(&shared);
         match senders.as_mut() {
