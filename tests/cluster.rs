@@ -813,3 +813,60 @@ async fn spooled_batches_live_in_redis_and_the_next_holder_delivers_them() {
     assert_eq!(lost, 0, "{}", warnings(&nodes));
     stop(&setup, &mut nodes[1..]).await;
 }
+
+/// A checkpoint written into Redis by someone who can write there (Redis holds no secret of
+/// the bot), naming a resume URL of their own: the router that takes the shard must not send
+/// its RESUME, and the token in it, anywhere but Discord's gateway domain. It identifies anew.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_checkpoint_in_redis_never_sends_the_token_to_a_foreign_host() {
+    let redis = Redis::start().await;
+    let (shards, events) = (2, 5);
+    let setup = setup(process::traffic(shards, events, 5.0), &redis).await;
+    // The "attacker": counts the connections it is offered.
+    let attacker = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let attacker_url = format!("ws://{}/", attacker.local_addr().unwrap());
+    let offered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = offered.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = attacker.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Held open, silent: a resume waits on it as long as it would on a slow gateway.
+            std::mem::forget(socket);
+        }
+    });
+    let mut conn = redis.connection().await;
+    for shard in 0..shards {
+        let forged = serde_json::json!({
+            "shard_id": shard,
+            "shard_count": shards,
+            "session_id": format!("forged-{shard}"),
+            "resume_url": attacker_url,
+            "seq": 1,
+            "bot": shardhook::Token::new(DEFAULT_TOKEN).unwrap().bot(),
+            "written_at": shardhook::unix_now(),
+        });
+        let _: () = redis::cmd("SET")
+            .arg(key(&format!("checkpoint:{shard}")))
+            .arg(forged.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let mut nodes = vec![Node::start(&setup, "a")];
+    let all: Vec<u32> = (0..shards).collect();
+    back_up(&setup, &all, started).await;
+    all_delivered(&setup, &nodes, shards, events).await;
+    assert_eq!(
+        offered.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the router connected to the forged resume URL\n{}",
+        warnings(&nodes)
+    );
+    let identified = setup.sim.observed(|o| {
+        all.iter()
+            .all(|s| o.identifies.iter().any(|i| i.shard == *s && i.accepted))
+    });
+    assert!(identified, "every shard identified anew");
+    stop(&setup, &mut nodes).await;
+}

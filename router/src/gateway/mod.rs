@@ -16,6 +16,7 @@ pub(crate) mod identify;
 pub(crate) mod inflater;
 pub(crate) mod payload;
 mod redial;
+pub(crate) mod resume_url;
 pub(crate) mod session;
 pub(crate) mod shard;
 pub(crate) mod tenure;

@@ -154,6 +154,7 @@ impl Shard {
 
     /// A new tenure starts from the session it is given, whatever this task had.
     fn begin_tenure(&mut self, resume: Option<Session>) {
+        let resume = resume.and_then(|s| s.checked(&self.config.gateway_url));
         if let Some(session) = &resume {
             info!(session_id = %session.id, seq = session.seq, "resuming from a checkpoint");
         }
@@ -609,13 +610,10 @@ impl Shard {
         match name {
             "READY" => match incoming.data::<Ready>() {
                 Ok(ready) => {
-                    let id: Arc<str> = Arc::from(ready.session_id.as_ref());
-                    let resume_url: Arc<str> = Arc::from(ready.resume_gateway_url.as_ref());
-                    self.session = Some(Session {
-                        id: id.clone(),
-                        resume_url: ready.resume_gateway_url.into_owned(),
-                        seq: 0,
-                    });
+                    let session = Session::from_ready(ready, &self.config.gateway_url);
+                    let id = session.id.clone();
+                    let resume_url: Arc<str> = Arc::from(session.resume_url.as_str());
+                    self.session = Some(session);
                     info!(session_id = %id, "session ready");
                     conn.active = true;
                     self.status.send_modify(|s| {
