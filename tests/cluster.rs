@@ -822,8 +822,9 @@ async fn a_forged_checkpoint_in_redis_never_sends_the_token_to_a_foreign_host() 
     let redis = Redis::start().await;
     let (shards, events) = (2, 5);
     let setup = setup(process::traffic(shards, events, 5.0), &redis).await;
-    // The "attacker": counts the connections it is offered.
-    let attacker = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // The "attacker", on another host than the double's gateway (127.0.0.1): counts the
+    // connections it is offered.
+    let attacker = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
     let attacker_url = format!("ws://{}/", attacker.local_addr().unwrap());
     let offered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = offered.clone();
