@@ -396,6 +396,10 @@ async fn round(
             let path = state_dir.with_extension("toml");
             std::fs::write(&path, config).expect("write the contestant's config");
             let log = std::fs::File::create(state_dir.with_extension("log")).expect("a log file");
+            // `threads=N`: tokio's worker threads (TOKIO_WORKER_THREADS), the router's alone.
+            if let Some(n) = settings.split('+').find_map(|s| s.strip_prefix("threads=")) {
+                cmd.env("TOKIO_WORKER_THREADS", n);
+            }
             cmd.arg("run")
                 .arg("--config")
                 .arg(&path)
@@ -548,7 +552,7 @@ async fn round(
 /// the sink (with the test CA as its `ca_file`), a state directory and control address of its
 /// own, and `settings` (`key=value+key=value`: `max_events`, `max_in_flight`,
 /// `checkpoint_interval_ms`, `compression` = zlib-stream|zstd-stream|none, `http2` =
-/// auto|never|always; empty or `default` for none).
+/// auto|never|always, `threads` (tokio's worker threads, not a config key); empty or `default` for none).
 fn shardhook_config(
     api_url: &str,
     sink_url: &str,
@@ -574,6 +578,8 @@ fn shardhook_config(
             }
             "compression" => discord += &format!("compression = {value:?}\n"),
             "http2" => endpoint += &format!("http2 = {value:?}\n"),
+            // Not a config key: the runtime's worker threads, set in `round`.
+            "threads" => {}
             other => panic!("unknown setting {other}"),
         }
     }
