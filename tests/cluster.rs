@@ -657,6 +657,17 @@ async fn dead_letters_outlive_their_router_in_redis_and_move_to_a_file_for_repla
         }
     })
     .await;
+    // One more, written into the stream by hand (Redis holds no key of the bot's): it must
+    // not reach the file `replay` reads.
+    let forged = r#"{"at":1,"webhook_id":"msg_forged","shard_id":0,"endpoint":"alpha","url":"http://x/","status":400,"error":"forged","attempts":1,"body":{"forged":true}}"#;
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("record")
+        .arg(forged)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     // The machine dies with its disk: the dead letters are still in Redis.
     nodes[0].child().start_kill().unwrap();
     nodes[0].child().wait().await.unwrap();
@@ -680,6 +691,14 @@ async fn dead_letters_outlive_their_router_in_redis_and_move_to_a_file_for_repla
         String::from_utf8_lossy(&moved.stderr)
     );
     assert!(said.contains("moved 3 dead letter(s)"), "{said}");
+    let warned = String::from_utf8_lossy(&moved.stderr);
+    assert!(
+        warned.contains("1 record(s) in Redis failed their MAC"),
+        "{warned}"
+    );
+    let refused =
+        std::fs::read_to_string(shardhook::cluster::dead_letters::refused_path(&out)).unwrap();
+    assert!(refused.contains("msg_forged"), "{refused}");
     let letters = shardhook::read_dead_letters(&out).unwrap();
     assert_eq!(letters.len(), 3);
     assert!(letters.iter().all(|l| l.status == Some(400)));
@@ -817,6 +836,8 @@ async fn spooled_batches_live_in_redis_and_the_next_holder_delivers_them() {
 /// A checkpoint written into Redis by someone who can write there (Redis holds no secret of
 /// the bot), naming a resume URL of their own: the router that takes the shard must not send
 /// its RESUME, and the token in it, anywhere but Discord's gateway domain. It identifies anew.
+/// A spooled batch written there the same way is not signed and delivered: it goes to the
+/// dead-letter file, set apart.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forged_checkpoint_in_redis_never_sends_the_token_to_a_foreign_host() {
     let redis = Redis::start().await;
@@ -853,6 +874,24 @@ async fn a_forged_checkpoint_in_redis_never_sends_the_token_to_a_foreign_host() 
             .await
             .unwrap();
     }
+    // And a spooled batch of the attacker's making, which a router would drain first, sign
+    // and deliver as the shard's.
+    let body = serde_json::json!({"v": 2, "shard_count": shards, "batches": [{
+        "shard_id": 0, "session_id": "forged-spool",
+        "events": [{"t": "MESSAGE_CREATE", "s": 1, "d": {"content": "forged"}}],
+    }]});
+    let batch = serde_json::json!({
+        "id": "msg_forged", "shard_id": 0, "session_id": "forged-spool", "first_seq": 1,
+        "last_seq": 1, "events": 1, "body": body,
+    });
+    let _: String = redis::cmd("XADD")
+        .arg(key("spool:0"))
+        .arg("*")
+        .arg("record")
+        .arg(batch.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let started = Instant::now();
     let mut nodes = vec![Node::start(&setup, "a")];
     let all: Vec<u32> = (0..shards).collect();
@@ -869,5 +908,22 @@ async fn a_forged_checkpoint_in_redis_never_sends_the_token_to_a_foreign_host() 
             .all(|s| o.identifies.iter().any(|i| i.shard == *s && i.accepted))
     });
     assert!(identified, "every shard identified anew");
+    let forged_arrivals = setup
+        .arrivals()
+        .keys()
+        .filter(|(_, session, _)| session.starts_with("forged"))
+        .count();
+    assert_eq!(forged_arrivals, 0, "the forged spool entry was delivered");
+    within("the forged spool entry set apart as a dead letter", async {
+        loop {
+            let dead = std::fs::read_to_string(nodes[0].state.join("state/dead-letters.jsonl"))
+                .unwrap_or_default();
+            if dead.contains("forged-spool") && dead.contains("MAC") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     stop(&setup, &mut nodes).await;
 }

@@ -338,14 +338,22 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
             command: ClusterCommand::DeadLetters { out, config },
         } => {
             let config = load(config)?;
-            let moved = shardhook::cluster::dead_letters::export(&config, &out)
+            let done = shardhook::cluster::dead_letters::export(&config, &out)
                 .await
                 .map_err(|e| e.to_string())?;
             println!(
-                "moved {moved} dead letter(s) from Redis to {}; send them again with `shardhook replay {}`",
+                "moved {} dead letter(s) from Redis to {}; send them again with `shardhook replay {}`",
+                done.moved,
                 out.display(),
                 out.display()
             );
+            if done.refused > 0 {
+                eprintln!(
+                    "warning: {} record(s) in Redis failed their MAC (not written by a router of this bot) and went to {}, not to the file replay reads",
+                    done.refused,
+                    shardhook::cluster::dead_letters::refused_path(&out).display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen { ed25519: false } => {

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::store::{NodeInfo, Store};
+use super::store::{NodeInfo, Store, StoreError};
 use super::view::View;
 use crate::config::ClusterConfig;
 use crate::delivery::ring::Ring;
@@ -397,6 +397,12 @@ impl Coordinator {
             let acquired = Instant::now();
             let checkpoint = match self.store.checkpoint(*shard).await {
                 Ok(cp) => cp,
+                // Not one a router of this bot wrote (or not readable at all): never resumed
+                // from, whatever it names.
+                Err(e @ (StoreError::Refused(_) | StoreError::Unreadable { .. })) => {
+                    error!(shard_id = shard, "the shard's checkpoint in Redis was refused ({e}); the shard identifies anew");
+                    None
+                }
                 Err(e) => {
                     // Without the checkpoint the shard would IDENTIFY and lose what Discord
                     // could replay: give the lease back and try again.

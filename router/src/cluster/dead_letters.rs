@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::pin::Pin;
 
-use super::store::Store;
+use super::store::{Entry, Store};
 use super::ClusterError;
 use crate::config::Config;
 use crate::state::dead_letter::Mirror;
@@ -38,40 +38,86 @@ impl Mirror for RedisDeadLetters {
 /// How many records are moved per round trip.
 const BATCH: usize = 500;
 
+/// What `export` moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exported {
+    /// Dead letters written to the file for `replay`.
+    pub moved: usize,
+    /// Records that failed their MAC (not written by a router of this bot), written apart to
+    /// `refused_path(out)` and never to the file `replay` reads.
+    pub refused: usize,
+}
+
+/// Where `export` writes the records it refused.
+pub fn refused_path(out: &Path) -> std::path::PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".refused");
+    name.into()
+}
+
 /// Moves every dead letter in the cluster's stream to `out` (appended, one JSON line each, the
-/// dead-letter file's format), forgetting each batch only once it is synced there. Returns how
-/// many moved.
-pub async fn export(config: &Config, out: &Path) -> Result<usize, ClusterError> {
-    let settings = config.cluster.as_ref().ok_or(ClusterError::NotConfigured)?;
-    let store = Store::new(
-        &settings.redis_url,
-        &config.token()?.bot(),
-        settings.redis_timeout,
-    )?;
-    let file_error = |e: std::io::Error| ClusterError::File {
-        path: out.to_owned(),
-        source: e,
+/// dead-letter file's format), forgetting each batch only once it is synced there. A record
+/// that fails its MAC goes to `refused_path(out)` instead, so `replay` never signs and sends
+/// what Redis made up.
+pub async fn export(config: &Config, out: &Path) -> Result<Exported, ClusterError> {
+    let (store, _) = super::open_store(config)?;
+    let open = |path: &Path| {
+        crate::state::files::options()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| ClusterError::File {
+                path: path.to_owned(),
+                source: e,
+            })
     };
-    let mut file = crate::state::files::options()
-        .create(true)
-        .append(true)
-        .open(out)
-        .map_err(file_error)?;
-    let mut moved = 0;
+    let refused_out = refused_path(out);
+    let mut file = open(out)?;
+    let mut refused_file = None;
+    let mut done = Exported {
+        moved: 0,
+        refused: 0,
+    };
     loop {
         let batch = store.dead_letters(BATCH).await?;
         if batch.is_empty() {
-            return Ok(moved);
+            return Ok(done);
         }
-        let mut text = String::new();
-        for (_, record) in &batch {
-            text.push_str(record);
-            text.push('\n');
+        let (mut text, mut refused, mut refusals) = (Vec::new(), Vec::new(), 0);
+        for (_, entry) in &batch {
+            let (into, record) = match entry {
+                Entry::Verified(record) => (&mut text, record),
+                Entry::Refused(record, why) => {
+                    tracing::error!(
+                        "a dead letter in Redis was refused ({why}); it goes to {}",
+                        refused_out.display()
+                    );
+                    refusals += 1;
+                    (&mut refused, record)
+                }
+            };
+            into.extend_from_slice(record);
+            into.push(b'\n');
         }
-        file.write_all(text.as_bytes()).map_err(file_error)?;
-        file.sync_data().map_err(file_error)?;
+        let write = |file: &mut std::fs::File, path: &Path, bytes: &[u8]| {
+            file.write_all(bytes)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| ClusterError::File {
+                    path: path.to_owned(),
+                    source: e,
+                })
+        };
+        write(&mut file, out, &text)?;
+        if !refused.is_empty() {
+            if refused_file.is_none() {
+                refused_file = Some(open(&refused_out)?);
+            }
+            let into = refused_file.as_mut().expect("just opened");
+            write(into, &refused_out, &refused)?;
+        }
         let ids: Vec<String> = batch.into_iter().map(|(id, _)| id).collect();
         store.forget_dead_letters(&ids).await?;
-        moved += ids.len();
+        done.refused += refusals;
+        done.moved += ids.len() - refusals;
     }
 }

@@ -15,6 +15,7 @@
 
 mod coordinator;
 pub mod dead_letters;
+mod seal;
 mod spools;
 pub mod status;
 mod store;
@@ -62,6 +63,16 @@ pub enum ClusterError {
     },
 }
 
+/// The store of the bot `config` names, and the bot's id: records sealed with its token.
+pub(crate) fn open_store(config: &Config) -> Result<(Store, String), ClusterError> {
+    let settings = config.cluster.as_ref().ok_or(ClusterError::NotConfigured)?;
+    let token = config.token()?;
+    let bot = token.bot();
+    let seal = seal::Seal::of(token);
+    let store = Store::new(&settings.redis_url, &bot, seal, settings.redis_timeout)?;
+    Ok((store, bot))
+}
+
 /// This router's membership of the bot's cluster.
 #[derive(Debug)]
 pub struct Cluster {
@@ -77,8 +88,7 @@ impl Cluster {
     /// use: it need not be up yet.
     pub fn new(config: &Config, control: std::net::SocketAddr) -> Result<Cluster, ClusterError> {
         let settings = config.cluster.clone().ok_or(ClusterError::NotConfigured)?;
-        let bot = config.token()?.bot();
-        let store = Store::new(&settings.redis_url, &bot, settings.redis_timeout)?;
+        let (store, _) = open_store(config)?;
         let me = NodeInfo {
             id: settings.node_id.clone(),
             weight: settings.weight,

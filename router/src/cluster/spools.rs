@@ -5,8 +5,8 @@
 //! Owns the bridge from delivery's `RemoteSpool` to `store`'s stream calls; when to spool and
 //! drain is delivery's.
 
-use super::store::Store;
-use crate::state::spool::{Answer, RemoteSpool};
+use super::store::{Entry, Store};
+use crate::state::spool::{Answer, Checked, RemoteSpool};
 
 /// Shards' spools in the cluster's Redis.
 pub(super) struct RedisSpools {
@@ -27,12 +27,23 @@ impl RemoteSpool for RedisSpools {
         })
     }
 
-    fn first(&self, shard: u32) -> Answer<'_, Option<(String, Vec<u8>)>> {
+    fn first(&self, shard: u32) -> Answer<'_, Option<(String, Checked)>> {
         Box::pin(async move {
-            self.store
+            let first = self
+                .store
                 .spool_first(shard)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            Ok(first.map(|(id, entry)| match entry {
+                Entry::Verified(record) => (id, Ok(record)),
+                Entry::Refused(record, why) => {
+                    tracing::error!(
+                        shard_id = shard,
+                        "a spooled batch in Redis was refused ({why}): it is not sent, its raw bytes go to the dead-letter file"
+                    );
+                    (id, Err(record))
+                }
+            }))
         })
     }
 

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::store::Store;
 use super::ClusterError;
 use crate::config::Config;
 
@@ -13,8 +12,7 @@ use crate::config::Config;
 /// lease and checkpoint. `shard_count` is how many shards to list.
 pub async fn report(config: &Config, shard_count: u32) -> Result<String, ClusterError> {
     let settings = config.cluster.as_ref().ok_or(ClusterError::NotConfigured)?;
-    let bot = config.token()?.bot();
-    let store = Store::new(&settings.redis_url, &bot, settings.redis_timeout)?;
+    let (store, bot) = super::open_store(config)?;
     let nodes = store.nodes().await?;
     let leases = store.leases(shard_count).await?;
     let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();

@@ -15,6 +15,11 @@
 //!   `record`: the batch's JSON), drained by whichever router holds the shard.
 //! - `dead-letters`: a stream of every router's dead letters (field `record`: the JSON line of
 //!   the dead-letter file), until `shardhook cluster dead-letters` moves them to a file.
+//!
+//! Every record a router acts on carries a MAC (`seal`): checkpoints and node records as a
+//! `mac` member of their JSON, stream entries as a `mac` field beside `record`. A record whose
+//! MAC fails is refused: a checkpoint is not resumed from, a node is left out, a spooled batch
+//! or dead letter is set apart (`Entry::Refused`) for its caller to put aside.
 
 use std::time::Duration;
 
@@ -22,6 +27,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
+use super::seal::{Refused, Seal};
 use crate::state::checkpoint::Checkpoint;
 
 /// A Redis call that failed or took too long.
@@ -42,6 +48,49 @@ pub enum StoreError {
         /// Why it does not parse.
         message: String,
     },
+    /// A stored value is not one a router of this bot wrote.
+    #[error("Redis: {0}")]
+    Refused(#[from] Refused),
+}
+
+/// A stream entry as read: verified, or refused with its raw bytes and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Verified(Vec<u8>),
+    Refused(Vec<u8>, Refused),
+}
+
+/// `value`'s JSON with its MAC under `name` as a last member, `mac`.
+fn sealed_json<T: Serialize>(seal: &Seal, name: &str, value: &T) -> String {
+    let mut json = serde_json::to_string(value).expect("a record serialises");
+    let mac = seal.sign(name, json.as_bytes());
+    debug_assert!(json.ends_with('}'));
+    json.pop();
+    json.push_str(&format!(",\"mac\":\"{mac}\"}}"));
+    json
+}
+
+/// The record `sealed_json` wrote under `name`, if it parses and its MAC holds: the MAC is of
+/// the record as this version writes it, so members it does not know are not covered (nor
+/// read).
+fn opened_json<T: Serialize + serde::de::DeserializeOwned>(
+    seal: &Seal,
+    name: &str,
+    text: &str,
+) -> Result<T, StoreError> {
+    #[derive(Deserialize)]
+    struct Sealed<T> {
+        #[serde(flatten)]
+        value: T,
+        mac: Option<String>,
+    }
+    let sealed: Sealed<T> = serde_json::from_str(text).map_err(|e| StoreError::Unreadable {
+        key: name.to_owned(),
+        message: e.to_string(),
+    })?;
+    let json = serde_json::to_string(&sealed.value).expect("a record serialises");
+    seal.verify(name, json.as_bytes(), sealed.mac.as_deref())?;
+    Ok(sealed.value)
 }
 
 /// One router as the others see it.
@@ -147,6 +196,7 @@ pub struct Store {
     prefix: String,
     timeout: Duration,
     scripts: std::sync::Arc<Scripts>,
+    seal: Seal,
 }
 
 struct Scripts {
@@ -168,7 +218,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// A store for `bot` on the Redis at `url`. The connection is made on first use and
     /// remade after a failure, so a Redis that is down at start does not stop the router.
-    pub fn new(url: &str, bot: &str, timeout: Duration) -> Result<Store, StoreError> {
+    pub fn new(url: &str, bot: &str, seal: Seal, timeout: Duration) -> Result<Store, StoreError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -187,6 +237,7 @@ impl Store {
                 heartbeat: Script::new(HEARTBEAT),
                 turn: Script::new(TURN),
             }),
+            seal,
         })
     }
 
@@ -211,7 +262,7 @@ impl Store {
         me: &NodeInfo,
         ttl: Duration,
     ) -> Result<Vec<NodeInfo>, StoreError> {
-        let info = serde_json::to_string(me).expect("node info serialises");
+        let info = sealed_json(&self.seal, &format!("node:{}", me.id), me);
         let mut conn = self.conn.clone();
         let raw: Vec<String> = self
             .timed(
@@ -226,10 +277,23 @@ impl Store {
                     .invoke_async(&mut conn),
             )
             .await?;
-        Ok(raw
-            .iter()
-            .filter_map(|text| serde_json::from_str(text).ok())
-            .collect())
+        Ok(raw.iter().filter_map(|text| self.node_info(text)).collect())
+    }
+
+    /// A node record read back, if it is one a router of this bot wrote (logged if not).
+    fn node_info(&self, text: &str) -> Option<NodeInfo> {
+        #[derive(Deserialize)]
+        struct Id {
+            id: String,
+        }
+        let id = serde_json::from_str::<Id>(text).ok()?.id;
+        match opened_json(&self.seal, &format!("node:{id}"), text) {
+            Ok(info) => Some(info),
+            Err(e) => {
+                tracing::error!(node = %id, "a node record in Redis was refused and is ignored: {e}");
+                None
+            }
+        }
     }
 
     /// Takes `me` out of the live routers at once (a clean stop), so the others take its
@@ -291,7 +355,7 @@ impl Store {
         let mut pipe = redis::pipe();
         for (shard, fence, checkpoint) in leases {
             let json = checkpoint
-                .map(|cp| serde_json::to_string(cp).expect("a checkpoint serialises"))
+                .map(|cp| sealed_json(&self.seal, &format!("checkpoint:{shard}"), cp))
                 .unwrap_or_default();
             let mut invocation = self.scripts.renew.prepare_invoke();
             invocation
@@ -323,7 +387,7 @@ impl Store {
         checkpoint_ttl: Duration,
     ) -> Result<bool, StoreError> {
         let json = checkpoint
-            .map(|cp| serde_json::to_string(cp).expect("a checkpoint serialises"))
+            .map(|cp| sealed_json(&self.seal, &format!("checkpoint:{shard}"), cp))
             .unwrap_or_default();
         let mut conn = self.conn.clone();
         let released: i64 = self
@@ -350,13 +414,8 @@ impl Store {
         let raw: Option<String> = self
             .timed(redis::cmd("GET").arg(&key).query_async(&mut conn))
             .await?;
-        raw.map(|text| {
-            serde_json::from_str(&text).map_err(|e| StoreError::Unreadable {
-                key,
-                message: e.to_string(),
-            })
-        })
-        .transpose()
+        raw.map(|text| opened_json(&self.seal, &format!("checkpoint:{shard}"), &text))
+            .transpose()
     }
 
     /// Every shard's lease, for shards `0..count`.
@@ -406,7 +465,7 @@ impl Store {
                         .query_async(&mut conn),
                 )
                 .await?;
-            if let Some(info) = info.and_then(|i| serde_json::from_str::<NodeInfo>(&i).ok()) {
+            if let Some(info) = info.and_then(|i| self.node_info(&i)) {
                 out.push((info, expires as i64 - now_ms));
             }
         }
@@ -444,6 +503,8 @@ impl Store {
                     .arg("*")
                     .arg("record")
                     .arg(record)
+                    .arg("mac")
+                    .arg(self.seal.sign(name, record))
                     .query_async(&mut conn),
             )
             .await?;
@@ -455,7 +516,7 @@ impl Store {
         &self,
         name: &str,
         count: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<(String, Entry)>, StoreError> {
         let mut conn = self.conn.clone();
         let entries: Vec<StreamEntry> = self
             .timed(
@@ -471,12 +532,14 @@ impl Store {
         Ok(entries
             .into_iter()
             .map(|(id, fields)| {
-                let record = fields
-                    .into_iter()
-                    .find(|(k, _)| k == "record")
-                    .map(|(_, v)| v)
-                    .unwrap_or_default();
-                (id, record)
+                let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+                let record = field("record").cloned().unwrap_or_default();
+                let mac = field("mac").map(|m| String::from_utf8_lossy(m).into_owned());
+                let entry = match self.seal.verify(name, &record, mac.as_deref()) {
+                    Ok(()) => Entry::Verified(record),
+                    Err(refused) => Entry::Refused(record, refused),
+                };
+                (id, entry)
             })
             .collect())
     }
@@ -503,12 +566,8 @@ impl Store {
     }
 
     /// Up to `count` of the oldest dead letters kept: (stream id, record).
-    pub async fn dead_letters(&self, count: usize) -> Result<Vec<(String, String)>, StoreError> {
-        let head = self.stream_head("dead-letters", count).await?;
-        Ok(head
-            .into_iter()
-            .map(|(id, record)| (id, String::from_utf8_lossy(&record).into_owned()))
-            .collect())
+    pub async fn dead_letters(&self, count: usize) -> Result<Vec<(String, Entry)>, StoreError> {
+        self.stream_head("dead-letters", count).await
     }
 
     /// Forgets the dead letters `ids` (once they are written elsewhere).
@@ -533,7 +592,7 @@ impl Store {
     }
 
     /// The oldest record of `shard`'s spool and its id.
-    pub async fn spool_first(&self, shard: u32) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+    pub async fn spool_first(&self, shard: u32) -> Result<Option<(String, Entry)>, StoreError> {
         let head = self.stream_head(&format!("spool:{shard}"), 1).await?;
         Ok(head.into_iter().next())
     }
@@ -609,11 +668,15 @@ mod tests {
         Server(child, port)
     }
 
+    fn seal() -> Seal {
+        Seal::of(&crate::secret::Token::new("MTIz.test.token").unwrap())
+    }
+
     /// A store on a fresh server (kept running while the server value lives).
     fn store() -> (Server, Store) {
         let server = server();
         let url = format!("redis://127.0.0.1:{}", server.1);
-        let store = Store::new(&url, "id:1", Duration::from_secs(5)).unwrap();
+        let store = Store::new(&url, "id:1", seal(), Duration::from_secs(5)).unwrap();
         (server, store)
     }
 
@@ -683,6 +746,93 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn records_no_router_of_the_bot_wrote_are_refused() {
+        let (_server, store) = store();
+        let (ttl, keep) = (Duration::from_secs(30), Duration::from_secs(60));
+        assert_eq!(
+            store.acquire_many(&[0, 1], "a", ttl).await.unwrap(),
+            [Some(1), Some(1)]
+        );
+        store
+            .renew("a", ttl, keep, &[(0, 1, Some(&checkpoint(7)))])
+            .await
+            .unwrap();
+        assert_eq!(store.checkpoint(0).await.unwrap().unwrap().seq, 7);
+        let mut conn = store.conn.clone();
+        let setter = store.conn.clone();
+        let set = |key: &str, value: String| {
+            let mut conn = setter.clone();
+            let key = key.to_owned();
+            async move {
+                let _: () = redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        };
+        // A checkpoint moved from shard 0's key to shard 1's: its MAC names shard 0.
+        let sealed: String = redis::cmd("GET")
+            .arg("shardhook:id:1:checkpoint:0")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        set("shardhook:id:1:checkpoint:1", sealed.clone()).await;
+        assert!(matches!(
+            store.checkpoint(1).await,
+            Err(StoreError::Refused(Refused::Mismatch { .. }))
+        ));
+        // Its resume URL edited, the MAC kept.
+        set(
+            "shardhook:id:1:checkpoint:0",
+            sealed.replace("wss://x", "ws://attacker"),
+        )
+        .await;
+        assert!(matches!(
+            store.checkpoint(0).await,
+            Err(StoreError::Refused(_))
+        ));
+        // Plain JSON, as an earlier version (or an attacker) writes it.
+        let plain = serde_json::to_string(&checkpoint(9)).unwrap();
+        set("shardhook:id:1:checkpoint:0", plain).await;
+        assert!(matches!(
+            store.checkpoint(0).await,
+            Err(StoreError::Refused(Refused::Missing { .. }))
+        ));
+        // A spool entry added without the MAC, after one a router wrote.
+        store.spool_push(0, b"{\"a\":1}").await.unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg("shardhook:id:1:spool:0")
+            .arg("*")
+            .arg("record")
+            .arg("{\"forged\":1}")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let (first, entry) = store.spool_first(0).await.unwrap().unwrap();
+        assert_eq!(entry, Entry::Verified(b"{\"a\":1}".to_vec()));
+        store.spool_remove(0, &first).await.unwrap();
+        let (_, entry) = store.spool_first(0).await.unwrap().unwrap();
+        assert!(matches!(entry, Entry::Refused(ref raw, _) if raw == b"{\"forged\":1}"));
+        // A node record written by hand drops out of the live routers.
+        let me = NodeInfo {
+            id: "a".into(),
+            weight: 1.0,
+            control: "127.0.0.1:1".into(),
+            started_ms: 1,
+        };
+        let live = store.heartbeat(&me, ttl).await.unwrap();
+        assert_eq!(live, [me]);
+        set(
+            "shardhook:id:1:node:a",
+            r#"{"id":"a","weight":1.0,"control":"169.254.169.254:80","started_ms":1}"#.into(),
+        )
+        .await;
+        assert!(store.nodes().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn identify_turns_are_one_per_bucket_per_interval_and_spend_the_days_starts() {
         let (_server, store) = store();
         let interval = Duration::from_secs(5);
@@ -715,6 +865,7 @@ mod tests {
         let store = Store::new(
             &format!("redis://127.0.0.1:{port}"),
             "id:1",
+            seal(),
             Duration::from_millis(300),
         )
         .unwrap();

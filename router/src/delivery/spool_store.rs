@@ -154,10 +154,13 @@ impl SharedSpool {
                 let _turn = stream.turn.lock().await;
                 match stream.backend.first(stream.shard).await {
                     Ok(Some((id, record))) => {
-                        let size = record.len() as u64;
-                        let head = match serde_json::from_slice(&record) {
-                            Ok(batch) => Head::Batch(batch),
-                            Err(_) => Head::Corrupt(record),
+                        let size = record.as_ref().map_or_else(Vec::len, Vec::len) as u64;
+                        let head = match record {
+                            Ok(record) => match serde_json::from_slice(&record) {
+                                Ok(batch) => Head::Batch(batch),
+                                Err(_) => Head::Corrupt(record),
+                            },
+                            Err(refused) => Head::Corrupt(refused),
                         };
                         Some((head, Taken::Remote(id, size)))
                     }

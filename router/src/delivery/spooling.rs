@@ -142,7 +142,7 @@ pub(super) async fn drain(shared: &Shared, spool: &SharedSpool) {
             Head::Corrupt(raw) => {
                 error!(
                     bytes = raw.len(),
-                    "a spool record failed its checksum; its raw bytes go to the dead-letter file"
+                    "a spool record failed its checksum or MAC; its raw bytes go to the dead-letter file"
                 );
                 let text = serde_json::to_string(&String::from_utf8_lossy(&raw))
                     .expect("a string serialises");
@@ -153,7 +153,7 @@ pub(super) async fn drain(shared: &Shared, spool: &SharedSpool) {
                     endpoint: String::new(),
                     url: String::new(),
                     status: None,
-                    error: "corrupted spool record (checksum mismatch); body holds its raw bytes"
+                    error: "corrupted or unverifiable spool record (checksum or MAC mismatch); body holds its raw bytes"
                         .to_owned(),
                     attempts: 0,
                     body: RawValue::from_string(text).expect("a JSON string"),

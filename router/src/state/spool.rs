@@ -72,6 +72,9 @@ pub enum SpoolError {
 pub type Answer<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>>;
 
+/// A record read back from a `RemoteSpool`: its bytes, or the bytes of one it refused.
+pub type Checked = Result<Vec<u8>, Vec<u8>>;
+
 /// Shards' spools kept beyond this machine (a cluster's Redis: a stream per shard), in the
 /// records' JSON; `delivery` keeps the count and the order.
 pub trait RemoteSpool: Send + Sync {
@@ -79,8 +82,9 @@ pub trait RemoteSpool: Send + Sync {
     fn len(&self, shard: u32) -> Answer<'_, u64>;
     /// Adds a record at the end of `shard`'s spool.
     fn push(&self, shard: u32, record: Vec<u8>) -> Answer<'_, ()>;
-    /// The oldest record of `shard`'s spool, with the id that removes it.
-    fn first(&self, shard: u32) -> Answer<'_, Option<(String, Vec<u8>)>>;
+    /// The oldest record of `shard`'s spool, with the id that removes it: `Err` holds the
+    /// bytes of a record the backend refused (it failed its MAC; the backend logged why).
+    fn first(&self, shard: u32) -> Answer<'_, Option<(String, Checked)>>;
     /// Removes the record `id` from `shard`'s spool.
     fn remove(&self, shard: u32, id: String) -> Answer<'_, ()>;
 }
