@@ -927,3 +927,30 @@ async fn a_forged_checkpoint_in_redis_never_sends_the_token_to_a_foreign_host() 
     .await;
     stop(&setup, &mut nodes).await;
 }
+
+/// `rediss://`: routers lease and deliver through a Redis that speaks only TLS, its
+/// certificate signed by a private CA named in `cluster.redis_ca_file`.
+#[tokio::test(flavor = "multi_thread")]
+async fn routers_on_rediss_lease_and_deliver() {
+    let redis = Redis::start_tls().await;
+    let (shards, events) = (4, 20);
+    let table = format!(
+        "{}redis_ca_file = {:?}\n",
+        cluster_table(&redis),
+        support::redis::TLS_CA
+    );
+    assert!(table.contains("rediss://"), "{table}");
+    let setup = process::setup_sim(
+        process::traffic(shards, events, 5.0),
+        &["alpha", "beta"],
+        &table,
+    )
+    .await;
+    let ids = ["a", "b"];
+    let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
+    settled(&setup, &redis, shards, &ids).await;
+    all_delivered(&setup, &nodes, shards, events).await;
+    let (lost, _) = setup.account();
+    assert_eq!(lost, 0, "{}", warnings(&nodes));
+    stop(&setup, &mut nodes).await;
+}

@@ -16,7 +16,14 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: TempDir,
+    /// Serves TLS only (`rediss://`), with the test CA's `localhost` certificate.
+    tls: bool,
 }
+
+/// The test CA and the certificate it signed for `localhost` and 127.0.0.1.
+pub const TLS_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/tls-ca.pem");
+const TLS_CERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/tls-localhost.pem");
+const TLS_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/tls-localhost.key");
 
 /// A port nobody listens on now.
 fn free_port() -> u16 {
@@ -29,10 +36,21 @@ fn free_port() -> u16 {
 
 impl Redis {
     pub async fn start() -> Redis {
+        Redis::start_with(false).await
+    }
+
+    /// A server that speaks only TLS (no plain port), with the test CA's certificate.
+    #[allow(dead_code)]
+    pub async fn start_tls() -> Redis {
+        Redis::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Redis {
         let mut redis = Redis {
             child: None,
             port: free_port(),
             dir: TempDir::new("redis"),
+            tls,
         };
         redis.spawn().await;
         redis
@@ -40,10 +58,28 @@ impl Redis {
 
     /// Starts the server and waits until it says it accepts connections.
     async fn spawn(&mut self) {
-        let mut child = Command::new("redis-server")
-            .args([
+        let port = self.port.to_string();
+        let ports: Vec<&str> = if self.tls {
+            vec![
                 "--port",
-                &self.port.to_string(),
+                "0",
+                "--tls-port",
+                &port,
+                "--tls-cert-file",
+                TLS_CERT,
+                "--tls-key-file",
+                TLS_KEY,
+                "--tls-ca-cert-file",
+                TLS_CA,
+                "--tls-auth-clients",
+                "no",
+            ]
+        } else {
+            vec!["--port", &port]
+        };
+        let mut child = Command::new("redis-server")
+            .args(ports)
+            .args([
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -78,7 +114,10 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            true => format!("rediss://localhost:{}", self.port),
+            false => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// SIGKILL: no goodbye to its clients.
@@ -98,7 +137,17 @@ impl Redis {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(10)))
             .set_response_timeout(Some(std::time::Duration::from_secs(10)));
-        redis::Client::open(self.url())
+        let client = match self.tls {
+            true => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(TLS_CA).unwrap()),
+                },
+            ),
+            false => redis::Client::open(self.url()),
+        };
+        client
             .unwrap()
             .get_multiplexed_async_connection_with_config(&config)
             .await

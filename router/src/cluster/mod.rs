@@ -69,7 +69,14 @@ pub(crate) fn open_store(config: &Config) -> Result<(Store, String), ClusterErro
     let token = config.token()?;
     let bot = token.bot();
     let seal = seal::Seal::of(token);
-    let store = Store::new(&settings.redis_url, &bot, seal, settings.redis_timeout)?;
+    let ca = match &settings.redis_ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| ClusterError::File {
+            path: path.clone(),
+            source: e,
+        })?),
+        None => None,
+    };
+    let store = Store::new(&settings.redis_url, &bot, seal, ca, settings.redis_timeout)?;
     Ok((store, bot))
 }
 

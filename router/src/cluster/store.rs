@@ -218,8 +218,25 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// A store for `bot` on the Redis at `url`. The connection is made on first use and
     /// remade after a failure, so a Redis that is down at start does not stop the router.
-    pub fn new(url: &str, bot: &str, seal: Seal, timeout: Duration) -> Result<Store, StoreError> {
-        let client = redis::Client::open(url)?;
+    /// With `rediss://`, `ca` (PEM) is the CA trusted for the server's certificate instead of
+    /// the system's roots.
+    pub fn new(
+        url: &str,
+        bot: &str,
+        seal: Seal,
+        ca: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        let client = match ca {
+            Some(root_cert) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )?,
+            None => redis::Client::open(url)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -676,7 +693,7 @@ mod tests {
     fn store() -> (Server, Store) {
         let server = server();
         let url = format!("redis://127.0.0.1:{}", server.1);
-        let store = Store::new(&url, "id:1", seal(), Duration::from_secs(5)).unwrap();
+        let store = Store::new(&url, "id:1", seal(), None, Duration::from_secs(5)).unwrap();
         (server, store)
     }
 
@@ -866,6 +883,7 @@ mod tests {
             &format!("redis://127.0.0.1:{port}"),
             "id:1",
             seal(),
+            None,
             Duration::from_millis(300),
         )
         .unwrap();

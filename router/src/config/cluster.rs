@@ -34,6 +34,10 @@ pub struct ClusterConfig {
     /// How long any one Redis call may take before it counts as failed.
     #[serde(default = "default_redis_timeout", with = "humantime_serde")]
     pub redis_timeout: Duration,
+    /// With `rediss://`: a PEM file of the CA that signed the Redis server's certificate (a
+    /// private CA), trusted instead of the system's roots. Default: the system's roots.
+    #[serde(default)]
+    pub redis_ca_file: Option<std::path::PathBuf>,
 }
 
 fn redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -79,6 +83,31 @@ impl ClusterConfig {
             }
             // Not echoed: an unparsable URL cannot be redacted, and it may hold a password.
             Err(e) => return Some(("cluster.redis_url", format!("is not a URL: {e}"))),
+        }
+        if let Some(path) = &self.redis_ca_file {
+            let tls =
+                self.redis_url.starts_with("rediss://") || self.redis_url.starts_with("valkeys://");
+            if !tls {
+                return Some((
+                    "cluster.redis_ca_file",
+                    "is set, but cluster.redis_url is not rediss:// (TLS)".to_owned(),
+                ));
+            }
+            match std::fs::read_to_string(path) {
+                Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => {}
+                Ok(_) => {
+                    return Some((
+                        "cluster.redis_ca_file",
+                        format!("{} holds no PEM certificate", path.display()),
+                    ))
+                }
+                Err(e) => {
+                    return Some((
+                        "cluster.redis_ca_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    ))
+                }
+            }
         }
         if self.node_id.is_empty()
             || !self
@@ -193,5 +222,31 @@ mod tests {
             parse(&format!("[cluster]\n{url}\nleas_ttl = \"2s\"")).is_err(),
             "unknown keys"
         );
+    }
+
+    #[test]
+    fn a_redis_ca_file_must_be_a_readable_pem_for_a_tls_url() {
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/tls-ca.pem");
+        let tls = "redis_url = \"rediss://redis.internal:6380\"";
+        assert!(parse(&format!("[cluster]\n{tls}\nredis_ca_file = {ca:?}"))
+            .unwrap()
+            .cluster
+            .unwrap()
+            .redis_ca_file
+            .is_some());
+        let (key, message) = refused(&format!(
+            "[cluster]\nredis_url = \"redis://redis.internal\"\nredis_ca_file = {ca:?}"
+        ));
+        assert_eq!(key, "cluster.redis_ca_file");
+        assert!(message.contains("not rediss://"), "{message}");
+        let (key, message) = refused(&format!(
+            "[cluster]\n{tls}\nredis_ca_file = \"/nonexistent/ca.pem\""
+        ));
+        assert_eq!(key, "cluster.redis_ca_file");
+        assert!(message.contains("/nonexistent/ca.pem"), "{message}");
+        let not_pem = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let (key, message) = refused(&format!("[cluster]\n{tls}\nredis_ca_file = {not_pem:?}"));
+        assert_eq!(key, "cluster.redis_ca_file");
+        assert!(message.contains("no PEM certificate"), "{message}");
     }
 }
