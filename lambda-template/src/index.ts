@@ -5,7 +5,8 @@
 //
 // Environment: SHARDHOOK_SIGNING_SECRET, optionally SHARDHOOK_PREVIOUS_SIGNING_SECRETS
 // (space-separated), DISCORD_TOKEN, DISCORD_API_URL, SHARDHOOK_CONTROL_URL (the router's
-// control API, for gateway commands such as `!members`' op 8), SHARDHOOK_REST_URL (the router's
+// control API, for gateway commands such as `!members`' op 8; SHARDHOOK_CONTROL_URLS, in a
+// cluster, every router's, the only places a 421 may redirect a command to), SHARDHOOK_REST_URL (the router's
 // REST proxy: set, `discord()` calls Discord through it, signed, and DISCORD_TOKEN is not
 // needed) and, when the router has a signing.control_secret, SHARDHOOK_CONTROL_SECRET (then
 // only it signs commands and REST requests).

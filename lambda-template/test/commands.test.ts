@@ -107,6 +107,49 @@ describe("the router's answers, in Node", () => {
   });
 });
 
+describe("421 from a router of a cluster, in Node", () => {
+  /** Another "router", counting the commands it is sent. */
+  let other: Server;
+  let otherHost: string;
+  let reached: number;
+  beforeAll(async () => {
+    other = createServer((request, response) => {
+      reached += 1;
+      request.resume();
+      response.writeHead(202, { "content-type": "application/json" }).end('{"queued":[1]}');
+    });
+    await new Promise<void>((resolve) => other.listen(0, "127.0.0.1", resolve));
+    otherHost = `127.0.0.1:${(other.address() as AddressInfo).port}`;
+  });
+  afterAll(() => other.close());
+  beforeEach(() => {
+    reached = 0;
+  });
+
+  // Node's fetch (undici) sends a request answered 421 once more by itself, as it is, before
+  // its caller sees the answer: the router answers that copy 421 too.
+  const redirect = () => ({
+    status: 421,
+    body: JSON.stringify({ error: "shard 1 is run by another router of the cluster", owner: "b", control: otherHost }),
+  });
+
+  it("goes once to the router it names when that router is in SHARDHOOK_CONTROL_URLS", async () => {
+    answers = [redirect(), redirect()];
+    const result = await requestGuildMembers({ ...env(), SHARDHOOK_CONTROL_URLS: `${base},http://${otherHost}` }, members);
+    expect(result).toEqual({ kind: "queued", status: 202, shards: [1] });
+    expect(reached).toBe(1);
+  });
+
+  it("is refused, with nothing sent, when the router it names is not configured", async () => {
+    answers = [redirect(), redirect()];
+    const result = await requestGuildMembers(env(), members);
+    expect(result).toMatchObject({ kind: "refused", status: 421, queued: [] });
+    expect(result.kind === "refused" && result.error).toContain(`naming ${otherHost}`);
+    expect(reached).toBe(0);
+    expect(commands).toHaveLength(2);
+  });
+});
+
 describe("!members through the Lambda handler", () => {
   it("sends op 8 for the message's guild to SHARDHOOK_CONTROL_URL and replies in the channel", async () => {
     const body = JSON.stringify({

@@ -10,7 +10,10 @@
 // does: an awaiting handler then fails and the router retries its batch. The router's own
 // answers are returned as a `CommandResult`. With several routers sharing the bot (`[cluster]`),
 // a router answers 421 for a shard another one holds, naming that router's control address:
-// the command is sent there once, signed afresh.
+// the command is sent there once, signed afresh, but only if that address is one of the routers
+// this handler was configured with (`SHARDHOOK_CONTROL_URLS`, or `SHARDHOOK_CONTROL_URL`
+// itself). A 421 naming any other address (a forged lease in Redis, a man in the middle) is
+// refused: a fresh, unspent signed command never goes to a host nobody configured.
 
 import {
   GatewayOpcodes,
@@ -26,6 +29,11 @@ import { importSecret, type SigningKey } from "./verify";
 export interface ControlEnv {
   /** The router's control API, e.g. `http://127.0.0.1:8080` (its `control.listen`). */
   SHARDHOOK_CONTROL_URL?: string;
+  /**
+   * In a cluster: every router's control API (space- or comma-separated base URLs, e.g.
+   * `http://10.0.0.5:8080 http://10.0.0.6:8080`), the only places a 421 may send a command to.
+   */
+  SHARDHOOK_CONTROL_URLS?: string;
   /** The router's `signing.secret`: commands are signed with it... */
   SHARDHOOK_SIGNING_SECRET?: string;
   /** ...and with each of these (space-separated), so a rotation works in either order. */
@@ -86,10 +94,19 @@ export async function sendGatewayCommand(
   const body = JSON.stringify(command);
   let response = await postCommand(base, keys, body, timeoutMs);
   if (response.status === 421) {
-    // Another router of the cluster holds the shard: once to it, at the address it published.
+    // Another router of the cluster holds the shard: once to it, if it is one of ours.
     const text = await response.text();
-    const owner = ownerControl(base, text);
-    if (!owner) return commandResult(421, null, text);
+    const named = ownerControl(base, text);
+    if (!named) return commandResult(421, null, text);
+    const owner = configuredRouter(env, base, named);
+    if (!owner) {
+      return {
+        kind: "refused",
+        status: 421,
+        error: `the router answered 421 naming ${new URL(named).host}, which is not in SHARDHOOK_CONTROL_URLS; the command was not sent there`,
+        queued: [],
+      };
+    }
     response = await postCommand(owner, keys, body, timeoutMs);
   }
   return commandResult(response.status, response.headers.get("retry-after"), await response.text());
@@ -128,6 +145,31 @@ export function ownerControl(base: string, text: string): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * The configured router (`SHARDHOOK_CONTROL_URLS`, or `base` itself) whose origin is `named`'s,
+ * as configured (its scheme and any path prefix kept); `undefined` when none is.
+ */
+export function configuredRouter(env: ControlEnv, base: string, named: string): string | undefined {
+  let origin: string;
+  try {
+    origin = new URL(named).origin;
+  } catch {
+    return undefined;
+  }
+  const configured = [base, ...(env.SHARDHOOK_CONTROL_URLS ?? "").split(/[\s,]+/)]
+    .map((url) => url.trim().replace(/\/+$/, ""))
+    .filter((url) => url.length > 0);
+  return configured.find((url) => {
+    try {
+      const parsed = new URL(url);
+      // The host and port a 421 names, on any scheme configured for them.
+      return parsed.host === new URL(origin).host;
+    } catch {
+      return false;
+    }
+  });
 }
 
 /** op 8: members of `d.guild_id`, sent on the shard holding that guild. */

@@ -1,7 +1,8 @@
 // The Cloudflare Worker shardhook posts to: adapts a fetch request to `deliver` and answers.
 // Configuration (wrangler.toml and secrets): SHARDHOOK_SIGNING_SECRET, optionally
 // SHARDHOOK_PREVIOUS_SIGNING_SECRETS (space-separated, during rotation), DISCORD_TOKEN,
-// DISCORD_API_URL, SHARDHOOK_CONTROL_URL (the router's control API, for gateway commands) and
+// DISCORD_API_URL, SHARDHOOK_CONTROL_URL (the router's control API, for gateway commands;
+// SHARDHOOK_CONTROL_URLS in a cluster: every router's, the only places a 421 may redirect to) and
 // SHARDHOOK_REST_URL (the router's REST proxy: set, Discord is called through it, signed).
 
 import type { ControlEnv } from "./commands";

@@ -174,7 +174,8 @@ describe("the signed request", () => {
 });
 
 describe("the router's answers", () => {
-  const send = () => sendGatewayCommand(env, { guild_id: GUILD, op: GatewayOpcodes.RequestGuildMembers, d: members });
+  const send = (extra: Partial<typeof env> = {}) =>
+    sendGatewayCommand({ ...env, ...extra }, { guild_id: GUILD, op: GatewayOpcodes.RequestGuildMembers, d: members });
 
   it("202 is queued, on the shards it names", async () => {
     mockRouter(202, { queued: [1] });
@@ -203,7 +204,7 @@ describe("the router's answers", () => {
     expect(await send()).toEqual({ kind: "refused", status, error, queued: [] });
   });
 
-  it("421 from a router of a cluster: sent once more, signed afresh, to the router it names", async () => {
+  it("421 from a router of a cluster: sent once more, signed afresh, to the configured router it names", async () => {
     const other = "router-b.test:8443";
     mockRouter(421, { error: "shard 1 is run by another router of the cluster", owner: "b", control: other });
     const elsewhere: { headers: Record<string, string>; body: string }[] = [];
@@ -214,7 +215,8 @@ describe("the router's answers", () => {
         elsewhere.push({ headers: options.headers as Record<string, string>, body: String(options.body) });
         return JSON.stringify({ queued: [1] });
       });
-    expect(await send()).toEqual({ kind: "queued", status: 202, shards: [1] });
+    const routers = `${ROUTER}, https://${other}/`;
+    expect(await send({ SHARDHOOK_CONTROL_URLS: routers })).toEqual({ kind: "queued", status: 202, shards: [1] });
     expect(elsewhere).toHaveLength(1);
     expect(elsewhere[0].body).toBe(commands[0].body);
     expect(elsewhere[0].headers["webhook-id"]).not.toBe(commands[0].headers["webhook-id"]);
@@ -222,6 +224,20 @@ describe("the router's answers", () => {
     const { headers, body } = elsewhere[0];
     const timestamp = Number(headers["webhook-timestamp"]);
     expect(headers["webhook-signature"]).toBe(await signature(keys, headers["webhook-id"], timestamp, body));
+  });
+
+  it.each([
+    ["an address nobody configured", "169.254.169.254:80", "https://router-b.test:8443"],
+    ["a configured router's host on another port", "router-b.test:80", "https://router-b.test:8443"],
+    ["any router, when none but this one is configured", "router-b.test:8443", undefined],
+  ])("421 naming %s is refused and nothing is sent there", async (_, control, routers) => {
+    mockRouter(421, { error: "shard 1 is run by another router of the cluster", owner: "b", control });
+    // Nothing else is mocked: a request to any other host fails the test (net connect is off).
+    const result = await send(routers ? { SHARDHOOK_CONTROL_URLS: routers } : {});
+    expect(result).toMatchObject({ kind: "refused", status: 421, queued: [] });
+    expect(result.kind === "refused" && result.error).toContain(`naming ${control}`);
+    expect(result.kind === "refused" && result.error).toContain("SHARDHOOK_CONTROL_URLS");
+    expect(commands).toHaveLength(1);
   });
 
   it("421 naming no router is refused", async () => {
