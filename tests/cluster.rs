@@ -954,3 +954,70 @@ async fn routers_on_rediss_lease_and_deliver() {
     assert_eq!(lost, 0, "{}", warnings(&nodes));
     stop(&setup, &mut nodes).await;
 }
+
+/// One signed request, exactly as captured: its headers and body, posted to `control`.
+async fn post_signed(
+    control: &str,
+    target: &str,
+    headers: &[(String, String)],
+    body: &str,
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{control}{target}"))
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    request.body(body.to_owned()).send().await.unwrap()
+}
+
+/// The `webhook-*` headers of a request signed over `signed`.
+fn signed_headers(secret: &str, signed: &[u8]) -> Vec<(String, String)> {
+    let signer = shardhook::Signer::new(shardhook::SigningKey::parse(secret).unwrap(), vec![]);
+    let (id, at) = (format!("msg_{}", fastrand::u64(..)), shardhook::unix_now());
+    vec![
+        ("webhook-id".into(), id.clone()),
+        ("webhook-timestamp".into(), at.to_string()),
+        ("webhook-signature".into(), signer.sign(&id, at, signed)),
+    ]
+}
+
+/// Spent request ids are one set for the bot: a gateway command and a REST call accepted by
+/// one router, captured and sent again to another (or the same), are refused with 401, and
+/// Discord's double sees the REST call once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_request_accepted_by_one_router_is_refused_by_every_other() {
+    let redis = Redis::start().await;
+    let shards = 4;
+    let table = format!("{}[rest]\nenabled = true\n", cluster_table(&redis));
+    let setup = process::setup_sim(process::traffic(shards, 1, 5.0), &["alpha"], &table).await;
+    let ids = ["a", "b"];
+    let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
+    let leases = settled(&setup, &redis, shards, &ids).await;
+    let (mine, _) = leases.iter().find(|(_, n)| *n == "a").unwrap();
+    // A gateway command for a shard a holds: accepted there, then replayed.
+    let command = format!(
+        r#"{{"shard_id":{mine},"op":3,"d":{{"since":null,"activities":[],"status":"idle","afk":false}}}}"#
+    );
+    let headers = signed_headers(setup.secret(), command.as_bytes());
+    let path = "/v1/gateway/commands";
+    let first = post_signed(&nodes[0].control, path, &headers, &command).await;
+    assert_eq!(first.status(), 202, "{}", first.text().await.unwrap());
+    for node in [&nodes[1], &nodes[0]] {
+        let again = post_signed(&node.control, path, &headers, &command).await;
+        assert_eq!(again.status(), 401, "replayed to {}", node.id);
+        let text = again.text().await.unwrap();
+        assert!(text.contains("already used"), "{text}");
+    }
+    // A REST call: sent to Discord once, whichever router the copies reach.
+    let target = "/api/v10/channels/41/messages";
+    let body = r#"{"content":"once"}"#;
+    let headers = signed_headers(setup.secret(), format!("POST {target}\n{body}").as_bytes());
+    let first = post_signed(&nodes[0].control, target, &headers, body).await;
+    assert_eq!(first.status(), 200, "{}", first.text().await.unwrap());
+    let again = post_signed(&nodes[1].control, target, &headers, body).await;
+    assert_eq!(again.status(), 401, "{}", again.text().await.unwrap());
+    let calls = setup.sim.observed(|o| o.rest_calls.len());
+    assert_eq!(calls, 1, "Discord got the message once");
+    stop(&setup, &mut nodes).await;
+}

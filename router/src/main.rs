@@ -210,17 +210,24 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
             let router = Router::start_in(&config, |id| pipeline.sink(id), cluster.as_ref())
                 .await
                 .map_err(|e| e.to_string())?;
-            let ids = LocalIds::open(&config.state.dir, shardhook::unix_now()).map_err(|e| {
-                format!(
-                    "failed to read spent command ids in {}: {e}",
-                    config.state.dir.display()
-                )
-            })?;
+            // Spent request ids: the cluster's, one set for every router of the bot; else
+            // this router's, in its state directory.
+            let ids: Arc<dyn shardhook::control::SpentIds> = match &cluster {
+                Some(cluster) => cluster.spent_ids(),
+                None => Arc::new(
+                    LocalIds::open(&config.state.dir, shardhook::unix_now()).map_err(|e| {
+                        format!(
+                            "failed to read spent command ids in {}: {e}",
+                            config.state.dir.display()
+                        )
+                    })?,
+                ),
+            };
             let state = ControlState::new(
                 router.shards(),
                 router.shard_count(),
                 signer,
-                Arc::new(ids),
+                ids,
                 pipeline.handle(),
             );
             let state = match &cluster {

@@ -16,6 +16,7 @@
 mod coordinator;
 pub mod dead_letters;
 mod seal;
+mod spent_ids;
 mod spools;
 pub mod status;
 mod store;
@@ -146,6 +147,15 @@ impl Cluster {
         pipeline.spool_remotely(Arc::new(spools::RedisSpools {
             store: self.store.clone(),
         }));
+    }
+
+    /// The request ids spent by every router of the bot: a signed command or REST call
+    /// accepted by one is refused by all.
+    pub fn spent_ids(&self) -> Arc<dyn crate::state::request_ids::SpentIds> {
+        Arc::new(spent_ids::RedisIds {
+            store: self.store.clone(),
+            node: self.me.id.clone(),
+        })
     }
 
     /// The coordinator that runs this router's side of the cluster over `parts`.

@@ -13,6 +13,9 @@
 //!   left today, expiring when Discord resets them.
 //! - `spool:{shard}`: the shard's spool, a stream of batches no endpoint could take yet (field
 //!   `record`: the batch's JSON), drained by whichever router holds the shard.
+//! - `spent:{id}`: a signed request's `webhook-id` (gateway command or REST call), claimed by
+//!   the router checking it (value: its node id) and kept until the signature's window ends,
+//!   unless that router frees it (the request was not acted on).
 //! - `dead-letters`: a stream of every router's dead letters (field `record`: the JSON line of
 //!   the dead-letter file), until `shardhook cluster dead-letters` moves them to a file.
 //!
@@ -185,6 +188,12 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, 0}
 ";
 
+/// Frees a request id claimed by this router, and only then.
+const RELEASE_ID: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
 /// One entry of a stream as XRANGE answers it: its id and its fields.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
@@ -205,6 +214,7 @@ struct Scripts {
     release: Script,
     heartbeat: Script,
     turn: Script,
+    release_id: Script,
 }
 
 impl std::fmt::Debug for Store {
@@ -253,6 +263,7 @@ impl Store {
                 release: Script::new(RELEASE),
                 heartbeat: Script::new(HEARTBEAT),
                 turn: Script::new(TURN),
+                release_id: Script::new(RELEASE_ID),
             }),
             seal,
         })
@@ -618,6 +629,38 @@ impl Store {
     pub async fn spool_remove(&self, shard: u32, id: &str) -> Result<(), StoreError> {
         self.stream_delete(&format!("spool:{shard}"), &[id.to_owned()])
             .await
+    }
+
+    /// Claims the request id `id` for `node` for `ttl` (one set for every router of the bot):
+    /// false if any router claimed or spent it already.
+    pub async fn claim_id(&self, id: &str, node: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = self
+            .timed(
+                redis::cmd("SET")
+                    .arg(self.key(&format!("spent:{id}")))
+                    .arg(node)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Frees the request id `id` if `node` holds its claim (its request was not acted on).
+    pub async fn release_id(&self, id: &str, node: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.timed(
+            self.scripts
+                .release_id
+                .key(self.key(&format!("spent:{id}")))
+                .arg(node)
+                .invoke_async::<i64>(&mut conn),
+        )
+        .await
+        .map(drop)
     }
 
     /// Asks for `bucket`'s IDENTIFY turn for `node`, held `interval` once given.

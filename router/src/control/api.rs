@@ -22,13 +22,13 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::replay::{Claim, SpentIds};
 use crate::cluster::View;
 use crate::delivery::signer::{unix_now, Signer, TOLERANCE_SECS};
 use crate::delivery::DeliveryHandle;
 use crate::gateway::handle::{CommandRefused, ShardHandle, ShardState};
 use crate::gateway::payload::op;
 use crate::rest::{BodyError, ProxyRequest, RestProxy};
+use crate::state::request_ids::{Claim, SpentIds};
 
 /// Discord's limit on a payload a client sends.
 pub const MAX_COMMAND_BYTES: usize = 4096;
@@ -182,7 +182,7 @@ async fn command(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (id, expires) = match authenticate(&state, &headers, &[&body]) {
+    let (id, expires) = match authenticate(&state, &headers, &[&body]).await {
         Ok(claimed) => claimed,
         Err(refusal) => return refusal,
     };
@@ -194,7 +194,7 @@ async fn command(
 /// Verifies a signed request's headers over `signed` (the parts of its body, joined) and
 /// claims its `webhook-id`: the id and when it expires, or the refusal to answer.
 #[allow(clippy::result_large_err)]
-fn authenticate(
+async fn authenticate(
     state: &ControlState,
     headers: &HeaderMap,
     signed: &[&[u8]],
@@ -209,13 +209,13 @@ fn authenticate(
     ) {
         return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()));
     }
-    claim(state, headers)
+    claim(state, headers).await
 }
 
 /// Claims the `webhook-id` of a request whose signature was verified: the id and when it
 /// expires, or the refusal to answer (too long, already used, or no room to remember it).
 #[allow(clippy::result_large_err)]
-fn claim(state: &ControlState, headers: &HeaderMap) -> Result<(String, u64), Response> {
+async fn claim(state: &ControlState, headers: &HeaderMap) -> Result<(String, u64), Response> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let id = header("webhook-id").unwrap_or_default();
     let timestamp = header("webhook-timestamp").unwrap_or_default();
@@ -228,7 +228,7 @@ fn claim(state: &ControlState, headers: &HeaderMap) -> Result<(String, u64), Res
     // A signature is good for TOLERANCE_SECS either side of its timestamp: after that the
     // id need not be remembered.
     let expires = timestamp.parse::<u64>().unwrap_or_default() + TOLERANCE_SECS;
-    match state.ids.claim(id, expires, unix_now()) {
+    match state.ids.claim(id, expires, unix_now()).await {
         Claim::Claimed => Ok((id.to_owned(), expires)),
         Claim::Seen => Err(refuse(
             StatusCode::UNAUTHORIZED,
@@ -238,18 +238,23 @@ fn claim(state: &ControlState, headers: &HeaderMap) -> Result<(String, u64), Res
             StatusCode::SERVICE_UNAVAILABLE,
             "too many requests in the last minutes to remember their ids; try again later",
         )),
+        Claim::Unavailable(why) => {
+            tracing::warn!(webhook_id = %id, "could not check a request id against the spent ones: {why}");
+            Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot check webhook-id {id} against the spent ones now ({why}); nothing was done, try again"),
+            ))
+        }
     }
 }
 
 /// Spends a claimed id if its request was acted on, else releases it for another try.
 async fn settle(state: &ControlState, id: &str, expires: u64, acted_on: bool) {
     if !acted_on {
-        state.ids.release(id);
+        state.ids.release(id).await;
         return;
     }
-    let (ids, spent) = (state.ids.clone(), id.to_owned());
-    let kept = tokio::task::spawn_blocking(move || ids.spend(&spent, expires)).await;
-    if let Err(e) = kept.map_err(io_error).and_then(|r| r) {
+    if let Err(e) = state.ids.clone().spend(id.to_owned(), expires).await {
         // The request is on its way: say so, and that its id may be taken again after a
         // restart.
         tracing::error!(webhook_id = %id, "failed to record a spent request id; it could be replayed after a restart: {e}");
@@ -304,7 +309,7 @@ async fn rest(
     if let Err(e) = verifier.finish() {
         return refuse(StatusCode::UNAUTHORIZED, e.to_string());
     }
-    let (id, expires) = match claim(&state, &headers) {
+    let (id, expires) = match claim(&state, &headers).await {
         Ok(claimed) => claimed,
         Err(refusal) => return refusal,
     };
@@ -322,10 +327,6 @@ async fn rest(
     let (response, reached) = proxy.forward(request).await;
     settle(&state, &id, expires, reached).await;
     response
-}
-
-fn io_error(e: tokio::task::JoinError) -> std::io::Error {
-    std::io::Error::other(e)
 }
 
 /// What a command body asks: the payload to send, and to which shards.

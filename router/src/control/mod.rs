@@ -7,10 +7,9 @@
 
 mod api;
 pub(crate) mod metrics;
-mod replay;
 mod server;
 
+pub use crate::state::request_ids::{Claim, LocalIds, SpentIds};
 pub use api::{app, rest_app, ControlState, MAX_BODY_BYTES};
 pub(crate) use api::{parse_command, MAX_COMMAND_BYTES};
-pub use replay::{Claim, LocalIds, SpentIds};
 pub use server::{serve, serve_app};

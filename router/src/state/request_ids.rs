@@ -1,16 +1,19 @@
-//! Replay protection for gateway commands: a `webhook-id` is spent once its command is
-//! accepted, and a spent id is refused until its timestamp is out of the signature's window.
+//! Replay protection for signed requests (gateway commands, REST calls): a `webhook-id` is
+//! spent once its request is acted on, and a spent id is refused until its timestamp is out of
+//! the signature's window.
 //!
 //! Owns the decision (claim an id while its command is checked, spend it if the command was
 //! accepted, release it otherwise) behind a small interface, `SpentIds`, so that where ids are
 //! kept can change: `LocalIds` keeps them in memory, bounded and expiring, and in the state
-//! directory, so they outlive a restart; several routers sharing one bot would need a shared
-//! store (Redis) behind the same interface. The file format is `state::spent_ids`'.
+//! directory, so they outlive a restart; in a cluster, `cluster`'s Redis ids are one set for
+//! every router of the bot. The file format is `state::spent_ids`'.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::io;
 use std::path::Path;
-use std::sync::Mutex;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use crate::state::spent_ids::SpentIdsLog;
 
@@ -20,7 +23,7 @@ use crate::state::spent_ids::SpentIdsLog;
 pub const CAPACITY: usize = 100_000;
 
 /// What `SpentIds::claim` found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// The id is new; it is held for this command until spent or released.
     Claimed,
@@ -28,17 +31,22 @@ pub enum Claim {
     Seen,
     /// No room for another id until some expire.
     Full,
+    /// Where the ids are kept cannot answer now (a cluster's Redis): nothing is acted on.
+    Unavailable(String),
 }
+
+/// What a `SpentIds` call answers with.
+pub type Answer<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where the ids of accepted commands are kept.
 pub trait SpentIds: Send + Sync {
     /// Holds `id` (until Unix second `expires`) for a command being checked, unless it is
     /// spent or held already. `now` is Unix seconds.
-    fn claim(&self, id: &str, expires: u64, now: u64) -> Claim;
+    fn claim<'a>(&'a self, id: &'a str, expires: u64, now: u64) -> Answer<'a, Claim>;
     /// The command was not accepted: its id may come again.
-    fn release(&self, id: &str);
+    fn release<'a>(&'a self, id: &'a str) -> Answer<'a, ()>;
     /// The command was accepted: its id stays spent until it expires, across restarts.
-    fn spend(&self, id: &str, expires: u64) -> io::Result<()>;
+    fn spend(self: Arc<Self>, id: String, expires: u64) -> Answer<'static, io::Result<()>>;
 }
 
 /// Ids in memory, bounded and expiring, spent ones also in the state directory.
@@ -113,7 +121,28 @@ impl LocalIds {
 }
 
 impl SpentIds for LocalIds {
-    fn claim(&self, id: &str, expires: u64, now: u64) -> Claim {
+    fn claim<'a>(&'a self, id: &'a str, expires: u64, now: u64) -> Answer<'a, Claim> {
+        Box::pin(std::future::ready(LocalIds::claim(self, id, expires, now)))
+    }
+
+    fn release<'a>(&'a self, id: &'a str) -> Answer<'a, ()> {
+        LocalIds::release(self, id);
+        Box::pin(std::future::ready(()))
+    }
+
+    /// The file is synced off the runtime's threads.
+    fn spend(self: Arc<Self>, id: String, expires: u64) -> Answer<'static, io::Result<()>> {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || LocalIds::spend(&self, &id, expires))
+                .await
+                .map_err(io::Error::other)?
+        })
+    }
+}
+
+impl LocalIds {
+    /// `SpentIds::claim`, at once.
+    pub fn claim(&self, id: &str, expires: u64, now: u64) -> Claim {
         let mut cache = self.cache();
         cache.expire(now);
         if cache.ids.contains_key(id) {
@@ -127,14 +156,16 @@ impl SpentIds for LocalIds {
         Claim::Claimed
     }
 
-    fn release(&self, id: &str) {
+    /// `SpentIds::release`, at once.
+    pub fn release(&self, id: &str) {
         let mut cache = self.cache();
         if cache.ids.get(id).is_some_and(|(_, spent)| !spent) {
             cache.remove(id);
         }
     }
 
-    fn spend(&self, id: &str, expires: u64) -> io::Result<()> {
+    /// `SpentIds::spend`, blocking on the file.
+    pub fn spend(&self, id: &str, expires: u64) -> io::Result<()> {
         let live = {
             let mut cache = self.cache();
             if let Some(entry) = cache.ids.get_mut(id) {
