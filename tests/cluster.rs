@@ -1021,3 +1021,111 @@ async fn a_signed_request_accepted_by_one_router_is_refused_by_every_other() {
     assert_eq!(calls, 1, "Discord got the message once");
     stop(&setup, &mut nodes).await;
 }
+
+/// A signed REST call to `node`, as a handler sends it.
+async fn rest_call(secret: &str, node: &Node, method: &str, target: &str, body: &str) -> u16 {
+    let headers = signed_headers(secret, format!("{method} {target}\n{body}").as_bytes());
+    let mut request = reqwest::Client::new().request(
+        reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+        format!("http://{}{target}", node.control),
+    );
+    for (name, value) in &headers {
+        request = request.header(name, value);
+    }
+    request
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The invalid-request limit is one count for the bot: two routers told 10 let 10 answers
+/// of 403 happen between them, not 20, then refuse with 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_invalid_request_limit_is_one_count_across_routers() {
+    let redis = Redis::start().await;
+    let shards = 4;
+    let table = format!(
+        "{}[rest]\nenabled = true\ninvalid_request_limit = 10\n",
+        cluster_table(&redis)
+    );
+    let setup = process::setup_sim(process::traffic(shards, 1, 5.0), &["alpha"], &table).await;
+    let ids = ["a", "b"];
+    let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
+    settled(&setup, &redis, shards, &ids).await;
+    // A handler bug: guilds the bot is not in, so Discord answers every request 403 (a guild
+    // each, so no route bucket is met: the count is what is tried here).
+    let mut statuses = Vec::new();
+    for n in 0..24 {
+        let node = &nodes[n % 2];
+        let target = format!("/api/v10/guilds/{}/members/6", 12345 + n);
+        statuses.push(rest_call(setup.secret(), node, "GET", &target, "").await);
+    }
+    let calls = setup.sim.observed(|o| o.rest_calls.len());
+    assert_eq!(
+        calls, 10,
+        "Discord saw the bot's limit, not each router's: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 403).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert!(statuses[10..].iter().all(|s| *s == 503), "{statuses:?}");
+    stop(&setup, &mut nodes).await;
+}
+
+/// The global limit is the bot's: two routers each told 18 a second, under a burst over many
+/// channels, together send no more than the double's 20 in any second by arrival, paced
+/// evenly, and draw no 429.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_routers_under_a_burst_keep_the_bots_global_limit_together() {
+    let redis = Redis::start().await;
+    let shards = 4;
+    let table = format!(
+        "{}[rest]\nenabled = true\nglobal_per_second = 18\nmax_wait = \"60s\"\n",
+        cluster_table(&redis)
+    );
+    let sim = shardhook_simulator::SimConfig {
+        rest_global_limit: 20,
+        ..process::traffic(shards, 1, 5.0)
+    };
+    let setup = process::setup_sim(sim, &["alpha"], &table).await;
+    let ids = ["a", "b"];
+    let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
+    settled(&setup, &redis, shards, &ids).await;
+    let nodes_ref = &nodes;
+    let secret = setup.secret();
+    // 60 requests at once, 30 to each router, each on a channel of its own.
+    let calls = (0..60u64).map(|n| async move {
+        let target = format!("/api/v10/channels/{}/messages", 5000 + n);
+        let node = &nodes_ref[(n % 2) as usize];
+        rest_call(secret, node, "POST", &target, r#"{"content":"burst"}"#).await
+    });
+    let statuses = within("the burst", futures_util::future::join_all(calls)).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let mut arrivals: Vec<Instant> = setup.sim.observed(|o| {
+        o.rest_calls
+            .iter()
+            .filter(|c| c.path.ends_with("/messages"))
+            .map(|c| c.at)
+            .collect()
+    });
+    arrivals.sort();
+    assert_eq!(arrivals.len(), 60);
+    let limited = setup
+        .sim
+        .observed(|o| o.rest_calls.iter().filter(|c| c.status == 429).count());
+    assert_eq!(limited, 0, "the double answered 429");
+    for (i, first) in arrivals.iter().enumerate() {
+        let within = arrivals[i..]
+            .iter()
+            .filter(|t| **t < *first + Duration::from_secs(1))
+            .count();
+        assert!(within <= 20, "{within} arrived in the second from call {i}");
+    }
+    stop(&setup, &mut nodes).await;
+}

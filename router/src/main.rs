@@ -235,7 +235,14 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 None => state,
             };
             let state = if config.rest.enabled {
-                let proxy = shardhook::rest::RestProxy::new(&config).map_err(|e| e.to_string())?;
+                // In a cluster the global limit and the invalid-request count are the bot's.
+                let proxy = match &cluster {
+                    Some(cluster) => {
+                        shardhook::rest::RestProxy::with_limits(&config, cluster.rest_limits())
+                    }
+                    None => shardhook::rest::RestProxy::new(&config),
+                }
+                .map_err(|e| e.to_string())?;
                 match rest_listener {
                     Some(_) => state.with_rest_apart(proxy),
                     None => state.with_rest(proxy),

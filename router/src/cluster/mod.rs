@@ -15,6 +15,8 @@
 
 mod coordinator;
 pub mod dead_letters;
+mod request_keys;
+mod rest_limits;
 mod seal;
 mod spent_ids;
 mod spools;
@@ -155,6 +157,15 @@ impl Cluster {
         Arc::new(spent_ids::RedisIds {
             store: self.store.clone(),
             node: self.me.id.clone(),
+        })
+    }
+
+    /// The bot's REST limits (global limit, invalid-request count), one for every router.
+    pub fn rest_limits(&self) -> Arc<dyn crate::state::rest_limits::RestLimits> {
+        Arc::new(rest_limits::RedisLimits {
+            store: self.store.clone(),
+            node: self.me.id.clone(),
+            counted: Default::default(),
         })
     }
 

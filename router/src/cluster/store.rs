@@ -16,6 +16,9 @@
 //! - `spent:{id}`: a signed request's `webhook-id` (gateway command or REST call), claimed by
 //!   the router checking it (value: its node id) and kept until the signature's window ends,
 //!   unless that router frees it (the request was not acted on).
+//! - `rest:global`: the bot's global REST limit, the next free slot (Unix microseconds by
+//!   Redis' clock); `rest:invalid`: the bot's answers of 401, 403 or 429 from Discord in the
+//!   last 10 minutes (a sorted set by time).
 //! - `dead-letters`: a stream of every router's dead letters (field `record`: the JSON line of
 //!   the dead-letter file), until `shardhook cluster dead-letters` moves them to a file.
 //!
@@ -188,19 +191,13 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, 0}
 ";
 
-/// Frees a request id claimed by this router, and only then.
-const RELEASE_ID: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-";
-
 /// One entry of a stream as XRANGE answers it: its id and its fields.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
 /// The shared state of one bot's routers in Redis.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    pub(super) conn: ConnectionManager,
     /// `shardhook:{bot}:`.
     prefix: String,
     timeout: Duration,
@@ -214,7 +211,6 @@ struct Scripts {
     release: Script,
     heartbeat: Script,
     turn: Script,
-    release_id: Script,
 }
 
 impl std::fmt::Debug for Store {
@@ -263,18 +259,17 @@ impl Store {
                 release: Script::new(RELEASE),
                 heartbeat: Script::new(HEARTBEAT),
                 turn: Script::new(TURN),
-                release_id: Script::new(RELEASE_ID),
             }),
             seal,
         })
     }
 
-    fn key(&self, name: &str) -> String {
+    pub(super) fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
 
     /// Runs one call under the timeout.
-    async fn timed<T>(
+    pub(super) async fn timed<T>(
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
@@ -629,38 +624,6 @@ impl Store {
     pub async fn spool_remove(&self, shard: u32, id: &str) -> Result<(), StoreError> {
         self.stream_delete(&format!("spool:{shard}"), &[id.to_owned()])
             .await
-    }
-
-    /// Claims the request id `id` for `node` for `ttl` (one set for every router of the bot):
-    /// false if any router claimed or spent it already.
-    pub async fn claim_id(&self, id: &str, node: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let set: Option<String> = self
-            .timed(
-                redis::cmd("SET")
-                    .arg(self.key(&format!("spent:{id}")))
-                    .arg(node)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl.as_millis().max(1) as u64)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        Ok(set.is_some())
-    }
-
-    /// Frees the request id `id` if `node` holds its claim (its request was not acted on).
-    pub async fn release_id(&self, id: &str, node: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        self.timed(
-            self.scripts
-                .release_id
-                .key(self.key(&format!("spent:{id}")))
-                .arg(node)
-                .invoke_async::<i64>(&mut conn),
-        )
-        .await
-        .map(drop)
     }
 
     /// Asks for `bucket`'s IDENTIFY turn for `node`, held `interval` once given.

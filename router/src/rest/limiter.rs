@@ -1,7 +1,7 @@
 //! Waiting for Discord's rate limits: per-route buckets, kept by twilight's limiter
-//! (`twilight-http-ratelimiting`); the global limit, kept by `global` (twilight's own global
-//! window lets a second's worth of requests through twice in one second at its turn, see
-//! there), so twilight's is set out of reach; and a pause of every globally limited route when
+//! (`twilight-http-ratelimiting`); the global limit, a slot per request reserved in
+//! `state::rest_limits` (twilight's own global window lets a second's worth of requests
+//! through twice in one second at its turn), so twilight's is set out of reach; and a pause of every globally limited route when
 //! Discord answers a global 429, which twilight's limiter has no way to express.
 //!
 //! Owns reading Discord's `X-RateLimit-*` headers and 429 bodies into what the limiter learns,
@@ -15,7 +15,7 @@ use axum::http::HeaderMap;
 use tokio::time::Instant;
 use twilight_http_ratelimiting::{Endpoint, Method, Permit, RateLimitHeaders, RateLimiter};
 
-use super::global::GlobalWindow;
+use crate::state::rest_limits::{RestLimits, Slot};
 
 /// The shortest `Retry-After` told to a caller: Discord's header is in whole seconds too.
 const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -90,20 +90,23 @@ pub fn method(method: &axum::http::Method) -> Option<Method> {
 pub struct Limiter {
     /// Twilight's, for the buckets alone: its global limit is out of reach.
     buckets: RateLimiter,
-    /// The global limit. An async mutex, so requests waiting on it go in the order they came.
-    global: tokio::sync::Mutex<GlobalWindow>,
+    /// The global limit, the bot's (`state::rest_limits`): a slot reserved per request.
+    limits: std::sync::Arc<dyn RestLimits>,
+    per_second: u16,
     /// Until when a global 429 from Discord holds every route the global limit covers.
     paused_until: Mutex<Option<Instant>>,
 }
 
 impl Limiter {
-    /// A limiter allowing `global_per_second` globally limited requests a second. Starts
+    /// A limiter allowing `global_per_second` globally limited requests a second, counted in
+    /// `limits` (this router's, or the cluster's for every router of the bot). Starts
     /// twilight's actor task: call within a tokio runtime.
-    pub fn new(global_per_second: u16) -> Limiter {
+    pub fn new(global_per_second: u16, limits: std::sync::Arc<dyn RestLimits>) -> Limiter {
         Limiter {
             // Twilight's docs: u16::MAX practically disables its global limit.
             buckets: RateLimiter::new(u16::MAX),
-            global: tokio::sync::Mutex::new(GlobalWindow::new(global_per_second)),
+            limits,
+            per_second: global_per_second,
             paused_until: Mutex::new(None),
         }
     }
@@ -156,18 +159,19 @@ impl Limiter {
         Ok(permit)
     }
 
-    /// Waits, behind the requests that came first, until the global window lets one go, by
-    /// `deadline`; else says when it would.
+    /// Reserves the global limit's next slot and waits for it, by `deadline`; else says when
+    /// to try again (nothing reserved).
     async fn wait_for_global(&self, deadline: Instant) -> Result<(), Instant> {
-        let Ok(mut window) = tokio::time::timeout_at(deadline, self.global.lock()).await else {
-            // Others are still ahead: a second lets the window turn over once.
-            return Err(Instant::now() + super::global::WINDOW);
-        };
-        loop {
-            match window.take(Instant::now()) {
-                Ok(()) => return Ok(()),
-                Err(free) if free > deadline => return Err(free),
-                Err(free) => tokio::time::sleep_until(free).await,
+        let max_wait = deadline.saturating_duration_since(Instant::now());
+        match self.limits.reserve(self.per_second, max_wait).await {
+            Slot::In(wait) => {
+                tokio::time::sleep(wait).await;
+                Ok(())
+            }
+            Slot::TooFar(wait) => Err(Instant::now() + wait),
+            Slot::Unavailable(why) => {
+                tracing::warn!("could not reserve a slot of the bot's global limit: {why}");
+                Err(Instant::now() + Duration::from_secs(1))
             }
         }
     }
@@ -187,6 +191,7 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::rest_limits::LocalLimits;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -236,42 +241,52 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_global_limit_holds_requests_on_other_buckets_but_not_exempt_ones() {
-        let limiter = Limiter::new(2);
+    async fn the_global_limit_paces_requests_on_other_buckets_but_not_exempt_ones() {
+        let limiter = Limiter::new(2, std::sync::Arc::new(LocalLimits::default()));
         let start = Instant::now();
         let deadline = start + Duration::from_secs(10);
         let endpoint = |channel: u32| Endpoint {
             method: Method::Post,
             path: format!("channels/{channel}/messages"),
         };
+        // Two a second, evenly: one now, the next half a second later.
         for channel in 0..2 {
             let permit = limiter.acquire(endpoint(channel), false, deadline).await;
             permit.unwrap().complete(None);
         }
+        assert_eq!(Instant::now() - start, Duration::from_millis(500));
         let exempt = Endpoint {
             method: Method::Post,
             path: "interactions/1/t/callback".into(),
         };
         let permit = limiter.acquire(exempt, true, deadline).await.unwrap();
         permit.complete(None);
-        assert_eq!(Instant::now(), start, "exempt: no wait");
+        assert_eq!(
+            Instant::now() - start,
+            Duration::from_millis(500),
+            "exempt: no wait"
+        );
         let permit = limiter.acquire(endpoint(2), false, deadline).await.unwrap();
         permit.complete(None);
         assert_eq!(Instant::now() - start, Duration::from_secs(1));
-        // Past the deadline: refused with when it would have gone.
+        // Past the deadline: refused with when it would have gone, and no slot taken.
+        let soon = Instant::now() + Duration::from_millis(100);
+        let refused = limiter.acquire(endpoint(3), false, soon).await.unwrap_err();
+        assert_eq!(
+            refused, MIN_RETRY_AFTER,
+            "500 ms away, told at least MIN_RETRY_AFTER"
+        );
         limiter
-            .acquire(endpoint(3), false, deadline)
+            .acquire(endpoint(4), false, deadline)
             .await
             .unwrap()
             .complete(None);
-        let soon = Instant::now() + Duration::from_millis(100);
-        let refused = limiter.acquire(endpoint(4), false, soon).await.unwrap_err();
-        assert_eq!(refused, Duration::from_secs(1));
+        assert_eq!(Instant::now() - start, Duration::from_millis(1500));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_global_pause_past_the_deadline_is_refused_with_its_length() {
-        let limiter = Limiter::new(50);
+        let limiter = Limiter::new(50, std::sync::Arc::new(LocalLimits::default()));
         limiter.pause_all(Duration::from_secs(5));
         let endpoint = Endpoint {
             method: Method::Post,

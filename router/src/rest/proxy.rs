@@ -16,12 +16,13 @@ use tokio::time::Instant;
 use twilight_http_ratelimiting::{Endpoint, RateLimitHeaders};
 
 use super::body::{self, BodyError, Spooled};
-use super::guard::{self, Guard};
+use super::guard;
 use super::limiter::{self, Limiter};
 use super::route::Route;
 use super::stats::RestStats;
 use crate::config::{Config, ConfigError, RestConfig};
 use crate::secret::Token;
+use crate::state::rest_limits::{LocalLimits, RestLimits};
 
 /// How long Discord has to answer a request once it is sent (an upload included).
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -78,13 +79,26 @@ pub struct RestProxy {
     /// Where bodies too large for memory are held on their way (`state.dir`).
     state_dir: PathBuf,
     limiter: Limiter,
-    guard: Guard,
+    /// The bot's global limit and invalid-request count: this router's, or the cluster's.
+    limits: std::sync::Arc<dyn RestLimits>,
+    /// The invalid-request count as last read, for `/metrics`.
+    invalid_seen: std::sync::atomic::AtomicUsize,
     stats: RestStats,
 }
 
 impl RestProxy {
-    /// The proxy `config` describes. Starts the limiter's task: call within a tokio runtime.
+    /// The proxy `config` describes, its limits this router's alone. Starts the limiter's
+    /// task: call within a tokio runtime.
     pub fn new(config: &Config) -> Result<RestProxy, RestError> {
+        RestProxy::with_limits(config, std::sync::Arc::new(LocalLimits::default()))
+    }
+
+    /// The proxy `config` describes, its global limit and invalid-request count kept in
+    /// `limits` (a cluster's, for every router of the bot).
+    pub fn with_limits(
+        config: &Config,
+        limits: std::sync::Arc<dyn RestLimits>,
+    ) -> Result<RestProxy, RestError> {
         let token = config.token()?.clone();
         let tls = crate::tls::platform_tls().map_err(|e| RestError::Client(e.to_string()))?;
         let client = reqwest::Client::builder()
@@ -99,8 +113,9 @@ impl RestProxy {
             client,
             api_url: config.discord.api_url.trim_end_matches('/').to_owned(),
             token,
-            limiter: Limiter::new(settings.global_per_second),
-            guard: Guard::new(settings.invalid_request_limit),
+            limiter: Limiter::new(settings.global_per_second, limits.clone()),
+            limits,
+            invalid_seen: Default::default(),
             settings,
             state_dir: config.state.dir.clone(),
             stats: RestStats::default(),
@@ -128,10 +143,11 @@ impl RestProxy {
         &self.stats
     }
 
-    /// Invalid answers (401, 403, 429) from Discord in the last 10 minutes, and the limit.
+    /// Invalid answers (401, 403, 429) from Discord in the last 10 minutes as last counted
+    /// (the bot's, in a cluster), and the limit.
     pub fn invalid_requests(&self) -> (usize, u32) {
         (
-            self.guard.count(Instant::now()),
+            self.invalid_seen.load(std::sync::atomic::Ordering::Relaxed),
             self.settings.invalid_request_limit,
         )
     }
@@ -152,7 +168,22 @@ impl RestProxy {
             return (refusal(StatusCode::METHOD_NOT_ALLOWED, &error), false);
         };
         let arrived = Instant::now();
-        if let Some(wait) = self.guard.refusal(arrived) {
+        let limit = self.settings.invalid_request_limit;
+        let wait = match self.limits.invalid(limit).await {
+            Ok((count, wait)) => {
+                self.invalid_seen
+                    .store(count, std::sync::atomic::Ordering::Relaxed);
+                (count >= limit as usize).then_some(wait)
+            }
+            Err(why) => {
+                let error = format!(
+                    "cannot read the bot's invalid-request count ({why}); nothing was sent"
+                );
+                tracing::warn!(route = %route.template, "{error}");
+                return (refusal(StatusCode::SERVICE_UNAVAILABLE, &error), false);
+            }
+        };
+        if let Some(wait) = wait {
             tracing::error!(
                 route = %route.template,
                 limit = self.settings.invalid_request_limit,
@@ -229,7 +260,7 @@ impl RestProxy {
             .get("x-ratelimit-scope")
             .and_then(|v| v.to_str().ok());
         if guard::counts(status.as_u16(), scope) {
-            self.guard.record(Instant::now());
+            self.limits.record_invalid().await;
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
             let limited = limiter::rate_limited(&headers, &body);

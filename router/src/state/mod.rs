@@ -11,5 +11,6 @@ pub(crate) mod dead_letter;
 pub(crate) mod files;
 pub(crate) mod progress;
 pub(crate) mod request_ids;
+pub(crate) mod rest_limits;
 pub(crate) mod spent_ids;
 pub(crate) mod spool;
