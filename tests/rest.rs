@@ -685,3 +685,63 @@ async fn with_rest_listen_the_proxy_is_served_there_and_not_on_the_control_liste
     assert_eq!(shards.status(), 404);
     r.stop().await;
 }
+
+#[tokio::test]
+async fn one_router_paces_its_global_limit_evenly_so_no_second_by_arrival_holds_a_burst_twice() {
+    // The double's global limit far out of reach: what is measured is how the router spreads
+    // 120 requests over many channels when told 40 a second.
+    let p = start(
+        SimConfig {
+            rest_global_limit: 1000,
+            ..sim(5, Duration::from_secs(1))
+        },
+        |c| {
+            c.rest.global_per_second = 40;
+            c.rest.max_wait = Duration::from_secs(60);
+        },
+    )
+    .await;
+    let p = std::sync::Arc::new(p);
+    let mut callers = tokio::task::JoinSet::new();
+    for n in 0..120u64 {
+        let p = p.clone();
+        callers.spawn(async move {
+            let target = create_message(3000 + n);
+            Call::new("POST", &target, r#"{"content":"paced"}"#)
+                .send(&p)
+                .await
+                .status()
+                .as_u16()
+        });
+    }
+    while let Some(status) = within("the callers", callers.join_next()).await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let mut arrivals: Vec<_> = calls(&p).iter().map(|c| c.at).collect();
+    arrivals.sort();
+    assert_eq!(arrivals.len(), 120);
+    // Paced, any second holds the limit and at most one more at its edge, plus loopback's
+    // jitter; and so does any quarter of a second, a quarter of it: a window that lets a
+    // second's worth go at once sends 40 within milliseconds, and its next 40 a second later,
+    // where arrival jitter puts two bursts in one of Discord's seconds.
+    let most_within = |span: Duration| {
+        (0..arrivals.len())
+            .map(|i| {
+                arrivals[i..]
+                    .iter()
+                    .filter(|t| **t < arrivals[i] + span)
+                    .count()
+            })
+            .max()
+            .unwrap()
+    };
+    let second = most_within(Duration::from_secs(1));
+    assert!(second <= 42, "{second} arrived within one second, told 40");
+    let quarter = most_within(Duration::from_millis(250));
+    assert!(
+        quarter <= 13,
+        "{quarter} arrived within 250 ms, told 40 a second"
+    );
+    let p = std::sync::Arc::into_inner(p).unwrap();
+    p.stop().await;
+}
