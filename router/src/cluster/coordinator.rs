@@ -494,7 +494,6 @@ impl Coordinator {
     /// the shard is another router's now, and it stops here at once.
     async fn renew(&mut self) {
         if self.owned.is_empty() {
-            self.refresh_owners().await;
             return;
         }
         let mut items = Vec::with_capacity(self.owned.len());
@@ -561,14 +560,6 @@ impl Coordinator {
                 self.owned.remove(&id);
                 self.standby(id);
             }
-        }
-        self.refresh_owners().await;
-    }
-
-    /// Reads every shard's lease holder for the control API.
-    async fn refresh_owners(&self) {
-        if let Ok(leases) = self.store.leases(self.parts.shard_count).await {
-            self.view.set_owners(leases);
         }
     }
 }

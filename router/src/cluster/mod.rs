@@ -109,7 +109,7 @@ impl Cluster {
             started_ms: now_ms(),
         };
         Ok(Cluster {
-            view: Arc::new(View::new(&me.id)),
+            view: Arc::new(View::new(&me.id, store.clone())),
             store,
             settings,
             me,

@@ -443,9 +443,17 @@ impl Store {
 
     /// Every shard's lease, for shards `0..count`.
     pub async fn leases(&self, count: u32) -> Result<Vec<Option<Lease>>, StoreError> {
+        self.leases_of(&(0..count).collect::<Vec<_>>()).await
+    }
+
+    /// The leases of `shards`, in their order.
+    pub async fn leases_of(&self, shards: &[u32]) -> Result<Vec<Option<Lease>>, StoreError> {
+        if shards.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
-        for shard in 0..count {
+        for shard in shards {
             let key = self.key(&format!("lease:{shard}"));
             pipe.get(&key).pttl(&key);
         }

@@ -1,12 +1,15 @@
 //! What the control API shows and routes by in a cluster: which router holds each shard, and
 //! where each router's control API answers.
 //!
-//! Owns the snapshot only; the coordinator fills it, the control API reads it.
+//! Owns the snapshot of this router's shards and the live routers' addresses (the coordinator
+//! fills it at each heartbeat), and reads other shards' holders from Redis when the control
+//! API asks (a 421, `/v1/shards`), not at every lease renewal: at 1,000 shards that read was
+//! half of Redis' load.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
-use super::store::{Lease, NodeInfo};
+use super::store::{Lease, NodeInfo, Store};
 
 /// The cluster as this router last saw it.
 #[derive(Debug)]
@@ -14,14 +17,14 @@ pub struct View {
     /// This router's node id.
     me: String,
     inner: RwLock<Inner>,
+    /// Where other shards' holders are read.
+    store: Store,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     /// Shards whose tenure is this router's now.
     held: std::collections::BTreeSet<u32>,
-    /// Each shard's lease holder and fence, as last read.
-    owners: BTreeMap<u32, (String, u64)>,
     /// Each live router's control address.
     controls: HashMap<String, String>,
 }
@@ -36,11 +39,12 @@ pub struct Owner {
 }
 
 impl View {
-    /// An empty view for the router `me`.
-    pub fn new(me: &str) -> View {
+    /// An empty view for the router `me`, reading holders from `store`.
+    pub(super) fn new(me: &str, store: Store) -> View {
         View {
             me: me.to_owned(),
             inner: RwLock::default(),
+            store,
         }
     }
 
@@ -59,14 +63,6 @@ impl View {
             .collect();
     }
 
-    pub(super) fn set_owners(&self, leases: Vec<Option<Lease>>) {
-        self.write().owners = leases
-            .into_iter()
-            .enumerate()
-            .filter_map(|(shard, lease)| lease.map(|l| (shard as u32, (l.node, l.fence))))
-            .collect();
-    }
-
     pub(super) fn set_held(&self, shard: u32, held: bool) {
         let mut inner = self.write();
         if held {
@@ -81,19 +77,32 @@ impl View {
         self.read().held.contains(&shard)
     }
 
-    /// Who holds `shard`'s lease, as last read (this router included).
-    pub fn owner(&self, shard: u32) -> Option<Owner> {
+    /// Who holds each of `shards`' leases, read now (this router's own from its tenure):
+    /// `None` for a shard nobody holds, or when Redis cannot answer.
+    pub async fn owners(&self, shards: &[u32]) -> BTreeMap<u32, Option<Owner>> {
+        let others: Vec<u32> = shards.iter().copied().filter(|s| !self.holds(*s)).collect();
+        let leases = match self.store.leases_of(&others).await {
+            Ok(leases) => leases,
+            Err(e) => {
+                tracing::warn!("could not read the shards' holders from Redis: {e}");
+                vec![None; others.len()]
+            }
+        };
+        let read: HashMap<u32, Option<Lease>> = others.into_iter().zip(leases).collect();
         let inner = self.read();
-        if inner.held.contains(&shard) {
-            return Some(Owner {
-                node: self.me.clone(),
-                control: inner.controls.get(&self.me).cloned(),
-            });
-        }
-        let (node, _) = inner.owners.get(&shard)?;
-        Some(Owner {
-            node: node.clone(),
+        let owner = |node: &str| Owner {
+            node: node.to_owned(),
             control: inner.controls.get(node).cloned(),
-        })
+        };
+        shards
+            .iter()
+            .map(|shard| {
+                let found = match read.get(shard) {
+                    None => Some(owner(&self.me)),
+                    Some(lease) => lease.as_ref().map(|l| owner(&l.node)),
+                };
+                (*shard, found)
+            })
+            .collect()
     }
 }

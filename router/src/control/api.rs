@@ -186,7 +186,7 @@ async fn command(
         Ok(claimed) => claimed,
         Err(refusal) => return refusal,
     };
-    let (response, accepted) = execute(&state, &body);
+    let (response, accepted) = execute(&state, &body).await;
     settle(&state, &id, expires, accepted).await;
     response
 }
@@ -387,7 +387,7 @@ pub(crate) fn parse_command(body: &[u8], shard_count: u32) -> Result<Command, St
 
 /// Checks a verified command and queues it on its shards: the answer, and whether any shard
 /// took it (then its id is spent).
-fn execute(state: &ControlState, body: &[u8]) -> (Response, bool) {
+async fn execute(state: &ControlState, body: &[u8]) -> (Response, bool) {
     let refuse = |status, error: &dyn std::fmt::Display| (refuse(status, error.to_string()), false);
     let command = match parse_command(body, state.shard_count) {
         Ok(command) => command,
@@ -406,7 +406,7 @@ fn execute(state: &ControlState, body: &[u8]) -> (Response, bool) {
     // A shard another router of the cluster holds: its address, and nothing queued here.
     if let Some(view) = &state.cluster {
         if let Some(shard) = targets.iter().copied().find(|s| !view.holds(*s)) {
-            let owner = view.owner(shard);
+            let owner = view.owners(&[shard]).await.remove(&shard).flatten();
             let body = json!({
                 "error": format!("shard {shard} is run by another router of the cluster; send the command there"),
                 "shard_id": shard,
@@ -473,6 +473,14 @@ async fn ready(State(state): State<Arc<ControlState>>) -> Response {
 }
 
 async fn shards(State(state): State<Arc<ControlState>>) -> Response {
+    // Other routers' shards' holders, read from Redis now (not kept fresh at every renewal).
+    let owners = match &state.cluster {
+        Some(view) => {
+            let ids: Vec<u32> = state.shards.keys().copied().collect();
+            Some(view.owners(&ids).await)
+        }
+        None => None,
+    };
     let list: Vec<_> = state
         .shards
         .values()
@@ -486,7 +494,9 @@ async fn shards(State(state): State<Arc<ControlState>>) -> Response {
                 ShardState::Standby => "standby".to_owned(),
                 ShardState::FatallyClosed { code } => format!("fatally_closed ({code})"),
             };
-            let owner = state.cluster.as_ref().map(|v| v.owner(shard.id()));
+            let owner = owners
+                .as_ref()
+                .map(|o| o.get(&shard.id()).cloned().flatten());
             json!({
                 "shard_id": shard.id(),
                 "state": state_name,
