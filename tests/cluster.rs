@@ -1129,3 +1129,84 @@ async fn two_routers_under_a_burst_keep_the_bots_global_limit_together() {
     }
     stop(&setup, &mut nodes).await;
 }
+
+/// The cluster's dead-letter stream is bounded (`cluster.dead_letters_max`): at the bound a
+/// shard waits instead of dropping one, an error says so and `/metrics` shows the count; once
+/// `cluster dead-letters` moves them out, the waiting ones land.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_dead_letter_stream_makes_shards_wait_and_drops_nothing() {
+    let redis = Redis::start().await;
+    let (shards, events) = (2, 10);
+    let table = format!("{}dead_letters_max = 3\n", cluster_table(&redis));
+    let setup =
+        process::setup_sim(process::traffic(shards, events, 20.0), &["alpha"], &table).await;
+    // Every request refused for good: every batch is dead-lettered.
+    setup.receivers[0].script((0..1000).map(|_| shardhook_simulator::receiver::Reply::Status(400)));
+    let mut nodes = [Node::start(&setup, "a")];
+    let stream = key("dead-letters");
+    let mut conn = redis.connection().await;
+    let xlen = |conn: &mut redis::aio::MultiplexedConnection| {
+        let stream = stream.clone();
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("XLEN")
+                .arg(&stream)
+                .query_async::<u64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    within("the stream full and the router saying so", async {
+        loop {
+            if xlen(&mut conn).await == 3 && nodes[0].log().contains("dead-letter stream is full") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let metrics = reqwest::get(format!("http://{}/metrics", nodes[0].control))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("shardhook_cluster_dead_letters 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("shardhook_cluster_dead_letters_limit 3"),
+        "{metrics}"
+    );
+    assert_eq!(xlen(&mut conn).await, 3, "never past the bound");
+    // Moved out: the shards that waited go on, and their dead letters land.
+    let out = setup.state_dir.join("moved.jsonl");
+    let moved = std::process::Command::new(env!("CARGO_BIN_EXE_shardhook"))
+        .args([
+            "cluster",
+            "dead-letters",
+            "--out",
+            out.to_str().unwrap(),
+            "--config",
+        ])
+        .arg(setup.config_path())
+        .env("DISCORD_TOKEN", DEFAULT_TOKEN)
+        .env("SHARDHOOK_SIGNING_SECRET", setup.secret())
+        .output()
+        .unwrap();
+    assert!(
+        moved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    within("the waiting dead letters to land", async {
+        while xlen(&mut conn).await == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // Its shards may be waiting on the full stream again: no graceful stop to wait for.
+    nodes[0].child().start_kill().unwrap();
+    nodes[0].child().wait().await.unwrap();
+}

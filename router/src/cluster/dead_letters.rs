@@ -15,10 +15,13 @@ use super::ClusterError;
 use crate::config::Config;
 use crate::state::dead_letter::Mirror;
 
-/// Dead letters kept in the cluster's stream.
+/// Dead letters kept in the cluster's stream, at most `max`.
 #[derive(Debug)]
 pub(super) struct RedisDeadLetters {
     pub(super) store: Store,
+    pub(super) max: u64,
+    /// The stream's length as last written, for `/metrics`.
+    pub(super) stats: std::sync::Arc<crate::delivery::DeliveryStats>,
 }
 
 impl Mirror for RedisDeadLetters {
@@ -27,10 +30,39 @@ impl Mirror for RedisDeadLetters {
         record: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
         Box::pin(async move {
-            self.store
-                .keep_dead_letter(record)
+            let kept = self
+                .store
+                .keep_dead_letter(record, self.max)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            let len = match kept {
+                Ok(len) | Err(len) => len,
+            };
+            self.stats
+                .cluster_dead_letters
+                .store(len, std::sync::atomic::Ordering::Relaxed);
+            match kept {
+                // Past nine tenths of the bound: said at every dead letter, before any waits.
+                Ok(len) if len * 10 >= self.max * 9 => {
+                    tracing::error!(
+                        held = len,
+                        bound = self.max,
+                        "the cluster's dead-letter stream is nearly full: move them out with `shardhook cluster dead-letters --out FILE`; at cluster.dead_letters_max, shards wait rather than drop one"
+                    );
+                    Ok(())
+                }
+                Ok(_) => Ok(()),
+                Err(len) => {
+                    tracing::error!(
+                        held = len,
+                        bound = self.max,
+                        "the cluster's dead-letter stream is full (cluster.dead_letters_max): this shard waits until `shardhook cluster dead-letters --out FILE` moves them out"
+                    );
+                    Err(format!(
+                        "the cluster's dead-letter stream holds its bound of {len}"
+                    ))
+                }
+            }
         })
     }
 }

@@ -143,8 +143,15 @@ impl Cluster {
     /// well as in its file: in a cluster the machine's disk alone is not safe. Call before the
     /// router makes the shards' queues.
     pub fn keep_state_in_redis(&self, pipeline: &mut crate::delivery::Pipeline) {
+        let stats = pipeline.stats();
+        stats.cluster_dead_letters_max.store(
+            self.settings.dead_letters_max,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         pipeline.mirror_dead_letters(Arc::new(dead_letters::RedisDeadLetters {
             store: self.store.clone(),
+            max: self.settings.dead_letters_max,
+            stats,
         }));
         pipeline.spool_remotely(Arc::new(spools::RedisSpools {
             store: self.store.clone(),

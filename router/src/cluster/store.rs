@@ -20,7 +20,8 @@
 //!   Redis' clock); `rest:invalid`: the bot's answers of 401, 403 or 429 from Discord in the
 //!   last 10 minutes (a sorted set by time).
 //! - `dead-letters`: a stream of every router's dead letters (field `record`: the JSON line of
-//!   the dead-letter file), until `shardhook cluster dead-letters` moves them to a file.
+//!   the dead-letter file), until `shardhook cluster dead-letters` moves them to a file; at
+//!   most `cluster.dead_letters_max` entries (past it a router waits, dropping nothing).
 //!
 //! Every record a router acts on carries a MAC (`seal`): checkpoints and node records as a
 //! `mac` member of their JSON, stream entries as a `mac` field beside `record`. A record whose
@@ -191,6 +192,15 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, 0}
 ";
 
+/// Adds a record (ARGV[1], its MAC ARGV[2]) to a stream unless it holds ARGV[3] entries:
+/// {added, length}.
+const KEEP_BOUNDED: &str = r"
+local len = redis.call('XLEN', KEYS[1])
+if len >= tonumber(ARGV[3]) then return {0, len} end
+redis.call('XADD', KEYS[1], '*', 'record', ARGV[1], 'mac', ARGV[2])
+return {1, len + 1}
+";
+
 /// One entry of a stream as XRANGE answers it: its id and its fields.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
@@ -211,6 +221,7 @@ struct Scripts {
     release: Script,
     heartbeat: Script,
     turn: Script,
+    keep_bounded: Script,
 }
 
 impl std::fmt::Debug for Store {
@@ -259,6 +270,7 @@ impl Store {
                 release: Script::new(RELEASE),
                 heartbeat: Script::new(HEARTBEAT),
                 turn: Script::new(TURN),
+                keep_bounded: Script::new(KEEP_BOUNDED),
             }),
             seal,
         })
@@ -591,9 +603,27 @@ impl Store {
         .map(drop)
     }
 
-    /// Keeps one dead letter (a JSON record) in the cluster's stream of them.
-    pub async fn keep_dead_letter(&self, record: &str) -> Result<(), StoreError> {
-        self.stream_add("dead-letters", record.as_bytes()).await
+    /// Keeps one dead letter (a JSON record) in the cluster's stream of them, unless it
+    /// holds `max` already: the stream's length after (`Ok`), or at the bound (`Err`).
+    pub async fn keep_dead_letter(
+        &self,
+        record: &str,
+        max: u64,
+    ) -> Result<Result<u64, u64>, StoreError> {
+        let mut conn = self.conn.clone();
+        let (kept, len): (i64, i64) = self
+            .timed(
+                self.scripts
+                    .keep_bounded
+                    .key(self.key("dead-letters"))
+                    .arg(record)
+                    .arg(self.seal.sign("dead-letters", record.as_bytes()))
+                    .arg(max)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        let len = len.max(0) as u64;
+        Ok(if kept == 1 { Ok(len) } else { Err(len) })
     }
 
     /// Up to `count` of the oldest dead letters kept: (stream id, record).

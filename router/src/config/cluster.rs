@@ -38,6 +38,15 @@ pub struct ClusterConfig {
     /// private CA), trusted instead of the system's roots. Default: the system's roots.
     #[serde(default)]
     pub redis_ca_file: Option<std::path::PathBuf>,
+    /// The most dead letters the cluster's Redis stream holds; past it a router's shard waits
+    /// (nothing dropped) until `shardhook cluster dead-letters` moves them out. An error is
+    /// logged from nine tenths of it.
+    #[serde(default = "default_dead_letters_max")]
+    pub dead_letters_max: u64,
+}
+
+fn default_dead_letters_max() -> u64 {
+    100_000
 }
 
 fn redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -108,6 +117,9 @@ impl ClusterConfig {
                     ))
                 }
             }
+        }
+        if self.dead_letters_max == 0 {
+            return Some(("cluster.dead_letters_max", "must be at least 1".to_owned()));
         }
         if self.node_id.is_empty()
             || !self

@@ -230,6 +230,19 @@ pub fn render(
         g
     };
     registry.register("spool_bytes", "Bytes in the disk spool", gauge(used));
+    let cluster_bound = stats.cluster_dead_letters_max.load(Relaxed);
+    if cluster_bound > 0 {
+        registry.register(
+            "cluster_dead_letters",
+            "Dead letters in the cluster's Redis stream, as last written",
+            gauge(stats.cluster_dead_letters.load(Relaxed)),
+        );
+        registry.register(
+            "cluster_dead_letters_limit",
+            "The stream's bound (cluster.dead_letters_max); at it, shards wait",
+            gauge(cluster_bound),
+        );
+    }
     registry.register(
         "spool_limit_bytes",
         "The disk spool's bound (state.spool_max_bytes)",

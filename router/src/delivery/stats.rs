@@ -40,6 +40,10 @@ pub struct DeliveryStats {
     /// Requests dead-lettered with no endpoint to blame: a corrupted spool record, a replay no
     /// endpoint could take.
     pub dead_letters_unattributed: AtomicU64,
+    /// In a cluster: dead letters in Redis' stream as last written.
+    pub cluster_dead_letters: AtomicU64,
+    /// In a cluster: the stream's bound (`cluster.dead_letters_max`); 0 without a cluster.
+    pub cluster_dead_letters_max: AtomicU64,
     /// Sends that waited for an endpoint's `rate_limit`, per endpoint, in config order.
     pub rate_limit_waits: Vec<AtomicU64>,
     /// Events delivered per shard, a counter per endpoint index: a row is made the first time a
@@ -105,6 +109,8 @@ impl DeliveryStats {
             retries_by_endpoint: counters(endpoints),
             dead_letters_by_endpoint: counters(endpoints),
             dead_letters_unattributed: AtomicU64::new(0),
+            cluster_dead_letters: AtomicU64::new(0),
+            cluster_dead_letters_max: AtomicU64::new(0),
             rate_limit_waits: counters(endpoints),
             delivered_by: RwLock::default(),
             latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
