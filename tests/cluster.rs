@@ -1210,3 +1210,67 @@ async fn a_full_dead_letter_stream_makes_shards_wait_and_drops_nothing() {
     nodes[0].child().start_kill().unwrap();
     nodes[0].child().wait().await.unwrap();
 }
+
+/// A shard's spool in Redis is fenced: once its lease is another router's (here written by
+/// hand, as a paused router finds it on waking), this router adds nothing more to it, and
+/// says so; the new holder resumes from the checkpoint and Discord replays the rest to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_router_whose_lease_moved_on_adds_nothing_to_the_shards_spool() {
+    let redis = Redis::start().await;
+    let (shards, events) = (1, 400);
+    let table = format!(
+        "max_attempts = 1000000\nmax_elapsed = \"1h\"\n{}",
+        cluster_table(&redis)
+    );
+    let setup = process::setup_sim(process::traffic(shards, events, 40.0), &["alpha"], &table).await;
+    for receiver in &setup.receivers {
+        receiver.set_down(true);
+    }
+    let mut nodes = [Node::start(&setup, "a")];
+    settled(&setup, &redis, shards, &["a"]).await;
+    let mut conn = redis.connection().await;
+    let spool = key("spool:0");
+    let xlen = |conn: &redis::aio::MultiplexedConnection| {
+        let (spool, mut conn) = (spool.clone(), conn.clone());
+        async move {
+            redis::cmd("XLEN")
+                .arg(&spool)
+                .query_async::<u64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    within("batches spooled in Redis", async {
+        while xlen(&conn).await < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let _: () = redis::cmd("SET")
+        .arg(key("lease:0"))
+        .arg("z#999")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let at_move = xlen(&conn).await;
+    within("the router to find its lease gone and refuse to spool", async {
+        loop {
+            let log = nodes[0].log();
+            if log.contains("fencing token refused") && log.contains("not spooled") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        xlen(&conn).await,
+        at_move,
+        "the spool grew after the lease moved\n{}",
+        warnings(&nodes)
+    );
+    nodes[0].child().start_kill().unwrap();
+    nodes[0].child().wait().await.unwrap();
+}

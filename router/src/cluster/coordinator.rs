@@ -375,7 +375,7 @@ impl Coordinator {
         if let Some(tenure) = self.parts.tenures.get(&shard) {
             tenure.send_replace(Tenure::Standby);
         }
-        self.view.set_held(shard, false);
+        self.view.set_held(shard, None);
     }
 
     /// Takes the free leases among `shards` and grants each its tenure from its checkpoint.
@@ -448,7 +448,7 @@ impl Coordinator {
                     releasing: false,
                 },
             );
-            self.view.set_held(*shard, true);
+            self.view.set_held(*shard, Some(fence));
             // What the last holder spooled goes first.
             self.parts.delivery.spool_taken_over(*shard);
             if let Some(tenure) = self.parts.tenures.get(shard) {
@@ -469,7 +469,7 @@ impl Coordinator {
             return;
         };
         owned.releasing = true;
-        self.view.set_held(shard, false);
+        self.view.set_held(shard, None);
         let handover = Handover {
             store: self.store.clone(),
             node: self.me.id.clone(),

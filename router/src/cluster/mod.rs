@@ -155,6 +155,8 @@ impl Cluster {
         }));
         pipeline.spool_remotely(Arc::new(spools::RedisSpools {
             store: self.store.clone(),
+            node: self.me.id.clone(),
+            view: self.view.clone(),
         }));
     }
 

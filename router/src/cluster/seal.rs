@@ -15,6 +15,7 @@
 
 use base64::Engine;
 use hmac::Mac;
+use serde::{Deserialize, Serialize};
 
 use crate::secret::{HmacSha256, Token};
 
@@ -85,6 +86,51 @@ impl Seal {
                 key: name.to_owned(),
             })
     }
+}
+
+/// Why a sealed JSON record could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Unsealed {
+    /// It does not parse.
+    #[error("Redis key {key} holds something unreadable: {message}")]
+    Unreadable { key: String, message: String },
+    /// Its MAC fails or is missing.
+    #[error("{0}")]
+    Refused(Refused),
+}
+
+/// `value`'s JSON with its MAC under `name` as a last member, `mac`.
+pub(super) fn sealed_json<T: Serialize>(seal: &Seal, name: &str, value: &T) -> String {
+    let mut json = serde_json::to_string(value).expect("a record serialises");
+    let mac = seal.sign(name, json.as_bytes());
+    debug_assert!(json.ends_with('}'));
+    json.pop();
+    json.push_str(&format!(",\"mac\":\"{mac}\"}}"));
+    json
+}
+
+/// The record `sealed_json` wrote under `name`, if it parses and its MAC holds: the MAC is of
+/// the record as this version writes it, so members it does not know are not covered (nor
+/// read).
+pub(super) fn opened_json<T: Serialize + serde::de::DeserializeOwned>(
+    seal: &Seal,
+    name: &str,
+    text: &str,
+) -> Result<T, Unsealed> {
+    #[derive(Deserialize)]
+    struct Sealed<T> {
+        #[serde(flatten)]
+        value: T,
+        mac: Option<String>,
+    }
+    let sealed: Sealed<T> = serde_json::from_str(text).map_err(|e| Unsealed::Unreadable {
+        key: name.to_owned(),
+        message: e.to_string(),
+    })?;
+    let json = serde_json::to_string(&sealed.value).expect("a record serialises");
+    seal.verify(name, json.as_bytes(), sealed.mac.as_deref())
+        .map_err(Unsealed::Refused)?;
+    Ok(sealed.value)
 }
 
 #[cfg(test)]

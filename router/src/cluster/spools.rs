@@ -2,15 +2,19 @@
 //! stream rather than on the machine's disk, so they count as safe and outlive the machine,
 //! and drained by whichever router holds the shard.
 //!
-//! Owns the bridge from delivery's `RemoteSpool` to `store`'s stream calls; when to spool and
-//! drain is delivery's.
+//! Owns the bridge from delivery's `RemoteSpool` to `store`'s stream calls, fenced: a batch is
+//! added only while this router's lease and fencing token are the shard's, so a router paused
+//! past its lease cannot add to the new holder's spool. When to spool and drain is delivery's.
 
 use super::store::{Entry, Store};
-use crate::state::spool::{Answer, Checked, RemoteSpool};
+use crate::state::spool::{Answer, Checked, Pushed, RemoteSpool};
 
-/// Shards' spools in the cluster's Redis.
+/// Shards' spools in the cluster's Redis, written only under this router's lease and fence.
 pub(super) struct RedisSpools {
     pub(super) store: Store,
+    pub(super) node: String,
+    /// Which shards this router holds, under which fence.
+    pub(super) view: std::sync::Arc<super::View>,
 }
 
 impl RemoteSpool for RedisSpools {
@@ -18,12 +22,21 @@ impl RemoteSpool for RedisSpools {
         Box::pin(async move { self.store.spool_len(shard).await.map_err(|e| e.to_string()) })
     }
 
-    fn push(&self, shard: u32, record: Vec<u8>) -> Answer<'_, ()> {
+    fn push(&self, shard: u32, record: Vec<u8>) -> Answer<'_, Pushed> {
         Box::pin(async move {
-            self.store
-                .spool_push(shard, &record)
+            let Some(fence) = self.view.fence(shard) else {
+                return Ok(Pushed::NotHeld);
+            };
+            let added = self
+                .store
+                .spool_push(shard, &record, &self.node, fence)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            Ok(if added {
+                Pushed::Added
+            } else {
+                Pushed::NotHeld
+            })
         })
     }
 

@@ -12,7 +12,8 @@
 //! - `identify:{bucket}`: held 5 s after an IDENTIFY in the bucket; `starts`: session starts
 //!   left today, expiring when Discord resets them.
 //! - `spool:{shard}`: the shard's spool, a stream of batches no endpoint could take yet (field
-//!   `record`: the batch's JSON), drained by whichever router holds the shard.
+//!   `record`: the batch's JSON), written only under the shard's current lease and fence, and
+//!   drained by whichever router holds the shard.
 //! - `spent:{id}`: a signed request's `webhook-id` (gateway command or REST call), claimed by
 //!   the router checking it (value: its node id) and kept until the signature's window ends,
 //!   unless that router frees it (the request was not acted on).
@@ -34,7 +35,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use serde::{Deserialize, Serialize};
 
-use super::seal::{Refused, Seal};
+use super::seal::{opened_json, sealed_json, Refused, Seal, Unsealed};
 use crate::state::checkpoint::Checkpoint;
 
 /// A Redis call that failed or took too long.
@@ -60,44 +61,20 @@ pub enum StoreError {
     Refused(#[from] Refused),
 }
 
+impl From<Unsealed> for StoreError {
+    fn from(e: Unsealed) -> StoreError {
+        match e {
+            Unsealed::Unreadable { key, message } => StoreError::Unreadable { key, message },
+            Unsealed::Refused(refused) => StoreError::Refused(refused),
+        }
+    }
+}
+
 /// A stream entry as read: verified, or refused with its raw bytes and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     Verified(Vec<u8>),
     Refused(Vec<u8>, Refused),
-}
-
-/// `value`'s JSON with its MAC under `name` as a last member, `mac`.
-fn sealed_json<T: Serialize>(seal: &Seal, name: &str, value: &T) -> String {
-    let mut json = serde_json::to_string(value).expect("a record serialises");
-    let mac = seal.sign(name, json.as_bytes());
-    debug_assert!(json.ends_with('}'));
-    json.pop();
-    json.push_str(&format!(",\"mac\":\"{mac}\"}}"));
-    json
-}
-
-/// The record `sealed_json` wrote under `name`, if it parses and its MAC holds: the MAC is of
-/// the record as this version writes it, so members it does not know are not covered (nor
-/// read).
-fn opened_json<T: Serialize + serde::de::DeserializeOwned>(
-    seal: &Seal,
-    name: &str,
-    text: &str,
-) -> Result<T, StoreError> {
-    #[derive(Deserialize)]
-    struct Sealed<T> {
-        #[serde(flatten)]
-        value: T,
-        mac: Option<String>,
-    }
-    let sealed: Sealed<T> = serde_json::from_str(text).map_err(|e| StoreError::Unreadable {
-        key: name.to_owned(),
-        message: e.to_string(),
-    })?;
-    let json = serde_json::to_string(&sealed.value).expect("a record serialises");
-    seal.verify(name, json.as_bytes(), sealed.mac.as_deref())?;
-    Ok(sealed.value)
 }
 
 /// One router as the others see it.
@@ -201,6 +178,13 @@ redis.call('XADD', KEYS[1], '*', 'record', ARGV[1], 'mac', ARGV[2])
 return {1, len + 1}
 ";
 
+/// Adds a spool record (ARGV[2], its MAC ARGV[3]) while the shard's lease is ARGV[1].
+const PUSH_FENCED: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('XADD', KEYS[2], '*', 'record', ARGV[2], 'mac', ARGV[3])
+return 1
+";
+
 /// One entry of a stream as XRANGE answers it: its id and its fields.
 type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
@@ -222,6 +206,7 @@ struct Scripts {
     heartbeat: Script,
     turn: Script,
     keep_bounded: Script,
+    push_fenced: Script,
 }
 
 impl std::fmt::Debug for Store {
@@ -271,6 +256,7 @@ impl Store {
                 heartbeat: Script::new(HEARTBEAT),
                 turn: Script::new(TURN),
                 keep_bounded: Script::new(KEEP_BOUNDED),
+                push_fenced: Script::new(PUSH_FENCED),
             }),
             seal,
         })
@@ -451,6 +437,7 @@ impl Store {
             .await?;
         raw.map(|text| opened_json(&self.seal, &format!("checkpoint:{shard}"), &text))
             .transpose()
+            .map_err(StoreError::from)
     }
 
     /// Every shard's lease, for shards `0..count`.
@@ -534,24 +521,6 @@ impl Store {
         )
         .await
         .map(drop)
-    }
-
-    /// Adds `record` at the end of the stream `name` (under the prefix).
-    async fn stream_add(&self, name: &str, record: &[u8]) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: String = self
-            .timed(
-                redis::cmd("XADD")
-                    .arg(self.key(name))
-                    .arg("*")
-                    .arg("record")
-                    .arg(record)
-                    .arg("mac")
-                    .arg(self.seal.sign(name, record))
-                    .query_async(&mut conn),
-            )
-            .await?;
-        Ok(())
     }
 
     /// Up to `count` of the oldest records of the stream `name`, with their ids.
@@ -647,9 +616,30 @@ impl Store {
         .await
     }
 
-    /// Adds a record at the end of `shard`'s spool.
-    pub async fn spool_push(&self, shard: u32, record: &[u8]) -> Result<(), StoreError> {
-        self.stream_add(&format!("spool:{shard}"), record).await
+    /// Adds a record at the end of `shard`'s spool if `node` still holds the shard under
+    /// `fence`; false if not (nothing added).
+    pub async fn spool_push(
+        &self,
+        shard: u32,
+        record: &[u8],
+        node: &str,
+        fence: u64,
+    ) -> Result<bool, StoreError> {
+        let name = format!("spool:{shard}");
+        let mut conn = self.conn.clone();
+        let added: i64 = self
+            .timed(
+                self.scripts
+                    .push_fenced
+                    .key(self.key(&format!("lease:{shard}")))
+                    .key(self.key(&name))
+                    .arg(format!("{node}#{fence}"))
+                    .arg(record)
+                    .arg(self.seal.sign(&name, record))
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(added == 1)
     }
 
     /// The oldest record of `shard`'s spool and its id.
@@ -862,7 +852,10 @@ mod tests {
             Err(StoreError::Refused(Refused::Missing { .. }))
         ));
         // A spool entry added without the MAC, after one a router wrote.
-        store.spool_push(0, b"{\"a\":1}").await.unwrap();
+        assert!(store.spool_push(0, b"{\"a\":1}", "a", 1).await.unwrap());
+        // Under another router's lease, or an old fence: nothing added.
+        assert!(!store.spool_push(0, b"{\"b\":1}", "b", 1).await.unwrap());
+        assert!(!store.spool_push(0, b"{\"b\":1}", "a", 0).await.unwrap());
         let _: String = redis::cmd("XADD")
             .arg("shardhook:id:1:spool:0")
             .arg("*")

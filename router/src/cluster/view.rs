@@ -23,8 +23,8 @@ pub struct View {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Shards whose tenure is this router's now.
-    held: std::collections::BTreeSet<u32>,
+    /// Shards whose tenure is this router's now, with its fencing token.
+    held: BTreeMap<u32, u64>,
     /// Each live router's control address.
     controls: HashMap<String, String>,
 }
@@ -63,18 +63,23 @@ impl View {
             .collect();
     }
 
-    pub(super) fn set_held(&self, shard: u32, held: bool) {
+    /// Records `shard`'s tenure here under `fence`, or (`None`) its end.
+    pub(super) fn set_held(&self, shard: u32, fence: Option<u64>) {
         let mut inner = self.write();
-        if held {
-            inner.held.insert(shard);
-        } else {
-            inner.held.remove(&shard);
-        }
+        match fence {
+            Some(fence) => inner.held.insert(shard, fence),
+            None => inner.held.remove(&shard),
+        };
+    }
+
+    /// The fencing token of this router's tenure of `shard`, if it holds it.
+    pub(super) fn fence(&self, shard: u32) -> Option<u64> {
+        self.read().held.get(&shard).copied()
     }
 
     /// Whether this router runs `shard` now.
     pub fn holds(&self, shard: u32) -> bool {
-        self.read().held.contains(&shard)
+        self.read().held.contains_key(&shard)
     }
 
     /// Who holds each of `shards`' leases, read now (this router's own from its tenure):

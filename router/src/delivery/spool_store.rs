@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::state::spool::{Head, RemoteSpool, ShardSpool, SpoolUsage, SpooledBatch};
+use crate::state::spool::{Head, Pushed, RemoteSpool, ShardSpool, SpoolUsage, SpooledBatch};
 
 /// A shard's spool, shared by its batches in flight.
 #[derive(Clone)]
@@ -112,12 +112,13 @@ impl SharedSpool {
     }
 
     /// Adds `batch` at the end; an error says why not (the caller waits and tries again).
-    pub(crate) async fn append(&self, batch: SpooledBatch) -> (Result<(), String>, SpooledBatch) {
+    /// `Ok(false)`: not added, and never will be: the shard is another router's now.
+    pub(crate) async fn append(&self, batch: SpooledBatch) -> (Result<bool, String>, SpooledBatch) {
         match self {
             SharedSpool::Disk(file) => {
                 on_disk(file, move |spool| {
                     let appended = spool.append(&batch).map_err(|e| e.to_string());
-                    (appended, batch)
+                    (appended.map(|()| true), batch)
                 })
                 .await
             }
@@ -135,11 +136,11 @@ impl SharedSpool {
                 }
                 let _turn = stream.turn.lock().await;
                 let pushed = stream.backend.push(stream.shard, record).await;
-                if pushed.is_ok() {
+                if pushed == Ok(Pushed::Added) {
                     stream.len.fetch_add(1, Ordering::Relaxed);
                     usage.used.fetch_add(size, Ordering::Relaxed);
                 }
-                (pushed, batch)
+                (pushed.map(|p| p == Pushed::Added), batch)
             }
         }
     }

@@ -54,17 +54,16 @@ pub(super) async fn deliver(shared: &Shared, spool: &SharedSpool, outgoing: Outg
     let (shard, session, first, _) = outgoing.span();
     let session = session.clone();
     let safe = if !spool.is_empty().await {
-        spool_request(shared, spool, outgoing.into_request()).await;
-        true
+        spool_request(shared, spool, outgoing.into_request()).await
     } else {
         match outgoing {
             Outgoing::Alone(request) => {
-                if let (Outcome::Unavailable(request), _) =
-                    attempt_until_done(shared, request, Target::Ring, None).await
-                {
-                    spool_request(shared, spool, request).await;
+                match attempt_until_done(shared, request, Target::Ring, None).await {
+                    (Outcome::Unavailable(request), _) => {
+                        spool_request(shared, spool, request).await
+                    }
+                    _ => true,
                 }
-                true
             }
             Outgoing::Batch(batch) => through_outboxes(shared, spool, batch).await,
         }
@@ -84,8 +83,7 @@ async fn through_outboxes(shared: &Shared, spool: &SharedSpool, mut batch: Batch
             endpoint.format == EndpointFormat::Shardhook && endpoint.circuit.would_allow()
         });
         let Some(index) = pick else {
-            spool_request(shared, spool, batch.finish()).await;
-            return true;
+            return spool_request(shared, spool, batch.finish()).await;
         };
         let limits = &shared.config.batch;
         let outbox = &shared.endpoints[index].outbox;
@@ -100,8 +98,10 @@ async fn through_outboxes(shared: &Shared, spool: &SharedSpool, mut batch: Batch
     }
 }
 
-/// Appends to the spool, waiting (backpressure) while it is full or cannot be written.
-pub(super) async fn spool_request(shared: &Shared, spool: &SharedSpool, request: Request) {
+/// Appends to the spool, waiting (backpressure) while it is full or cannot be written. Says
+/// whether the batch is safe: not when the shard turned out to be another router's (its
+/// spool is fenced), whose resume gets these events from Discord again.
+pub(super) async fn spool_request(shared: &Shared, spool: &SharedSpool, request: Request) -> bool {
     let batch = SpooledBatch {
         id: request.id,
         shard_id: request.shard_id,
@@ -119,12 +119,22 @@ pub(super) async fn spool_request(shared: &Shared, spool: &SharedSpool, request:
         let (appended, tried) = spool.append(trying).await;
         let batch = batch.insert(tried);
         match appended {
-            Ok(()) => {
+            Ok(true) => {
                 shared
                     .stats
                     .events_spooled
                     .fetch_add(batch.events as u64, AtomicOrdering::Relaxed);
-                return;
+                return true;
+            }
+            Ok(false) => {
+                tracing::warn!(
+                    webhook_id = %batch.id,
+                    shard_id = batch.shard_id,
+                    first_seq = batch.first_seq,
+                    last_seq = batch.last_seq,
+                    "not spooled: the shard is another router's now, which resumes it from its last checkpoint (Discord replays these events to it)"
+                );
+                return false;
             }
             Err(e) => error!(webhook_id = %batch.id, "{e}"),
         }

@@ -72,6 +72,15 @@ pub enum SpoolError {
 pub type Answer<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send + 'a>>;
 
+/// What a `RemoteSpool::push` came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Added.
+    Added,
+    /// Not added: the shard is another router's now.
+    NotHeld,
+}
+
 /// A record read back from a `RemoteSpool`: its bytes, or the bytes of one it refused.
 pub type Checked = Result<Vec<u8>, Vec<u8>>;
 
@@ -80,8 +89,9 @@ pub type Checked = Result<Vec<u8>, Vec<u8>>;
 pub trait RemoteSpool: Send + Sync {
     /// Batches in `shard`'s spool.
     fn len(&self, shard: u32) -> Answer<'_, u64>;
-    /// Adds a record at the end of `shard`'s spool.
-    fn push(&self, shard: u32, record: Vec<u8>) -> Answer<'_, ()>;
+    /// Adds a record at the end of `shard`'s spool, if this router still holds the shard
+    /// (fenced: a router whose lease moved on cannot add to the new holder's spool).
+    fn push(&self, shard: u32, record: Vec<u8>) -> Answer<'_, Pushed>;
     /// The oldest record of `shard`'s spool, with the id that removes it: `Err` holds the
     /// bytes of a record the backend refused (it failed its MAC; the backend logged why).
     fn first(&self, shard: u32) -> Answer<'_, Option<(String, Checked)>>;
