@@ -1222,7 +1222,8 @@ async fn a_router_whose_lease_moved_on_adds_nothing_to_the_shards_spool() {
         "max_attempts = 1000000\nmax_elapsed = \"1h\"\n{}",
         cluster_table(&redis)
     );
-    let setup = process::setup_sim(process::traffic(shards, events, 40.0), &["alpha"], &table).await;
+    let setup =
+        process::setup_sim(process::traffic(shards, events, 40.0), &["alpha"], &table).await;
     for receiver in &setup.receivers {
         receiver.set_down(true);
     }
@@ -1255,15 +1256,18 @@ async fn a_router_whose_lease_moved_on_adds_nothing_to_the_shards_spool() {
         .await
         .unwrap();
     let at_move = xlen(&conn).await;
-    within("the router to find its lease gone and refuse to spool", async {
-        loop {
-            let log = nodes[0].log();
-            if log.contains("fencing token refused") && log.contains("not spooled") {
-                return;
+    within(
+        "the router to find its lease gone and refuse to spool",
+        async {
+            loop {
+                let log = nodes[0].log();
+                if log.contains("fencing token refused") && log.contains("not spooled") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+        },
+    )
     .await;
     assert_eq!(
         xlen(&conn).await,

@@ -2,8 +2,9 @@
 //! pipeline, and two local receiving endpoints that verify every signature, in one process,
 //! with faults that force resumes and a retry, and a summary that accounts for every event.
 //!
-//! Owns the demo's script and its report. It uses only public pieces (`Simulator`, `Router`,
-//! `Pipeline`, `Receiver`) so it shows what a user's setup does.
+//! Owns the demo's script and its report. The router is started as `shardhook run` starts it
+//! (`shardhook::app`, control API and checkpoints included, on a free control port), so the
+//! demo shows what a user's setup does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -11,13 +12,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
+use shardhook::app::{App, StartOptions};
 use shardhook::config::{
-    Config, DiscordConfig, EndpointConfig, InteractionsConfig, ShardsConfig, SigningConfig,
-    StateConfig,
+    Config, ControlConfig, DiscordConfig, EndpointConfig, InteractionsConfig, ShardsConfig,
+    SigningConfig, StateConfig,
 };
-use shardhook::{Pipeline, Router, ShardState, SigningKey, Token};
+use shardhook::{ShardState, SigningKey, Token};
 use shardhook_simulator::receiver::{Receiver, Reply};
 use shardhook_simulator::{Fault, LedgerEntry, SimConfig, Simulator, DEFAULT_TOKEN};
 
@@ -162,9 +164,7 @@ pub enum DemoError {
     #[error("failed to start a local server: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
-    Start(#[from] shardhook::StartError),
-    #[error(transparent)]
-    Delivery(#[from] shardhook::DeliveryError),
+    Start(#[from] shardhook::app::AppError),
     #[error("the demo did not finish within {0:?}: {1}")]
     Timeout(Duration, &'static str),
 }
@@ -219,19 +219,23 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
             auto_defer: true,
             ..Default::default()
         },
+        // A free port: the demo runs beside whatever listens on the default.
+        control: ControlConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            ..ControlConfig::default()
+        },
         ..Config::default()
     };
 
-    let mut pipeline = Pipeline::new(&config)?;
-    let stats = pipeline.stats();
+    let stop = CancellationToken::new();
     // The report gives exact latency quantiles.
-    stats.keep_samples();
-    let router = Router::start_with(&config, |id| pipeline.sink(id)).await?;
-    let shards = router.shards().to_vec();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(router.run_until(async {
-        let _ = stopped.await;
-    }));
+    let options_with_samples = StartOptions {
+        latency_samples: true,
+    };
+    let app = App::start(config, stop.clone(), options_with_samples).await?;
+    let stats = app.stats();
+    let shards = app.shards().to_vec();
+    let running = tokio::spawn(app.run());
 
     let arrived = |e: &LedgerEntry, seen: &HashMap<(u32, String, u64), u32>| {
         seen.contains_key(&(e.shard, e.session.clone(), e.seq))
@@ -316,9 +320,10 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
         .await
         .map_err(|_| DemoError::Timeout(DEADLINE, "not every event arrived"))?;
 
-    let _ = stop.send(());
-    let _ = running.await;
-    pipeline.finish().await;
+    stop.cancel();
+    if let Ok(ran) = running.await {
+        ran?;
+    }
     let _ = std::fs::remove_dir_all(&state_dir);
 
     let resumes = shards.iter().map(|s| s.status().borrow().resumes).sum();

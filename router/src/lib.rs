@@ -3,15 +3,15 @@
 //!
 //! # Layout
 //! The folders follow the path of an event, and imports point one way: down this list.
-//! - `router`: the composition root: start-up checks, one task per shard, shutdown.
-//!   `checkpointer` beside it gathers progress from shards and delivery into resume
-//!   checkpoints.
+//! - `app`: the one entry that starts a router from a config and stops it in order when its
+//!   shutdown token is cancelled; `main`, `demo` and tests start routers through it.
+//! - `router`: the shards: start-up checks, one task per shard, shutdown. `checkpointer`
+//!   beside it gathers progress from shards and delivery into resume checkpoints.
 //! - `control/`: the control API (`api`: gateway commands, health, readiness, status), the
-//!   `server` loop that bounds its connections, the spent command ids that stop replays
-//!   (`replay`), and Prometheus `metrics`.
+//!   `server` loop that bounds its connections, and Prometheus `metrics`.
 //! - `cluster/`: several routers sharing one bot through Redis: leases with fencing tokens,
 //!   rendezvous placement, takeover and handover, checkpoints in Redis, IDENTIFY turns across
-//!   routers.
+//!   routers, spent request ids and REST limits for the bot, every record MAC'd (`seal`).
 //! - `rest/`: the REST proxy handlers call Discord through: the bot token added, per-route
 //!   buckets and the global limit waited for (`limiter`), the invalid-request `guard`, route
 //!   templates and counters; the control API authenticates its callers.
@@ -24,9 +24,10 @@
 //! - `gateway/`: from `GET /gateway/bot` (`bot_info`) to a `Dispatch` (`dispatch`): the
 //!   `shard` and its `handle`, `session`, `identify` queue, `command_limiter`, `close_code`,
 //!   `inflater`, `payload`.
-//! - `state/`: what is kept on disk: `checkpoint` records, the `spool`, `dead_letter`s,
-//!   `spent_ids` of commands, the durable `progress` checkpoints are made from, and `files`,
-//!   which keeps all of it private to the router's user.
+//! - `state/`: what is kept: `checkpoint` records, the `spool`, `dead_letter`s, the spent
+//!   request ids that stop replays (`request_ids`, over `spent_ids`' file), the REST limits
+//!   (`rest_limits`), the durable `progress` checkpoints are made from, and `files`, which
+//!   keeps all of it private to the router's user.
 //! - `config/`: the TOML schema, environment overrides and validation, with `intents`;
 //!   `secret` (the token and signing keys, and how a URL is shown) and `tls` (the HTTPS
 //!   clients' settings) are leaves every folder may use.
@@ -48,6 +49,7 @@
     clippy::lossy_float_literal
 )]
 
+pub mod app;
 mod checkpointer;
 pub mod cluster;
 pub mod config;

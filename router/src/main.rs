@@ -9,12 +9,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shardhook_simulator::{SimConfig, Simulator, DEFAULT_TOKEN};
-use std::sync::Arc;
 
-use shardhook::cluster::Cluster;
-use shardhook::control::{ControlState, LocalIds};
-use shardhook::Checkpointer;
-use shardhook::{Config, Ed25519Key, Pipeline, Router, Signer, SigningKey};
+use shardhook::app::{App, StartOptions};
+use shardhook::{Config, Ed25519Key, SigningKey};
+use tokio_util::sync::CancellationToken;
 use tracing::Level;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -165,173 +163,17 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
         Command::Run { config } => {
             let config = load(config)?;
             raise_open_file_limit();
-            let signer = Signer::for_commands(&config).map_err(|e| e.to_string())?;
-            let mut pipeline = Pipeline::new(&config).map_err(|e| e.to_string())?;
-            let control = tokio::net::TcpListener::bind(config.control.listen)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "failed to listen on control.listen {}: {e}",
-                        config.control.listen
-                    )
-                })?;
-            let rest_listener = match config.rest.listen.filter(|_| config.rest.enabled) {
-                Some(addr) => Some(
-                    tokio::net::TcpListener::bind(addr)
-                        .await
-                        .map_err(|e| format!("failed to listen on rest.listen {addr}: {e}"))?,
-                ),
-                None => None,
-            };
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let stop = Arc::new(stop);
-            let signal = stop.clone();
+            // One token stops everything: SIGTERM or Ctrl-C cancels it.
+            let shutdown = CancellationToken::new();
+            let signal = shutdown.clone();
             tokio::spawn(async move {
                 shutdown_signal().await;
-                let _ = signal.send(true);
+                signal.cancel();
             });
-            let until_stopped = move || {
-                let mut stopped = stopped.clone();
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                }
-            };
-            pipeline.learn_application_id().await;
-            let cluster = match &config.cluster {
-                Some(_) => {
-                    let addr = control.local_addr().map_err(|e| e.to_string())?;
-                    let cluster = Cluster::new(&config, addr).map_err(|e| e.to_string())?;
-                    tracing::info!(node_id = cluster.node_id(), "joining the cluster");
-                    cluster.keep_state_in_redis(&mut pipeline);
-                    Some(cluster)
-                }
-                None => None,
-            };
-            let router = Router::start_in(&config, |id| pipeline.sink(id), cluster.as_ref())
+            let app = App::start(config, shutdown, StartOptions::default())
                 .await
                 .map_err(|e| e.to_string())?;
-            // Spent request ids: the cluster's, one set for every router of the bot; else
-            // this router's, in its state directory.
-            let ids: Arc<dyn shardhook::control::SpentIds> = match &cluster {
-                Some(cluster) => cluster.spent_ids(),
-                None => Arc::new(
-                    LocalIds::open(&config.state.dir, shardhook::unix_now()).map_err(|e| {
-                        format!(
-                            "failed to read spent command ids in {}: {e}",
-                            config.state.dir.display()
-                        )
-                    })?,
-                ),
-            };
-            let state = ControlState::new(
-                router.shards(),
-                router.shard_count(),
-                signer,
-                ids,
-                pipeline.handle(),
-            );
-            let state = match &cluster {
-                Some(cluster) => state.with_cluster(cluster.view()),
-                None => state,
-            };
-            let state = if config.rest.enabled {
-                // In a cluster the global limit and the invalid-request count are the bot's.
-                let proxy = match &cluster {
-                    Some(cluster) => {
-                        shardhook::rest::RestProxy::with_limits(&config, cluster.rest_limits())
-                    }
-                    None => shardhook::rest::RestProxy::new(&config),
-                }
-                .map_err(|e| e.to_string())?;
-                match rest_listener {
-                    Some(_) => state.with_rest_apart(proxy),
-                    None => state.with_rest(proxy),
-                }
-            } else {
-                state
-            };
-            let state = Arc::new(state);
-            tracing::info!(addr = %control.local_addr().map_err(|e| e.to_string())?, "control API listening");
-            let rest_server = match rest_listener {
-                Some(listener) => {
-                    tracing::info!(addr = %listener.local_addr().map_err(|e| e.to_string())?, "REST proxy listening");
-                    let app = shardhook::control::rest_app(state.clone());
-                    let (limits, stopping) = (config.control.clone(), until_stopped());
-                    Some(tokio::spawn(async move {
-                        shardhook::control::serve_app(listener, app, &limits, stopping).await
-                    }))
-                }
-                None => None,
-            };
-            let (limits, stopping) = (config.control.clone(), until_stopped());
-            let server = tokio::spawn(async move {
-                shardhook::control::serve(control, state, &limits, stopping).await
-            });
-            // A router alone keeps its checkpoints in files; in a cluster the coordinator keeps
-            // them in Redis, and on shutdown hands every shard over before the router stops.
-            let (checkpoints, coordinator) = match &cluster {
-                None => {
-                    let checkpointer =
-                        Checkpointer::new(&config.state.dir, &router, pipeline.handle());
-                    let task = checkpointer.run(config.state.checkpoint_interval, until_stopped());
-                    (Some(tokio::spawn(task)), None)
-                }
-                Some(cluster) => {
-                    let parts = router.cluster_parts(&config, pipeline.handle());
-                    let task = cluster.coordinator(parts).run(until_stopped());
-                    (None, Some(tokio::spawn(task)))
-                }
-            };
-            let handed_over = coordinator.map(|task| {
-                let done = tokio::sync::watch::channel(false);
-                let (tx, mut rx) = done;
-                tokio::spawn(async move {
-                    let _ = task.await;
-                    let _ = tx.send(true);
-                });
-                async move {
-                    let _ = rx.wait_for(|d| *d).await;
-                }
-            });
-            // Shutdown: the shards stop reading and close resumably, queued events are
-            // delivered up to a deadline, then the checkpoints say where to resume.
-            let ran = match handed_over {
-                Some(handed_over) => router.run_until(handed_over).await,
-                None => router.run_until(until_stopped()).await,
-            };
-            // Whether by signal or because every shard stopped, everything else stops too.
-            let _ = stop.send(true);
-            let stats = pipeline.stats();
-            let deadline = config.delivery.shutdown_timeout;
-            tracing::info!(?deadline, "shards stopped; delivering queued events");
-            if tokio::time::timeout(deadline, pipeline.finish())
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    ?deadline,
-                    "queued events were not all delivered in time; Discord replays them on the next start"
-                );
-            }
-            server.abort();
-            if let Some(rest_server) = rest_server {
-                rest_server.abort();
-            }
-            if let Some(Ok(mut checkpointer)) = match checkpoints {
-                Some(task) => Some(task.await),
-                None => None,
-            } {
-                let wrote = checkpointer.write_final();
-                tracing::info!(wrote, "resume checkpoints written");
-            }
-            let s = stats.snapshot();
-            tracing::info!(
-                delivered = s.events_delivered,
-                dead_lettered = s.events_dead_lettered,
-                retries = s.retries,
-                "stopped"
-            );
-            ran.map_err(|e| e.to_string())?;
+            app.run().await.map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster {
@@ -382,7 +224,7 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
         }
         Command::Replay { file, config } => {
             let config = load(config)?;
-            let pipeline = Pipeline::new(&config).map_err(|e| e.to_string())?;
+            let pipeline = shardhook::Pipeline::new(&config).map_err(|e| e.to_string())?;
             let letters = shardhook::read_dead_letters(&file).map_err(|e| e.to_string())?;
             let mut moved = file.clone().into_os_string();
             moved.push(".replayed");
