@@ -24,7 +24,7 @@ use base64::Engine;
 use bytes::Bytes;
 use ed25519_dalek::Signer as _;
 use shardhook::config::{EndpointConfig, EndpointFormat, SigningConfig};
-use shardhook::{Ed25519Key, Pipeline, Router, SigningKey};
+use shardhook::{Ed25519Key, SigningKey};
 use shardhook_simulator::events::{shard_of, snowflake, APPLICATION_ID};
 use shardhook_simulator::receiver::Receiver;
 use shardhook_simulator::{SimConfig, Simulator, DEFAULT_TOKEN};
@@ -34,7 +34,8 @@ use support::{config_for, python, within};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::Command;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// The author of every message the double makes.
 const AUTHOR: &str = "1100000000000000003";
@@ -405,19 +406,17 @@ async fn a_carbon_endpoint_and_a_shardhook_endpoint_in_one_config_each_get_their
     // Batches of several events where the shardhook endpoint may make them.
     config.batch.linger = Duration::from_millis(20);
     let _state = TempDir::adopt(config.state.dir.clone());
-    let mut pipeline = Pipeline::new(&config).expect("the pipeline builds");
-    pipeline.learn_application_id().await;
-    let stats = pipeline.stats();
-    let router = within(
+    // Started as `shardhook run` starts a router, on a free control port.
+    config.control.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let stop = CancellationToken::new();
+    let app = within(
         "the router to start",
-        Router::start_with(&config, |id| pipeline.sink(id)),
+        shardhook::app::App::start(config.clone(), stop.clone(), Default::default()),
     )
     .await
     .expect("the router starts");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(router.run_until(async {
-        let _ = stopped.await;
-    }));
+    let stats = app.stats();
+    let running = tokio::spawn(app.run());
 
     // Who got what: (shard, seq) of every event at each endpoint.
     let at_hooks = || -> Vec<(u32, u64)> {
@@ -455,12 +454,11 @@ async fn a_carbon_endpoint_and_a_shardhook_endpoint_in_one_config_each_get_their
         }
     })
     .await;
-    let _ = stop.send(());
-    within("the router to stop", running)
+    stop.cancel();
+    within("the router to stop and delivery to drain", running)
         .await
         .unwrap()
         .expect("no shard stopped for good");
-    within("delivery to drain", pipeline.finish()).await;
 
     // Each shard's events went to its home endpoint alone, each event once; both endpoints
     // are the home of some shard.

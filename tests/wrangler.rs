@@ -12,15 +12,17 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use shardhook::app::{App, StartOptions};
 use shardhook::config::{EndpointConfig, SigningConfig};
-use shardhook::{Pipeline, Router, ShardState, SigningKey};
+use shardhook::{ShardState, SigningKey};
 use shardhook_simulator::{Fault, Observed, SimConfig, Simulator, DEFAULT_TOKEN};
 use support::pipe::{temp_dir, TempDir};
 use support::{config_for, within};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// `wrangler dev` bundles the Worker and starts workerd; a cold start on a small machine with
 /// no internet (it first fails to fetch `Request.cf`) can take tens of seconds.
@@ -258,19 +260,18 @@ async fn the_worker_template_under_wrangler_dev_verifies_and_handles_every_event
         ..EndpointConfig::new("worker", wrangler.url.clone())
     }];
     let state_dir = TempDir::adopt(config.state.dir.clone());
-    let mut pipeline = Pipeline::new(&config).expect("the pipeline builds");
-    let stats = pipeline.stats();
-    let router = within(
+    // Started as `shardhook run` starts a router, on a free control port.
+    config.control.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let stop = CancellationToken::new();
+    let app = within(
         "the router to start",
-        Router::start_with(&config, |id| pipeline.sink(id)),
+        App::start(config.clone(), stop.clone(), StartOptions::default()),
     )
     .await
     .expect("the router starts");
-    let shards = router.shards().to_vec();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(router.run_until(async {
-        let _ = stopped.await;
-    }));
+    let stats = app.stats();
+    let shards = app.shards().to_vec();
+    let running = tokio::spawn(app.run());
 
     // A slash command on shard 1, answered through the interaction callback.
     let mut status = shards[1].status();
@@ -307,12 +308,11 @@ async fn the_worker_template_under_wrangler_dev_verifies_and_handles_every_event
     );
 
     // Stop the router and let delivery drain, then account for every event.
-    let _ = stop.send(());
-    within("the router to stop", running)
+    stop.cancel();
+    within("the router to stop and delivery to drain", running)
         .await
         .unwrap()
         .expect("no shard stopped for good");
-    within("delivery to drain", pipeline.finish()).await;
     let stats = stats.snapshot();
     let ledger = sim.observed(|o| o.ledger.len() as u64);
     let e2e = started.elapsed();

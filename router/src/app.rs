@@ -36,6 +36,8 @@ fn fail(e: impl std::fmt::Display) -> AppError {
 pub struct StartOptions {
     /// Keep every delivery latency, for exact quantiles (the demo's report).
     pub latency_samples: bool,
+    /// The environment the AWS credentials chain reads, instead of the process's (tests).
+    pub env: Option<Vec<(String, String)>>,
 }
 
 /// A started router: its shards connect, its control API answers.
@@ -59,7 +61,11 @@ impl App {
         options: StartOptions,
     ) -> Result<App, AppError> {
         let signer = Signer::for_commands(&config).map_err(fail)?;
-        let mut pipeline = Pipeline::new(&config).map_err(fail)?;
+        let mut pipeline = match options.env {
+            Some(env) => Pipeline::with_env(&config, env),
+            None => Pipeline::new(&config),
+        }
+        .map_err(fail)?;
         if options.latency_samples {
             pipeline.stats().keep_samples();
         }

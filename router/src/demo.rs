@@ -231,6 +231,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoReport, DemoError> {
     // The report gives exact latency quantiles.
     let options_with_samples = StartOptions {
         latency_samples: true,
+        ..StartOptions::default()
     };
     let app = App::start(config, stop.clone(), options_with_samples).await?;
     let stats = app.stats();

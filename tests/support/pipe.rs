@@ -1,5 +1,6 @@
-//! The delivery harness: the Discord double, the router with its delivery pipeline, and local
-//! receiving endpoints (or ports that refuse connections), with accounting against the ledger.
+//! The delivery harness: the Discord double, a router started as `shardhook run` starts one
+//! (`shardhook::app`), and local receiving endpoints (or ports that refuse connections), with
+//! accounting against the ledger.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -8,16 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::select_all;
+use shardhook::app::{App, AppError, StartOptions};
 use shardhook::config::{Config, EndpointConfig, SigningConfig};
-use shardhook::control::{ControlState, LocalIds};
-use shardhook::{
-    AllShardsStopped, DeliveryStats, Pipeline, Router, ShardHandle, Signer, SigningKey,
-};
+use shardhook::{DeliveryStats, ShardHandle, SigningKey};
 use shardhook_simulator::receiver::{Arrival, Receiver, Reply, RequestRecord};
 use shardhook_simulator::{SimConfig, Simulator};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::{config_for, simulator, within};
 
@@ -44,9 +43,8 @@ pub struct Pipe {
     /// Base URL of the control API, e.g. `http://127.0.0.1:PORT`.
     pub control_url: String,
     traffic_per_shard: u64,
-    stop: Option<oneshot::Sender<()>>,
-    running: Option<JoinHandle<Result<(), AllShardsStopped>>>,
-    pipeline: Option<Pipeline>,
+    stop: CancellationToken,
+    running: Option<JoinHandle<Result<(), AppError>>>,
 }
 
 async fn loopback() -> TcpListener {
@@ -152,41 +150,23 @@ impl Pipe {
         config.delivery.max_backoff = Duration::from_millis(200);
         tweak(&mut config);
         let state_dir = TempDir::adopt(config.state.dir.clone());
-        let mut pipeline = Pipeline::with_env(&config, env).expect("the pipeline builds");
-        let stats = pipeline.stats();
-        stats.keep_samples();
-        let router = within(
+        // Started as `shardhook run` starts a router, on a free control port.
+        config.control.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let stop = CancellationToken::new();
+        let options = StartOptions {
+            latency_samples: true,
+            env: Some(env),
+        };
+        let app = within(
             "the router to start",
-            Router::start_with(&config, |id| pipeline.sink(id)),
+            App::start(config.clone(), stop.clone(), options),
         )
         .await
         .expect("the router starts");
-        let shards = router.shards().to_vec();
-        let control = loopback().await;
-        let control_url = format!("http://{}", control.local_addr().unwrap());
-        let ids = LocalIds::open(&config.state.dir, shardhook::unix_now()).unwrap();
-        let state = ControlState::new(
-            &shards,
-            router.shard_count(),
-            Signer::for_commands(&config).unwrap(),
-            Arc::new(ids),
-            pipeline.handle(),
-        );
-        let state = if config.rest.enabled {
-            state
-                .with_rest(shardhook::rest::RestProxy::new(&config).expect("the REST proxy builds"))
-        } else {
-            state
-        };
-        let limits = config.control.clone();
-        tokio::spawn(async move {
-            shardhook::control::serve(control, Arc::new(state), &limits, std::future::pending())
-                .await
-        });
-        let (stop, stopped) = oneshot::channel::<()>();
-        let running = tokio::spawn(router.run_until(async {
-            let _ = stopped.await;
-        }));
+        let shards = app.shards().to_vec();
+        let stats = app.stats();
+        let control_url = format!("http://{}", app.control_addr());
+        let running = tokio::spawn(app.run());
         Pipe {
             control_url,
             sim,
@@ -199,9 +179,8 @@ impl Pipe {
             secret,
             config,
             traffic_per_shard,
-            stop: Some(stop),
+            stop,
             running: Some(running),
-            pipeline: Some(pipeline),
         }
     }
 
@@ -420,18 +399,15 @@ impl Pipe {
         .await
     }
 
-    /// Stops the router, then lets delivery drain.
+    /// Stops the router as SIGTERM stops `shardhook run`: the shards close, delivery drains
+    /// (up to `delivery.shutdown_timeout`), the checkpoints are written.
     pub async fn stop(mut self) -> Pipe {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop.cancel();
         let running = self.running.take().unwrap();
         within("the router to stop", running)
             .await
             .unwrap()
             .unwrap();
-        let pipeline = self.pipeline.take().unwrap();
-        within("delivery to drain", pipeline.finish()).await;
         self
     }
 }
