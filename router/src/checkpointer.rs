@@ -27,10 +27,6 @@ pub struct Checkpointer {
     last_write: u64,
 }
 
-/// How often checkpoints that stand are written again anyway, so their `written_at` says the
-/// sessions were alive (a quiet bot's would otherwise look too old to resume after a restart).
-const REFRESH_SECS: u64 = 60;
-
 impl Checkpointer {
     /// A checkpointer for `router`'s shards, reading durable progress from `delivery` and
     /// writing under `state_dir`.
@@ -49,30 +45,18 @@ impl Checkpointer {
         }
     }
 
-    /// The checkpoint a shard has now, if it differs from the one written: its session and how
-    /// far that session is safe. Nothing is copied for a shard whose checkpoint stands.
+    /// The checkpoint a shard has now (`DeliveryHandle::checkpoint`), if it differs from the
+    /// one written.
     fn changed(&self, shard: &ShardHandle) -> Option<Checkpoint> {
-        let status = shard.status();
-        let status = status.borrow();
-        let (Some(session), Some(resume_url)) = (&status.session_id, &status.resume_url) else {
-            return None;
-        };
-        // A session with nothing safe yet resumes from 0: Discord replays all of it.
-        let seq = match self.delivery.durable(shard.id()) {
-            Some((durable_session, seq)) if durable_session == *session => seq,
-            _ => 0,
-        };
+        let now = self
+            .delivery
+            .checkpoint(shard, None, self.shard_count, &self.bot)?;
         let same = self.written.get(&shard.id()).is_some_and(|w| {
-            w.seq == seq && *w.session_id == **session && *w.resume_url == **resume_url
+            w.seq == now.seq && w.session_id == now.session_id && w.resume_url == now.resume_url
         });
-        (!same).then(|| Checkpoint {
-            shard_id: shard.id(),
-            shard_count: self.shard_count,
-            session_id: session.to_string(),
-            resume_url: resume_url.to_string(),
-            seq,
-            bot: Some(self.bot.clone()),
+        (!same).then_some(Checkpoint {
             written_at: None,
+            ..now
         })
     }
 
@@ -95,7 +79,8 @@ impl Checkpointer {
             .filter_map(|shard| self.changed(shard))
             .collect();
         let now = crate::delivery::signer::unix_now();
-        let stale = now.saturating_sub(self.last_write) >= REFRESH_SECS;
+        let stale =
+            now.saturating_sub(self.last_write) >= crate::state::checkpoint::REFRESH.as_secs();
         if changed.is_empty() && !(always || stale)
             || (changed.is_empty() && self.written.is_empty())
         {

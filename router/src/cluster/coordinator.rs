@@ -37,8 +37,6 @@ const HANDOVERS_AT_ONCE: usize = 4;
 /// started together see each other first and each shard identifies once, on its owner (rather
 /// than all on the first router up, then handed over).
 const JOIN_GRACE: Duration = Duration::from_secs(1);
-/// How often a standing checkpoint is written again, so its age says the session is alive.
-const REFRESH: Duration = Duration::from_secs(60);
 /// How often delivery is asked whether a released shard's events are all safe.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 
@@ -109,39 +107,6 @@ struct Handover {
     checkpoint_ttl: Duration,
 }
 
-/// The checkpoint of `shard` now: its session, and the seq up to which every event is
-/// delivered, dead-lettered or (alone) spooled, or the tenure's starting seq if higher.
-fn checkpoint_of(
-    shard: &ShardHandle,
-    delivery: &DeliveryHandle,
-    floor: Option<&(Arc<str>, u64)>,
-    shard_count: u32,
-    bot: &str,
-) -> Option<Checkpoint> {
-    let status = shard.status();
-    let status = status.borrow();
-    let (Some(session), Some(resume_url)) = (&status.session_id, &status.resume_url) else {
-        return None;
-    };
-    let durable = match delivery.durable(shard.id()) {
-        Some((s, seq)) if s == *session => seq,
-        _ => 0,
-    };
-    let floor = match floor {
-        Some((s, seq)) if s == session => *seq,
-        _ => 0,
-    };
-    Some(Checkpoint {
-        shard_id: shard.id(),
-        shard_count,
-        session_id: session.to_string(),
-        resume_url: resume_url.to_string(),
-        seq: durable.max(floor),
-        bot: Some(bot.to_owned()),
-        written_at: Some(crate::delivery::signer::unix_now()),
-    })
-}
-
 impl Handover {
     /// Stops the shard reading, waits until what it read is safe, and gives the lease up with
     /// the final checkpoint. Whatever happens, the shard is in standby when this returns.
@@ -167,9 +132,8 @@ impl Handover {
         // Everything read is delivered (or dead-lettered) before the checkpoint is final, so
         // the next owner resumes exactly after it.
         let checkpoint = loop {
-            let checkpoint = checkpoint_of(
+            let checkpoint = self.delivery.checkpoint(
                 &self.shard,
-                &self.delivery,
                 self.floor.as_ref(),
                 self.shard_count,
                 &self.bot,
@@ -501,9 +465,8 @@ impl Coordinator {
             let Some(handle) = self.shards.get(id) else {
                 continue;
             };
-            let current = checkpoint_of(
+            let current = self.parts.delivery.checkpoint(
                 handle,
-                &self.parts.delivery,
                 owned.floor.as_ref(),
                 self.parts.shard_count,
                 &self.parts.bot,
@@ -513,7 +476,9 @@ impl Coordinator {
                     now.seq != was.seq
                         || now.session_id != was.session_id
                         || now.resume_url != was.resume_url
-                        || owned.written_at.is_none_or(|at| at.elapsed() >= REFRESH)
+                        || owned
+                            .written_at
+                            .is_none_or(|at| at.elapsed() >= crate::state::checkpoint::REFRESH)
                 }
                 (Some(_), None) => true,
                 (None, _) => false,

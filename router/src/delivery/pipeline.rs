@@ -160,6 +160,42 @@ impl DeliveryHandle {
     pub fn durable(&self, shard_id: u32) -> Option<(Arc<str>, u64)> {
         self.shared.progress.durable(shard_id)
     }
+
+    /// The resume checkpoint `shard` has now, the one place checkpoints are computed (a router
+    /// alone writes it to files, a cluster to Redis): its session, its resume URL, and how far
+    /// that session is safe here, or `floor` (what a previous holder made safe) if further. A
+    /// session with nothing safe yet resumes from 0: Discord replays all of it. `None` before
+    /// the shard's first READY.
+    pub fn checkpoint(
+        &self,
+        shard: &crate::gateway::handle::ShardHandle,
+        floor: Option<&(Arc<str>, u64)>,
+        shard_count: u32,
+        bot: &str,
+    ) -> Option<crate::state::checkpoint::Checkpoint> {
+        let status = shard.status();
+        let status = status.borrow();
+        let (Some(session), Some(resume_url)) = (&status.session_id, &status.resume_url) else {
+            return None;
+        };
+        let durable = match self.durable(shard.id()) {
+            Some((s, seq)) if s == *session => seq,
+            _ => 0,
+        };
+        let floor = match floor {
+            Some((s, seq)) if s == session => *seq,
+            _ => 0,
+        };
+        Some(crate::state::checkpoint::Checkpoint {
+            shard_id: shard.id(),
+            shard_count,
+            session_id: session.to_string(),
+            resume_url: resume_url.to_string(),
+            seq: durable.max(floor),
+            bot: Some(bot.to_owned()),
+            written_at: Some(super::signer::unix_now()),
+        })
+    }
 }
 
 /// Makes the state directory private (dead letters hold message content and interaction

@@ -23,6 +23,11 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+/// How often a checkpoint that stands is written again anyway, so its `written_at` says the
+/// session is alive (a quiet bot's would otherwise look too old to resume after a restart),
+/// in files and in a cluster's Redis alike.
+pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One shard's checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
