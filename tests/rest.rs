@@ -745,3 +745,98 @@ async fn one_router_paces_its_global_limit_evenly_so_no_second_by_arrival_holds_
     let p = std::sync::Arc::into_inner(p).unwrap();
     p.stop().await;
 }
+
+/// In front of the double: `GET /gateway/bot` passed on to it, and every other request read
+/// whole and its connection closed without an answer, as a Discord that received a request
+/// and then broke off would. Counts those.
+fn breaks_off_after_reading(
+    api_url: String,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let front = format!("http://{}/api/v10", listener.local_addr().unwrap());
+    let broken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = broken.clone();
+    tokio::spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (api_url, counted) = (api_url.clone(), counted.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if socket.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                let _ = socket.read_exact(&mut body).await;
+                if head.starts_with("GET /api/v10/gateway/bot") {
+                    let auth = head
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("authorization: ")
+                                .or_else(|| l.strip_prefix("Authorization: "))
+                        })
+                        .unwrap_or_default()
+                        .to_owned();
+                    let answer = reqwest::Client::new()
+                        .get(format!("{api_url}/gateway/bot"))
+                        .header("authorization", auth)
+                        .send()
+                        .await
+                        .unwrap()
+                        .text()
+                        .await
+                        .unwrap();
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    let _ = socket.write_all(reply.as_bytes()).await;
+                } else {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                // Dropped: the connection closes, answered or not.
+            });
+        }
+    });
+    (front, broken)
+}
+
+#[tokio::test]
+async fn a_request_discord_may_have_received_spends_its_id_even_when_the_answer_breaks_off() {
+    let mut broken = None;
+    let p = start(sim(10, Duration::from_secs(5)), |c| {
+        let (front, count) = breaks_off_after_reading(c.discord.api_url.clone());
+        c.discord.api_url = front;
+        broken = Some(count);
+    })
+    .await;
+    let broken = broken.unwrap();
+    let target = create_message(7);
+    let call = Call::new("POST", &target, r#"{"content":"once"}"#);
+    let first = call.send(&p).await;
+    assert_eq!(first.status(), 502, "{}", first.text().await.unwrap());
+    // Discord may have the message: the same signed request again is a replay.
+    let again = call.send(&p).await;
+    assert_eq!(again.status(), 401, "{}", again.text().await.unwrap());
+    assert_eq!(
+        broken.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "sent once"
+    );
+    p.stop().await;
+}

@@ -153,7 +153,8 @@ impl RestProxy {
     }
 
     /// Sends `request` to Discord when its rate limits allow, and returns Discord's answer, or
-    /// the router's own refusal. The flag says whether the request reached Discord.
+    /// the router's own refusal. The flag says whether the request may have reached Discord
+    /// (its id then stays spent).
     pub async fn forward(&self, request: ProxyRequest) -> (Response, bool) {
         let route = Route::of(&request.path);
         let (response, reached) = self.send(request, &route).await;
@@ -241,9 +242,13 @@ impl RestProxy {
                 // The permit is dropped: twilight's limiter takes it as cancelled.
                 drop(permit);
                 // Without the URL: its query is the caller's, and the error is theirs to see.
+                let unsent = e.is_connect();
                 let error = format!("Discord could not be reached: {}", e.without_url());
                 tracing::warn!(route = %route.template, "{error}");
-                return (refusal(StatusCode::BAD_GATEWAY, &error), false);
+                // Only a connection never made is sure to have sent nothing: past that,
+                // Discord may have the request, and its id must stay spent (a replay of it
+                // would send it twice).
+                return (refusal(StatusCode::BAD_GATEWAY, &error), !unsent);
             }
         };
         let status = answer.status();
