@@ -40,7 +40,15 @@ pub enum VerifyError {
     /// No `v1,` entry matches any key.
     #[error("no signature in webhook-signature matches")]
     NoMatch,
+    /// More entries than any signer writes: refused unread.
+    #[error("webhook-signature has more than {MAX_SIGNATURES} entries")]
+    TooMany,
 }
+
+/// The most entries a `webhook-signature` header may have (the templates' bound too): a
+/// signer writes one per key, and a rotation has a few. Past it the header is refused before
+/// any is decoded or checked, so a header of thousands costs nothing.
+pub const MAX_SIGNATURES: usize = 8;
 
 impl Signer {
     /// The signer for outgoing events and incoming commands from `config`'s `[signing]`: the
@@ -135,6 +143,14 @@ impl Signer {
         if ts.abs_diff(now) > TOLERANCE_SECS {
             return Err(VerifyError::Stale);
         }
+        if signatures
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .nth(MAX_SIGNATURES)
+            .is_some()
+        {
+            return Err(VerifyError::TooMany);
+        }
         let given = signatures
             .split(' ')
             .filter_map(|s| s.strip_prefix("v1,"))
@@ -201,6 +217,33 @@ mod tests {
     const SPEC_TS: u64 = 1614265330;
     const SPEC_BODY: &[u8] = br#"{"test": 2432232314}"#;
     const SPEC_SIG: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+
+    #[test]
+    fn a_header_of_more_than_eight_entries_is_refused_unread_even_with_a_match() {
+        let signer = Signer::new(SigningKey::parse(SPEC_SECRET).unwrap(), vec![]);
+        let (now, ts) = (SPEC_TS, SPEC_TS.to_string());
+        let padded = |n: usize| {
+            let mut entries = vec!["v1,AAAA"; n - 1];
+            entries.push(SPEC_SIG);
+            entries.join(" ")
+        };
+        let check = |header: &str| {
+            signer.verify_parts(
+                Some(SPEC_ID),
+                Some(ts.as_str()),
+                Some(header),
+                &[SPEC_BODY],
+                now,
+            )
+        };
+        assert_eq!(
+            check(&padded(8)),
+            Ok(()),
+            "eight: a rotation's worth and more"
+        );
+        assert_eq!(check(&padded(9)), Err(VerifyError::TooMany));
+        assert_eq!(check(&padded(8000)), Err(VerifyError::TooMany));
+    }
 
     #[test]
     fn matches_the_specification_example() {
