@@ -840,3 +840,53 @@ async fn a_request_discord_may_have_received_spends_its_id_even_when_the_answer_
     );
     p.stop().await;
 }
+
+/// A signed request sent byte for byte as given (a client library or reqwest would normalise
+/// `..` away before sending): the status the router answered.
+async fn raw_call(p: &Pipe, method: &str, target: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let signer = Signer::new(SigningKey::parse(&p.secret).unwrap(), vec![]);
+    let (id, at) = (next_id(), shardhook::unix_now());
+    let signature = signer.sign(&id, at, format!("{method} {target}\n{body}").as_bytes());
+    let host = p.control_url.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(host).await.unwrap();
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nwebhook-id: {id}\r\nwebhook-timestamp: {at}\r\nwebhook-signature: {signature}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).await.unwrap();
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"))
+}
+
+#[tokio::test]
+async fn paths_with_dot_segments_backslashes_or_empty_segments_are_refused_and_never_sent() {
+    let p = start(sim(10, Duration::from_secs(5)), |_| {}).await;
+    for target in [
+        "/api/v10/channels/1/../../gateway/bot",
+        "/api/v10/channels/%2e%2e/%2E%2E/users/@me",
+        "/api/v10/channels/./41/messages",
+        "/api/v10/channels//41/messages",
+        "/api/v10/channels/41/messages/",
+        "/api/v10/channels/41%5Cmessages",
+    ] {
+        let status = raw_call(&p, "POST", target, r#"{"content":"x"}"#).await;
+        assert_eq!(status, 400, "{target}");
+    }
+    assert!(calls(&p).is_empty(), "Discord saw {:?}", calls(&p));
+    // The clean path still goes.
+    let status = raw_call(
+        &p,
+        "POST",
+        "/api/v10/channels/41/messages",
+        r#"{"content":"x"}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    p.stop().await;
+}

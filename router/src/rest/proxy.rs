@@ -164,6 +164,12 @@ impl RestProxy {
     }
 
     async fn send(&self, request: ProxyRequest, route: &Route) -> (Response, bool) {
+        // Before anything: a path that would reach another of Discord's paths once normalised,
+        // or alias a route's bucket, never leaves.
+        if let Some(why) = super::route::unclean(&request.path) {
+            let error = format!("refused /api/v10/{}: {why}", request.path);
+            return (refusal(StatusCode::BAD_REQUEST, &error), false);
+        }
         let Some(method) = limiter::method(&request.method) else {
             let error = format!("Discord's API has no {} routes", request.method);
             return (refusal(StatusCode::METHOD_NOT_ALLOWED, &error), false);

@@ -25,8 +25,9 @@ impl Route {
         for (i, segment) in segments.iter().enumerate() {
             let previous = i.checked_sub(1).map(|p| segments[p]);
             let before_previous = i.checked_sub(2).map(|p| segments[p]);
-            let is_token = matches!(before_previous, Some("webhooks" | "interactions"))
-                && previous.is_some_and(is_snowflake);
+            // The segment after `webhooks/{id}` or `interactions/{id}` is a token whatever
+            // the id looks like: a route label must never carry one.
+            let is_token = i == 2 && matches!(before_previous, Some("webhooks" | "interactions"));
             let shown = if is_snowflake(segment) {
                 "{id}"
             } else if is_token {
@@ -50,6 +51,28 @@ impl Route {
     }
 }
 
+/// Why a path the proxy was asked for is refused before anything else: one that would reach
+/// another of Discord's paths once normalised (`..`, `.`, their percent-encoded forms), or
+/// alias a route bucket (an empty segment, a backslash). `path` is as sent, after `/api/v10/`.
+pub fn unclean(path: &str) -> Option<String> {
+    if path.is_empty() {
+        return Some("the path names no route".to_owned());
+    }
+    if path.contains('\\') || path.to_ascii_lowercase().contains("%5c") {
+        return Some("the path holds a backslash".to_owned());
+    }
+    for segment in path.split('/') {
+        if segment.is_empty() {
+            return Some("the path has an empty segment (`//` or a trailing `/`)".to_owned());
+        }
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        if decoded == "." || decoded == ".." {
+            return Some(format!("the path has a dot-segment (`{segment}`)"));
+        }
+    }
+    None
+}
+
 fn is_snowflake(segment: &str) -> bool {
     !segment.is_empty() && segment.len() <= 20 && segment.bytes().all(|b| b.is_ascii_digit())
 }
@@ -69,6 +92,43 @@ mod tests {
         let route = Route::of("webhooks/42/aW50ZXJhY3Rpb24/messages/@original");
         assert_eq!(route.template, "webhooks/{id}/{token}/messages/@original");
         assert!(route.exempt_from_global);
+    }
+
+    #[test]
+    fn a_token_after_an_id_that_is_not_a_snowflake_is_masked_too() {
+        assert_eq!(
+            Route::of("interactions/notanid/s3cr3t/callback").template,
+            "interactions/notanid/{token}/callback"
+        );
+        assert_eq!(
+            Route::of("webhooks/x/s3cr3t/messages/@original").template,
+            "webhooks/x/{token}/messages/@original"
+        );
+    }
+
+    #[test]
+    fn dot_segments_backslashes_and_empty_segments_are_unclean() {
+        for path in [
+            "channels/1/../../x",
+            "channels/%2e%2e/x",
+            "channels/%2E./x",
+            "channels/./messages",
+            "channels/1/messages/",
+            "channels//messages",
+            "channels/1\\messages",
+            "channels/1%5Cmessages",
+            "",
+        ] {
+            assert!(unclean(path).is_some(), "{path} passed");
+        }
+        for path in [
+            "channels/1/messages",
+            "channels/1/messages/2/reactions/%F0%9F%91%8D/@me",
+            "webhooks/1/tok.en/messages/@original",
+            "guilds/1/members/search",
+        ] {
+            assert_eq!(unclean(path), None, "{path}");
+        }
     }
 
     #[test]
