@@ -422,3 +422,40 @@ fn run_refuses_a_wrong_token_clearly_and_never_prints_it() {
     assert!(text.contains("refused the bot token"), "{text}");
     assert!(!text.contains("wrong.SECRET-token"), "{text}");
 }
+
+/// `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY` set for something else never see a request
+/// for Discord (each carries the bot token): without `discord.proxy`, the router talks to
+/// Discord directly.
+#[tokio::test]
+async fn proxy_variables_never_get_a_request_for_discord() {
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let offered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = offered.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = proxy.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Held, silent: a request sent here never gets an answer.
+            std::mem::forget(socket);
+        }
+    });
+    let (shards, events) = (2, 10);
+    let setup =
+        support::process::setup_with(shards, events, 50.0, &["a"], "[rest]\nenabled = true\n")
+            .await;
+    let env = [
+        ("HTTP_PROXY", proxy_url.as_str()),
+        ("http_proxy", proxy_url.as_str()),
+        ("HTTPS_PROXY", proxy_url.as_str()),
+        ("ALL_PROXY", proxy_url.as_str()),
+        ("NO_PROXY", ""),
+    ];
+    let mut router = setup.start_router_with(&env);
+    setup.wait_all(shards, events).await;
+    support::process::terminate(&mut router).await;
+    assert_eq!(
+        offered.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a request for Discord went to the proxy"
+    );
+}

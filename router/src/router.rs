@@ -110,10 +110,14 @@ impl Router {
     ) -> Result<Router, StartError> {
         let token = config.token()?.clone();
         let tls = crate::tls::platform_tls().map_err(StartError::Tls)?;
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .tls_backend_preconfigured(crate::tls::with_http2(&tls))
             .user_agent(crate::USER_AGENT)
-            .timeout(config.discord.connect_timeout)
+            .timeout(config.discord.connect_timeout);
+        let client = config
+            .discord
+            .client(builder)
+            .map_err(StartError::Config)?
             .build()
             .map_err(StartError::Client)?;
         let gateway = bot_info::gateway_bot(&client, &config.discord.api_url, &token).await?;

@@ -39,6 +39,56 @@ pub struct DiscordConfig {
     /// Transport compression asked of Discord: `"zlib-stream"`, `"zstd-stream"` or `"none"`.
     #[serde(default)]
     pub compression: Compression,
+    /// An HTTP(S) proxy for Discord's REST API (`GET /gateway/bot`, the REST proxy, deferring
+    /// interactions), e.g. `"http://10.0.0.1:3128"`. Unset, the router talks to Discord
+    /// directly and ignores `HTTP_PROXY`, `HTTPS_PROXY` and `ALL_PROXY`: the bot token goes
+    /// in every such request, and an environment variable set for something else must not
+    /// send it to a proxy. Shown redacted.
+    #[serde(default, serialize_with = "redacted_proxy")]
+    pub proxy: Option<String>,
+}
+
+fn redacted_proxy<S: serde::Serializer>(proxy: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match proxy {
+        Some(url) => s.serialize_some(&crate::secret::redact_url(url)),
+        None => s.serialize_none(),
+    }
+}
+
+impl DiscordConfig {
+    /// `builder` set to reach Discord: through `proxy` if one is named, else directly,
+    /// whatever the environment's proxy variables say.
+    pub(crate) fn client(
+        &self,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<reqwest::ClientBuilder, super::ConfigError> {
+        match &self.proxy {
+            Some(url) => reqwest::Proxy::all(url.as_str())
+                .map(|proxy| builder.proxy(proxy))
+                .map_err(|e| super::ConfigError::Invalid {
+                    key: "discord.proxy".to_owned(),
+                    message: format!("is not a proxy URL: {e}"),
+                }),
+            None => Ok(builder.no_proxy()),
+        }
+    }
+
+    /// What is wrong with `proxy`, if anything.
+    pub(super) fn problem(&self) -> Option<(&'static str, String)> {
+        let url = self.proxy.as_deref()?;
+        match reqwest::Url::parse(url) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => None,
+            Ok(parsed) => Some((
+                "discord.proxy",
+                format!(
+                    "scheme `{}` is not http:// or https:// ({})",
+                    parsed.scheme(),
+                    crate::secret::redact_url(url)
+                ),
+            )),
+            Err(e) => Some(("discord.proxy", format!("is not a URL: {e}"))),
+        }
+    }
 }
 
 /// How Discord compresses a gateway connection (the `compress` query parameter).
@@ -102,6 +152,7 @@ impl Default for DiscordConfig {
             connect_timeout: default_connect_timeout(),
             max_message_size: default_max_message_size(),
             compression: Compression::default(),
+            proxy: None,
         }
     }
 }

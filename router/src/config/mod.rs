@@ -337,6 +337,9 @@ impl Config {
         if let Some((key, message)) = self.cluster.as_ref().and_then(|c| c.problem()) {
             return invalid(key.to_owned(), message);
         }
+        if let Some((key, message)) = self.discord.problem() {
+            return invalid(key.to_owned(), message);
+        }
         for (i, endpoint) in self.endpoints.iter().enumerate() {
             let key = |field: &str| format!("endpoints[{i}].{field}");
             match reqwest::Url::parse(&endpoint.url) {
@@ -559,6 +562,24 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Path::new("test.toml"), Vec::new())
+    }
+
+    #[test]
+    fn discord_proxy_must_be_an_http_url_and_is_shown_redacted() {
+        let config = parse("[discord]\nproxy = \"http://user:pw@10.0.0.1:3128\"").unwrap();
+        assert_eq!(
+            config.discord.proxy.as_deref(),
+            Some("http://user:pw@10.0.0.1:3128")
+        );
+        let shown = toml::to_string(&config).unwrap();
+        assert!(!shown.contains("pw"), "{shown}");
+        for bad in ["socks5://10.0.0.1:1080", "not a url"] {
+            match parse(&format!("[discord]\nproxy = \"{bad}\"")) {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "discord.proxy"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(parse("").unwrap().discord.proxy.is_none(), "unset: direct");
     }
 
     #[test]

@@ -242,14 +242,18 @@ impl Pipeline {
         // For Discord's REST API (deferring interactions, apologising for them); endpoints have
         // connections of their own (`http`).
         let tls = crate::tls::platform_tls().map_err(DeliveryError::Tls)?;
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .tls_backend_preconfigured(crate::tls::with_http2(&tls))
             .user_agent(crate::USER_AGENT)
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(4)
             // Discord's API does not redirect these; followed, a redirect would turn a POST
             // into a GET.
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        let client = config
+            .discord
+            .client(builder)
+            .map_err(DeliveryError::Config)?
             .build()
             .map_err(DeliveryError::Client)?;
         let mut endpoints = Vec::with_capacity(config.endpoints.len());

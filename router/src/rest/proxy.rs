@@ -101,11 +101,15 @@ impl RestProxy {
     ) -> Result<RestProxy, RestError> {
         let token = config.token()?.clone();
         let tls = crate::tls::platform_tls().map_err(|e| RestError::Client(e.to_string()))?;
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .tls_backend_preconfigured(crate::tls::with_http2(&tls))
             .user_agent(crate::USER_AGENT)
             .connect_timeout(config.discord.connect_timeout)
-            .timeout(UPSTREAM_TIMEOUT)
+            .timeout(UPSTREAM_TIMEOUT);
+        let client = config
+            .discord
+            .client(builder)
+            .map_err(|e| RestError::Client(e.to_string()))?
             .build()
             .map_err(|e| RestError::Client(e.to_string()))?;
         let settings = config.rest.clone();
