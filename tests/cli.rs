@@ -459,3 +459,96 @@ async fn proxy_variables_never_get_a_request_for_discord() {
         "a request for Discord went to the proxy"
     );
 }
+
+/// At `RUST_LOG=trace`, with REST calls on webhook and interaction routes through the proxy
+/// and a Lambda endpoint signing with AWS credentials from the environment's chain: no line
+/// carries the bot token, a webhook or interaction token, the signing key, or the AWS key id
+/// and secret (twilight's limiter logs paths at debug, the AWS SDK key ids at trace).
+#[tokio::test]
+async fn at_trace_no_token_key_or_key_id_reaches_the_log() {
+    const WEBHOOK_TOKEN: &str = "wHtOkEn-SeCrEt-4f9a";
+    const INTERACTION_TOKEN: &str = "iNtErAcTiOn-SeCrEt-77c1";
+    const KEY_ID: &str = "AKIDSHARDHOOKLOGTEST1";
+    const AWS_SECRET: &str = "sEcReTaCcEsSkEy/shardhook+logtest";
+    let (shards, events) = (2, 10);
+    let setup =
+        support::process::setup_with(shards, events, 50.0, &["a"], "[rest]\nenabled = true\n")
+            .await;
+    // The last endpoint signs with SigV4 as a Lambda function URL's would.
+    let mut toml = std::fs::read_to_string(setup.config_path()).unwrap();
+    toml.push_str("auth = \"aws-iam\"\nregion = \"us-east-1\"\n");
+    std::fs::write(setup.config_path(), toml).unwrap();
+    let control = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let listen = format!("\"{control}\"");
+    let log = setup.state_dir.join("trace.log");
+    let env = [
+        ("RUST_LOG", "trace"),
+        ("SHARDHOOK__CONTROL__LISTEN", listen.as_str()),
+        ("AWS_ACCESS_KEY_ID", KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+    ];
+    let mut router = setup.start_router_logged(&env, &log);
+    setup.wait_all(shards, events).await;
+    let signer = shardhook::Signer::new(
+        shardhook::SigningKey::parse(setup.secret()).unwrap(),
+        vec![],
+    );
+    for (method, target) in [
+        (
+            "PATCH",
+            format!("/api/v10/webhooks/42/{WEBHOOK_TOKEN}/messages/@original"),
+        ),
+        (
+            "POST",
+            format!("/api/v10/interactions/77/{INTERACTION_TOKEN}/callback"),
+        ),
+    ] {
+        let body = r#"{"type":4,"data":{"content":"x"},"content":"x"}"#;
+        let (id, at) = (format!("msg_{}", fastrand::u64(..)), shardhook::unix_now());
+        let signature = signer.sign(&id, at, format!("{method} {target}\n{body}").as_bytes());
+        let answer = reqwest::Client::new()
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("http://{control}{target}"),
+            )
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", at.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_success(),
+            "{target}: {}",
+            answer.status()
+        );
+    }
+    support::process::terminate(&mut router).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("DEBUG") || l.contains("TRACE")),
+        "RUST_LOG=trace took effect:\n{text}"
+    );
+    let secret_key = setup.secret().trim_start_matches("whsec_").to_owned();
+    let mut forbidden: Vec<(&str, String)> = vec![
+        ("webhook token", WEBHOOK_TOKEN.to_owned()),
+        ("interaction token", INTERACTION_TOKEN.to_owned()),
+        ("AWS key id", KEY_ID.to_owned()),
+        ("AWS secret", AWS_SECRET.to_owned()),
+        ("signing key", secret_key),
+    ];
+    for form in token_forms(shardhook_simulator::DEFAULT_TOKEN) {
+        forbidden.push(("bot token", form));
+    }
+    for (what, value) in forbidden {
+        if let Some(line) = text.lines().find(|l| l.contains(&value)) {
+            panic!("the {what} reached the log: {line}");
+        }
+    }
+}

@@ -341,7 +341,7 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
 
 /// Libraries that print raw frames or headers (and so the token in IDENTIFY, RESUME or
 /// `Authorization`) below info.
-const CAPPED: [&str; 9] = [
+const CAPPED: [&str; 15] = [
     "tungstenite",
     "tokio_tungstenite",
     "hyper",
@@ -351,6 +351,14 @@ const CAPPED: [&str; 9] = [
     "axum",
     "rustls",
     "tokio_rustls",
+    // Logs each bucket's path at debug: webhook and interaction tokens are in paths.
+    "twilight_http_ratelimiting",
+    // The AWS SDK logs credentials' key ids and request signing at trace.
+    "aws_config",
+    "aws_credential_types",
+    "aws_runtime",
+    "aws_sigv4",
+    "aws_smithy_*",
 ];
 
 /// `RUST_LOG`, or `default` when it is unset or unreadable.
@@ -392,10 +400,12 @@ impl<S> tracing_subscriber::layer::Filter<S> for Capped {
 
 /// Whether `target` is one of the `CAPPED` libraries or a module of one.
 fn is_capped(target: &str) -> bool {
-    CAPPED.iter().any(|name| {
-        target
+    CAPPED.iter().any(|name| match name.strip_suffix('*') {
+        // A family of crates: `aws_smithy_*` is every crate named so, and their modules.
+        Some(prefix) => target.starts_with(prefix),
+        None => target
             .strip_prefix(name)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::")),
     })
 }
 
@@ -446,5 +456,9 @@ mod tests {
         assert!(is_capped("hyper_util::client::legacy"));
         assert!(!is_capped("tungstenite_extra"));
         assert!(!is_capped("shardhook::gateway::shard"));
+        assert!(is_capped("twilight_http_ratelimiting::actor"));
+        assert!(is_capped("aws_smithy_runtime::client::orchestrator"));
+        assert!(is_capped("aws_smithy_http"));
+        assert!(is_capped("aws_config::default_provider"));
     }
 }

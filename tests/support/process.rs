@@ -144,12 +144,13 @@ impl Setup {
         if inherit {
             command.stderr(std::process::Stdio::inherit());
         }
+        // Logging at info unless the caller asks for another level.
+        command.env("RUST_LOG", "info");
         command
             .args(["run", "--config", self.config_path.to_str().unwrap()])
-            .envs(env.iter().copied())
             .env("DISCORD_TOKEN", DEFAULT_TOKEN)
             .env("SHARDHOOK_SIGNING_SECRET", &self.secret)
-            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
