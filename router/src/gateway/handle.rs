@@ -161,13 +161,17 @@ impl ShardHandle {
             return Err(CommandRefused::NotConnected);
         }
         let limiter = self.limiter().ok_or(CommandRefused::NotConnected)?;
-        limiter.try_acquire().map_err(CommandRefused::RateLimited)?;
-        self.commands.try_send(payload).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
+        // Room in the queue first: a command refused for a full queue spends no slot of the
+        // connection's budget.
+        let room = self.commands.try_reserve().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(()) => {
                 CommandRefused::RateLimited(Duration::from_secs(1))
             }
-            mpsc::error::TrySendError::Closed(_) => CommandRefused::Stopped,
-        })
+            mpsc::error::TrySendError::Closed(()) => CommandRefused::Stopped,
+        })?;
+        limiter.try_acquire().map_err(CommandRefused::RateLimited)?;
+        room.send(payload);
+        Ok(())
     }
 
     /// Queues a gateway command, waiting for the shard to be active and for its send budget.
@@ -199,4 +203,50 @@ pub struct FatalClose {
     pub shard: u32,
     /// The close code Discord sent.
     pub code: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn active_handle(queue: usize) -> (ShardHandle, mpsc::Receiver<String>, Arc<CommandLimiter>) {
+        let (commands, rx) = mpsc::channel(queue);
+        let (_, status) = watch::channel(ShardStatus {
+            state: ShardState::Active,
+            ..ShardStatus::new()
+        });
+        let limiter = Arc::new(CommandLimiter::new(Duration::from_millis(41_250)));
+        let handle = ShardHandle {
+            id: 0,
+            status,
+            last_seq: Arc::default(),
+            received: Arc::default(),
+            commands,
+            gate: Arc::new(std::sync::Mutex::new(Some(limiter.clone()))),
+        };
+        (handle, rx, limiter)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_refused_for_a_full_queue_spends_no_slot_of_the_budget() {
+        let (handle, mut rx, limiter) = active_handle(1);
+        handle.try_send("first".into()).unwrap();
+        let budget = limiter.budget();
+        for _ in 0..budget * 2 {
+            assert_eq!(
+                handle.try_send("refused".into()),
+                Err(CommandRefused::RateLimited(Duration::from_secs(1)))
+            );
+        }
+        // The queue drains: the whole budget but the first command's slot is still there.
+        assert_eq!(rx.recv().await.as_deref(), Some("first"));
+        for n in 1..budget {
+            handle.try_send(format!("c{n}")).unwrap();
+            rx.recv().await.unwrap();
+        }
+        assert!(
+            matches!(handle.try_send("over".into()), Err(CommandRefused::RateLimited(_))),
+            "the budget holds"
+        );
+    }
 }
