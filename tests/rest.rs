@@ -890,3 +890,78 @@ async fn paths_with_dot_segments_backslashes_or_empty_segments_are_refused_and_n
     assert_eq!(status, 200);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn the_routers_own_refusals_come_in_discords_error_shape() {
+    let p = start(sim(5, Duration::from_secs(5)), |c| c.rest.max_body = 64).await;
+    let target = create_message(1);
+    let shape = |text: &str| -> (String, i64) {
+        let body: serde_json::Value = serde_json::from_str(text).unwrap();
+        (
+            body["message"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no message: {text}"))
+                .to_owned(),
+            body["code"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("no code: {text}")),
+        )
+    };
+    // 401: a forged signature; 401: a replay; 413: a body past max_body; 400: an unclean path.
+    let forged = Call {
+        secret: Some(SigningKey::generate()),
+        ..Call::new("POST", &target, r#"{"content":"x"}"#)
+    };
+    let answer = forged.send(&p).await;
+    assert_eq!(answer.status(), 401);
+    let (message, code) = shape(&answer.text().await.unwrap());
+    assert!(message.contains("signature"), "{message}");
+    assert_eq!(code, 0);
+    let good = Call::new("POST", &target, r#"{"content":"x"}"#);
+    assert_eq!(good.send(&p).await.status(), 200);
+    let replayed = good.send(&p).await;
+    assert_eq!(replayed.status(), 401);
+    let (message, _) = shape(&replayed.text().await.unwrap());
+    assert!(message.contains("already used"), "{message}");
+    let large = Call::new(
+        "POST",
+        &target,
+        &format!(r#"{{"content":"{}"}}"#, "x".repeat(100)),
+    );
+    let answer = large.send(&p).await;
+    assert_eq!(answer.status(), 413);
+    shape(&answer.text().await.unwrap());
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_bucket_that_resets_after_max_wait_is_answered_429_at_once() {
+    // One request per 120 s on the route; the router may hold a caller 60 s. Held until
+    // max_wait, the second caller would outlast `within`'s bound; it is told at once.
+    let p = start(sim(1, Duration::from_secs(120)), |c| {
+        c.rest.max_wait = Duration::from_secs(60);
+    })
+    .await;
+    let target = create_message(8);
+    let first = Call::new("POST", &target, r#"{"content":"1"}"#)
+        .send(&p)
+        .await;
+    assert_eq!(first.status(), 200);
+    let second = within(
+        "the second request's answer",
+        Call::new("POST", &target, r#"{"content":"2"}"#).send(&p),
+    )
+    .await;
+    assert_eq!(second.status(), 429);
+    let retry_after: u64 = second.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (110..=120).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
+    assert_eq!(calls(&p).len(), 1);
+    p.stop().await;
+}

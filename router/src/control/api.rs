@@ -150,6 +150,12 @@ fn refuse(status: StatusCode, error: impl Into<String>) -> Response {
     (status, Json(json!({ "error": error.into() }))).into_response()
 }
 
+/// The REST proxy's own refusals, in Discord's error shape (`message`, `code` 0), so a client
+/// library shows the router's reason rather than a generic error.
+fn refuse_as_discord(status: StatusCode, error: impl Into<String>) -> Response {
+    (status, Json(json!({ "message": error.into(), "code": 0 }))).into_response()
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CommandRequest<'a> {
@@ -209,18 +215,23 @@ async fn authenticate(
     ) {
         return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()));
     }
-    claim(state, headers).await
+    claim(state, headers)
+        .await
+        .map_err(|(status, error)| refuse(status, error))
 }
 
 /// Claims the `webhook-id` of a request whose signature was verified: the id and when it
 /// expires, or the refusal to answer (too long, already used, or no room to remember it).
 #[allow(clippy::result_large_err)]
-async fn claim(state: &ControlState, headers: &HeaderMap) -> Result<(String, u64), Response> {
+async fn claim(
+    state: &ControlState,
+    headers: &HeaderMap,
+) -> Result<(String, u64), (StatusCode, String)> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let id = header("webhook-id").unwrap_or_default();
     let timestamp = header("webhook-timestamp").unwrap_or_default();
     if id.len() > MAX_ID_BYTES {
-        return Err(refuse(
+        return Err((
             StatusCode::BAD_REQUEST,
             format!("webhook-id is longer than {MAX_ID_BYTES} bytes"),
         ));
@@ -230,17 +241,18 @@ async fn claim(state: &ControlState, headers: &HeaderMap) -> Result<(String, u64
     let expires = timestamp.parse::<u64>().unwrap_or_default() + TOLERANCE_SECS;
     match state.ids.claim(id, expires, unix_now()).await {
         Claim::Claimed => Ok((id.to_owned(), expires)),
-        Claim::Seen => Err(refuse(
+        Claim::Seen => Err((
             StatusCode::UNAUTHORIZED,
             format!("webhook-id {id} was already used"),
         )),
-        Claim::Full => Err(refuse(
+        Claim::Full => Err((
             StatusCode::SERVICE_UNAVAILABLE,
-            "too many requests in the last minutes to remember their ids; try again later",
+            "too many requests in the last minutes to remember their ids; try again later"
+                .to_owned(),
         )),
         Claim::Unavailable(why) => {
             tracing::warn!(webhook_id = %id, "could not check a request id against the spent ones: {why}");
-            Err(refuse(
+            Err((
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("cannot check webhook-id {id} against the spent ones now ({why}); nothing was done, try again"),
             ))
@@ -273,11 +285,11 @@ async fn rest(
     body: Body,
 ) -> Response {
     let Some(proxy) = state.rest.clone() else {
-        return refuse(StatusCode::NOT_FOUND, "the REST proxy is not enabled");
+        return refuse_as_discord(StatusCode::NOT_FOUND, "the REST proxy is not enabled");
     };
     let too_large = || {
         let error = BodyError::TooLarge(proxy.max_body());
-        refuse(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())
+        refuse_as_discord(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -293,25 +305,27 @@ async fn rest(
         unix_now(),
     ) {
         Ok(verifier) => verifier,
-        Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.to_string()),
+        Err(e) => return refuse_as_discord(StatusCode::UNAUTHORIZED, e.to_string()),
     };
     let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     verifier.update(format!("{method} {target}\n").as_bytes());
     let body = match proxy.receive(body, |part| verifier.update(part)).await {
         Ok(body) => body,
         Err(BodyError::TooLarge(_)) => return too_large(),
-        Err(e @ BodyError::BrokeOff(_)) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ BodyError::BrokeOff(_)) => {
+            return refuse_as_discord(StatusCode::BAD_REQUEST, e.to_string())
+        }
         Err(e) => {
             tracing::error!("a REST request was refused: {e}");
-            return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            return refuse_as_discord(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
         }
     };
     if let Err(e) = verifier.finish() {
-        return refuse(StatusCode::UNAUTHORIZED, e.to_string());
+        return refuse_as_discord(StatusCode::UNAUTHORIZED, e.to_string());
     }
     let (id, expires) = match claim(&state, &headers).await {
         Ok(claimed) => claimed,
-        Err(refusal) => return refusal,
+        Err((status, error)) => return refuse_as_discord(status, error),
     };
     let request = ProxyRequest {
         method,

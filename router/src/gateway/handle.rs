@@ -245,7 +245,10 @@ mod tests {
             rx.recv().await.unwrap();
         }
         assert!(
-            matches!(handle.try_send("over".into()), Err(CommandRefused::RateLimited(_))),
+            matches!(
+                handle.try_send("over".into()),
+                Err(CommandRefused::RateLimited(_))
+            ),
             "the budget holds"
         );
     }

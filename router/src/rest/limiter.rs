@@ -137,6 +137,16 @@ impl Limiter {
         if !exempt {
             self.wait_out_pause(deadline).await.map_err(retry)?;
         }
+        // A bucket spent until after the deadline: told at once, not after holding the
+        // caller until the deadline.
+        if let Some(bucket) = self.buckets.bucket(endpoint.clone()).await {
+            let resets = bucket
+                .reset_at
+                .saturating_duration_since(std::time::Instant::now());
+            if bucket.remaining == 0 && Instant::now() + resets > deadline {
+                return Err(resets.max(MIN_RETRY_AFTER));
+            }
+        }
         let permit =
             match tokio::time::timeout_at(deadline, self.buckets.acquire(endpoint.clone())).await {
                 Ok(permit) => permit,
