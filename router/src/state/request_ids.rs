@@ -62,6 +62,9 @@ struct Cache {
     /// The same ids by expiry, to drop the expired ones first.
     by_expiry: BTreeSet<(u64, Box<str>)>,
     capacity: usize,
+    /// How many of `ids` are spent, kept as they change: a spend needs the count to know
+    /// when to compact the file, and counting them would walk every id on every spend.
+    spent: usize,
 }
 
 impl Cache {
@@ -71,14 +74,19 @@ impl Cache {
                 break;
             }
             if let Some((_, id)) = self.by_expiry.pop_first() {
-                self.ids.remove(&id);
+                if let Some((_, true)) = self.ids.remove(&id) {
+                    self.spent -= 1;
+                }
             }
         }
     }
 
     fn remove(&mut self, id: &str) {
-        if let Some((expires, _)) = self.ids.remove(id) {
+        if let Some((expires, spent)) = self.ids.remove(id) {
             self.by_expiry.remove(&(expires, Box::from(id)));
+            if spent {
+                self.spent -= 1;
+            }
         }
     }
 
@@ -107,7 +115,9 @@ impl LocalIds {
         for (id, expires) in live {
             let id: Box<str> = id.into();
             cache.by_expiry.insert((expires, id.clone()));
-            cache.ids.insert(id, (expires, true));
+            if cache.ids.insert(id, (expires, true)).is_none() {
+                cache.spent += 1;
+            }
         }
         Ok(LocalIds {
             cache: Mutex::new(cache),
@@ -166,17 +176,26 @@ impl LocalIds {
 
     /// `SpentIds::spend`, blocking on the file.
     pub fn spend(&self, id: &str, expires: u64) -> io::Result<()> {
-        let live = {
+        let spent = {
             let mut cache = self.cache();
-            if let Some(entry) = cache.ids.get_mut(id) {
-                entry.1 = true;
+            let newly = match cache.ids.get_mut(id) {
+                Some(entry) if !entry.1 => {
+                    entry.1 = true;
+                    true
+                }
+                _ => false,
+            };
+            if newly {
+                cache.spent += 1;
             }
-            cache.spent()
+            cache.spent
         };
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         log.append(id, expires)?;
-        // Expired ids only leave the file when it is rewritten: now and then, not per command.
-        if log.lines() > 2 * live.len() + 1024 {
+        // Expired ids only leave the file when it is rewritten: now and then, not per request;
+        // only then are the live ones listed.
+        if log.lines() > 2 * spent + 1024 {
+            let live = self.cache().spent();
             log.compact(&live)?;
         }
         Ok(())
@@ -220,6 +239,26 @@ mod tests {
         // Past its expiry the id is dropped, on reopening and in memory.
         let ids = LocalIds::open(&dir, 1301).unwrap();
         assert_eq!(ids.claim("a", 1600, 1301), Claim::Claimed);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_spend_does_not_walk_every_spent_id() {
+        let dir = dir("incremental");
+        let ids = LocalIds::open(&dir, 0).unwrap();
+        for n in 0..5_000 {
+            let id = format!("id{n}");
+            assert_eq!(ids.claim(&id, 1_000, 0), Claim::Claimed);
+            ids.spend(&id, 1_000).unwrap();
+        }
+        assert_eq!(ids.claim("last", 1_000, 0), Claim::Claimed);
+        let (spent, allocations) = crate::allocations::during(|| ids.spend("last", 1_000));
+        spent.unwrap();
+        assert!(
+            allocations < 16,
+            "{allocations} allocations for one spend among 5,000"
+        );
+        assert_eq!(ids.cache().spent, 5_001);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
