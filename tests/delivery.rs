@@ -1303,3 +1303,37 @@ async fn a_full_queue_holds_the_shard_back_without_losing_events_or_heartbeats()
     assert!(max_depth <= 4 + 2, "{max_depth} events were held at once");
     p.stop().await;
 }
+
+#[tokio::test]
+async fn past_max_lanes_an_interaction_goes_with_its_shards_events_and_is_not_lost() {
+    let p = Pipe::start(sim(1, 0), vec![("a", 1.0, live(vec![]))], |c| {
+        c.interactions.max_lanes = 1;
+    })
+    .await;
+    let _ = p.shards[0]
+        .status()
+        .wait_for(|s| s.state == shardhook::ShardState::Active)
+        .await;
+    p.wait_until("the guild creates delivered", |p| {
+        p.sim.observed(|o| o.ledger.len() >= 3) && p.outstanding_count() == 0
+    })
+    .await;
+    // The first interaction's request is held 2 s: its lane stays taken meanwhile.
+    p.receiver(0).script([Reply::Delay(Duration::from_secs(2))]);
+    assert!(p.sim.inject(0, interaction()));
+    p.wait_until("the first interaction at the endpoint", |p| {
+        !interaction_requests(p).is_empty()
+    })
+    .await;
+    assert!(p.sim.inject(0, interaction()));
+    p.wait_delivered(&[]).await;
+    assert_eq!(
+        p.stats
+            .interactions_unlaned
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the second found the only lane taken"
+    );
+    p.assert_exactly_once_in_order(&[]);
+    p.stop().await;
+}

@@ -150,6 +150,12 @@ pub struct InteractionsConfig {
     /// Shown to the user (by editing the deferred response) if the event is dead-lettered.
     #[serde(default = "default_error_message")]
     pub error_message: String,
+    /// Interactions on their way in lanes of their own at once, across the router (each can
+    /// last 3 s, or 15 minutes when deferred, while its endpoint fails). Past it, an
+    /// interaction goes with its shard's other events, in order, as any event does (counted in
+    /// `shardhook_interactions_unlaned_total`, warned about); nothing is dropped.
+    #[serde(default = "default_max_lanes")]
+    pub max_lanes: usize,
 }
 
 impl Default for InteractionsConfig {
@@ -157,8 +163,13 @@ impl Default for InteractionsConfig {
         InteractionsConfig {
             auto_defer: false,
             error_message: default_error_message(),
+            max_lanes: default_max_lanes(),
         }
     }
+}
+
+fn default_max_lanes() -> usize {
+    1024
 }
 
 fn default_error_message() -> String {

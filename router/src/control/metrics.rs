@@ -213,6 +213,11 @@ pub fn render(
         counter_from(&stats.interactions_deferred),
     );
     registry.register(
+        "interactions_unlaned",
+        "Interactions that found every lane taken (interactions.max_lanes) and went with their shard's other events",
+        counter_from(&stats.interactions_unlaned),
+    );
+    registry.register(
         "interaction_defer_latency_seconds",
         "From the gateway read of an interaction to Discord's answer to its deferral",
         stats.defer_latency.clone(),

@@ -306,6 +306,7 @@ impl Pipeline {
                     used: AtomicU64::new(0),
                     limit: config.state.spool_max_bytes,
                 }),
+                lanes: Arc::new(tokio::sync::Semaphore::new(config.interactions.max_lanes)),
             }),
             workers: JoinSet::new(),
             queues: Arc::default(),

@@ -43,6 +43,8 @@ pub(super) struct Shared {
     pub(super) progress: crate::state::progress::Progress,
     /// Bytes spooled across shards, against `state.spool_max_bytes`.
     pub(super) spool_usage: Arc<SpoolUsage>,
+    /// Interactions' lanes free now, of `interactions.max_lanes`.
+    pub(super) lanes: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {

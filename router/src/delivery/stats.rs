@@ -53,6 +53,9 @@ pub struct DeliveryStats {
     pub(crate) latency: Histogram,
     /// Interactions deferred by the router.
     pub interactions_deferred: AtomicU64,
+    /// Interactions that found every lane taken (`interactions.max_lanes`) and went with
+    /// their shard's other events.
+    pub interactions_unlaned: AtomicU64,
     /// From the gateway read of an interaction to its deferral's answer.
     pub(crate) defer_latency: Histogram,
     /// Whether exact samples are kept (`keep_samples`).
@@ -115,6 +118,7 @@ impl DeliveryStats {
             delivered_by: RwLock::default(),
             latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             interactions_deferred: AtomicU64::new(0),
+            interactions_unlaned: AtomicU64::new(0),
             defer_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             sampling: AtomicBool::new(false),
             latencies: Mutex::default(),

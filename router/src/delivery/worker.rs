@@ -181,11 +181,31 @@ impl Intake {
         if !event.is_named(INTERACTION_CREATE) {
             return Some(event);
         }
+        // Every lane taken: it goes with the shard's other events, in order, not at once.
+        let Ok(lane) = shared.lanes.clone().try_acquire_owned() else {
+            let unlaned = shared
+                .stats
+                .interactions_unlaned
+                .fetch_add(1, AtomicOrdering::Relaxed);
+            if unlaned % 100 == 0 {
+                tracing::warn!(
+                    max_lanes = shared.config.interactions.max_lanes,
+                    "every interaction lane is taken (interactions.max_lanes): this interaction goes with its shard's other events, in order"
+                );
+            }
+            return Some(event);
+        };
         shared
             .progress
             .started(event.shard_id, &event.session_id, event.seq, event.seq);
-        self.lanes
-            .spawn(deliver_interaction(shared.clone(), event).in_current_span());
+        let delivering = deliver_interaction(shared.clone(), event);
+        self.lanes.spawn(
+            async move {
+                delivering.await;
+                drop(lane);
+            }
+            .in_current_span(),
+        );
         // Lanes that ended are reaped here, where they begin, so the set stays small.
         while self.lanes.try_join_next().is_some() {}
         None
