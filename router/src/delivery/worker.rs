@@ -187,7 +187,7 @@ impl Intake {
                 .stats
                 .interactions_unlaned
                 .fetch_add(1, AtomicOrdering::Relaxed);
-            if unlaned % 100 == 0 {
+            if unlaned.is_multiple_of(100) {
                 tracing::warn!(
                     max_lanes = shared.config.interactions.max_lanes,
                     "every interaction lane is taken (interactions.max_lanes): this interaction goes with its shard's other events, in order"
