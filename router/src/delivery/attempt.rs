@@ -56,7 +56,8 @@ pub(super) async fn attempt_until_done(
 ) -> (Outcome, u32) {
     let delivery = &shared.config.delivery;
     let started = Instant::now();
-    let mut attempts = 0u32;
+    // Counting on from the attempts made before its circuits gave it back.
+    let mut attempts = request.attempts;
     let last = loop {
         // Only endpoints that take the request's format; of those, the first whose circuit
         // lets a request through.
@@ -68,6 +69,8 @@ pub(super) async fn attempt_until_done(
             Target::Endpoint(i) => shared.endpoints[i].circuit.allows().then_some(i),
         };
         let Some(index) = index else {
+            let mut request = request;
+            request.attempts = attempts;
             return (Outcome::Unavailable(request), attempts);
         };
         let endpoint = &shared.endpoints[index];

@@ -75,6 +75,9 @@ pub struct Request {
     pub deferred: Vec<DeferredInteraction>,
     /// The body's format: only endpoints of this format may take it.
     pub format: EndpointFormat,
+    /// Attempts made so far: a request its endpoints' open circuits gave back (to the spool)
+    /// keeps counting when it is tried again, for `max_attempts` and Carbon's attempt header.
+    pub attempts: u32,
 }
 
 impl Batch {
@@ -220,6 +223,7 @@ pub fn request(batches: &[Batch]) -> Request {
         first_received,
         deferred,
         format: EndpointFormat::Shardhook,
+        attempts: 0,
     }
 }
 

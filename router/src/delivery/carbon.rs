@@ -58,6 +58,7 @@ pub(super) fn request(
         first_received: event.received_at,
         deferred: deferred.into_iter().collect(),
         format: EndpointFormat::Carbon,
+        attempts: 0,
     }
 }
 
@@ -394,6 +395,65 @@ mod tests {
                 n + 1
             );
         }
+    }
+
+    #[tokio::test]
+    async fn attempts_count_on_across_a_circuit_pause() {
+        use crate::config::{Config, DeliveryConfig, EndpointConfig, SigningConfig, StateConfig};
+        use crate::delivery::attempt::{attempt_until_done, Outcome, Target};
+        use crate::delivery::Pipeline;
+        use crate::secret::SigningKey;
+
+        // A 503 opens the only endpoint's circuit (one failure is enough here): the request
+        // is given back, as to the spool, and tried again once the circuit lets it.
+        let (url, app) = stand_in(vec![503]).await;
+        let (pem, _) = Ed25519Key::generate();
+        let state =
+            std::env::temp_dir().join(format!("shardhook-carbon-pause-{}", std::process::id()));
+        let config = Config {
+            signing: SigningConfig {
+                secret: Some(SigningKey::parse(&SigningKey::generate()).unwrap()),
+                previous_secrets: vec![],
+                control_secret: None,
+                ed25519_private_key: Some(Ed25519Key::parse(&pem).unwrap()),
+            },
+            endpoints: vec![EndpointConfig {
+                format: EndpointFormat::Carbon,
+                ..EndpointConfig::new("app", url)
+            }],
+            delivery: DeliveryConfig {
+                initial_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(5),
+                circuit_failures: 1,
+                circuit_cooldown: Duration::from_millis(50),
+                ..DeliveryConfig::default()
+            },
+            state: StateConfig {
+                dir: state.clone(),
+                ..StateConfig::default()
+            },
+            ..Config::default()
+        };
+        let pipeline = Pipeline::new(&config).unwrap();
+        let event = dispatch("MESSAGE_CREATE", r#"{"id":"1","content":"hi"}"#);
+        let sent = request(&event, "1100", SystemTime::now(), None);
+        let shared = &pipeline.shared;
+        let (outcome, made) = attempt_until_done(shared, sent, Target::Ring, None).await;
+        let Outcome::Unavailable(back) = outcome else {
+            panic!("the open circuit gives the request back");
+        };
+        assert_eq!((made, back.attempts), (1, 1));
+        tokio::time::sleep_until(shared.next_reopen()).await;
+        let (outcome, made) = attempt_until_done(shared, back, Target::Ring, None).await;
+        let _ = std::fs::remove_dir_all(&state);
+        assert!(matches!(outcome, Outcome::Delivered));
+        assert_eq!(made, 2, "counted on, not from one again");
+        let seen = app.seen.lock().unwrap();
+        let counted: Vec<String> = seen
+            .iter()
+            .map(|(h, _)| h["x-carbon-forwarder-attempt"].to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(counted, ["1", "2"]);
     }
 
     #[test]

@@ -478,6 +478,7 @@ impl Pipeline {
                 first_received: Instant::now(),
                 deferred: Vec::new(),
                 format: letter.format,
+                attempts: 0,
             };
             match attempt_until_done(&self.shared, request, Target::Ring, None)
                 .await

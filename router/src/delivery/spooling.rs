@@ -112,6 +112,7 @@ pub(super) async fn spool_request(shared: &Shared, spool: &SharedSpool, request:
         body: RawValue::from_string(String::from_utf8_lossy(&request.body).into_owned())
             .unwrap_or_else(|_| RawValue::from_string("null".to_owned()).expect("null is JSON")),
         format: request.format,
+        attempts: request.attempts,
     };
     let mut batch = Some(batch);
     loop {
@@ -201,6 +202,7 @@ pub(super) async fn drain(shared: &Shared, spool: &SharedSpool) {
                     first_received: Instant::now(),
                     deferred: Vec::new(),
                     format: batch.format,
+                    attempts: batch.attempts,
                 };
                 if let (Outcome::Unavailable(_), _) =
                     attempt_until_done(shared, request, Target::Ring, None).await

@@ -46,6 +46,10 @@ pub struct SpooledBatch {
     /// The body's format (absent: shardhook's, as in records of earlier versions).
     #[serde(default, skip_serializing_if = "EndpointFormat::is_shardhook")]
     pub format: EndpointFormat,
+    /// Attempts made before it was spooled: they go on counting from here when it is sent
+    /// again (absent in earlier versions' records: none).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// What the head of a shard's spool holds.
@@ -332,6 +336,7 @@ mod tests {
             events: 1,
             body: RawValue::from_string(format!(r#"{{"s":{first}}}"#)).unwrap(),
             format: EndpointFormat::Shardhook,
+            attempts: first as u32,
         }
     }
 
@@ -373,6 +378,13 @@ mod tests {
         // A restart reads from the start of the file: the popped batch comes again
         // (at least once), then the rest in order.
         assert_eq!(first_seq(reopened.peek().unwrap().0), 1);
+        let Some((Head::Batch(head), _)) = reopened.peek() else {
+            panic!("a batch first");
+        };
+        assert_eq!(
+            head.attempts, 1,
+            "the attempts made before spooling are kept"
+        );
         for want in 2..=3 {
             let (head, size) = spool.peek().unwrap();
             assert_eq!(first_seq(head), want);
