@@ -428,17 +428,9 @@ fn run_refuses_a_wrong_token_clearly_and_never_prints_it() {
 /// Discord directly.
 #[tokio::test]
 async fn proxy_variables_never_get_a_request_for_discord() {
-    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
-    let offered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = offered.clone();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = proxy.accept().await {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            // Held, silent: a request sent here never gets an answer.
-            std::mem::forget(socket);
-        }
-    });
+    // Silent: a request sent there never gets an answer.
+    let (proxy, offered) = support::silent_listener("127.0.0.1").await;
+    let proxy_url = format!("http://{proxy}");
     let (shards, events) = (2, 10);
     let setup =
         support::process::setup_with(shards, events, 50.0, &["a"], "[rest]\nenabled = true\n")

@@ -845,17 +845,8 @@ async fn a_forged_checkpoint_in_redis_never_sends_the_token_to_a_foreign_host() 
     let setup = setup(process::traffic(shards, events, 5.0), &redis).await;
     // The "attacker", on another host than the double's gateway (127.0.0.1): counts the
     // connections it is offered.
-    let attacker = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
-    let attacker_url = format!("ws://{}/", attacker.local_addr().unwrap());
-    let offered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = offered.clone();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = attacker.accept().await {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            // Held open, silent: a resume waits on it as long as it would on a slow gateway.
-            std::mem::forget(socket);
-        }
-    });
+    let (attacker, offered) = support::silent_listener("127.0.0.2").await;
+    let attacker_url = format!("ws://{attacker}/");
     let mut conn = redis.connection().await;
     for shard in 0..shards {
         let forged = serde_json::json!({
@@ -1120,13 +1111,8 @@ async fn two_routers_under_a_burst_keep_the_bots_global_limit_together() {
         .sim
         .observed(|o| o.rest_calls.iter().filter(|c| c.status == 429).count());
     assert_eq!(limited, 0, "the double answered 429");
-    for (i, first) in arrivals.iter().enumerate() {
-        let within = arrivals[i..]
-            .iter()
-            .filter(|t| **t < *first + Duration::from_secs(1))
-            .count();
-        assert!(within <= 20, "{within} arrived in the second from call {i}");
-    }
+    let most = support::most_within(&arrivals, Duration::from_secs(1));
+    assert!(most <= 20, "{most} arrived within one second");
     stop(&setup, &mut nodes).await;
 }
 

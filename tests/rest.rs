@@ -724,20 +724,9 @@ async fn one_router_paces_its_global_limit_evenly_so_no_second_by_arrival_holds_
     // jitter; and so does any quarter of a second, a quarter of it: a window that lets a
     // second's worth go at once sends 40 within milliseconds, and its next 40 a second later,
     // where arrival jitter puts two bursts in one of Discord's seconds.
-    let most_within = |span: Duration| {
-        (0..arrivals.len())
-            .map(|i| {
-                arrivals[i..]
-                    .iter()
-                    .filter(|t| **t < arrivals[i] + span)
-                    .count()
-            })
-            .max()
-            .unwrap()
-    };
-    let second = most_within(Duration::from_secs(1));
+    let second = support::most_within(&arrivals, Duration::from_secs(1));
     assert!(second <= 42, "{second} arrived within one second, told 40");
-    let quarter = most_within(Duration::from_millis(250));
+    let quarter = support::most_within(&arrivals, Duration::from_millis(250));
     assert!(
         quarter <= 13,
         "{quarter} arrived within 250 ms, told 40 a second"

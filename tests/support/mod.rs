@@ -329,3 +329,34 @@ impl Harness {
 pub mod pipe;
 pub mod process;
 pub mod redis;
+
+/// A listener on `ip` that accepts every connection and never says a word (a foreign host, a
+/// proxy nobody should use): its address, and how many connections it was offered.
+#[allow(dead_code)]
+pub async fn silent_listener(ip: &str) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let offered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = offered.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Held open, silent: whatever is sent here waits as on a slow peer.
+            held.push(socket);
+        }
+    });
+    (addr, offered)
+}
+
+/// The most of `times` (sorted) that fall in any window of `span`, wherever it starts.
+#[allow(dead_code)]
+pub fn most_within<T>(times: &[T], span: Duration) -> usize
+where
+    T: Copy + PartialOrd + std::ops::Add<Duration, Output = T>,
+{
+    (0..times.len())
+        .map(|i| times[i..].iter().filter(|t| **t < times[i] + span).count())
+        .max()
+        .unwrap_or(0)
+}

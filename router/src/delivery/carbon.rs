@@ -327,24 +327,22 @@ mod tests {
         (url, app)
     }
 
-    #[tokio::test]
-    async fn every_attempt_carries_the_same_event_id_and_body_and_counts_up_from_one() {
+    /// A router with one Carbon endpoint at `url`, signing with `pem`, its state in `state`,
+    /// retrying within milliseconds (`delivery`'s other settings kept).
+    fn carbon_config(
+        url: String,
+        pem: &str,
+        state: &std::path::Path,
+        delivery: crate::config::DeliveryConfig,
+    ) -> crate::config::Config {
         use crate::config::{Config, DeliveryConfig, EndpointConfig, SigningConfig, StateConfig};
-        use crate::delivery::attempt::{attempt_until_done, Outcome, Target};
-        use crate::delivery::Pipeline;
         use crate::secret::SigningKey;
-        use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-
-        // A 503, then Carbon's "Event queue full, retry later", then 204.
-        let (url, app) = stand_in(vec![503, 429]).await;
-        let (pem, public) = Ed25519Key::generate();
-        let state = std::env::temp_dir().join(format!("shardhook-carbon-{}", std::process::id()));
-        let config = Config {
+        Config {
             signing: SigningConfig {
                 secret: Some(SigningKey::parse(&SigningKey::generate()).unwrap()),
                 previous_secrets: vec![],
                 control_secret: None,
-                ed25519_private_key: Some(Ed25519Key::parse(&pem).unwrap()),
+                ed25519_private_key: Some(Ed25519Key::parse(pem).unwrap()),
             },
             endpoints: vec![EndpointConfig {
                 format: EndpointFormat::Carbon,
@@ -353,14 +351,28 @@ mod tests {
             delivery: DeliveryConfig {
                 initial_backoff: Duration::from_millis(1),
                 max_backoff: Duration::from_millis(5),
-                ..DeliveryConfig::default()
+                ..delivery
             },
             state: StateConfig {
-                dir: state.clone(),
+                dir: state.to_owned(),
                 ..StateConfig::default()
             },
             ..Config::default()
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn every_attempt_carries_the_same_event_id_and_body_and_counts_up_from_one() {
+        use crate::config::DeliveryConfig;
+        use crate::delivery::attempt::{attempt_until_done, Outcome, Target};
+        use crate::delivery::Pipeline;
+        use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+
+        // A 503, then Carbon's "Event queue full, retry later", then 204.
+        let (url, app) = stand_in(vec![503, 429]).await;
+        let (pem, public) = Ed25519Key::generate();
+        let state = std::env::temp_dir().join(format!("shardhook-carbon-{}", std::process::id()));
+        let config = carbon_config(url, &pem, &state, DeliveryConfig::default());
         let pipeline = Pipeline::new(&config).unwrap();
         let event = dispatch("MESSAGE_CREATE", r#"{"id":"1","content":"hi"}"#);
         let sent = request(&event, "1100", SystemTime::now(), None);
@@ -399,10 +411,9 @@ mod tests {
 
     #[tokio::test]
     async fn attempts_count_on_across_a_circuit_pause() {
-        use crate::config::{Config, DeliveryConfig, EndpointConfig, SigningConfig, StateConfig};
+        use crate::config::DeliveryConfig;
         use crate::delivery::attempt::{attempt_until_done, Outcome, Target};
         use crate::delivery::Pipeline;
-        use crate::secret::SigningKey;
 
         // A 503 opens the only endpoint's circuit (one failure is enough here): the request
         // is given back, as to the spool, and tried again once the circuit lets it.
@@ -410,30 +421,12 @@ mod tests {
         let (pem, _) = Ed25519Key::generate();
         let state =
             std::env::temp_dir().join(format!("shardhook-carbon-pause-{}", std::process::id()));
-        let config = Config {
-            signing: SigningConfig {
-                secret: Some(SigningKey::parse(&SigningKey::generate()).unwrap()),
-                previous_secrets: vec![],
-                control_secret: None,
-                ed25519_private_key: Some(Ed25519Key::parse(&pem).unwrap()),
-            },
-            endpoints: vec![EndpointConfig {
-                format: EndpointFormat::Carbon,
-                ..EndpointConfig::new("app", url)
-            }],
-            delivery: DeliveryConfig {
-                initial_backoff: Duration::from_millis(1),
-                max_backoff: Duration::from_millis(5),
-                circuit_failures: 1,
-                circuit_cooldown: Duration::from_millis(50),
-                ..DeliveryConfig::default()
-            },
-            state: StateConfig {
-                dir: state.clone(),
-                ..StateConfig::default()
-            },
-            ..Config::default()
+        let delivery = DeliveryConfig {
+            circuit_failures: 1,
+            circuit_cooldown: Duration::from_millis(50),
+            ..DeliveryConfig::default()
         };
+        let config = carbon_config(url, &pem, &state, delivery);
         let pipeline = Pipeline::new(&config).unwrap();
         let event = dispatch("MESSAGE_CREATE", r#"{"id":"1","content":"hi"}"#);
         let sent = request(&event, "1100", SystemTime::now(), None);
