@@ -45,18 +45,17 @@ impl Checkpointer {
         }
     }
 
-    /// The checkpoint a shard has now (`DeliveryHandle::checkpoint`), if it differs from the
-    /// one written.
+    /// The checkpoint a shard has now (`DeliveryHandle::resume_point`), if it differs from
+    /// the one written. Nothing is copied for a shard whose checkpoint stands.
     fn changed(&self, shard: &ShardHandle) -> Option<Checkpoint> {
-        let now = self
-            .delivery
-            .checkpoint(shard, None, self.shard_count, &self.bot)?;
-        let same = self.written.get(&shard.id()).is_some_and(|w| {
-            w.seq == now.seq && w.session_id == now.session_id && w.resume_url == now.resume_url
-        });
-        (!same).then_some(Checkpoint {
+        let now = self.delivery.resume_point(shard, None)?;
+        let same = self
+            .written
+            .get(&shard.id())
+            .is_some_and(|w| now.is_recorded_in(w));
+        (!same).then(|| Checkpoint {
             written_at: None,
-            ..now
+            ..now.checkpoint(self.shard_count, &self.bot)
         })
     }
 

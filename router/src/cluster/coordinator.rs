@@ -465,17 +465,13 @@ impl Coordinator {
             let Some(handle) = self.shards.get(id) else {
                 continue;
             };
-            let current = self.parts.delivery.checkpoint(
-                handle,
-                owned.floor.as_ref(),
-                self.parts.shard_count,
-                &self.parts.bot,
-            );
+            let current = self
+                .parts
+                .delivery
+                .resume_point(handle, owned.floor.as_ref());
             let moved = match (&current, &owned.written) {
                 (Some(now), Some(was)) => {
-                    now.seq != was.seq
-                        || now.session_id != was.session_id
-                        || now.resume_url != was.resume_url
+                    !now.is_recorded_in(was)
                         || owned
                             .written_at
                             .is_none_or(|at| at.elapsed() >= crate::state::checkpoint::REFRESH)
@@ -483,7 +479,11 @@ impl Coordinator {
                 (Some(_), None) => true,
                 (None, _) => false,
             };
-            items.push((*id, owned.fence, current.filter(|_| moved)));
+            // The record is made only for a checkpoint that moved (or is due again).
+            let current = current
+                .filter(|_| moved)
+                .map(|now| now.checkpoint(self.parts.shard_count, &self.parts.bot));
+            items.push((*id, owned.fence, current));
         }
         let leases: Vec<(u32, u64, Option<&Checkpoint>)> = items
             .iter()

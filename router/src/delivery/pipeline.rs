@@ -161,18 +161,17 @@ impl DeliveryHandle {
         self.shared.progress.durable(shard_id)
     }
 
-    /// The resume checkpoint `shard` has now, the one place checkpoints are computed (a router
-    /// alone writes it to files, a cluster to Redis): its session, its resume URL, and how far
+    /// Where `shard` would resume now, the one place checkpoints are computed (a router alone
+    /// writes them to files, a cluster to Redis): its session, its resume URL, and how far
     /// that session is safe here, or `floor` (what a previous holder made safe) if further. A
     /// session with nothing safe yet resumes from 0: Discord replays all of it. `None` before
-    /// the shard's first READY.
-    pub fn checkpoint(
+    /// the shard's first READY. Nothing is copied but two `Arc`s: it is asked of every shard
+    /// at every checkpoint tick, and most have not moved.
+    pub(crate) fn resume_point(
         &self,
         shard: &crate::gateway::handle::ShardHandle,
         floor: Option<&(Arc<str>, u64)>,
-        shard_count: u32,
-        bot: &str,
-    ) -> Option<crate::state::checkpoint::Checkpoint> {
+    ) -> Option<ResumePoint> {
         let status = shard.status();
         let status = status.borrow();
         let (Some(session), Some(resume_url)) = (&status.session_id, &status.resume_url) else {
@@ -186,15 +185,61 @@ impl DeliveryHandle {
             Some((s, seq)) if s == session => *seq,
             _ => 0,
         };
-        Some(crate::state::checkpoint::Checkpoint {
+        Some(ResumePoint {
             shard_id: shard.id(),
-            shard_count,
-            session_id: session.to_string(),
-            resume_url: resume_url.to_string(),
+            session: session.clone(),
+            resume_url: resume_url.clone(),
             seq: durable.max(floor),
+        })
+    }
+
+    /// `resume_point` as the checkpoint record that keeps it.
+    pub fn checkpoint(
+        &self,
+        shard: &crate::gateway::handle::ShardHandle,
+        floor: Option<&(Arc<str>, u64)>,
+        shard_count: u32,
+        bot: &str,
+    ) -> Option<crate::state::checkpoint::Checkpoint> {
+        Some(
+            self.resume_point(shard, floor)?
+                .checkpoint(shard_count, bot),
+        )
+    }
+}
+
+/// Where a shard would resume now (`DeliveryHandle::resume_point`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResumePoint {
+    shard_id: u32,
+    session: Arc<str>,
+    resume_url: Arc<str>,
+    seq: u64,
+}
+
+impl ResumePoint {
+    /// Whether `written` already records this point.
+    pub(crate) fn is_recorded_in(&self, written: &crate::state::checkpoint::Checkpoint) -> bool {
+        written.seq == self.seq
+            && *written.session_id == *self.session
+            && *written.resume_url == *self.resume_url
+    }
+
+    /// The checkpoint record of this point, written now.
+    pub(crate) fn checkpoint(
+        &self,
+        shard_count: u32,
+        bot: &str,
+    ) -> crate::state::checkpoint::Checkpoint {
+        crate::state::checkpoint::Checkpoint {
+            shard_id: self.shard_id,
+            shard_count,
+            session_id: self.session.to_string(),
+            resume_url: self.resume_url.to_string(),
+            seq: self.seq,
             bot: Some(bot.to_owned()),
             written_at: Some(super::signer::unix_now()),
-        })
+        }
     }
 }
 
