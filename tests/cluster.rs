@@ -1116,6 +1116,52 @@ async fn two_routers_under_a_burst_keep_the_bots_global_limit_together() {
     stop(&setup, &mut nodes).await;
 }
 
+/// A route bucket is the bot's: two routers sending on one channel spend one window between
+/// them (Discord's create-message bucket, 5 per window), so the double answers no 429 where
+/// each router, learning the bucket alone, would send 5 of its own in each window.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_routers_on_one_channel_spend_one_route_bucket_and_draw_no_429() {
+    let redis = Redis::start().await;
+    let shards = 4;
+    let table = format!(
+        "{}[rest]\nenabled = true\nmax_wait = \"60s\"\n",
+        cluster_table(&redis)
+    );
+    let sim = shardhook_simulator::SimConfig {
+        rest_route_limit: 5,
+        rest_route_window: Duration::from_secs(2),
+        ..process::traffic(shards, 1, 5.0)
+    };
+    let setup = process::setup_sim(sim, &["alpha"], &table).await;
+    let ids = ["a", "b"];
+    let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
+    settled(&setup, &redis, shards, &ids).await;
+    let nodes_ref = &nodes;
+    let secret = setup.secret();
+    // 20 at once, 10 to each router, all on one channel: four windows' worth.
+    let calls = (0..20u64).map(|n| async move {
+        let node = &nodes_ref[(n % 2) as usize];
+        let target = "/api/v10/channels/4242/messages";
+        rest_call(secret, node, "POST", target, r#"{"content":"one channel"}"#).await
+    });
+    let statuses = within("the burst", futures_util::future::join_all(calls)).await;
+    let limited = setup
+        .sim
+        .observed(|o| o.rest_calls.iter().filter(|c| c.status == 429).count());
+    assert_eq!(limited, 0, "the double answered 429: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let mut arrivals: Vec<Instant> = setup.sim.observed(|o| {
+        o.rest_calls
+            .iter()
+            .filter(|c| c.path.ends_with("/messages"))
+            .map(|c| c.at)
+            .collect()
+    });
+    arrivals.sort();
+    assert_eq!(arrivals.len(), 20);
+    stop(&setup, &mut nodes).await;
+}
+
 /// The cluster's dead-letter stream is bounded (`cluster.dead_letters_max`): at the bound a
 /// shard waits instead of dropping one, an error says so and `/metrics` shows the count; once
 /// `cluster dead-letters` moves them out, the waiting ones land.

@@ -1,6 +1,7 @@
 //! The store's calls for what signed requests share across the bot's routers: spent request
-//! ids (`spent:{id}`), the global REST limit's next slot (`rest:global`) and the
-//! invalid-request count (`rest:invalid`). Kept apart from `store`'s tenure, checkpoint and
+//! ids (`spent:{id}`), the global REST limit's next slot (`rest:global`), the
+//! invalid-request count (`rest:invalid`) and each route bucket's window (`rest:route:{hash}`,
+//! a hash of method, route and major parameter: never a token). Kept apart from `store`'s tenure, checkpoint and
 //! stream calls; the keys are listed there.
 //!
 //! Owns these calls and their Lua scripts; what to do with the answers is `spent_ids`' and
@@ -74,7 +75,117 @@ return {count, math.max(0, tonumber(leaving[2]) + 600000 - now)}
     )
 });
 
+/// Takes one request of a route bucket by Redis' clock (milliseconds): {1, 0} taken; {2, wait}
+/// spent until its reset; {3, wait} being learned; {0, wait} spent past ARGV[1] (max wait).
+/// A bucket unknown, or past its reset, lets one request go and holds the rest for up to
+/// ARGV[2] ms while it learns the bucket (with the limit known: a fresh window's `limit - 1`
+/// go at once, its reset still to be learned).
+static ROUTE_TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local b = redis.call('HMGET', KEYS[1], 'remaining', 'reset', 'limit', 'learning')
+local remaining, reset, limit = tonumber(b[1]), tonumber(b[2]), tonumber(b[3])
+if reset == nil or reset <= now then
+  local left = 0
+  if limit ~= nil and b[4] ~= '1' then left = limit - 1 end
+  redis.call('HSET', KEYS[1], 'remaining', left, 'reset', now + tonumber(ARGV[2]), 'learning', '1', 'since', now)
+  redis.call('PEXPIRE', KEYS[1], 3600000)
+  return {1, 0}
+end
+if remaining > 0 then
+  redis.call('HINCRBY', KEYS[1], 'remaining', -1)
+  return {1, 0}
+end
+local wait = reset - now
+if b[4] == '1' then return {3, wait} end
+if wait > tonumber(ARGV[1]) then return {0, wait} end
+return {2, wait}
+",
+    )
+});
+
+/// Records a response's `X-RateLimit-*` (ARGV: limit, remaining, reset-after in ms) for a
+/// route bucket. In the window already known, the lower `remaining` holds (requests taken since
+/// this one reached Discord are in Redis' count, not in its header); a reset later than the
+/// known one by over half a second is a new window, whose header is taken as it is. While a
+/// new window is being learned, an answer whose reset comes before that window began is a
+/// late one from the window before: it is ignored.
+static ROUTE_LEARN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local reset = now + tonumber(ARGV[3])
+local remaining = tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'remaining', 'reset', 'learning', 'since')
+local known, known_reset = tonumber(b[1]), tonumber(b[2])
+if b[3] == '1' and b[4] and reset <= tonumber(b[4]) then return 0 end
+if known ~= nil and known_reset ~= nil and known_reset > now and reset <= known_reset + 500 then
+  if known < remaining then remaining = known end
+end
+redis.call('HSET', KEYS[1], 'remaining', remaining, 'reset', reset, 'limit', ARGV[1], 'learning', '0')
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return 1
+",
+    )
+});
+
+/// How long a request learning a route bucket holds the others back at most (it failed, or its
+/// answer carried no bucket headers).
+const LEARNING: Duration = Duration::from_secs(2);
+
+/// The Redis key part for a route bucket: a digest, so a path's parts never become key names.
+fn route_key(key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("rest:route:{hex}")
+}
+
 impl Store {
+    /// Takes one request of the route bucket `key` (see `ROUTE_TAKE`): the script's code and
+    /// wait.
+    pub async fn take_route(
+        &self,
+        key: &str,
+        max_wait: Duration,
+    ) -> Result<(i64, Duration), StoreError> {
+        let mut conn = self.conn.clone();
+        let (code, wait_ms): (i64, i64) = self
+            .timed(
+                ROUTE_TAKE
+                    .key(self.key(&route_key(key)))
+                    .arg(max_wait.as_millis().min(u64::MAX as u128) as u64)
+                    .arg(LEARNING.as_millis() as u64)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok((code, Duration::from_millis(wait_ms.max(0) as u64)))
+    }
+
+    /// Records what a response said of the route bucket `key`.
+    pub async fn learn_route(
+        &self,
+        key: &str,
+        limit: u32,
+        remaining: u32,
+        reset_after: Duration,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.timed(
+            ROUTE_LEARN
+                .key(self.key(&route_key(key)))
+                .arg(limit)
+                .arg(remaining)
+                .arg(reset_after.as_millis().min(u64::MAX as u128) as u64)
+                .invoke_async::<i64>(&mut conn),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Claims the request id `id` for `node` for `ttl` (one set for every router of the bot):
     /// false if any router claimed or spent it already.
     pub async fn claim_id(&self, id: &str, node: &str, ttl: Duration) -> Result<bool, StoreError> {

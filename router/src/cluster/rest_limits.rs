@@ -3,17 +3,21 @@
 //! `rest.global_per_second` a second between them, paced evenly, and stop at one
 //! `rest.invalid_request_limit` together.
 //!
-//! Owns the bridge from `state::rest_limits`' `RestLimits` to `store`'s calls. Per-route
-//! buckets stay each router's (twilight's limiter, learning from Discord's headers): a route
-//! used from two routers at once can draw a 429 of scope `user` that one router alone would
-//! not, which counts against the invalid-request limit like any other.
+//! Route buckets are kept in Redis too: each response's `X-RateLimit-*` is recorded there and
+//! each request takes one of the bucket's `remaining` there, so two routers sending on one
+//! channel spend one window between them (each router's twilight limiter, which sees only its
+//! own requests, still orders its own). Windows in Redis rather than each bucket routed to one
+//! node (as nirn-proxy does): no request crosses between routers, and a router that dies
+//! takes no bucket with it.
+//!
+//! Owns the bridge from `state::rest_limits`' `RestLimits` to `store`'s calls.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::store::Store;
 use crate::state::request_ids::Answer;
-use crate::state::rest_limits::{RestLimits, Slot};
+use crate::state::rest_limits::{Learned, RestLimits, Slot, Turn};
 
 /// REST limits in the cluster's Redis.
 #[derive(Debug)]
@@ -25,6 +29,35 @@ pub(super) struct RedisLimits {
 }
 
 impl RestLimits for RedisLimits {
+    fn take_route<'a>(&'a self, key: &'a str, max_wait: Duration) -> Answer<'a, Turn> {
+        Box::pin(async move {
+            match self.store.take_route(key, max_wait).await {
+                Ok((1, _)) => Turn::Go,
+                Ok((2, wait)) => Turn::After(wait),
+                Ok((3, _)) => Turn::Learning,
+                Ok((_, wait)) => Turn::TooFar(wait),
+                Err(e) => Turn::Unavailable(e.to_string()),
+            }
+        })
+    }
+
+    fn learn_route<'a>(&'a self, key: &'a str, learned: Learned) -> Answer<'a, ()> {
+        Box::pin(async move {
+            let Learned {
+                limit,
+                remaining,
+                reset_after,
+            } = learned;
+            if let Err(e) = self
+                .store
+                .learn_route(key, limit, remaining, reset_after)
+                .await
+            {
+                tracing::warn!("could not record a route bucket's window in Redis: {e}");
+            }
+        })
+    }
+
     fn reserve(&self, per_second: u16, max_wait: Duration) -> Answer<'_, Slot> {
         Box::pin(async move {
             match self.store.global_slot(per_second, max_wait).await {

@@ -15,7 +15,7 @@ use axum::http::HeaderMap;
 use tokio::time::Instant;
 use twilight_http_ratelimiting::{Endpoint, Method, Permit, RateLimitHeaders, RateLimiter};
 
-use crate::state::rest_limits::{RestLimits, Slot};
+use crate::state::rest_limits::{Learned, RestLimits, Slot, Turn};
 
 /// The shortest `Retry-After` told to a caller: Discord's header is in whole seconds too.
 const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -72,6 +72,23 @@ pub fn bucket_headers(headers: &HeaderMap) -> Option<RateLimitHeaders> {
     })
 }
 
+/// What a response's `X-RateLimit-*` says of its bucket, for the bot's shared windows.
+pub fn learned(headers: &HeaderMap) -> Option<Learned> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let reset_after: f64 = header(RateLimitHeaders::RESET_AFTER)?.parse().ok()?;
+    if !reset_after.is_finite() || reset_after < 0.0 {
+        return None;
+    }
+    Some(Learned {
+        limit: header(RateLimitHeaders::LIMIT)?.parse().ok()?,
+        remaining: header(RateLimitHeaders::REMAINING)?.parse().ok()?,
+        reset_after: Duration::from_secs_f64(reset_after.min(3600.0)),
+    })
+}
+
+/// How often a request waiting for another to learn its bucket asks again.
+const LEARNING_POLL: Duration = Duration::from_millis(20);
+
 /// The method as twilight's limiter names it; `None` for methods Discord's API has no route
 /// for.
 pub fn method(method: &axum::http::Method) -> Option<Method> {
@@ -126,10 +143,12 @@ impl Limiter {
     }
 
     /// Waits until `endpoint` may be sent, by `deadline` at the latest; else says how long the
-    /// caller should wait before trying again. `exempt` routes ignore the global limit.
+    /// caller should wait before trying again. `exempt` routes ignore the global limit;
+    /// `bucket` names the route bucket in the bot's shared windows (`Route::bucket_key`).
     pub async fn acquire(
         &self,
         endpoint: Endpoint,
+        bucket: &str,
         exempt: bool,
         deadline: Instant,
     ) -> Result<Permit, Duration> {
@@ -158,6 +177,8 @@ impl Limiter {
                     return Err(reset.unwrap_or_default().max(MIN_RETRY_AFTER));
                 }
             };
+        // The bot's window of the bucket: other routers' requests count in it too.
+        self.wait_for_route(bucket, deadline).await.map_err(retry)?;
         if !exempt {
             // A global 429 may have come while this request was queued for its bucket. Past
             // the deadline the permit is dropped: twilight's limiter takes it as cancelled.
@@ -167,6 +188,28 @@ impl Limiter {
             self.wait_for_global(deadline).await.map_err(retry)?;
         }
         Ok(permit)
+    }
+
+    /// Takes one of the route bucket's requests in the bot's window, waiting for its reset or
+    /// for another request to learn it, by `deadline`; else says when to try again.
+    async fn wait_for_route(&self, bucket: &str, deadline: Instant) -> Result<(), Instant> {
+        loop {
+            let max_wait = deadline.saturating_duration_since(Instant::now());
+            let wait = match self.limits.take_route(bucket, max_wait).await {
+                Turn::Go => return Ok(()),
+                Turn::After(wait) => wait,
+                Turn::Learning => LEARNING_POLL,
+                Turn::TooFar(wait) => return Err(Instant::now() + wait),
+                Turn::Unavailable(why) => {
+                    tracing::warn!("could not take a turn of the bot's route bucket: {why}");
+                    return Err(Instant::now() + Duration::from_secs(1));
+                }
+            };
+            if Instant::now() + wait > deadline {
+                return Err(Instant::now() + wait);
+            }
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Reserves the global limit's next slot and waits for it, by `deadline`; else says when
@@ -261,7 +304,9 @@ mod tests {
         };
         // Two a second, evenly: one now, the next half a second later.
         for channel in 0..2 {
-            let permit = limiter.acquire(endpoint(channel), false, deadline).await;
+            let permit = limiter
+                .acquire(endpoint(channel), "", false, deadline)
+                .await;
             permit.unwrap().complete(None);
         }
         assert_eq!(Instant::now() - start, Duration::from_millis(500));
@@ -269,25 +314,31 @@ mod tests {
             method: Method::Post,
             path: "interactions/1/t/callback".into(),
         };
-        let permit = limiter.acquire(exempt, true, deadline).await.unwrap();
+        let permit = limiter.acquire(exempt, "", true, deadline).await.unwrap();
         permit.complete(None);
         assert_eq!(
             Instant::now() - start,
             Duration::from_millis(500),
             "exempt: no wait"
         );
-        let permit = limiter.acquire(endpoint(2), false, deadline).await.unwrap();
+        let permit = limiter
+            .acquire(endpoint(2), "", false, deadline)
+            .await
+            .unwrap();
         permit.complete(None);
         assert_eq!(Instant::now() - start, Duration::from_secs(1));
         // Past the deadline: refused with when it would have gone, and no slot taken.
         let soon = Instant::now() + Duration::from_millis(100);
-        let refused = limiter.acquire(endpoint(3), false, soon).await.unwrap_err();
+        let refused = limiter
+            .acquire(endpoint(3), "", false, soon)
+            .await
+            .unwrap_err();
         assert_eq!(
             refused, MIN_RETRY_AFTER,
             "500 ms away, told at least MIN_RETRY_AFTER"
         );
         limiter
-            .acquire(endpoint(4), false, deadline)
+            .acquire(endpoint(4), "", false, deadline)
             .await
             .unwrap()
             .complete(None);
@@ -303,19 +354,22 @@ mod tests {
             path: "channels/1/messages".into(),
         };
         let deadline = Instant::now() + Duration::from_secs(2);
-        let refused = limiter.acquire(endpoint.clone(), false, deadline).await;
+        let refused = limiter.acquire(endpoint.clone(), "", false, deadline).await;
         assert_eq!(refused.unwrap_err(), Duration::from_secs(5));
         // Exempt routes pass.
         let exempt = Endpoint {
             method: Method::Post,
             path: "interactions/1/t/callback".into(),
         };
-        let permit = limiter.acquire(exempt, true, deadline).await.unwrap();
+        let permit = limiter.acquire(exempt, "", true, deadline).await.unwrap();
         permit.complete(None);
         // Within the deadline, the request waits the pause out.
         let start = Instant::now();
         let deadline = start + Duration::from_secs(10);
-        let permit = limiter.acquire(endpoint, false, deadline).await.unwrap();
+        let permit = limiter
+            .acquire(endpoint, "", false, deadline)
+            .await
+            .unwrap();
         assert_eq!(Instant::now() - start, Duration::from_secs(5));
         permit.complete(None);
     }

@@ -211,9 +211,10 @@ impl RestProxy {
             path: request.path.clone(),
         };
         let deadline = arrived + self.settings.max_wait;
+        let bucket = route.bucket_key(request.method.as_str());
         let permit = match self
             .limiter
-            .acquire(endpoint, route.exempt_from_global, deadline)
+            .acquire(endpoint, &bucket, route.exempt_from_global, deadline)
             .await
         {
             Ok(permit) => permit,
@@ -263,6 +264,9 @@ impl RestProxy {
         };
         let status = answer.status();
         let headers = answer.headers().clone();
+        if let Some(learned) = limiter::learned(&headers) {
+            self.limits.learn_route(&bucket, learned).await;
+        }
         let body = match answer.bytes().await {
             Ok(body) => body,
             Err(e) => {

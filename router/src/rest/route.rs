@@ -15,6 +15,9 @@ pub struct Route {
     /// Interaction callbacks and webhook-token routes: Discord's global limit does not cover
     /// them, so neither does the router's.
     pub exempt_from_global: bool,
+    /// The route's major parameter (the channel, guild, webhook or interaction id), which
+    /// Discord keeps a bucket for each of; empty for routes without one.
+    pub major: String,
 }
 
 impl Route {
@@ -44,10 +47,23 @@ impl Route {
             ["webhooks", id, token, ..] => is_snowflake(id) && !token.is_empty(),
             _ => false,
         };
+        let major = match segments.as_slice() {
+            ["channels" | "guilds" | "webhooks" | "interactions", id, ..] if is_snowflake(id) => {
+                (*id).to_owned()
+            }
+            _ => String::new(),
+        };
         Route {
             template: template.join("/"),
             exempt_from_global,
+            major,
         }
+    }
+
+    /// The route bucket a request on this route with `method` counts in, as the cluster keys
+    /// it: method, template and major parameter (never a token: the template has none).
+    pub fn bucket_key(&self, method: &str) -> String {
+        format!("{method} {} {}", self.template, self.major)
     }
 }
 
@@ -145,5 +161,28 @@ mod tests {
         );
         assert!(!Route::of("guilds/1/members/2").exempt_from_global);
         assert!(!Route::of("users/@me").exempt_from_global);
+    }
+
+    #[test]
+    fn a_bucket_key_is_per_major_parameter_and_never_holds_a_token() {
+        let post = |path: &str| Route::of(path).bucket_key("POST");
+        assert_eq!(
+            post("channels/123/messages"),
+            "POST channels/{id}/messages 123"
+        );
+        assert_ne!(post("channels/123/messages"), post("channels/124/messages"));
+        assert_ne!(
+            post("channels/123/messages"),
+            Route::of("channels/123/messages").bucket_key("GET")
+        );
+        // Two messages of one channel: one bucket, as Discord keeps it per channel.
+        assert_eq!(
+            Route::of("channels/1/messages/2").bucket_key("PATCH"),
+            Route::of("channels/1/messages/3").bucket_key("PATCH")
+        );
+        let webhook = post("webhooks/77/s3cret-token/messages");
+        assert_eq!(webhook, "POST webhooks/{id}/{token}/messages 77");
+        assert!(!webhook.contains("s3cret"));
+        assert_eq!(post("users/@me/channels"), "POST users/@me/channels ");
     }
 }

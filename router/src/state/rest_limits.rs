@@ -1,8 +1,14 @@
 //! The REST limits that hold for the bot, not for one router: Discord's global limit
-//! (`rest.global_per_second`) and its invalid-request count (`rest.invalid_request_limit`).
-//! Behind `RestLimits`: `LocalLimits` keeps them in this process; in a cluster, `cluster`'s
-//! Redis keeps them for every router of the bot, so N routers behind one IP still send at most
-//! `global_per_second` a second and count one invalid-request total.
+//! (`rest.global_per_second`), its invalid-request count (`rest.invalid_request_limit`) and
+//! each route bucket's window. Behind `RestLimits`: `LocalLimits` keeps them in this process;
+//! in a cluster, `cluster`'s Redis keeps them for every router of the bot, so N routers behind
+//! one IP still send at most `global_per_second` a second, count one invalid-request total,
+//! and spend one bucket's `remaining` between them.
+//!
+//! Route buckets: a router alone has twilight's limiter (in `rest`), which learns each bucket
+//! from Discord's headers, so `LocalLimits` lets every request through its route check. In a
+//! cluster each router's twilight sees only its own requests: the shared window is the one
+//! that counts.
 //!
 //! The global limit is a GCRA (generic cell rate algorithm): each globally limited request
 //! reserves the next slot, one every `1 / global_per_second` seconds, so requests are paced
@@ -36,8 +42,40 @@ pub enum Slot {
     Unavailable(String),
 }
 
+/// What a route bucket's check came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Turn {
+    /// Taken: the request may go now.
+    Go,
+    /// The bucket is spent until its reset, this far off (within the caller's wait): try then.
+    After(Duration),
+    /// Another request is learning the bucket (its first, or the first since its reset): try
+    /// again shortly.
+    Learning,
+    /// Spent until further off than the caller can wait.
+    TooFar(Duration),
+    /// The shared store cannot answer: nothing was taken.
+    Unavailable(String),
+}
+
+/// What a response said of its route bucket (`X-RateLimit-*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Learned {
+    /// Requests the window allows.
+    pub limit: u32,
+    /// Requests left in it.
+    pub remaining: u32,
+    /// Until it resets.
+    pub reset_after: Duration,
+}
+
 /// The bot's REST limits.
 pub trait RestLimits: Send + Sync + std::fmt::Debug {
+    /// Takes one request of the route bucket `key` (method, route and major parameter, no
+    /// token), unless it is spent for longer than `max_wait`.
+    fn take_route<'a>(&'a self, key: &'a str, max_wait: Duration) -> Answer<'a, Turn>;
+    /// Records what Discord said of the bucket `key` in a response.
+    fn learn_route<'a>(&'a self, key: &'a str, learned: Learned) -> Answer<'a, ()>;
     /// Reserves the next slot of the global limit, `per_second` slots a second, unless it is
     /// more than `max_wait` away.
     fn reserve(&self, per_second: u16, max_wait: Duration) -> Answer<'_, Slot>;
@@ -79,6 +117,15 @@ impl LocalLimits {
 }
 
 impl RestLimits for LocalLimits {
+    /// A router alone: twilight's limiter holds the buckets (see the module's doc).
+    fn take_route<'a>(&'a self, _key: &'a str, _max_wait: Duration) -> Answer<'a, Turn> {
+        Box::pin(std::future::ready(Turn::Go))
+    }
+
+    fn learn_route<'a>(&'a self, _key: &'a str, _learned: Learned) -> Answer<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
     fn reserve(&self, per_second: u16, max_wait: Duration) -> Answer<'_, Slot> {
         let now = Instant::now();
         let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
