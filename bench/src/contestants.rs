@@ -1,5 +1,5 @@
 //! The contestants, each run as a child process so its CPU and memory are its own:
-//! shardhook through its library (`Pipeline` + `Router::start_with`), and the limit, a reader
+//! shardhook through its library's one start entry (`App::start`, as `shardhook run`), and the limit, a reader
 //! that only inflates the frames and scans each message's envelope (name, seq, `d`'s extent).
 //! shardhook and the limit take the compression compression (`zlib-stream` or `zstd-stream`).
 
@@ -14,8 +14,8 @@ use serde_json::value::RawValue;
 use shardhook::config::{
     BatchConfig, Compression, Config, EndpointConfig, ShardsConfig, SigningConfig, StateConfig,
 };
-use shardhook::Checkpointer;
-use shardhook::{Pipeline, Router, SigningKey, Token};
+use shardhook::app::{App, CancellationToken, StartOptions};
+use shardhook::{SigningKey, Token};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::frames::FIRST_SEQ;
@@ -72,14 +72,13 @@ pub async fn shardhook(
     if !batching.ordered {
         config.delivery.ordering = shardhook::config::Ordering::None;
     }
-    let mut pipeline = Pipeline::new(&config).expect("the pipeline builds");
-    let router = Router::start_with(&config, |id| pipeline.sink(id))
+    // Its control API on a port of its own: contestants may run side by side.
+    config.control.listen = "127.0.0.1:0".parse().expect("an address");
+    let shutdown = CancellationToken::new();
+    let app = App::start(config, shutdown, StartOptions::default())
         .await
         .expect("the router starts");
-    // Resume checkpoints every second, as `shardhook run` writes them.
-    let checkpointer = Checkpointer::new(&config.state.dir, &router, pipeline.handle());
-    tokio::spawn(checkpointer.run(config.state.checkpoint_interval, std::future::pending()));
-    let _ = router.run_until(std::future::pending::<()>()).await;
+    let _ = app.run().await;
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,7 @@
-//! The one way a router starts and stops: `App::start` assembles everything `shardhook run`
-//! runs from a config (delivery, the shards, the control API and REST proxy, checkpoints in
-//! files or the cluster's coordinator), and `App::run` keeps it running until its shutdown
+//! The one way a router starts and stops: `App::start` chooses the store once (`store`: files
+//! for a router alone, the cluster's Redis for one of many) and assembles everything
+//! `shardhook run` runs from a config and that store (delivery, the shards, the control API
+//! and REST proxy, the store's keeper of checkpoints and tenure), and `App::run` keeps it running until its shutdown
 //! token is cancelled, then stops it in order. `main`, `demo` and tests start a router through
 //! it, so what they run is what users run.
 //!
@@ -11,15 +12,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+pub use tokio_util::sync::CancellationToken;
 
-use crate::checkpointer::Checkpointer;
 use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::control::{ControlState, LocalIds, SpentIds};
+use crate::control::ControlState;
 use crate::delivery::{DeliveryStats, Pipeline};
 use crate::gateway::handle::ShardHandle;
+use crate::rest::RestProxy;
 use crate::router::Router;
+use crate::store::{Finale, LocalStore, Store};
 use crate::Signer;
 
 /// Why a router could not start, or stopped with an error, in words that say where.
@@ -48,8 +50,10 @@ pub struct App {
     router: Router,
     control: SocketAddr,
     servers: Vec<JoinHandle<std::io::Result<()>>>,
-    checkpoints: Option<JoinHandle<Checkpointer>>,
-    coordinator: Option<JoinHandle<()>>,
+    /// The store's keeper, and what it leaves for after delivery.
+    keeper: JoinHandle<Finale>,
+    /// Cancelled once the keeper has returned: the shards may close.
+    kept: CancellationToken,
 }
 
 impl App {
@@ -61,14 +65,6 @@ impl App {
         options: StartOptions,
     ) -> Result<App, AppError> {
         let signer = Signer::for_commands(&config).map_err(fail)?;
-        let mut pipeline = match options.env {
-            Some(env) => Pipeline::with_env(&config, env),
-            None => Pipeline::new(&config),
-        }
-        .map_err(fail)?;
-        if options.latency_samples {
-            pipeline.stats().keep_samples();
-        }
         let control = tokio::net::TcpListener::bind(config.control.listen)
             .await
             .map_err(|e| {
@@ -86,52 +82,39 @@ impl App {
             ),
             None => None,
         };
-        pipeline.learn_application_id().await;
-        let cluster = match &config.cluster {
+        // The one choice between a router alone and one of many: everything kept beyond one
+        // request comes from the store from here on.
+        let store: Arc<dyn Store> = match &config.cluster {
             Some(_) => {
                 let cluster = Cluster::new(&config, control_addr).map_err(fail)?;
                 tracing::info!(node_id = cluster.node_id(), "joining the cluster");
-                cluster.keep_state_in_redis(&mut pipeline);
-                Some(cluster)
+                Arc::new(cluster)
             }
-            None => None,
+            None => Arc::new(LocalStore::new(
+                config.state.dir.clone(),
+                config.token().map_err(fail)?.bot(),
+                config.state.checkpoint_max_age,
+            )),
         };
-        let router = Router::start_in(&config, |id| pipeline.sink(id), cluster.as_ref())
+        let env = options.env.unwrap_or_else(|| std::env::vars().collect());
+        let mut pipeline = Pipeline::build(&config, env, store.keeping()).map_err(fail)?;
+        if options.latency_samples {
+            pipeline.stats().keep_samples();
+        }
+        pipeline.learn_application_id().await;
+        let router = Router::start_in(&config, |id| pipeline.sink(id), store.as_ref())
             .await
             .map_err(fail)?;
-        // Spent request ids: the cluster's, one set for every router of the bot; else this
-        // router's, in its state directory.
-        let ids: Arc<dyn SpentIds> = match &cluster {
-            Some(cluster) => cluster.spent_ids(),
-            None => Arc::new(
-                LocalIds::open(&config.state.dir, crate::unix_now()).map_err(|e| {
-                    fail(format!(
-                        "failed to read spent command ids in {}: {e}",
-                        config.state.dir.display()
-                    ))
-                })?,
-            ),
-        };
         let state = ControlState::new(
             router.shards(),
             router.shard_count(),
             signer,
-            ids,
+            store.spent_ids().map_err(fail)?,
             pipeline.handle(),
-        );
-        let state = match &cluster {
-            Some(cluster) => state.with_cluster(cluster.view()),
-            None => state,
-        };
+        )
+        .with_owners(store.owners());
         let state = if config.rest.enabled {
-            // In a cluster the global limit and the invalid-request count are the bot's.
-            let proxy = match &cluster {
-                Some(cluster) => {
-                    crate::rest::RestProxy::with_limits(&config, cluster.rest_limits())
-                }
-                None => crate::rest::RestProxy::new(&config),
-            }
-            .map_err(fail)?;
+            let proxy = RestProxy::with_limits(&config, store.rest_limits()).map_err(fail)?;
             match rest_listener {
                 Some(_) => state.with_rest_apart(proxy),
                 None => state.with_rest(proxy),
@@ -154,24 +137,17 @@ impl App {
         servers.push(tokio::spawn(async move {
             crate::control::serve(control, state, &limits, stopping).await
         }));
-        // A router alone keeps its checkpoints in files; in a cluster the coordinator keeps
-        // them in Redis, and on shutdown hands every shard over before the router stops.
-        let (checkpoints, coordinator) = match &cluster {
-            None => {
-                let checkpointer = Checkpointer::new(&config.state.dir, &router, pipeline.handle());
-                let task = checkpointer.run(
-                    config.state.checkpoint_interval,
-                    shutdown.clone().cancelled_owned(),
-                );
-                (Some(tokio::spawn(task)), None)
-            }
-            Some(cluster) => {
-                let parts = router.cluster_parts(&config, pipeline.handle());
-                let task = cluster
-                    .coordinator(parts)
-                    .run(shutdown.clone().cancelled_owned());
-                (None, Some(tokio::spawn(task)))
-            }
+        // The keeper writes checkpoints (in a cluster: holds leases, and on shutdown hands
+        // every shard over) until shutdown; the shards close once it returns.
+        let kept = CancellationToken::new();
+        let keeper = {
+            let task = store.keeper(router.parts(&config, pipeline.handle()), shutdown.clone());
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let finale = task.await;
+                kept.cancel();
+                finale
+            })
         };
         Ok(App {
             config,
@@ -180,8 +156,8 @@ impl App {
             router,
             control: control_addr,
             servers,
-            checkpoints,
-            coordinator,
+            keeper,
+            kept,
         })
     }
 
@@ -210,20 +186,11 @@ impl App {
             pipeline,
             router,
             servers,
-            checkpoints,
-            coordinator,
+            keeper,
+            kept,
             ..
         } = self;
-        let ran = match coordinator {
-            Some(task) => {
-                router
-                    .run_until(async move {
-                        let _ = task.await;
-                    })
-                    .await
-            }
-            None => router.run_until(shutdown.clone().cancelled_owned()).await,
-        };
+        let ran = router.run_until(kept.cancelled_owned()).await;
         // Whether cancelled or because every shard stopped, everything else stops too.
         shutdown.cancel();
         let stats = pipeline.stats();
@@ -241,12 +208,8 @@ impl App {
         for server in servers {
             server.abort();
         }
-        if let Some(Ok(mut checkpointer)) = match checkpoints {
-            Some(task) => Some(task.await),
-            None => None,
-        } {
-            let wrote = checkpointer.write_final();
-            tracing::info!(wrote, "resume checkpoints written");
+        if let Ok(finale) = keeper.await {
+            finale();
         }
         let s = stats.snapshot();
         tracing::info!(

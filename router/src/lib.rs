@@ -50,7 +50,6 @@
 )]
 
 pub mod app;
-mod checkpointer;
 pub mod cluster;
 pub mod config;
 pub mod control;
@@ -62,9 +61,9 @@ pub mod rest;
 mod router;
 mod secret;
 mod state;
+mod store;
 mod tls;
 
-pub use checkpointer::Checkpointer;
 pub use config::Config;
 pub use delivery::signer::{unix_now, Signer, VerifyError};
 pub use delivery::{

@@ -16,7 +16,7 @@ use crate::config::{Config, ConfigError, ShardsConfig};
 use crate::gateway::bot_info::{self, GatewayBot, GatewayBotError};
 use crate::gateway::dispatch::Dispatch;
 use crate::gateway::handle::{FatalClose, ShardHandle};
-use crate::gateway::identify::{IdentifyQueue, SharedTurns};
+use crate::gateway::identify::IdentifyQueue;
 use crate::gateway::shard::{Shard, ShardConfig};
 use crate::gateway::tenure::{Tenure, Tenures};
 
@@ -83,30 +83,28 @@ fn shard_plan(shards: &ShardsConfig, bot: &GatewayBot) -> (u32, Range<u32>) {
 
 impl Router {
     /// Asks Discord for the gateway, checks the plan, and starts every shard of this process,
-    /// all handing their dispatches to `sink`.
+    /// all handing their dispatches to `sink`, resuming from the checkpoints in `state.dir`:
+    /// the gateway alone, for a program that consumes dispatches itself (a whole router,
+    /// delivery and control API included, is `app::App`).
     pub async fn start(
         config: &Config,
         sink: mpsc::Sender<Dispatch>,
     ) -> Result<Router, StartError> {
-        Router::start_with(config, |_| sink.clone()).await
+        let store = crate::store::LocalStore::new(
+            config.state.dir.clone(),
+            config.token()?.bot(),
+            config.state.checkpoint_max_age,
+        );
+        Router::start_in(config, |_| sink.clone(), &store).await
     }
 
-    /// Like `start`, with a queue of its own per shard: `sink_for(shard_id)` is called once
-    /// for each shard this process runs.
-    pub async fn start_with(
-        config: &Config,
-        sink_for: impl FnMut(u32) -> mpsc::Sender<Dispatch>,
-    ) -> Result<Router, StartError> {
-        Router::start_in(config, sink_for, None).await
-    }
-
-    /// Like `start_with`, as one router of `cluster` when given: every shard of the bot is
-    /// started in standby, and runs here only while this router holds its lease; identifies
-    /// are paced across the cluster. Local checkpoint files are not read: the cluster's are.
-    pub async fn start_in(
+    /// Starts the shards `store` says begin here (`Store::begin`), each with a queue of its
+    /// own: `sink_for(shard_id)` is called once for each; identifies are paced with whoever
+    /// else `store` says shares the bot's turns.
+    pub(crate) async fn start_in(
         config: &Config,
         mut sink_for: impl FnMut(u32) -> mpsc::Sender<Dispatch>,
-        cluster: Option<&crate::cluster::Cluster>,
+        store: &dyn crate::store::Store,
     ) -> Result<Router, StartError> {
         let token = config.token()?.clone();
         let tls = crate::tls::platform_tls().map_err(StartError::Tls)?;
@@ -121,55 +119,34 @@ impl Router {
             .build()
             .map_err(StartError::Client)?;
         let gateway = bot_info::gateway_bot(&client, &config.discord.api_url, &token).await?;
-        let (total, ids) = match cluster {
-            // Every shard of the bot may come to this router.
-            Some(_) => {
-                let (total, _) = shard_plan(&config.discord.shards, &gateway);
-                (total, 0..total)
-            }
-            None => shard_plan(&config.discord.shards, &gateway),
-        };
+        let (total, planned) = shard_plan(&config.discord.shards, &gateway);
         let limit = &gateway.session_start_limit;
         let bot = token.bot();
-        let wanted = crate::state::checkpoint::Wanted {
-            shard_count: total,
-            bot: &bot,
-            max_age: config.state.checkpoint_max_age,
-            now: crate::delivery::signer::unix_now(),
-        };
-        let mut checkpoints = match cluster {
-            Some(_) => Default::default(),
-            None => crate::state::checkpoint::load_all(&config.state.dir, &wanted),
-        };
-        checkpoints.retain(|id, _| ids.contains(id));
-        // Shards with a checkpoint RESUME; only the others spend an identify. In a cluster the
-        // budget is kept in Redis and spent identify by identify.
-        let need = ids.len() as u32 - checkpoints.len() as u32;
-        if cluster.is_none() && need > limit.remaining {
-            return Err(StartError::IdentifyBudget {
-                need,
-                remaining: limit.remaining,
-                total: limit.total,
-                reset_secs: limit.reset_after / 1000,
-            });
-        }
+        let begin =
+            store
+                .begin(total, planned.clone(), limit)
+                .map_err(|n| StartError::IdentifyBudget {
+                    need: n.need,
+                    remaining: n.remaining,
+                    total: n.total,
+                    reset_secs: n.reset_secs,
+                })?;
         info!(
             total,
-            ids = ?ids,
+            ids = ?planned,
             max_concurrency = limit.max_concurrency,
             identifies_remaining = limit.remaining,
             "starting shards"
         );
         let mut queue = IdentifyQueue::persistent(limit.max_concurrency, &config.state.dir);
-        if let Some(cluster) = cluster {
-            let turns: Arc<dyn SharedTurns> = cluster.identify_turns(limit).await;
+        if let Some(turns) = store.identify_turns(limit).await {
             queue = queue.shared_with(turns);
         }
         let queue = Arc::new(queue);
         let mut tenures = std::collections::BTreeMap::new();
         let mut tasks = JoinSet::new();
-        let mut shards = Vec::with_capacity(ids.len());
-        for id in ids {
+        let mut shards = Vec::with_capacity(begin.len());
+        for (id, first) in begin {
             let shard_config = ShardConfig {
                 id,
                 total,
@@ -180,13 +157,7 @@ impl Router {
                 max_message_size: config.discord.max_message_size,
                 compression: config.discord.compression,
             };
-            let resume = checkpoints
-                .remove(&id)
-                .map(|cp| crate::gateway::session::Session::from_checkpoint(&cp));
-            let (tenure, tenure_rx) = watch::channel(match cluster {
-                Some(_) => Tenure::Standby,
-                None => Tenure::Held { grant: 0, resume },
-            });
+            let (tenure, tenure_rx) = watch::channel(first);
             tenures.insert(id, tenure);
             let (shard, handle) = Shard::new(shard_config, queue.clone(), sink_for(id), tenure_rx);
             tasks.spawn(shard.run().instrument(info_span!("shard", shard_id = id)));
@@ -213,14 +184,14 @@ impl Router {
         &self.bot
     }
 
-    /// What the cluster's coordinator needs of this router: its shards and their tenures,
-    /// and `delivery`'s progress.
-    pub fn cluster_parts(
+    /// What the store's keeper reads of this router: its shards and their tenures, and
+    /// `delivery`'s progress.
+    pub(crate) fn parts(
         &self,
         config: &Config,
         delivery: crate::delivery::DeliveryHandle,
-    ) -> crate::cluster::Parts {
-        crate::cluster::Parts {
+    ) -> crate::store::Parts {
+        crate::store::Parts {
             shards: self.shards.clone(),
             tenures: self.tenures.clone(),
             shard_count: self.shard_count,

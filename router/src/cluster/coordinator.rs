@@ -27,6 +27,7 @@ use crate::gateway::handle::{ShardHandle, ShardState};
 use crate::gateway::session::Session;
 use crate::gateway::tenure::{Tenure, Tenures};
 use crate::state::checkpoint::{Checkpoint, Wanted};
+use crate::store::Parts;
 
 /// How often membership is renewed and shards are taken or handed over.
 const BALANCE: Duration = Duration::from_millis(250);
@@ -55,26 +56,6 @@ struct Owned {
     renewed_at: Instant,
     /// Being handed over.
     releasing: bool,
-}
-
-/// What a coordinator needs of the router it runs in.
-pub struct Parts {
-    /// The router's shards (every shard of the bot, most in standby).
-    pub shards: Vec<ShardHandle>,
-    /// Their tenures.
-    pub tenures: Tenures,
-    /// The bot's shard count.
-    pub shard_count: u32,
-    /// The bot (`Token::bot`), for checkpoints.
-    pub bot: String,
-    /// Delivery's durable progress.
-    pub delivery: DeliveryHandle,
-    /// `state.checkpoint_max_age`: an older checkpoint is not resumed from.
-    pub checkpoint_max_age: Duration,
-    /// `state.checkpoint_interval`: how often checkpoints that moved are written.
-    pub checkpoint_interval: Duration,
-    /// `delivery.shutdown_timeout`: how long a handover waits for delivery.
-    pub drain_timeout: Duration,
 }
 
 /// This router's side of the cluster.

@@ -21,7 +21,7 @@ pub(super) struct RedisDeadLetters {
     pub(super) store: Store,
     pub(super) max: u64,
     /// The stream's length as last written, for `/metrics`.
-    pub(super) stats: std::sync::Arc<crate::delivery::DeliveryStats>,
+    pub(super) held: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Mirror for RedisDeadLetters {
@@ -38,9 +38,7 @@ impl Mirror for RedisDeadLetters {
             let len = match kept {
                 Ok(len) | Err(len) => len,
             };
-            self.stats
-                .cluster_dead_letters
-                .store(len, std::sync::atomic::Ordering::Relaxed);
+            self.held.store(len, std::sync::atomic::Ordering::Relaxed);
             match kept {
                 // Past nine tenths of the bound: said at every dead letter, before any waits.
                 Ok(len) if len * 10 >= self.max * 9 => {

@@ -27,13 +27,18 @@ mod view;
 
 use std::sync::Arc;
 
-pub use coordinator::{Coordinator, Parts};
+pub use coordinator::Coordinator;
 pub use store::{NodeInfo, StoreError};
-pub use view::{Owner, View};
+pub use view::View;
 
 use crate::config::{ClusterConfig, Config, ConfigError};
+use crate::delivery::Keeping;
 use crate::gateway::bot_info::SessionStartLimit;
 use crate::gateway::identify::SharedTurns;
+use crate::gateway::tenure::Tenure;
+use crate::state::request_ids::SpentIds;
+use crate::state::rest_limits::RestLimits;
+use crate::store::{Finale, Later, NotEnoughIdentifies, Owners, Parts};
 use store::Store;
 
 /// Now, in Unix milliseconds (membership ages are compared across machines in these).
@@ -121,65 +126,8 @@ impl Cluster {
         &self.me.id
     }
 
-    /// Who holds which shard, for the control API.
-    pub fn view(&self) -> Arc<View> {
-        self.view.clone()
-    }
-
-    /// IDENTIFY turns across the cluster, after recording the session starts `limit` says
-    /// are left (unless another router recorded them since they last reset).
-    pub(crate) async fn identify_turns(&self, limit: &SessionStartLimit) -> Arc<dyn SharedTurns> {
-        let reset = std::time::Duration::from_millis(limit.reset_after);
-        if let Err(e) = self.store.offer_starts(limit.remaining, reset).await {
-            tracing::warn!("could not record the session starts left in Redis: {e}");
-        }
-        Arc::new(turns::RedisTurns {
-            store: self.store.clone(),
-            node: self.me.id.clone(),
-        })
-    }
-
-    /// Keeps `pipeline`'s spools in Redis (not on the disk) and its dead letters in Redis as
-    /// well as in its file: in a cluster the machine's disk alone is not safe. Call before the
-    /// router makes the shards' queues.
-    pub fn keep_state_in_redis(&self, pipeline: &mut crate::delivery::Pipeline) {
-        let stats = pipeline.stats();
-        stats.cluster_dead_letters_max.store(
-            self.settings.dead_letters_max,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        pipeline.mirror_dead_letters(Arc::new(dead_letters::RedisDeadLetters {
-            store: self.store.clone(),
-            max: self.settings.dead_letters_max,
-            stats,
-        }));
-        pipeline.spool_remotely(Arc::new(spools::RedisSpools {
-            store: self.store.clone(),
-            node: self.me.id.clone(),
-            view: self.view.clone(),
-        }));
-    }
-
-    /// The request ids spent by every router of the bot: a signed command or REST call
-    /// accepted by one is refused by all.
-    pub fn spent_ids(&self) -> Arc<dyn crate::state::request_ids::SpentIds> {
-        Arc::new(spent_ids::RedisIds {
-            store: self.store.clone(),
-            node: self.me.id.clone(),
-        })
-    }
-
-    /// The bot's REST limits (global limit, invalid-request count), one for every router.
-    pub fn rest_limits(&self) -> Arc<dyn crate::state::rest_limits::RestLimits> {
-        Arc::new(rest_limits::RedisLimits {
-            store: self.store.clone(),
-            node: self.me.id.clone(),
-            counted: Default::default(),
-        })
-    }
-
     /// The coordinator that runs this router's side of the cluster over `parts`.
-    pub fn coordinator(&self, parts: Parts) -> Coordinator {
+    fn coordinator(&self, parts: Parts) -> Coordinator {
         Coordinator::new(
             self.store.clone(),
             self.me.clone(),
@@ -187,5 +135,91 @@ impl Cluster {
             parts,
             self.view.clone(),
         )
+    }
+}
+
+/// The bot's Redis as the router's store: spools and dead letters there (the machine's disk
+/// alone is not safe when another router may take the shard), spent ids and REST limits for
+/// every router of the bot, every shard of the bot started in standby and run here only while
+/// this router holds its lease (the coordinator grants it, from the checkpoint in Redis).
+impl crate::store::Store for Cluster {
+    fn keeping(&self) -> Keeping {
+        let held = Arc::default();
+        Keeping::Shared {
+            spools: Arc::new(spools::RedisSpools {
+                store: self.store.clone(),
+                node: self.me.id.clone(),
+                view: self.view.clone(),
+            }),
+            dead_letters: Arc::new(dead_letters::RedisDeadLetters {
+                store: self.store.clone(),
+                max: self.settings.dead_letters_max,
+                held: Arc::clone(&held),
+            }),
+            dead_letters_held: held,
+            dead_letters_max: self.settings.dead_letters_max,
+        }
+    }
+
+    fn spent_ids(&self) -> Result<Arc<dyn SpentIds>, String> {
+        Ok(Arc::new(spent_ids::RedisIds {
+            store: self.store.clone(),
+            node: self.me.id.clone(),
+        }))
+    }
+
+    fn rest_limits(&self) -> Arc<dyn RestLimits> {
+        Arc::new(rest_limits::RedisLimits {
+            store: self.store.clone(),
+            node: self.me.id.clone(),
+            counted: Default::default(),
+        })
+    }
+
+    fn owners(&self) -> Arc<dyn Owners> {
+        self.view.clone()
+    }
+
+    /// Every shard of the bot may come to this router; the session-start budget is kept in
+    /// Redis and spent identify by identify (`identify_turns`).
+    fn begin(
+        &self,
+        total: u32,
+        _planned: std::ops::Range<u32>,
+        _limit: &SessionStartLimit,
+    ) -> Result<Vec<(u32, Tenure)>, NotEnoughIdentifies> {
+        Ok((0..total).map(|id| (id, Tenure::Standby)).collect())
+    }
+
+    /// IDENTIFY turns across the cluster, after recording the session starts `limit` says
+    /// are left (unless another router recorded them since they last reset).
+    fn identify_turns<'a>(
+        &'a self,
+        limit: &'a SessionStartLimit,
+    ) -> Later<'a, Option<Arc<dyn SharedTurns>>> {
+        Box::pin(async move {
+            let reset = std::time::Duration::from_millis(limit.reset_after);
+            if let Err(e) = self.store.offer_starts(limit.remaining, reset).await {
+                tracing::warn!("could not record the session starts left in Redis: {e}");
+            }
+            Some(Arc::new(turns::RedisTurns {
+                store: self.store.clone(),
+                node: self.me.id.clone(),
+            }) as Arc<dyn SharedTurns>)
+        })
+    }
+
+    /// The coordinator: leases, checkpoints in Redis, and on shutdown every shard handed
+    /// over before the shards close. Nothing is left for after delivery.
+    fn keeper(
+        &self,
+        parts: Parts,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Later<'static, Finale> {
+        let coordinator = self.coordinator(parts);
+        Box::pin(async move {
+            coordinator.run(shutdown.cancelled_owned()).await;
+            Box::new(|| {}) as Finale
+        })
     }
 }

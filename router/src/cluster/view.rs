@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 
 use super::store::{Lease, NodeInfo, Store};
+use crate::store::{Later, Owner, Owners};
 
 /// The cluster as this router last saw it.
 #[derive(Debug)]
@@ -27,15 +28,6 @@ struct Inner {
     held: BTreeMap<u32, u64>,
     /// Each live router's control address.
     controls: HashMap<String, String>,
-}
-
-/// Who holds a shard, as the control API tells it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
-    /// The holder's node id.
-    pub node: String,
-    /// Its control address, if it is live.
-    pub control: Option<String>,
 }
 
 impl View {
@@ -109,5 +101,15 @@ impl View {
                 (*shard, found)
             })
             .collect()
+    }
+}
+
+impl Owners for View {
+    fn holds(&self, shard: u32) -> bool {
+        View::holds(self, shard)
+    }
+
+    fn owners<'a>(&'a self, shards: &'a [u32]) -> Later<'a, BTreeMap<u32, Option<Owner>>> {
+        Box::pin(View::owners(self, shards))
     }
 }

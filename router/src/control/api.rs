@@ -22,13 +22,13 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::cluster::View;
 use crate::delivery::signer::{unix_now, Signer, TOLERANCE_SECS};
 use crate::delivery::DeliveryHandle;
 use crate::gateway::handle::{CommandRefused, ShardHandle, ShardState};
 use crate::gateway::payload::op;
 use crate::rest::{BodyError, ProxyRequest, RestProxy};
 use crate::state::request_ids::{Claim, SpentIds};
+use crate::store::{Alone, Owners};
 
 /// Discord's limit on a payload a client sends.
 pub const MAX_COMMAND_BYTES: usize = 4096;
@@ -59,8 +59,8 @@ pub struct ControlState {
     ids: Arc<dyn SpentIds>,
     /// The REST proxy, when `rest.enabled`.
     rest: Option<Arc<RestProxy>>,
-    /// Who holds which shard, in a cluster: commands for another router's shards get 421.
-    cluster: Option<Arc<View>>,
+    /// Who runs which shard (the store's): commands for another router's shards get 421.
+    owners: Arc<dyn Owners>,
     /// Whether the proxy has a listener of its own (`rest.listen`, served by `rest_app`)
     /// rather than the control API's.
     rest_apart: bool,
@@ -83,21 +83,21 @@ impl ControlState {
             delivery,
             ids,
             rest: None,
-            cluster: None,
+            owners: Arc::new(Alone),
             rest_apart: false,
         }
     }
 
-    /// As one router of a cluster: only the shards `view` says this router holds take
-    /// commands and count for readiness; `/v1/shards` says who holds each.
-    pub fn with_cluster(mut self, view: Arc<View>) -> ControlState {
-        self.cluster = Some(view);
+    /// Only the shards `owners` says this router runs take commands and count for
+    /// readiness; `/v1/shards` says who runs each (a router alone: itself, named by no one).
+    pub(crate) fn with_owners(mut self, owners: Arc<dyn Owners>) -> ControlState {
+        self.owners = owners;
         self
     }
 
     /// Whether this process runs `shard` now.
     fn runs(&self, shard: u32) -> bool {
-        self.shards.contains_key(&shard) && self.cluster.as_ref().is_none_or(|v| v.holds(shard))
+        self.shards.contains_key(&shard) && self.owners.holds(shard)
     }
 
     /// Also serves `ANY /api/v10/{path}` through `proxy`, verified with the same keys and
@@ -418,20 +418,18 @@ async fn execute(state: &ControlState, body: &[u8]) -> (Response, bool) {
             .collect(),
     };
     // A shard another router of the cluster holds: its address, and nothing queued here.
-    if let Some(view) = &state.cluster {
-        if let Some(shard) = targets.iter().copied().find(|s| !view.holds(*s)) {
-            let owner = view.owners(&[shard]).await.remove(&shard).flatten();
-            let body = json!({
-                "error": format!("shard {shard} is run by another router of the cluster; send the command there"),
-                "shard_id": shard,
-                "owner": owner.as_ref().map(|o| o.node.clone()),
-                "control": owner.and_then(|o| o.control),
-            });
-            return (
-                (StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response(),
-                false,
-            );
-        }
+    if let Some(shard) = targets.iter().copied().find(|s| !state.owners.holds(*s)) {
+        let owner = state.owners.owners(&[shard]).await.remove(&shard).flatten();
+        let body = json!({
+            "error": format!("shard {shard} is run by another router of the cluster; send the command there"),
+            "shard_id": shard,
+            "owner": owner.as_ref().map(|o| o.node.clone()),
+            "control": owner.and_then(|o| o.control),
+        });
+        return (
+            (StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response(),
+            false,
+        );
     }
     let mut queued = Vec::new();
     let mut refused = None;
@@ -487,14 +485,10 @@ async fn ready(State(state): State<Arc<ControlState>>) -> Response {
 }
 
 async fn shards(State(state): State<Arc<ControlState>>) -> Response {
-    // Other routers' shards' holders, read from Redis now (not kept fresh at every renewal).
-    let owners = match &state.cluster {
-        Some(view) => {
-            let ids: Vec<u32> = state.shards.keys().copied().collect();
-            Some(view.owners(&ids).await)
-        }
-        None => None,
-    };
+    // Who runs each shard, read now (in a cluster, from Redis: not kept fresh at every
+    // lease renewal).
+    let ids: Vec<u32> = state.shards.keys().copied().collect();
+    let owners = state.owners.owners(&ids).await;
     let list: Vec<_> = state
         .shards
         .values()
@@ -508,9 +502,7 @@ async fn shards(State(state): State<Arc<ControlState>>) -> Response {
                 ShardState::Standby => "standby".to_owned(),
                 ShardState::FatallyClosed { code } => format!("fatally_closed ({code})"),
             };
-            let owner = owners
-                .as_ref()
-                .map(|o| o.get(&shard.id()).cloned().flatten());
+            let owner = owners.get(&shard.id()).cloned().flatten();
             json!({
                 "shard_id": shard.id(),
                 "state": state_name,
@@ -524,8 +516,8 @@ async fn shards(State(state): State<Arc<ControlState>>) -> Response {
                 "resumes": s.resumes,
                 "reconnects": s.reconnects,
                 "command_budget": shard.command_budget(),
-                "owner": owner.as_ref().map(|o| o.as_ref().map(|o| o.node.clone())),
-                "owner_control": owner.as_ref().map(|o| o.as_ref().and_then(|o| o.control.clone())),
+                "owner": owner.as_ref().map(|o| o.node.clone()),
+                "owner_control": owner.as_ref().and_then(|o| o.control.clone()),
             })
         })
         .collect();

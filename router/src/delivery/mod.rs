@@ -32,6 +32,7 @@ mod worker;
 
 use std::time::Duration;
 
+pub(crate) use pipeline::Keeping;
 pub use pipeline::{DeliveryError, DeliveryHandle, Pipeline, RefusedLetter, Replayed};
 pub use stats::{DeliveryStats, StatsSnapshot};
 

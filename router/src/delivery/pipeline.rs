@@ -73,14 +73,33 @@ pub struct Pipeline {
     pub(super) shared: Arc<Shared>,
     workers: JoinSet<()>,
     queues: Arc<Mutex<Queues>>,
-    /// Where spools are kept in a cluster (its Redis), rather than on this machine's disk.
-    remote_spool: Option<Arc<dyn RemoteSpool>>,
+    /// Where shards' spools are kept: this machine's disk, or beyond it (a cluster's Redis).
+    spools: Option<Arc<dyn RemoteSpool>>,
     /// Each shard's spool in Redis, to be counted again when the shard is taken over.
     remote_spools: Arc<Mutex<RemoteSpools>>,
     /// Connections opened ahead of the first request, per endpoint.
     warmed: Vec<usize>,
     /// Each shardhook-format endpoint's outbox loop, started with the first shard's queue.
     outboxes: Option<JoinSet<()>>,
+}
+
+/// Where delivery keeps what must outlive a failed request: given once, when the pipeline is
+/// built, by the router's store (`store::Store::keeping`).
+pub(crate) enum Keeping {
+    /// Spools and dead letters in files under `state.dir` (a router alone).
+    Local,
+    /// Spools beyond this machine, and each dead letter there as well as in the file (a
+    /// cluster's Redis, up to `dead_letters_max` of them).
+    Shared {
+        /// Each shard's spool.
+        spools: Arc<dyn RemoteSpool>,
+        /// Where each dead letter is kept too.
+        dead_letters: Arc<dyn crate::state::dead_letter::Mirror>,
+        /// How many the store holds now, as it last counted them, for metrics.
+        dead_letters_held: Arc<std::sync::atomic::AtomicU64>,
+        /// The bound on those, for metrics.
+        dead_letters_max: u64,
+    },
 }
 
 /// Connections each endpoint opens ahead of its first request: enough for its shards' first
@@ -275,6 +294,15 @@ impl Pipeline {
         config: &Config,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Pipeline, DeliveryError> {
+        Pipeline::build(config, env, Keeping::Local)
+    }
+
+    /// The pipeline `config` describes, keeping spools and dead letters where `keeping` says.
+    pub(crate) fn build(
+        config: &Config,
+        env: impl IntoIterator<Item = (String, String)>,
+        keeping: Keeping,
+    ) -> Result<Pipeline, DeliveryError> {
         let env: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("AWS_"))
@@ -330,7 +358,22 @@ impl Pipeline {
             endpoints.push(endpoint);
         }
         let ring = Ring::new(config.endpoints.iter().map(|e| (e.name.as_str(), e.weight)));
-        let stats = Arc::new(DeliveryStats::new(endpoints.len()));
+        let mut stats = DeliveryStats::new(endpoints.len());
+        let (spools, dead) = match keeping {
+            Keeping::Local => (None, DeadLetters::new(&config.state.dir, None)),
+            Keeping::Shared {
+                spools,
+                dead_letters,
+                dead_letters_held,
+                dead_letters_max,
+            } => {
+                stats.cluster_dead_letters = dead_letters_held;
+                stats.cluster_dead_letters_max = AtomicU64::new(dead_letters_max);
+                let dead = DeadLetters::new(&config.state.dir, Some(dead_letters));
+                (Some(spools), dead)
+            }
+        };
+        let stats = Arc::new(stats);
         Ok(Pipeline {
             shared: Arc::new(Shared {
                 client,
@@ -343,7 +386,7 @@ impl Pipeline {
                 ring,
                 include: config.events.include.iter().cloned().collect(),
                 exclude: config.events.exclude.iter().cloned().collect(),
-                dead: DeadLetters::new(&config.state.dir),
+                dead,
                 config: config.clone(),
                 stats,
                 progress: Default::default(),
@@ -355,7 +398,7 @@ impl Pipeline {
             }),
             workers: JoinSet::new(),
             queues: Arc::default(),
-            remote_spool: None,
+            spools,
             remote_spools: Arc::default(),
             warmed: vec![0; config.endpoints.len()],
             outboxes: None,
@@ -439,7 +482,7 @@ impl Pipeline {
         }
         let format = shared.home_format(shard_id);
         let intake = Intake::new(rx, queue.saturating_sub(queued).max(1), held);
-        let spool = match &self.remote_spool {
+        let spool = match &self.spools {
             None => SharedSpool::Disk(Arc::new(tokio::sync::Mutex::new(ShardSpool::open(
                 &shared.config.state.dir,
                 shard_id,
@@ -467,18 +510,6 @@ impl Pipeline {
     /// What delivery has done so far, to keep after the pipeline is finished.
     pub fn stats(&self) -> Arc<DeliveryStats> {
         self.shared.stats.clone()
-    }
-
-    /// Keeps every dead letter in `mirror` as well as in the file (a cluster's Redis: the
-    /// machine's disk alone is not safe there).
-    /// Keeps every shard's spool in `backend` (a cluster's Redis), not on this machine's disk;
-    /// for the shards whose queue is made after this.
-    pub(crate) fn spool_remotely(&mut self, backend: Arc<dyn RemoteSpool>) {
-        self.remote_spool = Some(backend);
-    }
-
-    pub(crate) fn mirror_dead_letters(&self, mirror: Arc<dyn crate::state::dead_letter::Mirror>) {
-        self.shared.dead.mirror_to(mirror);
     }
 
     /// Where dead letters go.

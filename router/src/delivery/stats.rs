@@ -41,7 +41,7 @@ pub struct DeliveryStats {
     /// endpoint could take.
     pub dead_letters_unattributed: AtomicU64,
     /// In a cluster: dead letters in Redis' stream as last written.
-    pub cluster_dead_letters: AtomicU64,
+    pub cluster_dead_letters: std::sync::Arc<AtomicU64>,
     /// In a cluster: the stream's bound (`cluster.dead_letters_max`); 0 without a cluster.
     pub cluster_dead_letters_max: AtomicU64,
     /// Sends that waited for an endpoint's `rate_limit`, per endpoint, in config order.
@@ -112,7 +112,7 @@ impl DeliveryStats {
             retries_by_endpoint: counters(endpoints),
             dead_letters_by_endpoint: counters(endpoints),
             dead_letters_unattributed: AtomicU64::new(0),
-            cluster_dead_letters: AtomicU64::new(0),
+            cluster_dead_letters: std::sync::Arc::default(),
             cluster_dead_letters_max: AtomicU64::new(0),
             rate_limit_waits: counters(endpoints),
             delivered_by: RwLock::default(),

@@ -87,21 +87,17 @@ pub struct DeadLetters {
     path: PathBuf,
     file: Mutex<Option<tokio::fs::File>>,
     /// Where each record is also kept, in a cluster.
-    mirror: std::sync::OnceLock<std::sync::Arc<dyn Mirror>>,
+    mirror: Option<std::sync::Arc<dyn Mirror>>,
 }
 
 impl DeadLetters {
-    pub fn new(dir: &Path) -> DeadLetters {
+    /// The file under `dir`, each record also kept in `mirror` when given.
+    pub fn new(dir: &Path, mirror: Option<std::sync::Arc<dyn Mirror>>) -> DeadLetters {
         DeadLetters {
             path: dir.join(FILE_NAME),
             file: Mutex::new(None),
-            mirror: std::sync::OnceLock::new(),
+            mirror,
         }
-    }
-
-    /// Keeps every record in `mirror` too, from now on (set once).
-    pub fn mirror_to(&self, mirror: std::sync::Arc<dyn Mirror>) {
-        let _ = self.mirror.set(mirror);
     }
 
     pub fn path(&self) -> &Path {
@@ -113,7 +109,7 @@ impl DeadLetters {
     pub async fn append(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
         let mut line = serde_json::to_vec(letter).expect("dead letters serialise");
         let written = self.write(&line).await;
-        if let Some(mirror) = self.mirror.get() {
+        if let Some(mirror) = &self.mirror {
             let record = String::from_utf8(std::mem::take(&mut line)).expect("JSON is UTF-8");
             while let Err(e) = mirror.keep(&record).await {
                 tracing::warn!(
@@ -178,7 +174,7 @@ mod tests {
     #[tokio::test]
     async fn records_round_trip_with_the_body_as_json() {
         let dir = std::env::temp_dir().join(format!("shardhook-dl-{}", std::process::id()));
-        let letters = DeadLetters::new(&dir);
+        let letters = DeadLetters::new(&dir, None);
         let body = RawValue::from_string(r#"{"v":1,"events":[]}"#.to_owned()).unwrap();
         let letter = DeadLetter {
             at: 1,

@@ -2,7 +2,7 @@
 //! handle) and how far that session is safe (from delivery's durable progress), and writes the
 //! checkpoints that moved.
 //!
-//! It sits with the composition root because it reads both shards and delivery; the record
+//! The local store's keeper (`store::local`): it reads both shards and delivery; the record
 //! and its atomic write are `state::checkpoint`'s.
 
 use std::collections::BTreeMap;
@@ -10,7 +10,6 @@ use std::path::Path;
 
 use crate::delivery::DeliveryHandle;
 use crate::gateway::handle::ShardHandle;
-use crate::router::Router;
 use crate::state::checkpoint::{Checkpoint, CheckpointStore, FileStore};
 
 /// Writes the shards' checkpoints whenever durable progress moves: all of them in one write.
@@ -28,17 +27,17 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// A checkpointer for `router`'s shards, reading durable progress from `delivery` and
-    /// writing under `state_dir`.
-    pub fn new(state_dir: &Path, router: &Router, delivery: DeliveryHandle) -> Checkpointer {
-        let (shard_count, shards) = (router.shard_count(), router.shards());
+    /// A checkpointer for the router's shards (`parts`), reading durable progress from its
+    /// delivery and writing under `state_dir`.
+    pub fn new(state_dir: &Path, parts: super::Parts) -> Checkpointer {
+        let shards = parts.shards;
         let first = shards.iter().map(|s| s.id()).min().unwrap_or(0);
         let end = shards.iter().map(|s| s.id() + 1).max().unwrap_or(0);
         Checkpointer {
-            shard_count,
-            bot: router.bot().to_owned(),
-            shards: shards.to_vec(),
-            delivery,
+            shard_count: parts.shard_count,
+            bot: parts.bot,
+            shards,
+            delivery: parts.delivery,
             store: Box::new(FileStore::new(state_dir, first..end)),
             written: BTreeMap::new(),
             last_write: 0,
