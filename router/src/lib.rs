@@ -5,16 +5,20 @@
 //! The folders follow the path of an event, and imports point one way: down this list.
 //! - `app`: the one entry that starts a router from a config and stops it in order when its
 //!   shutdown token is cancelled; `main`, `demo` and tests start routers through it.
-//! - `router`: the shards: start-up checks, one task per shard, shutdown. `checkpointer`
-//!   beside it gathers progress from shards and delivery into resume checkpoints.
+//! - `router`: the shards: start-up checks, one task per shard (those the store says begin
+//!   here), shutdown.
 //! - `control/`: the control API (`api`: gateway commands, health, readiness, status), the
 //!   `server` loop that bounds its connections, and Prometheus `metrics`.
-//! - `cluster/`: several routers sharing one bot through Redis: leases with fencing tokens,
-//!   rendezvous placement, takeover and handover, checkpoints in Redis, IDENTIFY turns across
-//!   routers, spent request ids and REST limits for the bot, every record MAC'd (`seal`).
+//! - `cluster/`: several routers sharing one bot through Redis, as the router's store:
+//!   leases with fencing tokens, rendezvous placement, takeover and handover, checkpoints in
+//!   Redis, IDENTIFY turns across routers, spent request ids and REST limits (route buckets
+//!   included) for the bot, every record MAC'd (`seal`).
 //! - `rest/`: the REST proxy handlers call Discord through: the bot token added, per-route
 //!   buckets and the global limit waited for (`limiter`), the invalid-request `guard`, route
 //!   templates and counters; the control API authenticates its callers.
+//! - `store/`: the one interface for what a router keeps beyond one request (`Store`), chosen
+//!   once by `app`: files under `state.dir` (`local`, whose keeper is the `checkpointer`), or
+//!   the cluster's Redis (`cluster` implements it). Layers take its parts as values.
 //! - `delivery/`: from a shard's queue to an endpoint's 2xx: the `pipeline` and its per-shard
 //!   `worker`, each endpoint's `outbox` (one request carries the ready batches of many shards),
 //!   `interactions` (defer and apologise), each `attempt` (sign, send, retry, dead letter), where a shard's spool is kept (`spool_store`: the disk, or a cluster's Redis),

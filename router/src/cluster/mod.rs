@@ -1,4 +1,5 @@
-//! Several routers sharing one bot's shards through Redis (`[cluster]`).
+//! Several routers sharing one bot's shards through Redis (`[cluster]`): `Cluster` is the
+//! router's store (`store::Store`) when a config has a `[cluster]` table.
 //!
 //! Sits below the composition root and the control API, which use it, and above delivery and
 //! the gateway, whose shards and progress it reads and whose tenures it grants. It owns:
