@@ -492,28 +492,130 @@ async fn a_connection_that_stalls_in_its_body_is_closed_when_idle() {
     p.stop().await;
 }
 
+/// Connects to the control API from `ip` (any address of 127.0.0.0/8 is this machine's).
+async fn connect_from(p: &Pipe, ip: [u8; 4]) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind((std::net::Ipv4Addr::from(ip), 0).into())
+        .unwrap();
+    let addr = p.control_url.trim_start_matches("http://").parse().unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
 #[tokio::test]
-async fn past_the_connection_cap_a_connection_waits_until_one_closes() {
-    let p = start_with_limits(|c| c.max_connections = 1).await;
+async fn past_the_connection_cap_a_request_waits_and_a_probe_is_answered_in_a_reserved_slot() {
+    let p = start_with_limits(|c| {
+        c.max_connections = 1;
+        c.reserved_connections = 1;
+    })
+    .await;
     let mut first = connect(&p).await;
     first.write_all(HEALTHZ).await.unwrap();
     assert!(healthz_answer(&mut first).await.starts_with("HTTP/1.1 200"));
-    // The second connection's request is sent before the first's next one...
+    // A request that is not a probe, sent before the first's next one, waits for the one slot...
     let mut second = connect(&p).await;
-    second.write_all(HEALTHZ).await.unwrap();
+    second
+        .write_all(b"GET /v1/shards HTTP/1.1\r\nhost: router\r\n\r\n")
+        .await
+        .unwrap();
+    // ...while a probe is answered at once, in the reserved slot.
+    let mut probe = connect(&p).await;
+    probe.write_all(HEALTHZ).await.unwrap();
+    assert!(healthz_answer(&mut probe).await.starts_with("HTTP/1.1 200"));
+    // On that connection, anything but a probe is told to come back.
+    probe
+        .write_all(b"POST /v1/gateway/commands HTTP/1.1\r\nhost: router\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+        .await
+        .unwrap();
+    let answer = until_closed("the command's answer", &mut probe).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert!(answer.contains("control.max_connections"), "{answer}");
     first.write_all(HEALTHZ).await.unwrap();
     assert!(healthz_answer(&mut first).await.starts_with("HTTP/1.1 200"));
-    // ...yet only the first, which holds the one slot, was answered.
     let mut nothing = [0u8; 64];
     let waiting = second.try_read(&mut nothing);
     assert!(
         matches!(waiting, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "{waiting:?}"
     );
+    // The first gives its slot up: the second is served.
     drop(first);
-    assert!(healthz_answer(&mut second)
+    let mut answer = [0u8; 64];
+    let n = support::within("the waiting request's answer", second.read(&mut answer))
         .await
-        .starts_with("HTTP/1.1 200"));
+        .unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    p.stop().await;
+}
+
+/// One peer opening connections that send nothing (the flood of issue 33: 900 of them, each
+/// reopened when dropped) holds at most `max_connections_per_peer`, each for no longer than
+/// `first_byte_timeout`; health stays answered for everyone else, at once.
+#[tokio::test]
+async fn a_flood_of_silent_connections_from_one_peer_leaves_health_answered() {
+    let p = start_with_limits(|c| {
+        c.max_connections = 16;
+        c.max_connections_per_peer = 4;
+        c.first_byte_timeout = Duration::from_millis(500);
+        c.header_read_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let flooding = tokio_util::sync::CancellationToken::new();
+    let mut flood = tokio::task::JoinSet::new();
+    let peer = [127, 0, 0, 2];
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for _ in 0..300 {
+        let (stop, opened) = (flooding.clone(), opened.clone());
+        let addr: std::net::SocketAddr =
+            p.control_url.trim_start_matches("http://").parse().unwrap();
+        flood.spawn(async move {
+            while !stop.is_cancelled() {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket
+                    .bind((std::net::Ipv4Addr::from(peer), 0).into())
+                    .unwrap();
+                let Ok(mut stream) = socket.connect(addr).await else {
+                    continue;
+                };
+                opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut sink = Vec::new();
+                tokio::select! {
+                    _ = stream.read_to_end(&mut sink) => {}
+                    () = stop.cancelled() => {}
+                }
+            }
+        });
+    }
+    // The flood is on: hundreds of connections opened and closed.
+    support::within("the flood to start", async {
+        while opened.load(std::sync::atomic::Ordering::Relaxed) < 600 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    for _ in 0..3 {
+        let started = tokio::time::Instant::now();
+        let mut probe = connect_from(&p, [127, 0, 0, 1]).await;
+        probe.write_all(HEALTHZ).await.unwrap();
+        assert!(healthz_answer(&mut probe).await.starts_with("HTTP/1.1 200"));
+        // Not after the flood's connections time out (the backlog's wait, before: the
+        // header_read_timeout of 5 s at least, once per 16 of them ahead): at once.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    flooding.cancel();
+    flood.shutdown().await;
     p.stop().await;
 }
 

@@ -261,7 +261,7 @@ impl Load {
     }
 }
 
-/// The router for `run`: the control API with the REST proxy on, to the double at `api_url`,
+/// The router for `run`, started through `App::start`: the control API with the REST proxy on, to the double at `api_url`,
 /// callers verified with `secret`. Prints `listening ADDR`, then serves until killed.
 pub async fn router_child(api_url: &str, secret: &str) {
     use shardhook::config::{Config, EndpointConfig, SigningConfig, StateConfig};
@@ -283,26 +283,13 @@ pub async fn router_child(api_url: &str, secret: &str) {
         ..StateConfig::default()
     };
     config.rest.enabled = true;
-    let pipeline = shardhook::Pipeline::new(&config).expect("the pipeline builds");
-    let ids = shardhook::control::LocalIds::open(&state_dir, shardhook::unix_now())
-        .expect("the spent ids open");
-    let state = shardhook::control::ControlState::new(
-        &[],
-        1,
-        shardhook::Signer::for_commands(&config).expect("the signing key"),
-        Arc::new(ids),
-        pipeline.handle(),
-    )
-    .with_rest(shardhook::rest::RestProxy::new(&config).expect("the REST proxy builds"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    // Started as `shardhook run` starts it: its one shard connects to the double, which sends
+    // no events.
+    config.control.listen = "127.0.0.1:0".parse().expect("an address");
+    let shutdown = shardhook::app::CancellationToken::new();
+    let app = shardhook::app::App::start(config, shutdown, Default::default())
         .await
-        .expect("a port");
-    println!("listening {}", listener.local_addr().expect("bound"));
-    let _ = shardhook::control::serve(
-        listener,
-        Arc::new(state),
-        &config.control,
-        std::future::pending(),
-    )
-    .await;
+        .expect("the router starts");
+    println!("listening {}", app.control_addr());
+    let _ = app.run().await;
 }

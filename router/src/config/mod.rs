@@ -106,9 +106,21 @@ pub struct ControlConfig {
     /// (a body sent a byte at a time, an answer nobody reads).
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Connections served at once; more wait to be accepted until one closes.
+    /// Connections served at once. Past them, `reserved_connections` more are served health,
+    /// readiness and metrics only; past those, a connection is closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections one peer address may hold at once; more from it are closed at once.
+    #[serde(default = "default_max_connections_per_peer")]
+    pub max_connections_per_peer: usize,
+    /// Connections past `max_connections` kept for `/healthz`, `/readyz` and `/metrics`, so
+    /// probes and scrapes are answered while the rest are taken.
+    #[serde(default = "default_reserved_connections")]
+    pub reserved_connections: usize,
+    /// How long a new connection has to send its first byte before it is closed (a
+    /// connection that sends nothing holds a slot for no more than this).
+    #[serde(default = "default_first_byte_timeout", with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
 }
 
 impl Default for ControlConfig {
@@ -118,8 +130,23 @@ impl Default for ControlConfig {
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
+            max_connections_per_peer: default_max_connections_per_peer(),
+            reserved_connections: default_reserved_connections(),
+            first_byte_timeout: default_first_byte_timeout(),
         }
     }
+}
+
+fn default_max_connections_per_peer() -> usize {
+    64
+}
+
+fn default_reserved_connections() -> usize {
+    8
+}
+
+fn default_first_byte_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 fn default_header_read_timeout() -> Duration {
@@ -428,6 +455,18 @@ impl Config {
             return invalid(
                 "control.max_connections".into(),
                 "must be at least 1".into(),
+            );
+        }
+        if c.max_connections_per_peer == 0 {
+            return invalid(
+                "control.max_connections_per_peer".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if c.first_byte_timeout.is_zero() {
+            return invalid(
+                "control.first_byte_timeout".into(),
+                "must be more than zero".into(),
             );
         }
         if c.header_read_timeout.is_zero() || c.idle_timeout.is_zero() {

@@ -135,6 +135,28 @@ pub fn app(state: Arc<ControlState>) -> axum::Router {
         .with_state(state)
 }
 
+/// What a probe past `control.max_connections` is served, in one of the reserved slots
+/// (`control.reserved_connections`): health, readiness and metrics, so probes and scrapes are
+/// answered under a flood; anything else it sends on that connection is told to come back
+/// (503, `Retry-After: 1`).
+pub fn probe_app(state: Arc<ControlState>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                Json(json!({
+                    "message": "every connection slot of the control API is taken (control.max_connections); try again",
+                    "code": 0,
+                })),
+            )
+        })
+        .with_state(state)
+}
+
 /// The REST proxy's routes alone, for `rest.listen` (nothing when the proxy is off).
 pub fn rest_app(state: Arc<ControlState>) -> axum::Router {
     rest_routes().with_state(state)

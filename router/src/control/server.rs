@@ -1,16 +1,22 @@
 //! Serving the control API: accepting connections and speaking HTTP/1.1 on them, within bounds
 //! a stalling client cannot stretch.
 //!
-//! Owns the accept loop and each connection's life: at most `control.max_connections` served at
-//! once (more wait in the listen backlog, holding no file descriptor of the process), a
+//! Owns the accept loop and each connection's life: every connection is accepted at once (a
+//! backlog full of silent connections would leave a health probe waiting behind them), closed
+//! at once if its peer address holds `control.max_connections_per_peer` already, and given
+//! `first_byte_timeout` to send its first bytes. A probe (`GET /healthz`, `/readyz` or
+//! `/metrics` in those bytes) is served in one of `reserved_connections` slots without
+//! waiting; anything else waits, up to `idle_timeout`, for one of `max_connections`. Then a
 //! `header_read_timeout` for each request's headers (hyper's), an `idle_timeout` after which a
 //! connection that completed no request is dropped, and graceful shutdown. The routes are
 //! `api`'s (the control API's, or the REST proxy's alone on `rest.listen`); a command's body
 //! limit is set on its route, before any handler runs, a REST body's kept by the proxy as it
 //! reads it.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,28 +28,75 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, sleep_until, Instant};
 use tower_service::Service;
 
-use super::api::{app, ControlState};
+use super::api::{app, probe_app, ControlState};
 use crate::config::ControlConfig;
 
 /// How long to wait after `accept` fails (out of file descriptors, say) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves the control API on `listener`, within `limits`, until `shutdown` resolves; then lets
-/// the connections finish their requests and returns.
+/// the connections finish their requests and returns. Connections past `max_connections` are
+/// served `api::probe_app` in the reserved slots.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ControlState>,
     limits: &ControlConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_app(listener, app(state), limits, shutdown).await
+    let probes = probe_app(state.clone());
+    serve_apps(listener, app(state), Some(probes), limits, shutdown).await
 }
 
 /// Like `serve`, with other routes: the REST proxy's alone on `rest.listen` (`api::rest_app`),
-/// within the same bounds.
+/// within the same bounds, and no reserved slots.
 pub async fn serve_app(
     listener: TcpListener,
     app: axum::Router,
+    limits: &ControlConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_apps(listener, app, None, limits, shutdown).await
+}
+
+/// Connections held by each peer address.
+type Peers = Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>;
+
+/// A peer's place: its count goes down when the connection ends.
+struct PeerSlot {
+    peers: Peers,
+    ip: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = peers.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Takes a place for `ip` unless it holds `cap` already.
+fn take_peer_slot(peers: &Peers, ip: IpAddr, cap: usize) -> Option<PeerSlot> {
+    let mut held = peers.lock().unwrap_or_else(|p| p.into_inner());
+    let n = held.entry(ip).or_insert(0);
+    if *n >= cap {
+        return None;
+    }
+    *n += 1;
+    Some(PeerSlot {
+        peers: peers.clone(),
+        ip,
+    })
+}
+
+async fn serve_apps(
+    listener: TcpListener,
+    app: axum::Router,
+    probes: Option<axum::Router>,
     limits: &ControlConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -51,19 +104,21 @@ pub async fn serve_app(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let reserved = Arc::new(Semaphore::new(match probes {
+        Some(_) => limits.reserved_connections,
+        None => 0,
+    }));
+    let peers: Peers = Arc::default();
+    // Said once a second at most: a flood would otherwise flood the log too.
+    let mut last_said: Option<Instant> = None;
     let (stop, stopped) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        // A slot first: past the cap, connections wait in the kernel's backlog, not here.
-        let slot = tokio::select! {
-            () = &mut shutdown => break,
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-        };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!("the control API could not accept a connection: {e}");
                     sleep(ACCEPT_BACKOFF).await;
@@ -72,12 +127,29 @@ pub async fn serve_app(
             },
         };
         while connections.try_join_next().is_some() {}
+        let Some(peer_slot) = take_peer_slot(&peers, peer.ip(), limits.max_connections_per_peer)
+        else {
+            if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_said = Some(Instant::now());
+                tracing::warn!(
+                    peer = %peer.ip(),
+                    limit = limits.max_connections_per_peer,
+                    "the control API closed a connection at once: its address holds control.max_connections_per_peer already"
+                );
+            }
+            drop(stream);
+            continue;
+        };
         let connection = Connection {
             http: http.clone(),
             app: app.clone(),
+            probes: probes.clone(),
+            slots: slots.clone(),
+            reserved: reserved.clone(),
+            first_byte_timeout: limits.first_byte_timeout,
             idle_timeout: limits.idle_timeout,
             stopped: stopped.clone(),
-            _slot: slot,
+            _peer: peer_slot,
         };
         connections.spawn(connection.run(stream));
     }
@@ -90,14 +162,71 @@ pub async fn serve_app(
 struct Connection {
     http: hyper::server::conn::http1::Builder,
     app: axum::Router,
+    /// What a probe is served in a reserved slot (the control API's listener only).
+    probes: Option<axum::Router>,
+    /// The `max_connections` slots, and the reserved ones.
+    slots: Arc<Semaphore>,
+    reserved: Arc<Semaphore>,
+    first_byte_timeout: Duration,
     idle_timeout: Duration,
     stopped: watch::Receiver<bool>,
-    /// Held while the connection lives: its place under `max_connections`.
-    _slot: OwnedSemaphorePermit,
+    /// Held while the connection lives: its place under `max_connections_per_peer`.
+    _peer: PeerSlot,
+}
+
+/// Whether a connection's first bytes are a probe's request: health, readiness or metrics.
+fn is_probe(first: &[u8]) -> bool {
+    [
+        &b"GET /healthz "[..],
+        &b"GET /readyz "[..],
+        &b"GET /metrics "[..],
+    ]
+    .iter()
+    .any(|p| first.starts_with(p))
 }
 
 impl Connection {
+    /// A reserved slot and the probes' routes, for a connection whose first bytes are a
+    /// probe's, while one is free.
+    fn reserved_for(&self, first: &[u8]) -> Option<(OwnedSemaphorePermit, axum::Router)> {
+        let probes = self.probes.as_ref().filter(|_| is_probe(first))?;
+        let slot = self.reserved.clone().try_acquire_owned().ok()?;
+        Some((slot, probes.clone()))
+    }
+
     async fn run(mut self, stream: TcpStream) {
+        // A connection that sends nothing gives its place back soon. Its first bytes are only
+        // looked at: hyper reads them. (A probe whose request line arrives in pieces is served
+        // as any other request is.)
+        let mut first = [0u8; 16];
+        let peeked = tokio::time::timeout(self.first_byte_timeout, stream.peek(&mut first));
+        let seen = tokio::select! {
+            peeked = peeked => match peeked {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return,
+            },
+            _ = self.stopped.wait_for(|s| *s) => return,
+        };
+        // A probe gets a free slot as anything else does; a reserved one when none is free.
+        let free = self.slots.clone().try_acquire_owned().ok();
+        let (_slot, app) = match free {
+            Some(slot) => (slot, self.app.clone()),
+            None => match self.reserved_for(&first[..seen]) {
+                Some(reserved) => reserved,
+                None => {
+                    let waited =
+                        tokio::time::timeout(self.idle_timeout, self.slots.clone().acquire_owned());
+                    tokio::select! {
+                        waited = waited => match waited {
+                            Ok(Ok(slot)) => (slot, self.app.clone()),
+                            _ => return,
+                        },
+                        _ = self.stopped.wait_for(|s| *s) => return,
+                    }
+                }
+            },
+        };
+        self.app = app;
         let answered = Arc::new(Notify::new());
         let service = {
             let (app, answered) = (self.app.clone(), answered.clone());
