@@ -105,13 +105,15 @@ impl App {
         let router = Router::start_in(&config, |id| pipeline.sink(id), store.as_ref())
             .await
             .map_err(fail)?;
+        let ids = store.spent_ids().map_err(fail)?;
         let state = ControlState::new(
             router.shards(),
             router.shard_count(),
             signer,
-            store.spent_ids().map_err(fail)?,
+            ids.commands,
             pipeline.handle(),
         )
+        .with_rest_ids(ids.rest)
         .with_owners(store.owners());
         let state = if config.rest.enabled {
             let proxy = RestProxy::with_limits(&config, store.rest_limits()).map_err(fail)?;

@@ -39,7 +39,7 @@ use crate::gateway::identify::SharedTurns;
 use crate::gateway::tenure::Tenure;
 use crate::state::request_ids::SpentIds;
 use crate::state::rest_limits::RestLimits;
-use crate::store::{Finale, Later, NotEnoughIdentifies, Owners, Parts};
+use crate::store::{Finale, Later, NotEnoughIdentifies, Owners, Parts, SpentIdSets};
 use store::Store;
 
 /// Now, in Unix milliseconds (membership ages are compared across machines in these).
@@ -162,11 +162,16 @@ impl crate::store::Store for Cluster {
         }
     }
 
-    fn spent_ids(&self) -> Result<Arc<dyn SpentIds>, String> {
-        Ok(Arc::new(spent_ids::RedisIds {
+    /// One set in Redis for commands and REST calls alike: Redis bounds it by expiry alone.
+    fn spent_ids(&self) -> Result<SpentIdSets, String> {
+        let ids: Arc<dyn SpentIds> = Arc::new(spent_ids::RedisIds {
             store: self.store.clone(),
             node: self.me.id.clone(),
-        }))
+        });
+        Ok(SpentIdSets {
+            commands: ids.clone(),
+            rest: ids,
+        })
     }
 
     fn rest_limits(&self) -> Arc<dyn RestLimits> {

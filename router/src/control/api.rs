@@ -55,8 +55,11 @@ pub struct ControlState {
     shard_count: u32,
     signer: Signer,
     delivery: DeliveryHandle,
-    /// `webhook-id`s of accepted commands and proxied REST requests, to refuse replays.
+    /// `webhook-id`s of accepted commands, to refuse replays.
     ids: Arc<dyn SpentIds>,
+    /// Those of proxied REST requests: a set with a cap of its own, so a burst of REST calls
+    /// leaves room for commands.
+    rest_ids: Arc<dyn SpentIds>,
     /// The REST proxy, when `rest.enabled`.
     rest: Option<Arc<RestProxy>>,
     /// Who runs which shard (the store's): commands for another router's shards get 421.
@@ -81,11 +84,18 @@ impl ControlState {
             shard_count,
             signer,
             delivery,
+            rest_ids: ids.clone(),
             ids,
             rest: None,
             owners: Arc::new(Alone),
             rest_apart: false,
         }
+    }
+
+    /// Keeps proxied REST requests' ids in `ids`, apart from the commands'.
+    pub(crate) fn with_rest_ids(mut self, ids: Arc<dyn SpentIds>) -> ControlState {
+        self.rest_ids = ids;
+        self
     }
 
     /// Only the shards `owners` says this router runs take commands and count for
@@ -215,7 +225,7 @@ async fn command(
         Err(refusal) => return refusal,
     };
     let (response, accepted) = execute(&state, &body).await;
-    settle(&state, &id, expires, accepted).await;
+    settle(&state.ids, &id, expires, accepted).await;
     response
 }
 
@@ -237,7 +247,7 @@ async fn authenticate(
     ) {
         return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()));
     }
-    claim(state, headers)
+    claim(&state.ids, headers)
         .await
         .map_err(|(status, error)| refuse(status, error))
 }
@@ -246,7 +256,7 @@ async fn authenticate(
 /// expires, or the refusal to answer (too long, already used, or no room to remember it).
 #[allow(clippy::result_large_err)]
 async fn claim(
-    state: &ControlState,
+    ids: &Arc<dyn SpentIds>,
     headers: &HeaderMap,
 ) -> Result<(String, u64), (StatusCode, String)> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -261,7 +271,7 @@ async fn claim(
     // A signature is good for TOLERANCE_SECS either side of its timestamp: after that the
     // id need not be remembered.
     let expires = timestamp.parse::<u64>().unwrap_or_default() + TOLERANCE_SECS;
-    match state.ids.claim(id, expires, unix_now()).await {
+    match ids.claim(id, expires, unix_now()).await {
         Claim::Claimed => Ok((id.to_owned(), expires)),
         Claim::Seen => Err((
             StatusCode::UNAUTHORIZED,
@@ -283,12 +293,12 @@ async fn claim(
 }
 
 /// Spends a claimed id if its request was acted on, else releases it for another try.
-async fn settle(state: &ControlState, id: &str, expires: u64, acted_on: bool) {
+async fn settle(ids: &Arc<dyn SpentIds>, id: &str, expires: u64, acted_on: bool) {
     if !acted_on {
-        state.ids.release(id).await;
+        ids.release(id).await;
         return;
     }
-    if let Err(e) = state.ids.clone().spend(id.to_owned(), expires).await {
+    if let Err(e) = ids.clone().spend(id.to_owned(), expires).await {
         // The request is on its way: say so, and that its id may be taken again after a
         // restart.
         tracing::error!(webhook_id = %id, "failed to record a spent request id; it could be replayed after a restart: {e}");
@@ -345,7 +355,7 @@ async fn rest(
     if let Err(e) = verifier.finish() {
         return refuse_as_discord(StatusCode::UNAUTHORIZED, e.to_string());
     }
-    let (id, expires) = match claim(&state, &headers).await {
+    let (id, expires) = match claim(&state.rest_ids, &headers).await {
         Ok(claimed) => claimed,
         Err((status, error)) => return refuse_as_discord(status, error),
     };
@@ -361,7 +371,7 @@ async fn rest(
         body,
     };
     let (response, reached) = proxy.forward(request).await;
-    settle(&state, &id, expires, reached).await;
+    settle(&state.rest_ids, &id, expires, reached).await;
     response
 }
 

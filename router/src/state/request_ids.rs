@@ -50,9 +50,26 @@ pub trait SpentIds: Send + Sync {
 }
 
 /// Ids in memory, bounded and expiring, spent ones also in the state directory.
+///
+/// Spends that come together are synced together (group commit): each adds its line to
+/// `pending` and waits for the file; whoever holds the file writes every pending line and
+/// syncs once, and those whose lines it synced return without a sync of their own. So N
+/// requests answered at once cost one `fdatasync`, not N in a row on their answers' path.
 pub struct LocalIds {
     cache: Mutex<Cache>,
+    pending: Mutex<Pending>,
     log: Mutex<SpentIdsLog>,
+    /// The sequence number of the last pending line synced.
+    synced: std::sync::atomic::AtomicU64,
+}
+
+/// Lines waiting for the file.
+#[derive(Default)]
+struct Pending {
+    lines: Vec<u8>,
+    count: usize,
+    /// The sequence number of the last line added.
+    last: u64,
 }
 
 #[derive(Default)]
@@ -100,14 +117,30 @@ impl Cache {
 }
 
 impl LocalIds {
-    /// Reads the ids spent in earlier runs from `state_dir`, keeping those still live at `now`.
+    /// Reads the gateway commands' ids spent in earlier runs from `state_dir`, keeping those
+    /// still live at `now`.
     pub fn open(state_dir: &Path, now: u64) -> io::Result<LocalIds> {
         LocalIds::with_capacity(state_dir, now, CAPACITY)
     }
 
+    /// Like `open`, for REST calls' ids: a set of their own, with a cap of their own, so a
+    /// burst of REST calls cannot leave no room for a gateway command's id.
+    pub fn open_rest(state_dir: &Path, now: u64) -> io::Result<LocalIds> {
+        LocalIds::from_file(
+            state_dir,
+            crate::state::spent_ids::REST_FILE_NAME,
+            now,
+            CAPACITY,
+        )
+    }
+
     /// Like `open`, holding at most `capacity` ids.
     pub fn with_capacity(state_dir: &Path, now: u64, capacity: usize) -> io::Result<LocalIds> {
-        let (log, live) = SpentIdsLog::open(state_dir, now)?;
+        LocalIds::from_file(state_dir, crate::state::spent_ids::FILE_NAME, now, capacity)
+    }
+
+    fn from_file(state_dir: &Path, name: &str, now: u64, capacity: usize) -> io::Result<LocalIds> {
+        let (log, live) = SpentIdsLog::open_file(state_dir, name, now)?;
         let mut cache = Cache {
             capacity,
             ..Cache::default()
@@ -121,7 +154,9 @@ impl LocalIds {
         }
         Ok(LocalIds {
             cache: Mutex::new(cache),
+            pending: Mutex::default(),
             log: Mutex::new(log),
+            synced: Default::default(),
         })
     }
 
@@ -190,8 +225,34 @@ impl LocalIds {
             }
             cache.spent
         };
+        use std::sync::atomic::Ordering;
+        let mine = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            crate::state::spent_ids::push_line(&mut pending.lines, id, expires);
+            pending.count += 1;
+            pending.last += 1;
+            pending.last
+        };
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        log.append(id, expires)?;
+        if self.synced.load(Ordering::Acquire) >= mine {
+            // The holder before synced this one's line with its own.
+            return Ok(());
+        }
+        let (lines, count, upto) = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let lines = std::mem::take(&mut pending.lines);
+            (lines, std::mem::take(&mut pending.count), pending.last)
+        };
+        if let Err(e) = log.append_lines(&lines, count) {
+            // Back in front, for the next holder to write; this request is told.
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut back = lines;
+            back.extend_from_slice(&pending.lines);
+            pending.lines = back;
+            pending.count += count;
+            return Err(e);
+        }
+        self.synced.store(upto, Ordering::Release);
         // Expired ids only leave the file when it is rewritten: now and then, not per request;
         // only then are the live ones listed.
         if log.lines() > 2 * spent + 1024 {
@@ -288,6 +349,42 @@ mod tests {
             .lines()
             .count();
         assert!(lines < 1100, "{lines} lines");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn spends_that_come_together_are_synced_together() {
+        let dir = dir("group");
+        let ids = Arc::new(LocalIds::open(&dir, 0).unwrap());
+        for n in 0..16 {
+            assert_eq!(ids.claim(&format!("id{n}"), 1_000, 0), Claim::Claimed);
+        }
+        // A sync in progress holds the file while 16 requests are accepted.
+        let held = ids.log.lock().unwrap();
+        let spends: Vec<_> = (0..16)
+            .map(|n| {
+                let ids = ids.clone();
+                std::thread::spawn(move || LocalIds::spend(&ids, &format!("id{n}"), 1_000))
+            })
+            .collect();
+        while ids.pending.lock().unwrap().count < 16 {
+            std::thread::yield_now();
+        }
+        let before = held.syncs();
+        drop(held);
+        for spend in spends {
+            spend.join().unwrap().unwrap();
+        }
+        assert_eq!(
+            ids.log.lock().unwrap().syncs() - before,
+            1,
+            "one sync for 16"
+        );
+        drop(ids);
+        let reopened = LocalIds::open(&dir, 1).unwrap();
+        for n in 0..16 {
+            assert_eq!(reopened.claim(&format!("id{n}"), 1_000, 1), Claim::Seen);
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -1,9 +1,11 @@
 //! Spent command ids: the `webhook-id`s of gateway commands the control API accepted, with when
 //! each stops mattering, kept so a command cannot be replayed after a restart.
 //!
-//! Owns the file (`state.dir/spent-command-ids.jsonl`, one `{"id":...,"expires":...}` per
-//! line): appending one id, synced before the command is answered, and reading back the ids
-//! that have not expired, rewriting the file with only those. Which ids to keep and for how
+//! Owns the files (`state.dir/spent-command-ids.jsonl` for gateway commands,
+//! `spent-rest-ids.jsonl` for REST calls, one `{"id":...,"expires":...}` per line): appending
+//! ids, synced before their requests are answered (several at once when they come together:
+//! `request_ids` groups them), and reading back the ids that have not expired, rewriting the
+//! file with only those. Which ids to keep and for how
 //! long is the control API's business.
 
 use std::borrow::Cow;
@@ -15,8 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use super::files;
 
-/// The file's name in `state.dir`.
+/// The gateway commands' file in `state.dir`.
 pub const FILE_NAME: &str = "spent-command-ids.jsonl";
+/// The REST calls' file in `state.dir`.
+pub const REST_FILE_NAME: &str = "spent-rest-ids.jsonl";
 
 #[derive(Serialize, Deserialize)]
 struct Line<'a> {
@@ -34,14 +38,26 @@ pub struct SpentIdsLog {
     file: File,
     /// Lines in the file, to know when rewriting it is worth it.
     lines: usize,
+    /// Syncs made, for tests of grouping.
+    syncs: u64,
 }
 
 impl SpentIdsLog {
     /// Opens the log under `state_dir`, returning it with the ids that expire at `now` or
     /// later; the file is rewritten with only those. A line that does not parse is skipped
     /// with a warning: it can only make a replay possible, never lose an event.
+    #[cfg(test)]
     pub fn open(state_dir: &Path, now: u64) -> io::Result<(SpentIdsLog, Vec<(String, u64)>)> {
-        let path = state_dir.join(FILE_NAME);
+        SpentIdsLog::open_file(state_dir, FILE_NAME, now)
+    }
+
+    /// Like `open`, for the file `name` under `state_dir`.
+    pub fn open_file(
+        state_dir: &Path,
+        name: &str,
+        now: u64,
+    ) -> io::Result<(SpentIdsLog, Vec<(String, u64)>)> {
+        let path = state_dir.join(name);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
@@ -78,17 +94,31 @@ impl SpentIdsLog {
             path: path.to_owned(),
             file,
             lines: live.len(),
+            syncs: 0,
         })
     }
 
     /// Appends one spent id and syncs it.
+    #[cfg(test)]
     pub fn append(&mut self, id: &str, expires: u64) -> io::Result<()> {
         let mut line = Vec::with_capacity(id.len() + 32);
         push_line(&mut line, id, expires);
-        self.file.write_all(&line)?;
+        self.append_lines(&line, 1)
+    }
+
+    /// Appends `count` lines made by `push_line` in one write, and syncs them once.
+    pub fn append_lines(&mut self, lines: &[u8], count: usize) -> io::Result<()> {
+        self.file.write_all(lines)?;
         self.file.sync_data()?;
-        self.lines += 1;
+        self.syncs += 1;
+        self.lines += count;
         Ok(())
+    }
+
+    /// Syncs made so far.
+    #[cfg(test)]
+    pub fn syncs(&self) -> u64 {
+        self.syncs
     }
 
     /// Lines in the file, live or expired.
@@ -104,7 +134,8 @@ impl SpentIdsLog {
     }
 }
 
-fn push_line(out: &mut Vec<u8>, id: &str, expires: u64) {
+/// Adds the line for `id` to `out`.
+pub fn push_line(out: &mut Vec<u8>, id: &str, expires: u64) {
     serde_json::to_writer(
         &mut *out,
         &Line {

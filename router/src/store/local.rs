@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::checkpointer::Checkpointer;
-use super::{Alone, Finale, Later, NotEnoughIdentifies, Owners, Parts, Store};
+use super::{Alone, Finale, Later, NotEnoughIdentifies, Owners, Parts, SpentIdSets, Store};
 use crate::delivery::Keeping;
 use crate::gateway::bot_info::SessionStartLimit;
 use crate::gateway::identify::SharedTurns;
@@ -44,14 +44,18 @@ impl Store for LocalStore {
         Keeping::Local
     }
 
-    fn spent_ids(&self) -> Result<Arc<dyn SpentIds>, String> {
-        match LocalIds::open(&self.dir, crate::unix_now()) {
-            Ok(ids) => Ok(Arc::new(ids)),
-            Err(e) => Err(format!(
-                "failed to read spent command ids in {}: {e}",
+    fn spent_ids(&self) -> Result<SpentIdSets, String> {
+        let now = crate::unix_now();
+        let failed = |e: std::io::Error| {
+            format!(
+                "failed to read spent request ids in {}: {e}",
                 self.dir.display()
-            )),
-        }
+            )
+        };
+        let commands: Arc<dyn SpentIds> = Arc::new(LocalIds::open(&self.dir, now).map_err(failed)?);
+        let rest: Arc<dyn SpentIds> =
+            Arc::new(LocalIds::open_rest(&self.dir, now).map_err(failed)?);
+        Ok(SpentIdSets { commands, rest })
     }
 
     fn rest_limits(&self) -> Arc<dyn RestLimits> {
@@ -118,5 +122,33 @@ impl Store for LocalStore {
                 tracing::info!(wrote, "resume checkpoints written");
             }) as Finale
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::request_ids::{Claim, CAPACITY};
+
+    #[tokio::test]
+    async fn rest_calls_filling_their_ids_leave_room_for_commands() {
+        let dir = std::env::temp_dir().join(format!("shardhook-store-ids-{}", std::process::id()));
+        let store = LocalStore::new(dir.clone(), "1".to_owned(), Duration::from_secs(60));
+        let ids = store.spent_ids().unwrap();
+        let now = crate::unix_now();
+        for n in 0..CAPACITY {
+            let id = format!("rest{n}");
+            assert_eq!(ids.rest.claim(&id, now + 300, now).await, Claim::Claimed);
+        }
+        assert_eq!(
+            ids.rest.claim("one more", now + 300, now).await,
+            Claim::Full
+        );
+        assert_eq!(
+            ids.commands.claim("a command", now + 300, now).await,
+            Claim::Claimed,
+            "the commands' set is their own"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -104,13 +104,21 @@ pub struct NotEnoughIdentifies {
     pub reset_secs: u64,
 }
 
+/// Where spent request ids are kept.
+pub struct SpentIdSets {
+    /// Gateway commands'.
+    pub commands: Arc<dyn SpentIds>,
+    /// REST calls'.
+    pub rest: Arc<dyn SpentIds>,
+}
+
 /// Everything a router keeps beyond one request.
 pub trait Store: Send + Sync {
     /// Where delivery keeps each shard's spool and a copy of each dead letter.
     fn keeping(&self) -> Keeping;
-    /// The request ids spent by accepted commands and REST calls; `Err` says why they could
-    /// not be read.
-    fn spent_ids(&self) -> Result<Arc<dyn SpentIds>, String>;
+    /// The request ids spent by accepted gateway commands, and those spent by REST calls
+    /// (sets apart where they are bounded); `Err` says why they could not be read.
+    fn spent_ids(&self) -> Result<SpentIdSets, String>;
     /// The bot's REST limits.
     fn rest_limits(&self) -> Arc<dyn RestLimits>;
     /// Who runs which shard.
