@@ -112,7 +112,7 @@ pub fn render(
     );
 
     let delivered = Family::<ShardEndpoint, Counter>::default();
-    let rows = stats.delivered_by.read().unwrap_or_else(|p| p.into_inner());
+    let rows = stats.delivered_by.load();
     for (shard, row) in rows.iter() {
         for (index, n) in row.iter().enumerate() {
             let n = n.load(std::sync::atomic::Ordering::Relaxed);
@@ -200,7 +200,7 @@ pub fn render(
     registry.register(
         "delivery_latency_seconds",
         "From the gateway read of a batch's first event to its 2xx",
-        stats.latency.clone(),
+        stats.latency.frozen(),
     );
     registry.register(
         "events_filtered",
@@ -220,7 +220,7 @@ pub fn render(
     registry.register(
         "interaction_defer_latency_seconds",
         "From the gateway read of an interaction to Discord's answer to its deferral",
-        stats.defer_latency.clone(),
+        stats.defer_latency.frozen(),
     );
 
     registry.register(

@@ -15,6 +15,7 @@ pub(crate) mod batch;
 mod carbon;
 mod circuit;
 mod endpoint;
+mod histogram;
 pub(crate) mod http;
 mod interactions;
 mod outbox;

@@ -9,10 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use super::histogram::AtomicHistogram;
 
 /// Counters of what delivery did. Cheap to update from every task.
 #[derive(Debug)]
@@ -41,23 +43,23 @@ pub struct DeliveryStats {
     /// endpoint could take.
     pub dead_letters_unattributed: AtomicU64,
     /// In a cluster: dead letters in Redis' stream as last written.
-    pub cluster_dead_letters: std::sync::Arc<AtomicU64>,
+    pub cluster_dead_letters: Arc<AtomicU64>,
     /// In a cluster: the stream's bound (`cluster.dead_letters_max`); 0 without a cluster.
     pub cluster_dead_letters_max: AtomicU64,
     /// Sends that waited for an endpoint's `rate_limit`, per endpoint, in config order.
     pub rate_limit_waits: Vec<AtomicU64>,
     /// Events delivered per shard, a counter per endpoint index: a row is made the first time a
-    /// shard delivers, then only read-locked.
-    pub(crate) delivered_by: RwLock<BTreeMap<u32, Box<[AtomicU64]>>>,
+    /// shard delivers (the map copied), then read without a lock.
+    pub(crate) delivered_by: ArcSwap<BTreeMap<u32, Arc<[AtomicU64]>>>,
     /// Delivery latency: from the gateway read of a batch's first event to its 2xx.
-    pub(crate) latency: Histogram,
+    pub(crate) latency: AtomicHistogram,
     /// Interactions deferred by the router.
     pub interactions_deferred: AtomicU64,
     /// Interactions that found every lane taken (`interactions.max_lanes`) and went with
     /// their shard's other events.
     pub interactions_unlaned: AtomicU64,
     /// From the gateway read of an interaction to its deferral's answer.
-    pub(crate) defer_latency: Histogram,
+    pub(crate) defer_latency: AtomicHistogram,
     /// Whether exact samples are kept (`keep_samples`).
     sampling: AtomicBool,
     latencies: Mutex<Vec<Duration>>,
@@ -112,14 +114,14 @@ impl DeliveryStats {
             retries_by_endpoint: counters(endpoints),
             dead_letters_by_endpoint: counters(endpoints),
             dead_letters_unattributed: AtomicU64::new(0),
-            cluster_dead_letters: std::sync::Arc::default(),
+            cluster_dead_letters: Arc::default(),
             cluster_dead_letters_max: AtomicU64::new(0),
             rate_limit_waits: counters(endpoints),
-            delivered_by: RwLock::default(),
-            latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            delivered_by: ArcSwap::default(),
+            latency: AtomicHistogram::exponential(0.0005, 2.0, 16),
             interactions_deferred: AtomicU64::new(0),
             interactions_unlaned: AtomicU64::new(0),
-            defer_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            defer_latency: AtomicHistogram::exponential(0.0005, 2.0, 16),
             sampling: AtomicBool::new(false),
             latencies: Mutex::default(),
             defer_latencies: Mutex::default(),
@@ -139,21 +141,19 @@ impl DeliveryStats {
         self.events_delivered
             .fetch_add(events, AtomicOrdering::Relaxed);
         self.per_endpoint[index].fetch_add(events, AtomicOrdering::Relaxed);
-        let counted = self
-            .delivered_by
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&shard)
-            .map(|row| row[index].fetch_add(events, AtomicOrdering::Relaxed))
-            .is_some();
-        if !counted {
-            let mut rows = self.delivered_by.write().unwrap_or_else(|p| p.into_inner());
-            let row = rows
-                .entry(shard)
-                .or_insert_with(|| counters(self.per_endpoint.len()).into_boxed_slice());
+        // The shard's row, read without a lock; made (the map copied) once per shard.
+        if let Some(row) = self.delivered_by.load().get(&shard) {
             row[index].fetch_add(events, AtomicOrdering::Relaxed);
+        } else {
+            self.delivered_by.rcu(|rows| {
+                let mut rows = BTreeMap::clone(rows);
+                rows.entry(shard)
+                    .or_insert_with(|| counters(self.per_endpoint.len()).into());
+                rows
+            });
+            self.delivered_by.load()[&shard][index].fetch_add(events, AtomicOrdering::Relaxed);
         }
-        self.latency.observe(latency.as_secs_f64());
+        self.latency.observe(latency);
         sample(&self.sampling, &self.latencies, latency);
     }
 
@@ -161,7 +161,7 @@ impl DeliveryStats {
     pub(super) fn deferred(&self, latency: Duration) {
         self.interactions_deferred
             .fetch_add(1, AtomicOrdering::Relaxed);
-        self.defer_latency.observe(latency.as_secs_f64());
+        self.defer_latency.observe(latency);
         sample(&self.sampling, &self.defer_latencies, latency);
     }
 

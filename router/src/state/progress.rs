@@ -4,9 +4,16 @@
 //! Owns the bookkeeping only: delivery reports batches as they start and finish; checkpoints
 //! read the result. Batches may finish out of order (`ordering = "none"`), so the durable seq
 //! is the one just before the oldest batch still under way.
+//!
+//! Each shard has a cell of its own (its own mutex, taken by its batches alone); the map from
+//! shard to cell is read without a lock (`arc-swap`) and copied only when a shard's cell is
+//! made, once per shard. So batches of different shards never wait on each other here, and
+//! the checkpointer's reads wait on no batch but the shard's own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 #[derive(Debug, Default)]
 struct ShardProgress {
@@ -19,21 +26,42 @@ struct ShardProgress {
     finished: u64,
 }
 
+/// One shard's cell.
+type Cell = Arc<Mutex<ShardProgress>>;
+
 /// Durable progress of every shard in this process.
 #[derive(Debug, Default)]
 pub struct Progress {
-    shards: Mutex<HashMap<u32, ShardProgress>>,
+    shards: ArcSwap<HashMap<u32, Cell>>,
+}
+
+fn lock(cell: &Cell) -> std::sync::MutexGuard<'_, ShardProgress> {
+    cell.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Progress {
+    /// The shard's cell, made the first time it is asked for.
+    fn cell(&self, shard: u32) -> Cell {
+        if let Some(cell) = self.shards.load().get(&shard) {
+            return cell.clone();
+        }
+        let mut made = None;
+        self.shards.rcu(|shards| {
+            let mut shards = HashMap::clone(shards);
+            made = Some(shards.entry(shard).or_default().clone());
+            shards
+        });
+        made.expect("rcu runs its closure")
+    }
+
     fn with<T>(
         &self,
         shard: u32,
         session: &Arc<str>,
         f: impl FnOnce(&mut ShardProgress) -> T,
     ) -> T {
-        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
-        let p = shards.entry(shard).or_default();
+        let cell = self.cell(shard);
+        let mut p = lock(&cell);
         if p.session.as_deref() != Some(&**session) {
             // A new session: nothing of the old one can be resumed any more.
             *p = ShardProgress {
@@ -41,7 +69,7 @@ impl Progress {
                 ..ShardProgress::default()
             };
         }
-        f(p)
+        f(&mut p)
     }
 
     /// A batch of `first..=last` is on its way.
@@ -54,13 +82,14 @@ impl Progress {
     /// The batch starting at `first` is delivered, dead-lettered or spooled. A batch of a
     /// session that is no longer the shard's (drained from a spool late) changes nothing.
     pub fn finished(&self, shard: u32, session: &Arc<str>, first: u64) {
-        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(p) = shards
-            .get_mut(&shard)
-            .filter(|p| p.session.as_deref() == Some(&**session))
-        else {
+        let shards = self.shards.load();
+        let Some(cell) = shards.get(&shard) else {
             return;
         };
+        let mut p = lock(cell);
+        if p.session.as_deref() != Some(&**session) {
+            return;
+        }
         if let Some(last) = p.under_way.remove(&first) {
             p.finished = p.finished.max(last);
         }
@@ -78,8 +107,8 @@ impl Progress {
 
     /// `(session, durable seq)` of a shard, once it has any.
     pub fn durable(&self, shard: u32) -> Option<(Arc<str>, u64)> {
-        let shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
-        let p = shards.get(&shard)?;
+        let shards = self.shards.load();
+        let p = lock(shards.get(&shard)?);
         Some((p.session.clone()?, p.durable))
     }
 }
@@ -123,5 +152,30 @@ mod tests {
         progress.finished(0, &a, 1);
         progress.finished(0, &b, 1);
         assert_eq!(progress.durable(0), Some((b.clone(), 2)));
+    }
+
+    #[test]
+    fn one_shards_batches_never_wait_for_anothers() {
+        let progress = Arc::new(Progress::default());
+        let s: Arc<str> = Arc::from("s");
+        progress.started(0, &s, 1, 1);
+        // Shard 0's cell is held (a batch of it being recorded)...
+        let cell = progress.cell(0);
+        let held = lock(&cell);
+        let (done, finished) = std::sync::mpsc::channel();
+        let other = progress.clone();
+        std::thread::spawn(move || {
+            let s: Arc<str> = Arc::from("s");
+            other.started(1, &s, 1, 5);
+            other.finished(1, &s, 1);
+            done.send(other.durable(1)).unwrap();
+        });
+        // ...and shard 1's batches, new cell and all, go on (with one lock for the process,
+        // this would wait until the end of the test: a deadlock, caught here as a timeout).
+        let durable = finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("shard 1 waited for shard 0's lock");
+        assert_eq!(durable.map(|d| d.1), Some(5));
+        drop(held);
     }
 }
