@@ -36,10 +36,17 @@ struct Node {
     state: TempDir,
     log: std::path::PathBuf,
     child: Option<Child>,
+    /// More environment for this router's process, as `KEY`, TOML value.
+    env: Vec<(&'static str, &'static str)>,
 }
 
 impl Node {
     fn start(setup: &Setup, id: &'static str) -> Node {
+        Node::start_with(setup, id, &[])
+    }
+
+    /// Like `start`, with more environment (config overrides) for the router's process.
+    fn start_with(setup: &Setup, id: &'static str, env: &[(&'static str, &'static str)]) -> Node {
         let state = TempDir::new(&format!("cluster-{id}"));
         let log = state.join("router.log");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -53,6 +60,7 @@ impl Node {
             state,
             log,
             child: None,
+            env: env.to_vec(),
         };
         node.restart(setup);
         node
@@ -62,11 +70,12 @@ impl Node {
     fn restart(&mut self, setup: &Setup) {
         let dir = self.state.join("state");
         let listen = format!("\"{}\"", self.control);
-        let env = [
+        let mut env = vec![
             ("SHARDHOOK__CLUSTER__NODE_ID", self.id),
             ("SHARDHOOK__STATE__DIR", dir.to_str().unwrap()),
             ("SHARDHOOK__CONTROL__LISTEN", listen.as_str()),
         ];
+        env.extend(self.env.iter().copied());
         // Each run's log is kept after the last one's.
         let log = self.state.join(format!(
             "router-{}.log",
@@ -1259,7 +1268,14 @@ async fn a_router_whose_lease_moved_on_adds_nothing_to_the_shards_spool() {
     for receiver in &setup.receivers {
         receiver.set_down(true);
     }
-    let mut nodes = [Node::start(&setup, "a")];
+    // Leases renewed every 2 s (checkpoints every 2 s, a third of a 6 s lease), not every
+    // 100 ms: the batches spooled between the lease's move and the renewal that finds it are
+    // what this test is about, and 100 ms left too few of them under load.
+    let slow = [
+        ("SHARDHOOK__STATE__CHECKPOINT_INTERVAL", "\"2s\""),
+        ("SHARDHOOK__CLUSTER__LEASE_TTL", "\"6s\""),
+    ];
+    let mut nodes = [Node::start_with(&setup, "a", &slow)];
     settled(&setup, &redis, shards, &["a"]).await;
     let mut conn = redis.connection().await;
     let spool = key("spool:0");

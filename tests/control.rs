@@ -556,9 +556,54 @@ async fn past_the_connection_cap_a_request_waits_and_a_probe_is_answered_in_a_re
     p.stop().await;
 }
 
+/// One peer takes at most `max_connections_per_peer` slots: its next request waits while
+/// another peer's is served, and is served once one of its own closes.
+#[tokio::test]
+async fn one_peer_takes_no_more_than_its_share_of_the_slots() {
+    let p = start_with_limits(|c| {
+        c.max_connections = 8;
+        c.max_connections_per_peer = 2;
+    })
+    .await;
+    let shards = b"GET /v1/shards HTTP/1.1\r\nhost: router\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect_from(&p, [127, 0, 0, 2]).await;
+        stream.write_all(HEALTHZ).await.unwrap();
+        assert!(healthz_answer(&mut stream)
+            .await
+            .starts_with("HTTP/1.1 200"));
+        held.push(stream);
+    }
+    let mut third = connect_from(&p, [127, 0, 0, 2]).await;
+    third.write_all(shards).await.unwrap();
+    // Another peer is served meanwhile...
+    let mut other = connect_from(&p, [127, 0, 0, 3]).await;
+    other.write_all(HEALTHZ).await.unwrap();
+    assert!(healthz_answer(&mut other).await.starts_with("HTTP/1.1 200"));
+    // ...while the third of the first peer's waits for its share.
+    let mut nothing = [0u8; 64];
+    let waiting = third.try_read(&mut nothing);
+    assert!(
+        matches!(waiting, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "{waiting:?}"
+    );
+    drop(held.pop());
+    let mut answer = [0u8; 64];
+    let n = support::within("the third connection's answer", third.read(&mut answer))
+        .await
+        .unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    p.stop().await;
+}
+
 /// One peer opening connections that send nothing (the flood of issue 33: 900 of them, each
-/// reopened when dropped) holds at most `max_connections_per_peer`, each for no longer than
-/// `first_byte_timeout`; health stays answered for everyone else, at once.
+/// reopened when dropped) holds no slot (none is taken before a first byte), each connection
+/// for no longer than `first_byte_timeout`; health stays answered for everyone else, at once.
 #[tokio::test]
 async fn a_flood_of_silent_connections_from_one_peer_leaves_health_answered() {
     let p = start_with_limits(|c| {

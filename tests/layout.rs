@@ -286,3 +286,50 @@ fn the_checks_above_see_imports_and_cycles() {
     assert_eq!(found["a"], BTreeSet::from(["b".to_owned()]));
     assert_eq!(cycles(&found), ["a and b import each other"]);
 }
+
+/// The library an embedding program builds carries neither the Discord double nor the fuzz
+/// targets' entry points: the simulator is a dependency of the binary's feature (`cli`), the
+/// fuzzing module behind a feature of its own, off by default. (`scripts/test` also builds
+/// the library with no features, so a use of either outside them fails the run.)
+#[test]
+fn the_library_alone_carries_no_simulator_and_no_fuzzing_entry_points() {
+    let manifest: toml::Table = std::fs::read_to_string(repo().join("router/Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let simulator = &manifest["dependencies"]["shardhook-simulator"];
+    assert_eq!(
+        simulator.get("optional").and_then(|o| o.as_bool()),
+        Some(true)
+    );
+    let features = manifest["features"].as_table().unwrap();
+    let enabling: Vec<&str> = features
+        .iter()
+        .filter(|(_, list)| {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f.as_str() == Some("dep:shardhook-simulator"))
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert_eq!(enabling, ["cli"]);
+    let default: Vec<&str> = features["default"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert!(!default.contains(&"fuzzing"), "{default:?}");
+    let lib = std::fs::read_to_string(repo().join("router/src/lib.rs")).unwrap();
+    let module = lib.find("pub mod fuzzing;").expect("the fuzzing module");
+    let attributes = lib[..module].lines().rev().take(2).collect::<Vec<_>>();
+    assert!(
+        attributes.contains(&"#[cfg(feature = \"fuzzing\")]"),
+        "the fuzzing module is behind its feature: {attributes:?}"
+    );
+    let bins = manifest["bin"].as_array().unwrap();
+    assert!(bins.iter().all(|b| b["required-features"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f.as_str() == Some("cli")))));
+}

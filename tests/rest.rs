@@ -321,7 +321,6 @@ async fn two_hundred_callers_2000_requests_over_20_routes_no_429_and_every_limit
             c.rest.max_wait = Duration::from_secs(60);
             // Each caller holds a connection, as each isolate would.
             c.control.max_connections = 256;
-            c.control.max_connections_per_peer = 256;
         },
     )
     .await;

@@ -36,7 +36,8 @@
 //!   `secret` (the token and signing keys, and how a URL is shown) and `tls` (the HTTPS
 //!   clients' settings) are leaves every folder may use.
 //!
-//! `fuzzing` (hidden) gives the fuzz targets under `fuzz/` their entry points into the parsers.
+//! `fuzzing` (hidden, feature `fuzzing`) gives the fuzz targets under `fuzz/` their entry
+//! points into the parsers; the binary (feature `cli`, on by default) brings the simulator.
 //!
 //! The Discord double, the verifying receiver and `shardhook demo`'s script live outside the
 //! library: the simulator is its own crate (`shardhook-simulator`), so it cannot share a bug
@@ -58,6 +59,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 mod delivery;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod gateway;

@@ -106,19 +106,20 @@ pub struct ControlConfig {
     /// (a body sent a byte at a time, an answer nobody reads).
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Connections served at once. Past them, `reserved_connections` more are served health,
-    /// readiness and metrics only; past those, a connection is closed at once.
+    /// Connections served at once; more wait for a slot (a probe is served in one of
+    /// `reserved_connections` instead). Four times as many may be held, served or waiting.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Connections one peer address may hold at once; more from it are closed at once.
+    /// Slots one peer address may be served in at once; more of its connections wait. Four
+    /// times as many may be held, served or waiting.
     #[serde(default = "default_max_connections_per_peer")]
     pub max_connections_per_peer: usize,
     /// Connections past `max_connections` kept for `/healthz`, `/readyz` and `/metrics`, so
     /// probes and scrapes are answered while the rest are taken.
     #[serde(default = "default_reserved_connections")]
     pub reserved_connections: usize,
-    /// How long a new connection has to send its first byte before it is closed (a
-    /// connection that sends nothing holds a slot for no more than this).
+    /// How long a new connection has to send its first byte before it is closed (it holds
+    /// no slot until it has).
     #[serde(default = "default_first_byte_timeout", with = "humantime_serde")]
     pub first_byte_timeout: Duration,
 }

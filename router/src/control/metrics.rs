@@ -200,7 +200,7 @@ pub fn render(
     registry.register(
         "delivery_latency_seconds",
         "From the gateway read of a batch's first event to its 2xx",
-        stats.latency.frozen(),
+        stats.latency.clone(),
     );
     registry.register(
         "events_filtered",
@@ -220,7 +220,7 @@ pub fn render(
     registry.register(
         "interaction_defer_latency_seconds",
         "From the gateway read of an interaction to Discord's answer to its deferral",
-        stats.defer_latency.frozen(),
+        stats.defer_latency.clone(),
     );
 
     registry.register(

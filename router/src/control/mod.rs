@@ -11,5 +11,6 @@ mod server;
 
 pub use crate::state::request_ids::{Claim, LocalIds, SpentIds};
 pub use api::{app, rest_app, ControlState, MAX_BODY_BYTES};
+#[cfg(feature = "fuzzing")]
 pub(crate) use api::{parse_command, MAX_COMMAND_BYTES};
 pub use server::{serve, serve_app};

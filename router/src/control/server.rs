@@ -1,14 +1,17 @@
 //! Serving the control API: accepting connections and speaking HTTP/1.1 on them, within bounds
 //! a stalling client cannot stretch.
 //!
-//! Owns the accept loop and each connection's life: every connection is accepted at once (a
-//! backlog full of silent connections would leave a health probe waiting behind them), closed
-//! at once if its peer address holds `control.max_connections_per_peer` already, and given
-//! `first_byte_timeout` to send its first bytes. A probe (`GET /healthz`, `/readyz` or
-//! `/metrics` in those bytes) is served in one of `reserved_connections` slots without
-//! waiting; anything else waits, up to `idle_timeout`, for one of `max_connections`. Then a
-//! `header_read_timeout` for each request's headers (hyper's), an `idle_timeout` after which a
-//! connection that completed no request is dropped, and graceful shutdown. The routes are
+//! Owns the accept loop and each connection's life. Every connection is accepted at once (a
+//! backlog full of silent connections would leave a health probe waiting behind them), up to
+//! four times `control.max_connections` held at once, and four times
+//! `max_connections_per_peer` from one address; past that it is closed at once. It has
+//! `first_byte_timeout` to send its first bytes, and holds no slot until it has. Then it is
+//! served in one of `max_connections` slots, at most `max_connections_per_peer` of them for
+//! its peer address; a probe (`GET /healthz`, `/readyz` or `/metrics`) that finds none is
+//! served at once in one of `reserved_connections`, anything else waits, up to
+//! `idle_timeout`. Then a `header_read_timeout` for each request's headers (hyper's), an
+//! `idle_timeout` after which a connection that completed no request is dropped, and graceful
+//! shutdown. The routes are
 //! `api`'s (the control API's, or the REST proxy's alone on `rest.listen`); a command's body
 //! limit is set on its route, before any handler runs, a REST body's kept by the proxy as it
 //! reads it.
@@ -58,39 +61,57 @@ pub async fn serve_app(
     serve_apps(listener, app, None, limits, shutdown).await
 }
 
-/// Connections held by each peer address.
-type Peers = Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>;
-
-/// A peer's place: its count goes down when the connection ends.
-struct PeerSlot {
-    peers: Peers,
-    ip: IpAddr,
+/// Each peer address's share of the slots (`max_connections_per_peer`), and how many
+/// connections it holds, served or waiting; made when the address first connects and dropped
+/// when no connection of it is left.
+#[derive(Clone)]
+struct Peers {
+    shares: Arc<std::sync::Mutex<HashMap<IpAddr, (Arc<Semaphore>, usize)>>>,
+    per_peer: usize,
 }
 
-impl Drop for PeerSlot {
+/// A connection's claim on its peer's share: a permit once served; while it lives it counts
+/// among its peer's connections.
+struct PeerShare {
+    peers: Peers,
+    ip: IpAddr,
+    share: Arc<Semaphore>,
+}
+
+/// Connections held at once, served or waiting, per slot: past `HELD_PER_SLOT` times
+/// `max_connections_per_peer` of one address, or times `max_connections` in all, a new one is
+/// closed at once (a flood costs file descriptors, not slots, but not without bound).
+const HELD_PER_SLOT: usize = 4;
+
+impl Peers {
+    /// A claim for a new connection of `ip`, unless it holds as many as it may already.
+    fn share(&self, ip: IpAddr) -> Option<PeerShare> {
+        let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+        let (share, held) = shares
+            .entry(ip)
+            .or_insert_with(|| (Arc::new(Semaphore::new(self.per_peer)), 0));
+        if *held >= self.per_peer.saturating_mul(HELD_PER_SLOT) {
+            return None;
+        }
+        *held += 1;
+        Some(PeerShare {
+            peers: self.clone(),
+            ip,
+            share: share.clone(),
+        })
+    }
+}
+
+impl Drop for PeerShare {
     fn drop(&mut self) {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = peers.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                peers.remove(&self.ip);
+        let mut shares = self.peers.shares.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, held)) = shares.get_mut(&self.ip) {
+            *held -= 1;
+            if *held == 0 {
+                shares.remove(&self.ip);
             }
         }
     }
-}
-
-/// Takes a place for `ip` unless it holds `cap` already.
-fn take_peer_slot(peers: &Peers, ip: IpAddr, cap: usize) -> Option<PeerSlot> {
-    let mut held = peers.lock().unwrap_or_else(|p| p.into_inner());
-    let n = held.entry(ip).or_insert(0);
-    if *n >= cap {
-        return None;
-    }
-    *n += 1;
-    Some(PeerSlot {
-        peers: peers.clone(),
-        ip,
-    })
 }
 
 async fn serve_apps(
@@ -108,7 +129,11 @@ async fn serve_apps(
         Some(_) => limits.reserved_connections,
         None => 0,
     }));
-    let peers: Peers = Arc::default();
+    let peers = Peers {
+        shares: Arc::default(),
+        per_peer: limits.max_connections_per_peer,
+    };
+    let most = limits.max_connections.saturating_mul(HELD_PER_SLOT) + limits.reserved_connections;
     // Said once a second at most: a flood would otherwise flood the log too.
     let mut last_said: Option<Instant> = None;
     let (stop, stopped) = watch::channel(false);
@@ -127,14 +152,17 @@ async fn serve_apps(
             },
         };
         while connections.try_join_next().is_some() {}
-        let Some(peer_slot) = take_peer_slot(&peers, peer.ip(), limits.max_connections_per_peer)
-        else {
+        let share = match connections.len() < most {
+            true => peers.share(peer.ip()),
+            false => None,
+        };
+        let Some(share) = share else {
             if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 last_said = Some(Instant::now());
                 tracing::warn!(
                     peer = %peer.ip(),
-                    limit = limits.max_connections_per_peer,
-                    "the control API closed a connection at once: its address holds control.max_connections_per_peer already"
+                    held = connections.len(),
+                    "the control API closed a connection at once: its address holds {HELD_PER_SLOT} times control.max_connections_per_peer, or all hold {HELD_PER_SLOT} times control.max_connections, served or waiting"
                 );
             }
             drop(stream);
@@ -146,10 +174,10 @@ async fn serve_apps(
             probes: probes.clone(),
             slots: slots.clone(),
             reserved: reserved.clone(),
+            peer: share,
             first_byte_timeout: limits.first_byte_timeout,
             idle_timeout: limits.idle_timeout,
             stopped: stopped.clone(),
-            _peer: peer_slot,
         };
         connections.spawn(connection.run(stream));
     }
@@ -167,11 +195,11 @@ struct Connection {
     /// The `max_connections` slots, and the reserved ones.
     slots: Arc<Semaphore>,
     reserved: Arc<Semaphore>,
+    /// Its peer's share of the slots.
+    peer: PeerShare,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
     stopped: watch::Receiver<bool>,
-    /// Held while the connection lives: its place under `max_connections_per_peer`.
-    _peer: PeerSlot,
 }
 
 /// Whether a connection's first bytes are a probe's request: health, readiness or metrics.
@@ -207,21 +235,34 @@ impl Connection {
             },
             _ = self.stopped.wait_for(|s| *s) => return,
         };
-        // A probe gets a free slot as anything else does; a reserved one when none is free.
-        let free = self.slots.clone().try_acquire_owned().ok();
-        let (_slot, app) = match free {
-            Some(slot) => (slot, self.app.clone()),
+        // A probe is served at once: in a free slot its peer's share allows, else in a
+        // reserved one. Anything else waits, up to `idle_timeout`, for its peer's share and
+        // then a slot.
+        let now = self
+            .peer
+            .share
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .and_then(|mine| Some(vec![mine, self.slots.clone().try_acquire_owned().ok()?]));
+        // Held while the connection lives.
+        let (_permits, app) = match now {
+            Some(permits) => (permits, self.app.clone()),
             None => match self.reserved_for(&first[..seen]) {
-                Some(reserved) => reserved,
+                Some((slot, probes)) => (vec![slot], probes),
                 None => {
-                    let waited =
-                        tokio::time::timeout(self.idle_timeout, self.slots.clone().acquire_owned());
+                    let waited = tokio::time::timeout(self.idle_timeout, async {
+                        let mine = self.peer.share.clone().acquire_owned().await.ok()?;
+                        let slot = self.slots.clone().acquire_owned().await.ok()?;
+                        Some(vec![mine, slot])
+                    });
+                    let mut stopped = self.stopped.clone();
                     tokio::select! {
                         waited = waited => match waited {
-                            Ok(Ok(slot)) => (slot, self.app.clone()),
+                            Ok(Some(permits)) => (permits, self.app.clone()),
                             _ => return,
                         },
-                        _ = self.stopped.wait_for(|s| *s) => return,
+                        _ = stopped.wait_for(|s| *s) => return,
                     }
                 }
             },

@@ -15,7 +15,6 @@ pub(crate) mod batch;
 mod carbon;
 mod circuit;
 mod endpoint;
-mod histogram;
 pub(crate) mod http;
 mod interactions;
 mod outbox;

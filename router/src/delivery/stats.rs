@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use std::time::Duration;
 
-use super::histogram::AtomicHistogram;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 /// Counters of what delivery did. Cheap to update from every task.
 #[derive(Debug)]
@@ -52,14 +52,14 @@ pub struct DeliveryStats {
     /// shard delivers (the map copied), then read without a lock.
     pub(crate) delivered_by: ArcSwap<BTreeMap<u32, Arc<[AtomicU64]>>>,
     /// Delivery latency: from the gateway read of a batch's first event to its 2xx.
-    pub(crate) latency: AtomicHistogram,
+    pub(crate) latency: Histogram,
     /// Interactions deferred by the router.
     pub interactions_deferred: AtomicU64,
     /// Interactions that found every lane taken (`interactions.max_lanes`) and went with
     /// their shard's other events.
     pub interactions_unlaned: AtomicU64,
     /// From the gateway read of an interaction to its deferral's answer.
-    pub(crate) defer_latency: AtomicHistogram,
+    pub(crate) defer_latency: Histogram,
     /// Whether exact samples are kept (`keep_samples`).
     sampling: AtomicBool,
     latencies: Mutex<Vec<Duration>>,
@@ -118,10 +118,10 @@ impl DeliveryStats {
             cluster_dead_letters_max: AtomicU64::new(0),
             rate_limit_waits: counters(endpoints),
             delivered_by: ArcSwap::default(),
-            latency: AtomicHistogram::exponential(0.0005, 2.0, 16),
+            latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             interactions_deferred: AtomicU64::new(0),
             interactions_unlaned: AtomicU64::new(0),
-            defer_latency: AtomicHistogram::exponential(0.0005, 2.0, 16),
+            defer_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             sampling: AtomicBool::new(false),
             latencies: Mutex::default(),
             defer_latencies: Mutex::default(),
@@ -153,7 +153,7 @@ impl DeliveryStats {
             });
             self.delivered_by.load()[&shard][index].fetch_add(events, AtomicOrdering::Relaxed);
         }
-        self.latency.observe(latency);
+        self.latency.observe(latency.as_secs_f64());
         sample(&self.sampling, &self.latencies, latency);
     }
 
@@ -161,7 +161,7 @@ impl DeliveryStats {
     pub(super) fn deferred(&self, latency: Duration) {
         self.interactions_deferred
             .fetch_add(1, AtomicOrdering::Relaxed);
-        self.defer_latency.observe(latency);
+        self.defer_latency.observe(latency.as_secs_f64());
         sample(&self.sampling, &self.defer_latencies, latency);
     }
 
