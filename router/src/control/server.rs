@@ -66,9 +66,12 @@ pub async fn serve_app(
 /// when no connection of it is left.
 #[derive(Clone)]
 struct Peers {
-    shares: Arc<std::sync::Mutex<HashMap<IpAddr, (Arc<Semaphore>, usize)>>>,
+    shares: Arc<std::sync::Mutex<HashMap<IpAddr, Share>>>,
     per_peer: usize,
 }
+
+/// A peer's share of the slots, and its connections held.
+type Share = (Arc<Semaphore>, usize);
 
 /// A connection's claim on its peer's share: a permit once served; while it lives it counts
 /// among its peer's connections.
