@@ -680,7 +680,7 @@ async fn a_body_over_the_limit_is_refused_before_its_signature_is_checked() {
     // Signed, just over the limit.
     let big = format!(
         r#"{{"shard_id":0,"op":3,"d":{{"status":"online","pad":"{}"}}}}"#,
-        "x".repeat(shardhook::control::MAX_BODY_BYTES)
+        "x".repeat(shardhook::MAX_BODY_BYTES)
     );
     assert_eq!(post(&p, &big).await.status(), 413);
     p.stop().await;

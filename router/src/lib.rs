@@ -57,13 +57,13 @@
 pub mod app;
 pub mod cluster;
 pub mod config;
-pub mod control;
+mod control;
 mod delivery;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod gateway;
-pub mod rest;
+mod rest;
 mod router;
 mod secret;
 mod state;
@@ -71,6 +71,8 @@ mod store;
 mod tls;
 
 pub use config::Config;
+/// The largest gateway command body the control API reads (413 past it, unverified).
+pub use control::MAX_BODY_BYTES;
 pub use delivery::signer::{unix_now, Signer, VerifyError};
 pub use delivery::{
     DeliveryError, DeliveryHandle, DeliveryStats, Pipeline, RefusedLetter, Replayed, StatsSnapshot,

@@ -9,8 +9,7 @@ mod api;
 pub(crate) mod metrics;
 mod server;
 
-pub use crate::state::request_ids::{Claim, LocalIds, SpentIds};
-pub use api::{app, rest_app, ControlState, MAX_BODY_BYTES};
 #[cfg(feature = "fuzzing")]
 pub(crate) use api::{parse_command, MAX_COMMAND_BYTES};
+pub use api::{rest_app, ControlState, MAX_BODY_BYTES};
 pub use server::{serve, serve_app};

@@ -16,6 +16,5 @@ mod proxy;
 mod route;
 mod stats;
 
-pub use body::{BodyError, Spooled};
-pub use proxy::{ProxyRequest, RestError, RestProxy};
-pub use stats::RestStats;
+pub use body::BodyError;
+pub use proxy::{ProxyRequest, RestProxy};

@@ -22,7 +22,7 @@ use super::route::Route;
 use super::stats::RestStats;
 use crate::config::{Config, ConfigError, RestConfig};
 use crate::secret::Token;
-use crate::state::rest_limits::{LocalLimits, RestLimits};
+use crate::state::rest_limits::RestLimits;
 
 /// How long Discord has to answer a request once it is sent (an upload included).
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -87,12 +87,6 @@ pub struct RestProxy {
 }
 
 impl RestProxy {
-    /// The proxy `config` describes, its limits this router's alone. Starts the limiter's
-    /// task: call within a tokio runtime.
-    pub fn new(config: &Config) -> Result<RestProxy, RestError> {
-        RestProxy::with_limits(config, std::sync::Arc::new(LocalLimits::default()))
-    }
-
     /// The proxy `config` describes, its global limit and invalid-request count kept in
     /// `limits` (a cluster's, for every router of the bot).
     pub fn with_limits(
