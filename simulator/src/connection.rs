@@ -147,17 +147,18 @@ impl Conn {
 
     /// Unregisters this connection and starts the session's resume window.
     fn finish(&mut self) {
-        let Some((shard, _, session)) = &self.session else {
+        let Some((shard, total, session)) = &self.session else {
             return;
         };
+        let key = (*shard, *total);
         self.shared.observe(|i| {
             // A connection whose session moved to a newer one (a RESUME elsewhere) leaves the
             // session alone.
             if i.live
-                .get(shard)
+                .get(&key)
                 .is_some_and(|tx| tx.same_channel(&self.faults_tx))
             {
-                i.live.remove(shard);
+                i.live.remove(&key);
                 if let Some(s) = i.sessions.get_mut(session) {
                     s.disconnected_at = Some(Instant::now());
                 }
@@ -297,6 +298,11 @@ impl Conn {
         if intents & config.disallowed_intents != 0 {
             return self.close(4014).await;
         }
+        // A shard over Discord's guild cap must be split: "sharding required".
+        let guilds = self.shared.lock().guilds_of(shard, total);
+        if guilds.len() > config.guild_cap as usize {
+            return self.close(4011).await;
+        }
         let now = Instant::now();
         let bucket = shard % config.max_concurrency.max(1);
         let verdict = self.shared.observe(|i| {
@@ -336,7 +342,7 @@ impl Conn {
                     disconnected_at: None,
                 },
             );
-            i.live.insert(shard, self.faults_tx.clone());
+            i.live.insert((shard, total), self.faults_tx.clone());
             Ok(id)
         });
         let session = match verdict {
@@ -347,10 +353,6 @@ impl Conn {
             }
         };
         self.session = Some((shard, total, session.clone()));
-        let guilds: Vec<u64> = (0..config.guilds as u64)
-            .map(events::guild_id)
-            .filter(|g| events::shard_of(*g, total) == shard)
-            .collect();
         let ready = events::ready(&session, &self.shared.resume_url(), [shard, total], &guilds);
         self.emit("READY", ready).await?;
         for guild in guilds {
@@ -402,7 +404,7 @@ impl Conn {
             i.observed.replayed += replay.len() as u64;
             // One connection per session, as on Discord: the one it was on (a client that
             // stalled while another took over) is dropped.
-            if let Some(old) = i.live.insert(shard, self.faults_tx.clone()) {
+            if let Some(old) = i.live.insert((shard, total), self.faults_tx.clone()) {
                 if !old.same_channel(&self.faults_tx) {
                     let _ = old.send(Fault::Drop);
                 }
@@ -427,14 +429,28 @@ impl Conn {
 
     /// Creates a new event on this connection's session, ledgers it, and sends it.
     async fn emit(&mut self, name: &str, d: String) -> Result<(), End> {
-        let Some((shard, _, session)) = self.session.clone() else {
+        self.emit_about(name, d, None).await
+    }
+
+    /// Like `emit`, for a traffic event of a guild, with its message id (`(guild, message)`).
+    async fn emit_about(
+        &mut self,
+        name: &str,
+        d: String,
+        message: Option<(u64, u64)>,
+    ) -> Result<(), End> {
+        let Some((shard, total, session)) = self.session.clone() else {
             return Ok(());
         };
         let me = self.faults_tx.clone();
         let payload = self.shared.observe(|i| {
             // A connection whose session moved to another (a RESUME elsewhere) gets no new
             // event: on Discord a session has one connection.
-            if !i.live.get(&shard).is_some_and(|tx| tx.same_channel(&me)) {
+            if !i
+                .live
+                .get(&(shard, total))
+                .is_some_and(|tx| tx.same_channel(&me))
+            {
                 return Err(End);
             }
             let Some(s) = i.sessions.get_mut(&session) else {
@@ -453,6 +469,7 @@ impl Conn {
                 seq: s.seq,
                 event: name.to_owned(),
                 at: Instant::now(),
+                message,
             });
             Ok(Some(payload))
         });
@@ -491,30 +508,38 @@ impl Conn {
             return Ok(());
         };
         let config = &self.shared.config;
-        let (limit, ping_every, guilds) =
-            (config.events_per_shard, config.ping_every, config.guilds);
+        let (limit, ping_every) = (config.events_per_shard, config.ping_every);
         let me = self.faults_tx.clone();
         let counter = self.shared.observe(|i| {
             // Superseded: the traffic is the session's new connection's to send.
-            if !i.live.get(&shard).is_some_and(|tx| tx.same_channel(&me)) {
+            if !i
+                .live
+                .get(&(shard, total))
+                .is_some_and(|tx| tx.same_channel(&me))
+            {
                 return None;
             }
-            let sent = i.traffic.entry(shard).or_insert(0);
+            let sent = i.traffic.entry((shard, total)).or_insert(0);
             if limit.is_some_and(|limit| *sent >= limit) {
                 return None;
             }
             *sent += 1;
+            let nth = *sent;
             i.next_message += 1;
-            Some((i.next_message, *sent))
+            // The shard's guilds in turn.
+            let owned = events::guilds_of(shard, total, u64::from(i.guilds)).count();
+            let guild = match owned {
+                0 => events::guild_id(shard as u64),
+                n => events::guilds_of(shard, total, u64::from(i.guilds))
+                    .nth((nth as usize - 1) % n)
+                    .expect("within the count"),
+            };
+            Some((i.next_message, nth, guild))
         });
-        let Some((counter, nth)) = counter else {
+        let Some((counter, nth, guild)) = counter else {
             self.next_traffic = None;
             return Ok(());
         };
-        let guild = (0..guilds as u64)
-            .map(events::guild_id)
-            .find(|g| events::shard_of(*g, total) == shard)
-            .unwrap_or_else(|| events::guild_id(shard as u64));
         let content = if ping_every > 0 && nth % ping_every == 0 {
             "!ping".to_owned()
         } else {
@@ -526,11 +551,19 @@ impl Conn {
         self.next_traffic = self
             .next_traffic
             .map(|at| floor.map_or(at + gap, |floor| (at + gap).max(floor)));
-        self.emit(
-            "MESSAGE_CREATE",
-            events::message_create(counter, guild, &content),
-        )
-        .await
+        let d = events::message_create(counter, guild, &content);
+        // The other set's shard that covers this guild gets it too (a reshard's overlap).
+        let also = self.shared.lock().also_covering(guild, shard, total);
+        for other in also {
+            let _ = other.send(Fault::Relay {
+                name: "MESSAGE_CREATE".to_owned(),
+                d: d.clone(),
+                guild,
+                message: counter,
+            });
+        }
+        self.emit_about("MESSAGE_CREATE", d, Some((guild, counter)))
+            .await
     }
 
     async fn inject(&mut self, fault: Fault) -> Result<(), End> {
@@ -575,6 +608,12 @@ impl Conn {
             }
             Fault::Oversize(size) => self.emit("OVERSIZE_TEST", events::padded(size)).await,
             Fault::Dispatch { name, d } => self.emit(&name, d).await,
+            Fault::Relay {
+                name,
+                d,
+                guild,
+                message,
+            } => self.emit_about(&name, d, Some((guild, message))).await,
         }
     }
 }
@@ -766,5 +805,132 @@ mod tests {
             outcome(&mut identified_with(&sim, 0, 1, "Bot wrong").await).await,
             "close 4004"
         );
+    }
+
+    /// What ends a connection's start: READY, or a close frame's code.
+    async fn started(ws: &mut Client) -> String {
+        while let Some(Ok(message)) = ws.next().await {
+            match message {
+                Ws::Close(frame) => {
+                    return format!("close {}", frame.map_or(0, |f| u16::from(f.code)))
+                }
+                Ws::Text(text) if text.contains(r#""t":"READY""#) => return "READY".to_owned(),
+                _ => {}
+            }
+        }
+        "ended".to_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shard_over_the_guild_cap_is_closed_with_4011_and_more_shards_are_recommended() {
+        let sim = Simulator::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            SimConfig {
+                guilds: 5,
+                guild_cap: 2,
+                guilds_per_shard: 2,
+                max_concurrency: 16,
+                rate: 0.0,
+                ..SimConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(sim.recommended_shards(), 3, "5 guilds at 2 a shard");
+        assert_eq!(
+            started(&mut identified(&sim, 0, 1).await).await,
+            "close 4011"
+        );
+        assert_eq!(started(&mut identified(&sim, 1, 4).await).await, "READY");
+        sim.add_guilds(5);
+        assert_eq!(sim.recommended_shards(), 5);
+        // Ten guilds over four shards: two of them hold three, sharding required.
+        let over = (0..4)
+            .find(|s| crate::events::guilds_of(*s, 4, 10).count() > 2)
+            .unwrap();
+        assert_eq!(
+            started(&mut identified(&sim, over, 4).await).await,
+            "close 4011"
+        );
+        let body: serde_json::Value = reqwest_free_gateway_bot(&sim).await;
+        assert_eq!(body["shards"], 5);
+    }
+
+    /// `GET /gateway/bot` through a bare HTTP/1.1 exchange (the crate has no HTTP client).
+    async fn reqwest_free_gateway_bot(sim: &Simulator) -> serde_json::Value {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
+        let request = format!(
+            "GET /api/v10/gateway/bot HTTP/1.1\r\nhost: sim\r\nauthorization: Bot {DEFAULT_TOKEN}\r\nconnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap();
+        serde_json::from_str(body).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_sets_of_shards_connected_at_once_both_get_each_guilds_events() {
+        let sim = Simulator::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            SimConfig {
+                guilds: 4,
+                max_concurrency: 16,
+                rate: 40.0,
+                ping_every: 0,
+                ..SimConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut first = identified(&sim, 0, 1).await;
+        assert_eq!(started(&mut first).await, "READY");
+        // Shard 0 of either set is in identify bucket 0: the second waits out Discord's 5 s.
+        tokio::time::sleep(crate::rules::IDENTIFY_INTERVAL).await;
+        let mut clients = vec![first];
+        for shard in 0..2 {
+            clients.push(identified(&sim, shard, 2).await);
+        }
+        for mut client in clients {
+            tokio::spawn(async move { while let Some(Ok(_)) = client.next().await {} });
+        }
+        let both = sim
+            .wait_for(|o| {
+                // Once the second set's two shards are READY.
+                let live = o
+                    .ledger
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.event == "READY")
+                    .nth(2)?
+                    .0;
+                let after: Vec<_> = o.ledger[live..]
+                    .iter()
+                    .filter_map(|e| e.message.map(|m| (m, e.session.clone())))
+                    .collect();
+                (after.len() >= 60).then_some(after)
+            })
+            .await;
+        let sessions_of = |message: (u64, u64)| -> Vec<String> {
+            both.iter()
+                .filter(|(m, _)| *m == message)
+                .map(|(_, s)| s.clone())
+                .collect()
+        };
+        // Every message made after both sets were up (allowing for the last few, whose copy
+        // may still be on its way) was sent on two sessions: the one-shard set's and the
+        // two-shard set's shard that owns its guild.
+        let made: Vec<(u64, u64)> = {
+            let mut m: Vec<_> = both.iter().map(|(m, _)| *m).collect();
+            m.sort_unstable();
+            m.dedup();
+            m
+        };
+        for message in &made[..made.len() - 10] {
+            let sessions = sessions_of(*message);
+            assert_eq!(sessions.len(), 2, "{message:?} on {sessions:?}");
+            assert_ne!(sessions[0], sessions[1]);
+        }
     }
 }

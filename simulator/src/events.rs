@@ -19,6 +19,14 @@ pub fn guild_id(n: u64) -> u64 {
     (BASE_MS + n) << 22
 }
 
+/// The guilds `guild_id(0..guilds)` that shard `shard` of `total` owns, in order: every
+/// `total`-th, from the first `n` with `(BASE_MS + n) % total == shard` (no scan of them all).
+pub fn guilds_of(shard: u32, total: u32, guilds: u64) -> impl Iterator<Item = u64> {
+    let total = u64::from(total.max(1));
+    let first = (u64::from(shard) + total - BASE_MS % total) % total;
+    (first..guilds).step_by(total as usize).map(guild_id)
+}
+
 /// The shard Discord routes a guild to.
 pub fn shard_of(guild_id: u64, total: u32) -> u32 {
     ((guild_id >> 22) % total as u64) as u32
@@ -107,6 +115,19 @@ pub fn padded(size: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shards_guilds_are_those_discords_rule_gives_it() {
+        for total in [1, 2, 3, 4, 7] {
+            for shard in 0..total {
+                let scanned: Vec<u64> = (0..50)
+                    .map(guild_id)
+                    .filter(|g| shard_of(*g, total) == shard)
+                    .collect();
+                assert_eq!(guilds_of(shard, total, 50).collect::<Vec<_>>(), scanned);
+            }
+        }
+    }
 
     #[test]
     fn guild_ids_land_on_the_shard_discord_would_pick() {

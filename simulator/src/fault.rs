@@ -35,4 +35,18 @@ pub enum Fault {
         /// Its `d`, as JSON text.
         d: String,
     },
+    /// An event of a guild this shard covers, made on another set's shard (during a reshard
+    /// both sets get each guild's events, as on Discord): sent as a new event of this session,
+    /// ledgered with the same guild and message.
+    #[doc(hidden)]
+    Relay {
+        /// Its `t`.
+        name: String,
+        /// Its `d`, as JSON text.
+        d: String,
+        /// The guild it belongs to.
+        guild: u64,
+        /// The message id it carries (the logical event, the same on every set).
+        message: u64,
+    },
 }

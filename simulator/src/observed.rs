@@ -21,6 +21,10 @@ pub struct LedgerEntry {
     pub event: String,
     /// When it was created, just before it was sent (latency is measured from here).
     pub at: Instant,
+    /// For a traffic event: its guild and its message id, the same on every set of shards
+    /// that got it (during a reshard), so a test can tell a guild's events apart from their
+    /// copies.
+    pub message: Option<(u64, u64)>,
 }
 
 /// An IDENTIFY the double received.

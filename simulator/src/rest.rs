@@ -31,7 +31,7 @@ pub(crate) async fn gateway_bot(
     let remaining = shared.lock().identifies_remaining;
     let body = serde_json::json!({
         "url": shared.gateway_url(),
-        "shards": shared.config.shards,
+        "shards": shared.recommended_shards(),
         "session_start_limit": {
             "total": shared.config.session_start_limit,
             "remaining": remaining,

@@ -10,10 +10,18 @@ use std::time::Duration;
 pub struct SimConfig {
     /// The bot token it accepts (`Authorization: Bot ...` and IDENTIFY/RESUME).
     pub token: String,
-    /// The shard count `GET /gateway/bot` recommends; IDENTIFY with fewer gets close 4011.
+    /// The shard count `GET /gateway/bot` recommends at least (more once the guilds need
+    /// more: `guilds_per_shard`); IDENTIFY with fewer gets close 4011.
     pub shards: u32,
-    /// Guilds in all, spread over shards by Discord's rule `(guild_id >> 22) % total`.
+    /// Guilds in all at the start (`Simulator::add_guilds` adds more), spread over shards by
+    /// Discord's rule `(guild_id >> 22) % total`.
     pub guilds: u32,
+    /// Most guilds a shard may hold: IDENTIFY for a shard over it gets close 4011 ("sharding
+    /// required"). Discord's: 2,500.
+    pub guild_cap: u32,
+    /// Guilds per shard `GET /gateway/bot` recommends: it asks for `guilds / guilds_per_shard`
+    /// shards (rounded up) once that is more than `shards`. Discord's: about 1,000.
+    pub guilds_per_shard: u32,
     /// Traffic dispatches per second on each identified connection (0 for none), below one
     /// too (0.2 is one every 5 s).
     pub rate: f64,
@@ -58,6 +66,8 @@ impl Default for SimConfig {
             token: DEFAULT_TOKEN.to_owned(),
             shards: 1,
             guilds: 2,
+            guild_cap: 2500,
+            guilds_per_shard: 1000,
             rate: 10.0,
             hot_shards: 0,
             hot_rate: 0.0,

@@ -67,6 +67,7 @@ impl Simulator {
                 identifies_remaining: config.session_start_limit,
                 live: HashMap::new(),
                 traffic: HashMap::new(),
+                guilds: config.guilds,
                 next_session: 1,
                 next_message: 1,
                 rest_limits: Default::default(),
@@ -124,13 +125,39 @@ impl Simulator {
         format!("http://{}/api/v10", self.shared.addr)
     }
 
-    /// Injects a fault on `shard`'s current connection; false if it has none.
+    /// Injects a fault on `shard`'s current connection (of every set connected: during a
+    /// reshard, the old set's and the new one's); false if it has none.
     pub fn inject(&self, shard: u32, fault: Fault) -> bool {
+        let inner = self.shared.lock();
+        let mut sent = false;
+        for ((s, _), tx) in &inner.live {
+            if *s == shard && tx.send(fault.clone()).is_ok() {
+                sent = true;
+            }
+        }
+        sent
+    }
+
+    /// Injects a fault on shard `shard` of the set of `total` shards; false if it has no
+    /// connection.
+    pub fn inject_in(&self, shard: u32, total: u32, fault: Fault) -> bool {
         let inner = self.shared.lock();
         inner
             .live
-            .get(&shard)
+            .get(&(shard, total))
             .is_some_and(|tx| tx.send(fault).is_ok())
+    }
+
+    /// The bot joins `n` more guilds: `GET /gateway/bot` recommends more shards once they
+    /// need them (`SimConfig::guilds_per_shard`), a shard over `guild_cap` is closed with 4011
+    /// at its next IDENTIFY, and traffic spreads over them.
+    pub fn add_guilds(&self, n: u32) {
+        self.shared.observe(|i| i.guilds += n);
+    }
+
+    /// The shard count `GET /gateway/bot` recommends now.
+    pub fn recommended_shards(&self) -> u32 {
+        self.shared.recommended_shards()
     }
 
     /// Reads what the double observed.
@@ -157,9 +184,18 @@ impl Simulator {
         self.shared.lock().rest_limits.pause_globally(retry_after);
     }
 
-    /// Shards with a connection whose session is READY or RESUMED now, in id order.
+    /// Shards with a connection whose session is READY or RESUMED now, in id order (a shard
+    /// of two sets connected at once is listed once).
     pub fn live_shards(&self) -> Vec<u32> {
-        let mut live: Vec<u32> = self.shared.lock().live.keys().copied().collect();
+        let mut live: Vec<u32> = self.shared.lock().live.keys().map(|(s, _)| *s).collect();
+        live.sort_unstable();
+        live.dedup();
+        live
+    }
+
+    /// Each live connection's `(shard, total)`, sorted.
+    pub fn live_sets(&self) -> Vec<(u32, u32)> {
+        let mut live: Vec<(u32, u32)> = self.shared.lock().live.keys().copied().collect();
         live.sort_unstable();
         live
     }

@@ -35,10 +35,13 @@ pub(crate) struct Inner {
     /// Last accepted IDENTIFY per bucket.
     pub(crate) buckets: HashMap<u32, Instant>,
     pub(crate) identifies_remaining: u32,
-    /// The control channel of each shard's current connection.
-    pub(crate) live: HashMap<u32, mpsc::UnboundedSender<Fault>>,
-    /// Traffic events created per shard, against `events_per_shard`.
-    pub(crate) traffic: HashMap<u32, u64>,
+    /// The control channel of each shard's current connection, by `(shard, total)`: during a
+    /// reshard two sets of shards are connected at once.
+    pub(crate) live: HashMap<(u32, u32), mpsc::UnboundedSender<Fault>>,
+    /// Traffic events created per shard of a set, against `events_per_shard`.
+    pub(crate) traffic: HashMap<(u32, u32), u64>,
+    /// Guilds the bot is in now: `SimConfig::guilds`, plus those added since.
+    pub(crate) guilds: u32,
     pub(crate) next_session: u64,
     pub(crate) next_message: u64,
     /// REST rate-limit windows.
@@ -53,6 +56,30 @@ pub(crate) struct Shared {
     pub(crate) changed: watch::Sender<u64>,
 }
 
+impl Inner {
+    /// The guilds of shard `shard` of `total`, by Discord's rule.
+    pub(crate) fn guilds_of(&self, shard: u32, total: u32) -> Vec<u64> {
+        crate::events::guilds_of(shard, total, u64::from(self.guilds)).collect()
+    }
+
+    /// The live connections, other than `(shard, total)`'s, whose shard also covers `guild`:
+    /// during a reshard both sets receive each guild's events, as on Discord.
+    pub(crate) fn also_covering(
+        &self,
+        guild: u64,
+        shard: u32,
+        total: u32,
+    ) -> Vec<mpsc::UnboundedSender<Fault>> {
+        self.live
+            .iter()
+            .filter(|((s, t), _)| {
+                (*s, *t) != (shard, total) && crate::events::shard_of(guild, *t) == *s
+            })
+            .map(|(_, tx)| tx.clone())
+            .collect()
+    }
+}
+
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner
@@ -65,6 +92,14 @@ impl Shared {
         let out = f(&mut self.lock());
         self.changed.send_modify(|n| *n += 1);
         out
+    }
+
+    /// The shard count `GET /gateway/bot` recommends: `SimConfig::shards`, or more once the
+    /// guilds need more.
+    pub(crate) fn recommended_shards(&self) -> u32 {
+        let guilds = self.lock().guilds;
+        let needed = guilds.div_ceil(self.config.guilds_per_shard.max(1));
+        self.config.shards.max(needed)
     }
 
     pub(crate) fn gateway_url(&self) -> String {
