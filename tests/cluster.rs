@@ -106,7 +106,7 @@ impl Node {
     async fn command(&self, secret: &str, body: &str) -> reqwest::Response {
         let signer = shardhook::Signer::new(shardhook::SigningKey::parse(secret).unwrap(), vec![]);
         let (id, at) = (format!("cmd_{}", fastrand::u64(..)), shardhook::unix_now());
-        reqwest::Client::new()
+        support::http()
             .post(format!("http://{}/v1/gateway/commands", self.control))
             .header("webhook-id", &id)
             .header("webhook-timestamp", at.to_string())
@@ -962,7 +962,7 @@ async fn post_signed(
     headers: &[(String, String)],
     body: &str,
 ) -> reqwest::Response {
-    let mut request = reqwest::Client::new()
+    let mut request = support::http()
         .post(format!("http://{control}{target}"))
         .header("content-type", "application/json");
     for (name, value) in headers {
@@ -1025,7 +1025,7 @@ async fn a_signed_request_accepted_by_one_router_is_refused_by_every_other() {
 /// A signed REST call to `node`, as a handler sends it.
 async fn rest_call(secret: &str, node: &Node, method: &str, target: &str, body: &str) -> u16 {
     let headers = signed_headers(secret, format!("{method} {target}\n{body}").as_bytes());
-    let mut request = reqwest::Client::new().request(
+    let mut request = support::http().request(
         reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
         format!("http://{}{target}", node.control),
     );

@@ -87,8 +87,7 @@ impl<'a> Call<'a> {
         secret: &str,
         headers: &[(&str, &str)],
     ) -> reqwest::Response {
-        self.send_on(&reqwest::Client::new(), base, secret, headers)
-            .await
+        self.send_on(support::http(), base, secret, headers).await
     }
 
     /// Like `send_to`, on `client`'s connections.
@@ -781,7 +780,7 @@ fn breaks_off_after_reading(
                         })
                         .unwrap_or_default()
                         .to_owned();
-                    let answer = reqwest::Client::new()
+                    let answer = support::http()
                         .get(format!("{api_url}/gateway/bot"))
                         .header("authorization", auth)
                         .send()

@@ -19,6 +19,14 @@ use tokio::task::JoinHandle;
 pub const LIMIT: Duration = Duration::from_secs(40);
 
 /// Awaits `future`, failing the test with `what` if it takes longer than `LIMIT`.
+/// One HTTP client for a test binary's calls: building one per call (its TLS roots) costs
+/// milliseconds, and in a burst of calls polled together those add up to seconds between a
+/// connection and its request, past the router's `first_byte_timeout` on a loaded machine.
+pub fn http() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new)
+}
+
 pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     match tokio::time::timeout(LIMIT, future).await {
         Ok(out) => out,

@@ -147,7 +147,7 @@ fn default_reserved_connections() -> usize {
 }
 
 fn default_first_byte_timeout() -> Duration {
-    Duration::from_secs(2)
+    Duration::from_secs(3)
 }
 
 fn default_header_read_timeout() -> Duration {
