@@ -73,6 +73,55 @@ impl serde::Serialize for Token {
     }
 }
 
+/// The shared secret REST callers send as `Authorization` when `rest.auth = "shared-secret"`
+/// (the way discordeno's and discord.js's REST proxy settings authenticate). Prints as
+/// `<redacted>`.
+#[derive(Clone)]
+pub struct RestSecret(HmacSha256);
+
+/// A REST secret shorter than 32 bytes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "the REST secret must be at least 32 bytes (it has {0}); `shardhook keygen` prints a fit one"
+)]
+pub struct ShortRestSecret(usize);
+
+impl RestSecret {
+    /// The least a secret may hold, in bytes.
+    pub const MIN_BYTES: usize = 32;
+
+    /// Wraps `secret`, at least `MIN_BYTES` long.
+    pub fn parse(secret: &str) -> Result<RestSecret, ShortRestSecret> {
+        let secret = secret.trim();
+        if secret.len() < RestSecret::MIN_BYTES {
+            return Err(ShortRestSecret(secret.len()));
+        }
+        let mac = HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+        Ok(RestSecret(mac))
+    }
+
+    /// Whether `given` is the secret, compared in constant time: both are MAC'd under the
+    /// secret itself and the tags compared by `verify_slice`.
+    pub fn matches(&self, given: &str) -> bool {
+        let mut expected = self.0.clone();
+        expected.update(b"shardhook rest secret");
+        let tag = expected.finalize().into_bytes();
+        match HmacSha256::new_from_slice(given.as_bytes()) {
+            Ok(mut candidate) => {
+                candidate.update(b"shardhook rest secret");
+                candidate.verify_slice(&tag).is_ok()
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl fmt::Debug for RestSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// The prefix Standard Webhooks secrets carry.
 pub const SECRET_PREFIX: &str = "whsec_";
 
@@ -340,5 +389,17 @@ mod tests {
     fn empty_token_is_refused() {
         assert!(Token::new("  ").is_none());
         assert!(Token::new("Bot ").is_none());
+    }
+
+    #[test]
+    fn a_rest_secret_matches_itself_only_and_is_at_least_32_bytes() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let parsed = RestSecret::parse(secret).unwrap();
+        assert!(parsed.matches(secret));
+        assert!(!parsed.matches("0123456789abcdef0123456789abcdeF"));
+        assert!(!parsed.matches(""));
+        assert!(!parsed.matches(&format!("{secret}x")));
+        assert_eq!(RestSecret::parse("short").unwrap_err(), ShortRestSecret(5));
+        assert_eq!(format!("{parsed:?}"), "<redacted>");
     }
 }

@@ -276,6 +276,11 @@ impl RestProcess {
     /// Starts the double and `shardhook run` against it; `rest` is appended to the `[rest]`
     /// table. Returns once the router has said where it listens.
     pub async fn start(sim: SimConfig, rest: &str) -> RestProcess {
+        RestProcess::start_with(sim, rest, &[]).await
+    }
+
+    /// Like `start`, with more environment for the router (`SHARDHOOK_REST_SECRET`...).
+    pub async fn start_with(sim: SimConfig, rest: &str, env: &[(&str, &str)]) -> RestProcess {
         let sim = super::simulator(sim).await;
         let secret = SigningKey::generate();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -295,6 +300,7 @@ impl RestProcess {
             .env("SHARDHOOK_SIGNING_SECRET", &secret)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

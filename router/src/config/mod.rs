@@ -29,7 +29,7 @@ pub use delivery::{
     Ordering, RateLimitConfig,
 };
 pub use discord::{Compression, DiscordConfig, ShardsConfig};
-pub use rest::RestConfig;
+pub use rest::{RestAuth, RestConfig};
 pub use signing::SigningConfig;
 
 /// Where `run` and `check` look for a config file when `--config` is not given.
@@ -337,6 +337,7 @@ impl Config {
                 "SHARDHOOK_SIGNING_SECRET" => Some(("signing", "secret")),
                 "SHARDHOOK_CONTROL_SECRET" => Some(("signing", "control_secret")),
                 "SHARDHOOK_ED25519_PRIVATE_KEY" => Some(("signing", "ed25519_private_key")),
+                "SHARDHOOK_REST_SECRET" => Some(("rest", "secret")),
                 _ => None,
             };
             if let Some((section, key)) = secret_key {
@@ -501,6 +502,12 @@ impl Config {
                 )
             }
             _ => {}
+        }
+        if r.enabled && r.auth == RestAuth::SharedSecret && r.secret.is_none() {
+            return invalid(
+                "rest.auth".into(),
+                "is \"shared-secret\" but no secret is set: set SHARDHOOK_REST_SECRET (at least 32 random bytes, e.g. `openssl rand -base64 32`)".into(),
+            );
         }
         Ok(())
     }
@@ -979,6 +986,27 @@ mod tests {
         );
         let err = parse("[rest]\nmax_bodey = 1").unwrap_err().to_string();
         assert!(err.contains("max_bodey"), "{err}");
+    }
+
+    #[test]
+    fn a_shared_secret_proxy_needs_a_secret_of_32_bytes_from_the_environment() {
+        assert_eq!(parse("").unwrap().rest.auth, RestAuth::Hmac);
+        let table = "[rest]\nenabled = true\nauth = \"shared-secret\"";
+        let err = parse(table).unwrap_err().to_string();
+        assert!(
+            err.contains("rest.auth") && err.contains("SHARDHOOK_REST_SECRET"),
+            "{err}"
+        );
+        let short = with_env(table, "SHARDHOOK_REST_SECRET", "too-short-a-secret")
+            .unwrap_err()
+            .to_string();
+        assert!(short.contains("at least 32 bytes"), "{short}");
+        assert!(!short.contains("too-short-a-secret"), "{short}");
+        let long = "a".repeat(32);
+        let config = with_env(table, "SHARDHOOK_REST_SECRET", &long).unwrap();
+        assert!(config.rest.secret.unwrap().matches(&long));
+        let err = parse("[rest]\nauth = \"basic\"").unwrap_err().to_string();
+        assert!(err.contains("rest.auth") || err.contains("auth"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,22 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::secret::RestSecret;
+
+/// How REST callers prove who they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestAuth {
+    /// A Standard Webhooks signature over the method, path and body, with a `webhook-id` spent
+    /// once (replay protection): the templates' way.
+    #[default]
+    Hmac,
+    /// `Authorization: <secret>` or `Authorization: Bot <secret>` (the secret from
+    /// `SHARDHOOK_REST_SECRET`): what discordeno's and discord.js's REST proxy settings send.
+    /// No replay protection: keep the proxy on a private route.
+    SharedSecret,
+}
+
 /// The `[rest]` section.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +53,20 @@ pub struct RestConfig {
     /// 503: Discord bans an IP for about an hour at 10,000.
     #[serde(default = "default_invalid_request_limit")]
     pub invalid_request_limit: u32,
+    /// How callers authenticate: `"hmac"` (the default) or `"shared-secret"`.
+    #[serde(default)]
+    pub auth: RestAuth,
+    /// The shared secret for `auth = "shared-secret"`, at least 32 bytes. Set it with
+    /// `SHARDHOOK_REST_SECRET` (wins), not in the file.
+    #[serde(default, skip_serializing, deserialize_with = "rest_secret")]
+    pub secret: Option<RestSecret>,
+}
+
+fn rest_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<RestSecret>, D::Error> {
+    let text = super::signing::secret_text(d)?;
+    RestSecret::parse(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 impl Default for RestConfig {
@@ -48,6 +78,8 @@ impl Default for RestConfig {
             max_wait: default_max_wait(),
             global_per_second: default_global_per_second(),
             invalid_request_limit: default_invalid_request_limit(),
+            auth: RestAuth::Hmac,
+            secret: None,
         }
     }
 }

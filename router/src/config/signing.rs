@@ -53,7 +53,7 @@ fn redacted_list<S: serde::Serializer, T>(value: &[T], s: S) -> Result<S::Ok, S:
 /// A secret's text. Any value is read first as a TOML value, which cannot fail on a value the
 /// file or environment could hold, so no serde message (which quotes the value it did not
 /// expect) can carry the secret; a wrong type is named by its type alone.
-fn secret_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+pub(super) fn secret_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     match toml::Value::deserialize(d)? {
         toml::Value::String(text) => Ok(text),
         other => Err(serde::de::Error::custom(format!(

@@ -330,6 +330,30 @@ async fn rest(
         return too_large();
     }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(secret) = proxy.shared_secret() {
+        // `rest.auth = "shared-secret"`: the `Authorization` header first, as discordeno
+        // (`<secret>`) and discord.js (`Bot <secret>`) send it; no signature, no request id.
+        let given = header("authorization").unwrap_or_default();
+        if !secret.matches(given.strip_prefix("Bot ").unwrap_or(given)) {
+            return refuse_as_discord(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong Authorization: this REST proxy takes its shared secret (rest.auth = \"shared-secret\")",
+            );
+        }
+        let body = match proxy.receive(body, |_| {}).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge(_)) => return too_large(),
+            Err(e @ BodyError::BrokeOff(_)) => {
+                return refuse_as_discord(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            Err(e) => {
+                tracing::error!("a REST request was refused: {e}");
+                return refuse_as_discord(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            }
+        };
+        let request = ProxyRequest::new(method, &uri, headers, body);
+        return proxy.forward(request).await.0;
+    }
     let mut verifier = match state.signer.verifier(
         header("webhook-id"),
         header("webhook-timestamp"),
@@ -359,17 +383,7 @@ async fn rest(
         Ok(claimed) => claimed,
         Err((status, error)) => return refuse_as_discord(status, error),
     };
-    let request = ProxyRequest {
-        method,
-        path: uri
-            .path()
-            .strip_prefix("/api/v10/")
-            .unwrap_or_default()
-            .to_owned(),
-        query: uri.query().map(str::to_owned),
-        headers,
-        body,
-    };
+    let request = ProxyRequest::new(method, &uri, headers, body);
     let (response, reached) = proxy.forward(request).await;
     settle(&state.rest_ids, &id, expires, reached).await;
     response

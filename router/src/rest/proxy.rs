@@ -67,6 +67,23 @@ pub struct ProxyRequest {
     pub body: Spooled,
 }
 
+impl ProxyRequest {
+    /// The request for `uri` (under `/api/v10/`), as received.
+    pub fn new(method: Method, uri: &axum::http::Uri, headers: HeaderMap, body: Spooled) -> Self {
+        ProxyRequest {
+            method,
+            path: uri
+                .path()
+                .strip_prefix("/api/v10/")
+                .unwrap_or_default()
+                .to_owned(),
+            query: uri.query().map(str::to_owned),
+            headers,
+            body,
+        }
+    }
+}
+
 /// The REST proxy: one token, one rate limiter and one invalid-request window for every
 /// handler.
 #[derive(Debug)]
@@ -118,6 +135,14 @@ impl RestProxy {
             state_dir: config.state.dir.clone(),
             stats: RestStats::default(),
         })
+    }
+
+    /// The shared secret callers send as `Authorization`, when `rest.auth = "shared-secret"`.
+    pub fn shared_secret(&self) -> Option<&crate::secret::RestSecret> {
+        match self.settings.auth {
+            crate::config::RestAuth::SharedSecret => self.settings.secret.as_ref(),
+            crate::config::RestAuth::Hmac => None,
+        }
     }
 
     /// The largest body accepted (`rest.max_body`).
