@@ -1326,3 +1326,132 @@ async fn a_router_whose_lease_moved_on_adds_nothing_to_the_shards_spool() {
     nodes[0].child().start_kill().unwrap();
     nodes[0].child().wait().await.unwrap();
 }
+
+/// The metric names an expression mentions (`shardhook_...`), with the suffixes a counter's
+/// or histogram's samples add taken off (`_total`, `_bucket`, `_sum`, `_count`).
+fn metrics_named(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("shardhook_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.push(base.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// `deploy/`: the alert rules pass `promtool check rules` and their own unit tests
+/// (`promtool test rules`), and every metric the rules and the Grafana dashboard query is one a
+/// router exports: read from `/metrics` of a router in a cluster with the REST proxy on, which
+/// exports every family.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_alert_rules_and_the_dashboard_query_only_metrics_a_router_exports() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let prometheus = deploy.join("prometheus");
+    for args in [
+        ["check", "rules", "shardhook-alerts.yml"],
+        ["test", "rules", "shardhook-alerts-test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&prometheus)
+            .output()
+            .expect("promtool runs (Debian's prometheus package; scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let redis = Redis::start().await;
+    let table = format!("{}[rest]\nenabled = true\n", cluster_table(&redis));
+    let setup = process::setup_sim(process::traffic(2, 1, 5.0), &["alpha"], &table).await;
+    let mut nodes = [Node::start(&setup, "a")];
+    settled(&setup, &redis, 2, &["a"]).await;
+    // Families with labels show once they have a value: a REST call, and a reconnect (op 7).
+    let target = "/api/v10/channels/9/messages";
+    assert_eq!(
+        rest_call(
+            setup.secret(),
+            &nodes[0],
+            "POST",
+            target,
+            r#"{"content":"x"}"#
+        )
+        .await,
+        200
+    );
+    assert!(setup.sim.inject(0, shardhook_simulator::Fault::Reconnect));
+    let metrics = || async {
+        support::http()
+            .get(format!("http://{}/metrics", nodes[0].control))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    within("the reconnect to be counted", async {
+        while !metrics().await.contains("shardhook_reconnects_total{") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let text = support::http()
+        .get(format!("http://{}/metrics", nodes[0].control))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exported: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        exported.contains("shardhook_cluster_leases_taken"),
+        "{exported:?}"
+    );
+    let rules = std::fs::read_to_string(prometheus.join("shardhook-alerts.yml")).unwrap();
+    let exprs: Vec<String> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr:"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(exprs.len(), 7, "one expression per alert");
+    let dashboard: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(deploy.join("grafana/shardhook.json")).unwrap())
+            .unwrap();
+    let queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(queries.len() >= 10, "{queries:?}");
+    for expr in exprs.iter().chain(&queries) {
+        let named = metrics_named(expr);
+        assert!(!named.is_empty(), "no metric in {expr}");
+        for name in named {
+            assert!(
+                exported.contains(&name),
+                "{name} (in {expr}) is not exported: {exported:?}"
+            );
+        }
+    }
+    stop(&setup, &mut nodes).await;
+}

@@ -339,6 +339,11 @@ impl Coordinator {
         let now = crate::delivery::signer::unix_now();
         for (shard, fence) in shards.iter().zip(taken) {
             let Some(fence) = fence else { continue };
+            self.parts
+                .delivery
+                .stats()
+                .cluster_leases_taken
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let acquired = Instant::now();
             let checkpoint = match self.store.checkpoint(*shard).await {
                 Ok(cp) => cp,

@@ -247,6 +247,11 @@ pub fn render(
             "The stream's bound (cluster.dead_letters_max); at it, shards wait",
             gauge(cluster_bound),
         );
+        registry.register(
+            "cluster_leases_taken",
+            "Shard leases this router took (at start, takeovers, rebalancing)",
+            counter_from(&stats.cluster_leases_taken),
+        );
     }
     registry.register(
         "spool_limit_bytes",

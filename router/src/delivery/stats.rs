@@ -46,6 +46,9 @@ pub struct DeliveryStats {
     pub cluster_dead_letters: Arc<AtomicU64>,
     /// In a cluster: the stream's bound (`cluster.dead_letters_max`); 0 without a cluster.
     pub cluster_dead_letters_max: AtomicU64,
+    /// In a cluster: shard leases this router took (a shard coming to it: at start, on a
+    /// takeover, on a rebalance). Churn shows as this rising across the routers.
+    pub cluster_leases_taken: AtomicU64,
     /// Sends that waited for an endpoint's `rate_limit`, per endpoint, in config order.
     pub rate_limit_waits: Vec<AtomicU64>,
     /// Events delivered per shard, a counter per endpoint index: a row is made the first time a
@@ -116,6 +119,7 @@ impl DeliveryStats {
             dead_letters_unattributed: AtomicU64::new(0),
             cluster_dead_letters: Arc::default(),
             cluster_dead_letters_max: AtomicU64::new(0),
+            cluster_leases_taken: AtomicU64::new(0),
             rate_limit_waits: counters(endpoints),
             delivered_by: ArcSwap::default(),
             latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
