@@ -1,24 +1,22 @@
-//! AWS Signature Version 4, for Lambda function URLs whose auth type is `AWS_IAM`.
+//! AWS Signature Version 4, for Lambda function URLs whose auth type is `AWS_IAM`: signed by
+//! `aws-sigv4`, the AWS SDK's own signer (already in the tree under `aws-runtime`), with the
+//! payload hash in `x-amz-content-sha256` as Lambda function URLs want it.
 //!
-//! Owns the signing itself: the canonical request (URI, query, headers, payload hash), the
-//! string to sign, the signing key derivation and the headers that carry the result
-//! (`x-amz-date`, `x-amz-content-sha256`, `x-amz-security-token`, `authorization`). It also owns
-//! the credentials newtype, redacted in `Debug`. It leaves to others when to sign (delivery
-//! signs each attempt, since the date is part of the signature), which endpoints and region
-//! (config), and where the credentials come from (`aws_chain`, cached by `aws_credentials`). It does no I/O and keeps no
-//! state: the same request, credentials and instant always give the same headers.
+//! Owns the bridge to it (which headers to sign, the credentials newtype, redacted in `Debug`)
+//! and the tests that hold it to botocore's signatures and AWS's published suite. It leaves to
+//! others when to sign (delivery signs each attempt, since the date is part of the signature),
+//! which endpoints and region (config), and where the credentials come from (`aws_chain`,
+//! cached by `aws_credentials`). It does no I/O and keeps no state: the same request,
+//! credentials and instant always give the same headers.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use hmac::{Hmac, Mac};
+use aws_sigv4::http_request::{
+    sign as sign_request, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
+};
+use aws_sigv4::sign::v4;
 use reqwest::Url;
-use sha2::{Digest, Sha256};
-
-type HmacSha256 = Hmac<Sha256>;
-
-/// The only algorithm SigV4 with HMAC knows; it opens the string to sign and the header.
-const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 
 /// AWS credentials: an access key id, its secret and, for temporary credentials (an assumed
 /// role, SSO), a session token. `Debug` shows the key id, never the secret or the token.
@@ -72,6 +70,14 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
+/// The headers a signature adds, in the order they are added.
+const ADDED: [&str; 4] = [
+    "x-amz-date",
+    "x-amz-content-sha256",
+    "x-amz-security-token",
+    "authorization",
+];
+
 /// Signs `request` for `service` (`lambda` for function URLs) in `region` at `now`, and returns
 /// the headers to add to it: `x-amz-date`, `x-amz-content-sha256` (the hex SHA-256 of the body),
 /// `x-amz-security-token` when the credentials have a session token, then `authorization`.
@@ -85,261 +91,74 @@ pub fn sign(
     creds: &Credentials,
     now: SystemTime,
 ) -> Vec<(&'static str, String)> {
-    let mut headers = vec![
-        ("x-amz-date", amz_date(now)),
-        ("x-amz-content-sha256", hex(&Sha256::digest(request.body))),
-    ];
-    if let Some(token) = &creds.session_token {
-        headers.push(("x-amz-security-token", token.clone()));
-    }
-    let authorization = authorization(request, region, service, creds, &headers);
-    headers.push(("authorization", authorization));
-    headers
+    signed(
+        request,
+        region,
+        service,
+        creds,
+        now,
+        PayloadChecksumKind::XAmzSha256,
+    )
 }
 
-/// The `authorization` value for `request` plus the `x-amz-*` headers in `amz`, whose first
-/// entry is `x-amz-date`.
-fn authorization(
+fn signed(
     request: &Request<'_>,
     region: &str,
     service: &str,
     creds: &Credentials,
-    amz: &[(&'static str, String)],
-) -> String {
-    let amz_date = &amz[0].1;
-    debug_assert_eq!(amz[0].0, "x-amz-date");
-    let date = &amz_date[..8];
-    let scope = format!("{date}/{region}/{service}/aws4_request");
-    let (canonical_request, signed_headers) = canonical_request(request, amz);
-    let string_to_sign = string_to_sign(amz_date, &scope, &canonical_request);
-
-    let secret = format!("AWS4{}", creds.secret_access_key);
-    let key = [date, region, service, "aws4_request"]
-        .iter()
-        .fold(secret.into_bytes(), |key, part| hmac(&key, part.as_bytes()));
-    let signature = hex(&hmac(&key, string_to_sign.as_bytes()));
-    format!(
-        "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
-        creds.access_key_id
+    now: SystemTime,
+    payload_hash: PayloadChecksumKind,
+) -> Vec<(&'static str, String)> {
+    let identity = aws_credential_types::Credentials::new(
+        creds.access_key_id.clone(),
+        creds.secret_access_key.clone(),
+        creds.session_token.clone(),
+        None,
+        "shardhook",
     )
-}
-
-/// The canonical request and its signed headers list.
-fn canonical_request(request: &Request<'_>, amz: &[(&'static str, String)]) -> (String, String) {
-    let (canonical_headers, signed_headers) = canonical_headers(request, amz);
-    let canonical_request = format!(
-        "{}\n{}\n{}\n{canonical_headers}\n{signed_headers}\n{}",
+    .into();
+    let mut settings = SigningSettings::default();
+    settings.payload_checksum_kind = payload_hash;
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(now)
+        .settings(settings)
+        .build()
+        .expect("every signing parameter is set")
+        .into();
+    let signable = SignableRequest::new(
         request.method,
-        canonical_uri(request.url.path()),
-        canonical_query(request.url.query()),
-        hex(&Sha256::digest(request.body)),
-    );
-    (canonical_request, signed_headers)
-}
-
-fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &str) -> String {
-    format!(
-        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        hex(&Sha256::digest(canonical_request.as_bytes()))
+        request.url.as_str(),
+        request.headers.iter().copied(),
+        SignableBody::Bytes(request.body),
     )
-}
-
-/// The canonical headers block (each `name:value\n`) and the signed headers list: names lower
-/// case and sorted, values trimmed with inner runs of spaces collapsed, and the values of a
-/// repeated name joined with commas in the order they come.
-fn canonical_headers(request: &Request<'_>, amz: &[(&'static str, String)]) -> (String, String) {
-    debug_assert!(
-        request.headers.iter().all(|(name, _)| {
-            let name = name.to_ascii_lowercase();
-            name != "host" && name != "authorization" && !amz.iter().any(|(n, _)| *n == name)
-        }),
-        "sign adds host, authorization and the x-amz-* headers itself"
-    );
-    let host = match request.url.port() {
-        // `Url` already drops a port that is the scheme's default.
-        Some(port) => format!("{}:{port}", request.url.host_str().unwrap_or_default()),
-        None => request.url.host_str().unwrap_or_default().to_owned(),
-    };
-    let mut all: Vec<(String, String)> = request
-        .headers
-        .iter()
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), trim_all(value)))
-        .chain([("host".to_owned(), host)])
-        .chain(
-            amz.iter()
-                .map(|(name, value)| ((*name).to_owned(), trim_all(value))),
-        )
-        .collect();
-    // Stable, so repeated names keep their values in arrival order.
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-
-    let (mut block, mut names) = (String::new(), String::new());
-    let mut previous: Option<&str> = None;
-    for (name, value) in &all {
-        if previous == Some(name.as_str()) {
-            block.pop(); // the newline, so the value joins the line above
-            block.push(',');
-        } else {
-            if previous.is_some() {
-                names.push(';');
-            }
-            names.push_str(name);
-            block.push_str(name);
-            block.push(':');
-        }
-        block.push_str(value);
-        block.push('\n');
-        previous = Some(name);
-    }
-    (block, names)
-}
-
-fn trim_all(value: &str) -> String {
-    value.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// The path with empty segments dropped (AWS services collapse `//`) and each segment
-/// percent-encoded. The URL's path is already percent-encoded, so for services other than S3
-/// this encodes it a second time, as the specification asks (`%20` signs as `%2520`). `Url`
-/// has already removed `.` and `..` segments.
-fn canonical_uri(path: &str) -> String {
-    let mut uri = String::with_capacity(path.len() + 8);
-    for segment in path.split('/').filter(|s| !s.is_empty()) {
-        uri.push('/');
-        encode_into(&mut uri, segment.as_bytes());
-    }
-    if uri.is_empty() {
-        return "/".to_owned();
-    }
-    if path.ends_with('/') {
-        uri.push('/');
-    }
-    uri
-}
-
-/// Each `name=value` pair decoded, then encoded the canonical way (every byte but the
-/// unreserved ones as `%XY`, so `+` is a literal plus), sorted by name and then value.
-fn canonical_query(query: Option<&str>) -> String {
-    let mut pairs: Vec<(String, String)> = query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let mut encoded = (String::new(), String::new());
-            encode_into(&mut encoded.0, &percent_decode(name));
-            encode_into(&mut encoded.1, &percent_decode(value));
-            encoded
+    .expect("a Url is a valid URI");
+    let (instructions, _signature) = sign_request(signable, &params)
+        .expect("a request with a valid URI and headers signs")
+        .into_parts();
+    let (headers, _query) = instructions.into_parts();
+    let mut added: Vec<(&'static str, String)> = headers
+        .into_iter()
+        .filter_map(|header| {
+            let (name, value) = (header.name(), header.value());
+            let name = ADDED
+                .iter()
+                .copied()
+                .find(|a| a.eq_ignore_ascii_case(name))?;
+            Some((name, value.to_owned()))
         })
         .collect();
-    pairs.sort();
-    let mut canonical = String::new();
-    for (i, (name, value)) in pairs.iter().enumerate() {
-        if i > 0 {
-            canonical.push('&');
-        }
-        canonical.push_str(name);
-        canonical.push('=');
-        canonical.push_str(value);
-    }
-    canonical
-}
-
-/// Appends `bytes` with everything but `A-Z a-z 0-9 - _ . ~` as upper-case `%XY`.
-fn encode_into(out: &mut String, bytes: &[u8]) {
-    for &byte in bytes {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX_UPPER[usize::from(byte >> 4)]));
-            out.push(char::from(HEX_UPPER[usize::from(byte & 0xf)]));
-        }
-    }
-}
-
-const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
-
-/// Decodes `%XY`; a `%` not followed by two hex digits stays as it is.
-fn percent_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes a key of any length");
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
-}
-
-/// Lower-case hex, as SigV4 writes hashes and signatures.
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-    }
-    out
-}
-
-/// `now` in UTC as `YYYYMMDD'T'HHMMSS'Z'`. A clock before 1970 signs as 1970, which AWS refuses
-/// as skewed, the same fate as any wrong clock.
-fn amz_date(now: SystemTime) -> String {
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let secs_of_day = secs % 86_400;
-    format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
-        secs_of_day / 3600,
-        secs_of_day % 3600 / 60,
-        secs_of_day % 60
-    )
-}
-
-/// Days since 1970-01-01 to a Gregorian date (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    added.sort_by_key(|(name, _)| ADDED.iter().position(|a| a == name));
+    added
 }
 
 #[cfg(test)]
 mod tests {
     use std::io::Write as _;
     use std::process::{Command, Stdio};
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine;
@@ -365,6 +184,9 @@ mod tests {
         headers: &'static [(&'static str, &'static str)],
         body: &'static [u8],
         session_token: bool,
+        /// The suite's string to sign, hashed: kept as the suite gives it, though `aws-sigv4`
+        /// shows only the signature (which covers it).
+        #[allow(dead_code)]
         sts_hash: &'static str,
         authz: &'static str,
     }
@@ -564,8 +386,8 @@ mod tests {
         )
     }
 
-    /// A vector's canonical request, string to sign and `authorization` value.
-    fn sign_vector(v: &Vector) -> (String, String, String) {
+    /// A vector's `authorization` value (the suite signs without `x-amz-content-sha256`).
+    fn sign_vector(v: &Vector) -> String {
         let url = Url::parse(&format!("https://example.amazonaws.com{}", v.target)).unwrap();
         let request = Request {
             method: v.method,
@@ -573,45 +395,29 @@ mod tests {
             headers: v.headers,
             body: v.body,
         };
-        let mut amz = vec![("x-amz-date", SUITE_DATE.to_owned())];
-        if v.session_token {
-            amz.push(("x-amz-security-token", SUITE_TOKEN.to_owned()));
-        }
-        let (creq, _) = canonical_request(&request, &amz);
-        let sts = string_to_sign(SUITE_DATE, "20150830/us-east-1/service/aws4_request", &creq);
+        let now = UNIX_EPOCH + Duration::from_secs(SUITE_UNIX);
         let creds = suite_creds(v.session_token);
-        let authz = authorization(&request, "us-east-1", "service", &creds, &amz);
-        (creq, sts, authz)
+        let headers = signed(
+            &request,
+            "us-east-1",
+            "service",
+            &creds,
+            now,
+            PayloadChecksumKind::NoHeader,
+        );
+        assert_eq!(headers[0], ("x-amz-date", SUITE_DATE.to_owned()));
+        headers.last().unwrap().1.clone()
     }
 
     #[test]
     fn matches_the_published_test_suite() {
         for v in VECTORS {
-            let (creq, sts, authz) = sign_vector(v);
             assert_eq!(
-                sts,
-                format!(
-                    "AWS4-HMAC-SHA256\n{SUITE_DATE}\n20150830/us-east-1/service/aws4_request\n{}",
-                    v.sts_hash
-                ),
-                "{}: string to sign; the canonical request was\n{creq}",
-                v.name,
+                sign_vector(v),
+                format!("{AUTHZ_PREFIX}{}", v.authz),
+                "{}",
+                v.name
             );
-            assert_eq!(authz, format!("{AUTHZ_PREFIX}{}", v.authz), "{}", v.name);
-        }
-    }
-
-    #[test]
-    fn canonical_requests_match_the_suite_line_by_line() {
-        // The suite's `.creq` files for three cases that each stress one part.
-        let expected = [
-            ("get-vanilla-query-order-key-case", "GET\n/\nParam1=value1&Param2=value2\nhost:example.amazonaws.com\nx-amz-date:20150830T123600Z\n\nhost;x-amz-date\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
-            ("get-header-value-trim", "GET\n/\n\nhost:example.amazonaws.com\nmy-header1:value1\nmy-header2:\"a b c\"\nx-amz-date:20150830T123600Z\n\nhost;my-header1;my-header2;x-amz-date\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
-            ("get-vanilla-utf8-query", "GET\n/\n%E1%88%B4=bar\nhost:example.amazonaws.com\nx-amz-date:20150830T123600Z\n\nhost;x-amz-date\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
-        ];
-        for (name, creq) in expected {
-            let v = VECTORS.iter().find(|v| v.name == name).unwrap();
-            assert_eq!(sign_vector(v).0, creq, "{name}");
         }
     }
 
@@ -655,58 +461,6 @@ mod tests {
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/lambda/aws4_request, \
              SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token, Signature="
         ));
-    }
-
-    #[test]
-    fn host_carries_a_port_only_when_it_is_not_the_default() {
-        let host_line = |url: &str| {
-            let url = Url::parse(url).unwrap();
-            let request = Request {
-                method: "GET",
-                url: &url,
-                headers: &[],
-                body: b"",
-            };
-            let (block, _) = canonical_headers(&request, &[("x-amz-date", SUITE_DATE.into())]);
-            block.lines().next().unwrap().to_owned()
-        };
-        assert_eq!(host_line("https://Example.com:443/"), "host:example.com");
-        assert_eq!(host_line("http://example.com:80/"), "host:example.com");
-        assert_eq!(
-            host_line("https://example.com:8443/"),
-            "host:example.com:8443"
-        );
-        assert_eq!(host_line("http://127.0.0.1:9000/"), "host:127.0.0.1:9000");
-        assert_eq!(host_line("http://[::1]:9000/"), "host:[::1]:9000");
-    }
-
-    #[test]
-    fn paths_and_queries_are_encoded_the_canonical_way() {
-        assert_eq!(canonical_uri(""), "/");
-        assert_eq!(canonical_uri("//"), "/");
-        assert_eq!(canonical_uri("/a%20b/%C3%BC/"), "/a%2520b/%25C3%25BC/");
-        assert_eq!(canonical_query(None), "");
-        assert_eq!(canonical_query(Some("")), "");
-        assert_eq!(
-            canonical_query(Some("b=x+y&a&a=%2f%zz&c=d=e")),
-            "a=&a=%2F%25zz&b=x%2By&c=d%3De"
-        );
-    }
-
-    #[test]
-    fn amz_date_is_utc_calendar_time() {
-        let at = |secs| amz_date(UNIX_EPOCH + Duration::from_secs(secs));
-        // Expected values from Python's calendar.timegm.
-        assert_eq!(at(SUITE_UNIX), SUITE_DATE);
-        assert_eq!(at(1_709_251_199), "20240229T235959Z");
-        assert_eq!(at(1_703_980_800), "20231231T000000Z");
-        assert_eq!(at(951_868_800), "20000301T000000Z");
-        assert_eq!(at(4_107_499_200), "21000228T120000Z");
-        assert_eq!(at(0), "19700101T000000Z");
-        assert_eq!(
-            amz_date(UNIX_EPOCH - Duration::from_secs(1)),
-            "19700101T000000Z"
-        );
     }
 
     #[test]
@@ -794,15 +548,13 @@ mod tests {
     fn assert_same_as_botocore(request: &Request<'_>, region: &str, creds: &Credentials) {
         let now = UNIX_EPOCH + Duration::from_secs(1_767_225_600 + 12 * 3600 + 34 * 60 + 56);
         let ours = sign(request, region, "lambda", creds, now);
-        let (ours_creq, _) = canonical_request(request, &ours[..ours.len() - 1]);
         let (theirs, theirs_creq) = botocore_sign(request, region, "lambda", creds, &ours[0].1);
         assert_eq!(ours[0].1, "20260101T123456Z");
-        assert_eq!(ours_creq, theirs_creq, "canonical request");
         let ours: Vec<(String, String)> = ours
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value))
             .collect();
-        assert_eq!(ours, theirs);
+        assert_eq!(ours, theirs, "botocore's canonical request:\n{theirs_creq}");
     }
 
     #[test]
