@@ -544,3 +544,61 @@ async fn at_trace_no_token_key_or_key_id_reaches_the_log() {
         }
     }
 }
+
+/// `deploy/systemd/shardhook.service` passes `systemd-analyze verify` without a warning (its
+/// `ExecStart` pointed at the binary under test), runs the router as `shardhook run`, and
+/// waits longer on stop than `delivery.shutdown_timeout`, so SIGTERM's handover and delivery
+/// finish before systemd kills it.
+#[test]
+fn the_systemd_unit_verifies_and_outwaits_the_shutdown() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/systemd/shardhook.service"
+    ))
+    .unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart");
+    assert!(
+        exec.starts_with("/usr/local/bin/shardhook run --config "),
+        "{exec}"
+    );
+    let stop: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.strip_suffix('s'))
+        .expect("a TimeoutStopSec in seconds")
+        .parse()
+        .unwrap();
+    let shutdown = shardhook::Config::default().delivery.shutdown_timeout;
+    assert!(
+        stop > shutdown.as_secs() + 5,
+        "{stop} s against {shutdown:?}"
+    );
+    for key in [
+        "DynamicUser=yes",
+        "StateDirectory=shardhook",
+        "Restart=on-failure",
+    ] {
+        assert!(unit.lines().any(|l| l == key), "{key}");
+    }
+    let dir = std::env::temp_dir().join(format!("shardhook-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("shardhook.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/shardhook", env!("CARGO_BIN_EXE_shardhook")),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze runs (Debian's systemd package)");
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.status.success(), "{said}");
+    assert!(said.trim().is_empty(), "systemd-analyze warned: {said}");
+}
