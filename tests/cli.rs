@@ -602,3 +602,41 @@ fn the_systemd_unit_verifies_and_outwaits_the_shutdown() {
     assert!(out.status.success(), "{said}");
     assert!(said.trim().is_empty(), "systemd-analyze warned: {said}");
 }
+
+/// `shardhook health`: exit 0 when the control API answers `/healthz`, 1 with the reason when
+/// nothing answers (a container's health check, which has no HTTP client of its own).
+#[tokio::test]
+async fn health_is_zero_for_a_running_router_and_says_why_not_otherwise() {
+    let r = support::process::RestProcess::start(
+        shardhook_simulator::SimConfig {
+            rate: 0.0,
+            ..shardhook_simulator::SimConfig::default()
+        },
+        "",
+    )
+    .await;
+    let health = |url: String| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_shardhook"))
+            .args(["health", "--url", &url])
+            .output()
+            .await
+            .unwrap()
+    };
+    let up = health(format!("{}/healthz", r.control_url)).await;
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = format!("http://{}/healthz", free.local_addr().unwrap());
+    drop(free);
+    let down = health(closed.clone()).await;
+    assert_eq!(down.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        said.contains(&closed) && said.contains("did not answer"),
+        "{said}"
+    );
+    r.stop().await;
+}

@@ -88,6 +88,14 @@ enum Command {
         #[arg(long)]
         ed25519: bool,
     },
+    /// Ask a running router's control API whether it is up (`GET /healthz`): exit 0 when it
+    /// answers 200 within 5 s, else 1 with the reason. For container health checks, which
+    /// have no HTTP client of their own.
+    Health {
+        /// The control API's health URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
     /// Inspect the routers sharing the bot through Redis (`[cluster]`).
     Cluster {
         #[command(subcommand)]
@@ -211,6 +219,18 @@ async fn execute(command: Command) -> Result<ExitCode, String> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Health { url } => {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(5))
+                .no_proxy()
+                .build()
+                .map_err(|e| e.to_string())?;
+            match client.get(&url).send().await {
+                Ok(answer) if answer.status() == reqwest::StatusCode::OK => Ok(ExitCode::SUCCESS),
+                Ok(answer) => Err(format!("{url} answered {}", answer.status())),
+                Err(e) => Err(format!("{url} did not answer: {e}")),
+            }
         }
         Command::Keygen { ed25519: false } => {
             println!("{}", SigningKey::generate());
