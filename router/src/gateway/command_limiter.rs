@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use crate::state::sliding_log::SlidingLog;
+
 /// Discord's window for sent payloads.
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// Payloads Discord allows per window per connection before closing with 4008.
@@ -16,12 +18,12 @@ const RESERVED_EXTRA: u32 = 2;
 
 /// Paces a shard's gateway commands: at most `budget` in any 60 s window, which is exactly
 /// Discord's rule. A GCRA (governor) cannot express a fixed count per window without halving
-/// the burst, so this keeps a log of send times instead; delivery's `Pacer` serves per-second
-/// rates.
+/// the burst, so this keeps a log of send times instead (`state::sliding_log`); delivery's
+/// `Pacer` serves per-second rates.
 #[derive(Debug)]
 pub struct CommandLimiter {
     budget: u32,
-    sent: std::sync::Mutex<std::collections::VecDeque<tokio::time::Instant>>,
+    sent: std::sync::Mutex<SlidingLog>,
 }
 
 impl CommandLimiter {
@@ -32,7 +34,7 @@ impl CommandLimiter {
         CommandLimiter {
             budget,
             // Grown on use: most shards never send a command, and a full window is ~2 KiB.
-            sent: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            sent: std::sync::Mutex::new(SlidingLog::new(WINDOW, budget as usize)),
         }
     }
 
@@ -45,18 +47,7 @@ impl CommandLimiter {
     pub fn try_acquire(&self) -> Result<(), Duration> {
         let now = tokio::time::Instant::now();
         let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-        while sent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= WINDOW)
-        {
-            sent.pop_front();
-        }
-        if sent.len() < self.budget as usize {
-            sent.push_back(now);
-            return Ok(());
-        }
-        let oldest = *sent.front().expect("the log is full, so not empty");
-        Err(WINDOW - now.duration_since(oldest))
+        sent.try_push(self.budget as usize, now)
     }
 
     /// Waits for a slot.

@@ -19,13 +19,13 @@
 //!
 //! Owns the bookkeeping only; waiting, deadlines and which routes are exempt are `rest`'s.
 
-use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::request_ids::Answer;
+use super::sliding_log::SlidingLog;
 
 /// Discord's invalid-request window.
 pub const INVALID_WINDOW: Duration = Duration::from_secs(10 * 60);
@@ -95,24 +95,27 @@ pub fn gcra(tat: Option<Instant>, now: Instant, per_second: u16) -> (Duration, I
 }
 
 /// This router's REST limits, in memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LocalLimits {
     /// The global limit's next free slot.
     tat: Mutex<Option<Instant>>,
-    /// When each counted invalid answer came, oldest first.
-    invalid: Mutex<VecDeque<Instant>>,
+    /// When each counted invalid answer came, over Discord's 10 minutes.
+    invalid: Mutex<SlidingLog>,
+}
+
+impl Default for LocalLimits {
+    fn default() -> Self {
+        LocalLimits {
+            tat: Mutex::default(),
+            // Bounded: no more than Discord's own ban threshold is ever useful to keep.
+            invalid: Mutex::new(SlidingLog::new(INVALID_WINDOW, 10_000)),
+        }
+    }
 }
 
 impl LocalLimits {
-    fn invalid_now(&self, now: Instant) -> std::sync::MutexGuard<'_, VecDeque<Instant>> {
-        let mut answers = self.invalid.lock().unwrap_or_else(|p| p.into_inner());
-        while answers
-            .front()
-            .is_some_and(|at| *at + INVALID_WINDOW <= now)
-        {
-            answers.pop_front();
-        }
-        answers
+    fn invalid_log(&self) -> std::sync::MutexGuard<'_, SlidingLog> {
+        self.invalid.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -140,27 +143,15 @@ impl RestLimits for LocalLimits {
     }
 
     fn record_invalid(&self) -> Answer<'_, ()> {
-        let now = Instant::now();
-        let mut answers = self.invalid_now(now);
-        // Bounded: no more than Discord's own ban threshold is ever useful to keep.
-        if answers.len() >= 10_000 {
-            answers.pop_front();
-        }
-        answers.push_back(now);
+        self.invalid_log().push(Instant::now());
         Box::pin(std::future::ready(()))
     }
 
     fn invalid(&self, limit: u32) -> Answer<'_, Result<(usize, Duration), String>> {
         let now = Instant::now();
-        let answers = self.invalid_now(now);
-        let count = answers.len();
-        // The answer whose leaving brings the count under the limit.
-        let wait = match count.checked_sub(limit as usize) {
-            Some(over) => answers.get(over).map_or(Duration::ZERO, |at| {
-                (*at + INVALID_WINDOW).saturating_duration_since(now)
-            }),
-            None => Duration::ZERO,
-        };
+        let mut answers = self.invalid_log();
+        let count = answers.count(now);
+        let wait = answers.until_fewer_than(limit as usize, now);
         Box::pin(std::future::ready(Ok((count, wait))))
     }
 }
