@@ -342,14 +342,7 @@ async fn rest(
         }
         let body = match proxy.receive(body, |_| {}).await {
             Ok(body) => body,
-            Err(BodyError::TooLarge(_)) => return too_large(),
-            Err(e @ BodyError::BrokeOff(_)) => {
-                return refuse_as_discord(StatusCode::BAD_REQUEST, e.to_string())
-            }
-            Err(e) => {
-                tracing::error!("a REST request was refused: {e}");
-                return refuse_as_discord(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-            }
+            Err(e) => return body_refused(e, proxy.max_body()),
         };
         let request = ProxyRequest::new(method, &uri, headers, body);
         return proxy.forward(request).await.0;
@@ -367,14 +360,7 @@ async fn rest(
     verifier.update(format!("{method} {target}\n").as_bytes());
     let body = match proxy.receive(body, |part| verifier.update(part)).await {
         Ok(body) => body,
-        Err(BodyError::TooLarge(_)) => return too_large(),
-        Err(e @ BodyError::BrokeOff(_)) => {
-            return refuse_as_discord(StatusCode::BAD_REQUEST, e.to_string())
-        }
-        Err(e) => {
-            tracing::error!("a REST request was refused: {e}");
-            return refuse_as_discord(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-        }
+        Err(e) => return body_refused(e, proxy.max_body()),
     };
     if let Err(e) = verifier.finish() {
         return refuse_as_discord(StatusCode::UNAUTHORIZED, e.to_string());
@@ -387,6 +373,22 @@ async fn rest(
     let (response, reached) = proxy.forward(request).await;
     settle(&state.rest_ids, &id, expires, reached).await;
     response
+}
+
+/// The answer to a REST body that could not be received: 413 past `max_body`, 400 when it
+/// broke off, 500 (logged) when it could not be kept.
+fn body_refused(e: BodyError, max_body: usize) -> Response {
+    match e {
+        BodyError::TooLarge(_) => refuse_as_discord(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::TooLarge(max_body).to_string(),
+        ),
+        e @ BodyError::BrokeOff(_) => refuse_as_discord(StatusCode::BAD_REQUEST, e.to_string()),
+        e => {
+            tracing::error!("a REST request was refused: {e}");
+            refuse_as_discord(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
 }
 
 /// What a command body asks: the payload to send, and to which shards.
