@@ -461,6 +461,29 @@ async fn healthz_answer(stream: &mut TcpStream) -> String {
 
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: router\r\n\r\n";
 
+/// Nothing has come back on `stream` (its request waits for a slot).
+fn assert_unanswered(stream: &TcpStream) {
+    let mut nothing = [0u8; 64];
+    let waiting = stream.try_read(&mut nothing);
+    assert!(
+        matches!(waiting, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "{waiting:?}"
+    );
+}
+
+/// The answer on `stream` starts `HTTP/1.1 200`.
+async fn answered_ok(what: &str, stream: &mut TcpStream) {
+    let mut answer = [0u8; 64];
+    let n = support::within(what, stream.read(&mut answer))
+        .await
+        .unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+}
+
 #[tokio::test]
 async fn a_connection_that_never_finishes_its_headers_is_closed() {
     let p = start_with_limits(|c| c.header_read_timeout = Duration::from_millis(200)).await;
@@ -536,23 +559,10 @@ async fn past_the_connection_cap_a_request_waits_and_a_probe_is_answered_in_a_re
     assert!(answer.contains("control.max_connections"), "{answer}");
     first.write_all(HEALTHZ).await.unwrap();
     assert!(healthz_answer(&mut first).await.starts_with("HTTP/1.1 200"));
-    let mut nothing = [0u8; 64];
-    let waiting = second.try_read(&mut nothing);
-    assert!(
-        matches!(waiting, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock),
-        "{waiting:?}"
-    );
+    assert_unanswered(&second);
     // The first gives its slot up: the second is served.
     drop(first);
-    let mut answer = [0u8; 64];
-    let n = support::within("the waiting request's answer", second.read(&mut answer))
-        .await
-        .unwrap();
-    assert!(
-        answer[..n].starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&answer[..n])
-    );
+    answered_ok("the waiting request's answer", &mut second).await;
     p.stop().await;
 }
 
@@ -582,22 +592,9 @@ async fn one_peer_takes_no_more_than_its_share_of_the_slots() {
     other.write_all(HEALTHZ).await.unwrap();
     assert!(healthz_answer(&mut other).await.starts_with("HTTP/1.1 200"));
     // ...while the third of the first peer's waits for its share.
-    let mut nothing = [0u8; 64];
-    let waiting = third.try_read(&mut nothing);
-    assert!(
-        matches!(waiting, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock),
-        "{waiting:?}"
-    );
+    assert_unanswered(&third);
     drop(held.pop());
-    let mut answer = [0u8; 64];
-    let n = support::within("the third connection's answer", third.read(&mut answer))
-        .await
-        .unwrap();
-    assert!(
-        answer[..n].starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&answer[..n])
-    );
+    answered_ok("the third connection's answer", &mut third).await;
     p.stop().await;
 }
 
