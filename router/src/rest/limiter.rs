@@ -57,21 +57,6 @@ pub fn rate_limited(headers: &HeaderMap, body: &[u8]) -> RateLimited {
     }
 }
 
-/// A bucket's state from a response's `X-RateLimit-*` headers, if it has them all.
-pub fn bucket_headers(headers: &HeaderMap) -> Option<RateLimitHeaders> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let reset_after: f64 = header(RateLimitHeaders::RESET_AFTER)?.parse().ok()?;
-    if !reset_after.is_finite() || reset_after < 0.0 {
-        return None;
-    }
-    Some(RateLimitHeaders {
-        bucket: header(RateLimitHeaders::BUCKET)?.as_bytes().to_vec(),
-        limit: header(RateLimitHeaders::LIMIT)?.parse().ok()?,
-        remaining: header(RateLimitHeaders::REMAINING)?.parse().ok()?,
-        reset_at: std::time::Instant::now() + Duration::from_secs_f64(reset_after.min(3600.0)),
-    })
-}
-
 /// What a response's `X-RateLimit-*` says of its bucket, for the bot's shared windows.
 pub fn learned(headers: &HeaderMap) -> Option<Learned> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -83,6 +68,19 @@ pub fn learned(headers: &HeaderMap) -> Option<Learned> {
         limit: header(RateLimitHeaders::LIMIT)?.parse().ok()?,
         remaining: header(RateLimitHeaders::REMAINING)?.parse().ok()?,
         reset_after: Duration::from_secs_f64(reset_after.min(3600.0)),
+    })
+}
+
+/// A bucket's state from a response's `X-RateLimit-*` headers, if it has them all, as
+/// twilight's limiter takes it: `learned` and the bucket's name.
+pub fn bucket_headers(headers: &HeaderMap) -> Option<RateLimitHeaders> {
+    let learned = learned(headers)?;
+    let bucket = headers.get(RateLimitHeaders::BUCKET)?.to_str().ok()?;
+    Some(RateLimitHeaders {
+        bucket: bucket.as_bytes().to_vec(),
+        limit: u16::try_from(learned.limit).ok()?,
+        remaining: u16::try_from(learned.remaining).ok()?,
+        reset_at: std::time::Instant::now() + learned.reset_after,
     })
 }
 
