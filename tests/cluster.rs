@@ -988,12 +988,7 @@ fn signed_headers(secret: &str, signed: &[u8]) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signed_request_accepted_by_one_router_is_refused_by_every_other() {
     let redis = Redis::start().await;
-    let shards = 4;
-    let table = format!("{}[rest]\nenabled = true\n", cluster_table(&redis));
-    let setup = process::setup_sim(process::traffic(shards, 1, 5.0), &["alpha"], &table).await;
-    let ids = ["a", "b"];
-    let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
-    let leases = settled(&setup, &redis, shards, &ids).await;
+    let (setup, mut nodes, leases) = two_rest_routers(&redis, "", |_| {}).await;
     let (mine, _) = leases.iter().find(|(_, n)| *n == "a").unwrap();
     // A gateway command for a shard a holds: accepted there, then replayed.
     let command = format!(
@@ -1042,20 +1037,48 @@ async fn rest_call(secret: &str, node: &Node, method: &str, target: &str, body: 
         .as_u16()
 }
 
+/// Two routers, `a` and `b`, on `redis` with the REST proxy on (`rest`: more `[rest]` keys),
+/// settled over 4 shards of a double whose `SimConfig` `tweak` adjusts; with each shard's
+/// holder.
+async fn two_rest_routers(
+    redis: &Redis,
+    rest: &str,
+    tweak: impl FnOnce(&mut SimConfig),
+) -> (Setup, Vec<Node>, BTreeMap<u32, String>) {
+    let shards = 4;
+    let table = format!("{}[rest]\nenabled = true\n{rest}", cluster_table(redis));
+    let mut sim = process::traffic(shards, 1, 5.0);
+    tweak(&mut sim);
+    let setup = process::setup_sim(sim, &["alpha"], &table).await;
+    let ids = ["a", "b"];
+    let nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
+    let leases = settled(&setup, redis, shards, &ids).await;
+    (setup, nodes, leases)
+}
+
+/// When each create-message call reached the double, in order, and how many calls it
+/// answered 429.
+fn message_arrivals(setup: &Setup) -> (Vec<Instant>, usize) {
+    setup.sim.observed(|o| {
+        let mut arrivals: Vec<Instant> = o
+            .rest_calls
+            .iter()
+            .filter(|c| c.path.ends_with("/messages"))
+            .map(|c| c.at)
+            .collect();
+        arrivals.sort();
+        let limited = o.rest_calls.iter().filter(|c| c.status == 429).count();
+        (arrivals, limited)
+    })
+}
+
 /// The invalid-request limit is one count for the bot: two routers told 10 let 10 answers
 /// of 403 happen between them, not 20, then refuse with 503.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_invalid_request_limit_is_one_count_across_routers() {
     let redis = Redis::start().await;
-    let shards = 4;
-    let table = format!(
-        "{}[rest]\nenabled = true\ninvalid_request_limit = 10\n",
-        cluster_table(&redis)
-    );
-    let setup = process::setup_sim(process::traffic(shards, 1, 5.0), &["alpha"], &table).await;
-    let ids = ["a", "b"];
-    let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
-    settled(&setup, &redis, shards, &ids).await;
+    let (setup, mut nodes, _) =
+        two_rest_routers(&redis, "invalid_request_limit = 10\n", |_| {}).await;
     // A handler bug: guilds the bot is not in, so Discord answers every request 403 (a guild
     // each, so no route bucket is met: the count is what is tried here).
     let mut statuses = Vec::new();
@@ -1084,19 +1107,9 @@ async fn the_invalid_request_limit_is_one_count_across_routers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_routers_under_a_burst_keep_the_bots_global_limit_together() {
     let redis = Redis::start().await;
-    let shards = 4;
-    let table = format!(
-        "{}[rest]\nenabled = true\nglobal_per_second = 18\nmax_wait = \"60s\"\n",
-        cluster_table(&redis)
-    );
-    let sim = shardhook_simulator::SimConfig {
-        rest_global_limit: 20,
-        ..process::traffic(shards, 1, 5.0)
-    };
-    let setup = process::setup_sim(sim, &["alpha"], &table).await;
-    let ids = ["a", "b"];
-    let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
-    settled(&setup, &redis, shards, &ids).await;
+    let rest = "global_per_second = 18\nmax_wait = \"60s\"\n";
+    let (setup, mut nodes, _) =
+        two_rest_routers(&redis, rest, |sim| sim.rest_global_limit = 20).await;
     let nodes_ref = &nodes;
     let secret = setup.secret();
     // 60 requests at once, 30 to each router, each on a channel of its own.
@@ -1107,18 +1120,8 @@ async fn two_routers_under_a_burst_keep_the_bots_global_limit_together() {
     });
     let statuses = within("the burst", futures_util::future::join_all(calls)).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    let mut arrivals: Vec<Instant> = setup.sim.observed(|o| {
-        o.rest_calls
-            .iter()
-            .filter(|c| c.path.ends_with("/messages"))
-            .map(|c| c.at)
-            .collect()
-    });
-    arrivals.sort();
+    let (arrivals, limited) = message_arrivals(&setup);
     assert_eq!(arrivals.len(), 60);
-    let limited = setup
-        .sim
-        .observed(|o| o.rest_calls.iter().filter(|c| c.status == 429).count());
     assert_eq!(limited, 0, "the double answered 429");
     let most = support::most_within(&arrivals, Duration::from_secs(1));
     assert!(most <= 20, "{most} arrived within one second");
@@ -1131,20 +1134,11 @@ async fn two_routers_under_a_burst_keep_the_bots_global_limit_together() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_routers_on_one_channel_spend_one_route_bucket_and_draw_no_429() {
     let redis = Redis::start().await;
-    let shards = 4;
-    let table = format!(
-        "{}[rest]\nenabled = true\nmax_wait = \"60s\"\n",
-        cluster_table(&redis)
-    );
-    let sim = shardhook_simulator::SimConfig {
-        rest_route_limit: 5,
-        rest_route_window: Duration::from_secs(2),
-        ..process::traffic(shards, 1, 5.0)
-    };
-    let setup = process::setup_sim(sim, &["alpha"], &table).await;
-    let ids = ["a", "b"];
-    let mut nodes: Vec<Node> = ids.into_iter().map(|id| Node::start(&setup, id)).collect();
-    settled(&setup, &redis, shards, &ids).await;
+    let (setup, mut nodes, _) = two_rest_routers(&redis, "max_wait = \"60s\"\n", |sim| {
+        sim.rest_route_limit = 5;
+        sim.rest_route_window = Duration::from_secs(2);
+    })
+    .await;
     let nodes_ref = &nodes;
     let secret = setup.secret();
     // 20 at once, 10 to each router, all on one channel: four windows' worth.
@@ -1154,19 +1148,9 @@ async fn two_routers_on_one_channel_spend_one_route_bucket_and_draw_no_429() {
         rest_call(secret, node, "POST", target, r#"{"content":"one channel"}"#).await
     });
     let statuses = within("the burst", futures_util::future::join_all(calls)).await;
-    let limited = setup
-        .sim
-        .observed(|o| o.rest_calls.iter().filter(|c| c.status == 429).count());
+    let (arrivals, limited) = message_arrivals(&setup);
     assert_eq!(limited, 0, "the double answered 429: {statuses:?}");
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    let mut arrivals: Vec<Instant> = setup.sim.observed(|o| {
-        o.rest_calls
-            .iter()
-            .filter(|c| c.path.ends_with("/messages"))
-            .map(|c| c.at)
-            .collect()
-    });
-    arrivals.sort();
     assert_eq!(arrivals.len(), 20);
     stop(&setup, &mut nodes).await;
 }
@@ -1407,14 +1391,7 @@ async fn the_alert_rules_and_the_dashboard_query_only_metrics_a_router_exports()
         }
     })
     .await;
-    let text = support::http()
-        .get(format!("http://{}/metrics", nodes[0].control))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics().await;
     let exported: std::collections::BTreeSet<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -629,16 +629,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_client_that_stops_reading_but_heartbeats_on_time_breaks_no_rule() {
         let interval = Duration::from_millis(200);
-        let sim = Simulator::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            SimConfig {
-                rate: 20_000.0,
-                heartbeat_interval: interval,
-                ..SimConfig::default()
-            },
-        )
-        .await
-        .unwrap();
+        let sim = on_loopback(SimConfig {
+            rate: 20_000.0,
+            heartbeat_interval: interval,
+            ..SimConfig::default()
+        })
+        .await;
         // A small receive buffer: the double's sends block soon after the client stops reading.
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
@@ -725,21 +721,17 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hot_shards_carry_their_own_rate_and_poisson_traffic_is_not_on_a_beat() {
-        let sim = Simulator::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            SimConfig {
-                shards: 2,
-                guilds: 2,
-                rate: 2.0,
-                hot_shards: 1,
-                hot_rate: 200.0,
-                poisson: true,
-                max_concurrency: 2,
-                ..SimConfig::default()
-            },
-        )
-        .await
-        .unwrap();
+        let sim = on_loopback(SimConfig {
+            shards: 2,
+            guilds: 2,
+            rate: 2.0,
+            hot_shards: 1,
+            hot_rate: 200.0,
+            poisson: true,
+            max_concurrency: 2,
+            ..SimConfig::default()
+        })
+        .await;
         let (mut hot, mut cold) = (identified(&sim, 0, 2).await, identified(&sim, 1, 2).await);
         // Keep both connections read, so the double's sends never wait.
         let reading = tokio::spawn(async move {
@@ -780,31 +772,23 @@ mod tests {
 
     #[tokio::test]
     async fn identify_takes_the_token_bare_or_with_the_bot_prefix_and_refuses_another() {
-        let sim = Simulator::bind("127.0.0.1:0".parse().unwrap(), SimConfig::default())
-            .await
-            .unwrap();
-        // What ends a connection: READY, or a close frame's code.
-        async fn outcome(ws: &mut Client) -> String {
-            while let Some(Ok(message)) = ws.next().await {
-                match message {
-                    Ws::Close(frame) => {
-                        return format!("close {}", frame.map_or(0, |f| u16::from(f.code)))
-                    }
-                    Ws::Text(text) if text.contains(r#""t":"READY""#) => return "READY".to_owned(),
-                    _ => {}
-                }
-            }
-            "ended".to_owned()
-        }
+        let sim = on_loopback(SimConfig::default()).await;
         let prefixed = format!("Bot {DEFAULT_TOKEN}");
         assert_eq!(
-            outcome(&mut identified_with(&sim, 0, 1, &prefixed).await).await,
+            started(&mut identified_with(&sim, 0, 1, &prefixed).await).await,
             "READY"
         );
         assert_eq!(
-            outcome(&mut identified_with(&sim, 0, 1, "Bot wrong").await).await,
+            started(&mut identified_with(&sim, 0, 1, "Bot wrong").await).await,
             "close 4004"
         );
+    }
+
+    /// The double on a free loopback port.
+    async fn on_loopback(config: SimConfig) -> Simulator {
+        Simulator::bind("127.0.0.1:0".parse().unwrap(), config)
+            .await
+            .unwrap()
     }
 
     /// What ends a connection's start: READY, or a close frame's code.
@@ -823,19 +807,15 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_shard_over_the_guild_cap_is_closed_with_4011_and_more_shards_are_recommended() {
-        let sim = Simulator::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            SimConfig {
-                guilds: 5,
-                guild_cap: 2,
-                guilds_per_shard: 2,
-                max_concurrency: 16,
-                rate: 0.0,
-                ..SimConfig::default()
-            },
-        )
-        .await
-        .unwrap();
+        let sim = on_loopback(SimConfig {
+            guilds: 5,
+            guild_cap: 2,
+            guilds_per_shard: 2,
+            max_concurrency: 16,
+            rate: 0.0,
+            ..SimConfig::default()
+        })
+        .await;
         assert_eq!(sim.recommended_shards(), 3, "5 guilds at 2 a shard");
         assert_eq!(
             started(&mut identified(&sim, 0, 1).await).await,
@@ -872,18 +852,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_sets_of_shards_connected_at_once_both_get_each_guilds_events() {
-        let sim = Simulator::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            SimConfig {
-                guilds: 4,
-                max_concurrency: 16,
-                rate: 40.0,
-                ping_every: 0,
-                ..SimConfig::default()
-            },
-        )
-        .await
-        .unwrap();
+        let sim = on_loopback(SimConfig {
+            guilds: 4,
+            max_concurrency: 16,
+            rate: 40.0,
+            ping_every: 0,
+            ..SimConfig::default()
+        })
+        .await;
         let mut first = identified(&sim, 0, 1).await;
         assert_eq!(started(&mut first).await, "READY");
         // Shard 0 of either set is in identify bucket 0: the second waits out Discord's 5 s.
