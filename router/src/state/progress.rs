@@ -60,8 +60,17 @@ impl Progress {
         session: &Arc<str>,
         f: impl FnOnce(&mut ShardProgress) -> T,
     ) -> T {
-        let cell = self.cell(shard);
-        let mut p = lock(&cell);
+        // The shard's cell as loaded, without a reference count of its own; made only once.
+        let shards = self.shards.load();
+        let made;
+        let cell = match shards.get(&shard) {
+            Some(cell) => cell,
+            None => {
+                made = self.cell(shard);
+                &made
+            }
+        };
+        let mut p = lock(cell);
         if p.session.as_deref() != Some(&**session) {
             // A new session: nothing of the old one can be resumed any more.
             *p = ShardProgress {

@@ -16,9 +16,7 @@ pub(crate) mod checkpointer;
 mod local;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::ops::Range;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +30,8 @@ use crate::gateway::tenure::{Tenure, Tenures};
 use crate::state::request_ids::SpentIds;
 use crate::state::rest_limits::RestLimits;
 
-/// A store's answer, later.
-pub type Later<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A store's answer, later: the one boxed-future type the store's parts answer with.
+pub use crate::state::request_ids::Answer as Later;
 
 /// What runs once the router has stopped and delivery has finished (the local store writes
 /// its final checkpoints then, with everything delivered recorded).
