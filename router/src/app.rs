@@ -90,11 +90,7 @@ impl App {
                 tracing::info!(node_id = cluster.node_id(), "joining the cluster");
                 Arc::new(cluster)
             }
-            None => Arc::new(LocalStore::new(
-                config.state.dir.clone(),
-                config.token().map_err(fail)?.bot(),
-                config.state.checkpoint_max_age,
-            )),
+            None => Arc::new(LocalStore::of(&config).map_err(fail)?),
         };
         let env = options.env.unwrap_or_else(|| std::env::vars().collect());
         let mut pipeline = Pipeline::build(&config, env, store.keeping()).map_err(fail)?;

@@ -90,11 +90,7 @@ impl Router {
         config: &Config,
         sink: mpsc::Sender<Dispatch>,
     ) -> Result<Router, StartError> {
-        let store = crate::store::LocalStore::new(
-            config.state.dir.clone(),
-            config.token()?.bot(),
-            config.state.checkpoint_max_age,
-        );
+        let store = crate::store::LocalStore::of(config)?;
         Router::start_in(config, |_| sink.clone(), &store).await
     }
 

@@ -37,6 +37,17 @@ impl LocalStore {
     pub(crate) fn new(dir: PathBuf, bot: String, max_age: Duration) -> LocalStore {
         LocalStore { dir, bot, max_age }
     }
+
+    /// The store `config` names: its `state.dir`, its token's bot, its checkpoints' age.
+    pub(crate) fn of(
+        config: &crate::config::Config,
+    ) -> Result<LocalStore, crate::config::ConfigError> {
+        Ok(LocalStore::new(
+            config.state.dir.clone(),
+            config.token()?.bot(),
+            config.state.checkpoint_max_age,
+        ))
+    }
 }
 
 impl Store for LocalStore {
