@@ -225,6 +225,23 @@ impl Connection {
         Some((slot, probes.clone()))
     }
 
+    /// The permits the connection holds while it lives, and what it is served. A probe is
+    /// served at once: in a free slot its peer's share allows, else in a reserved one.
+    /// Anything else waits for its peer's share, then a slot.
+    async fn take_slot(&self, first: &[u8]) -> Option<(Vec<OwnedSemaphorePermit>, axum::Router)> {
+        if let Ok(mine) = self.peer.share.clone().try_acquire_owned() {
+            if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+                return Some((vec![mine, slot], self.app.clone()));
+            }
+        }
+        if let Some((slot, probes)) = self.reserved_for(first) {
+            return Some((vec![slot], probes));
+        }
+        let mine = self.peer.share.clone().acquire_owned().await.ok()?;
+        let slot = self.slots.clone().acquire_owned().await.ok()?;
+        Some((vec![mine, slot], self.app.clone()))
+    }
+
     async fn run(mut self, stream: TcpStream) {
         // A connection that sends nothing gives its place back soon. Its first bytes are only
         // looked at: hyper reads them. (A probe whose request line arrives in pieces is served
@@ -238,37 +255,15 @@ impl Connection {
             },
             _ = self.stopped.wait_for(|s| *s) => return,
         };
-        // A probe is served at once: in a free slot its peer's share allows, else in a
-        // reserved one. Anything else waits, up to `idle_timeout`, for its peer's share and
-        // then a slot.
-        let now = self
-            .peer
-            .share
-            .clone()
-            .try_acquire_owned()
-            .ok()
-            .and_then(|mine| Some(vec![mine, self.slots.clone().try_acquire_owned().ok()?]));
+        let taken = tokio::time::timeout(self.idle_timeout, self.take_slot(&first[..seen]));
+        let mut stopped = self.stopped.clone();
         // Held while the connection lives.
-        let (_permits, app) = match now {
-            Some(permits) => (permits, self.app.clone()),
-            None => match self.reserved_for(&first[..seen]) {
-                Some((slot, probes)) => (vec![slot], probes),
-                None => {
-                    let waited = tokio::time::timeout(self.idle_timeout, async {
-                        let mine = self.peer.share.clone().acquire_owned().await.ok()?;
-                        let slot = self.slots.clone().acquire_owned().await.ok()?;
-                        Some(vec![mine, slot])
-                    });
-                    let mut stopped = self.stopped.clone();
-                    tokio::select! {
-                        waited = waited => match waited {
-                            Ok(Some(permits)) => (permits, self.app.clone()),
-                            _ => return,
-                        },
-                        _ = stopped.wait_for(|s| *s) => return,
-                    }
-                }
+        let (_permits, app) = tokio::select! {
+            taken = taken => match taken {
+                Ok(Some(taken)) => taken,
+                _ => return,
             },
+            _ = stopped.wait_for(|s| *s) => return,
         };
         self.app = app;
         let answered = Arc::new(Notify::new());
